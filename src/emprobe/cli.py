@@ -1,0 +1,113 @@
+"""The ``emprobe`` command: thin wrappers over the public API.
+
+Each capability folder may define ``<area>/cli.py`` with ``register(subparsers)``;
+this module wires them in. Errors of emprobe's own become one-line messages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.metadata
+import os
+import sys
+from collections.abc import Sequence
+
+from emprobe.errors import EmprobeError
+
+AREAS = ("data", "evaluate", "train", "directions", "sae", "geometry", "recipes")
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from emprobe import __version__
+    from emprobe.models import cache_dir
+    from emprobe.models.embedded import EMBEDDED_NAME, INSTALL_HINT, embedded_gguf_path
+
+    print(f"emprobe {__version__}")
+    for pkg in ("torch", "transformers", "peft", "transformer-lens", "sae-lens", "nnsight",
+                "gguf", "plotly", "numpy"):
+        try:
+            print(f"  {pkg:<16} {importlib.metadata.version(pkg)}")
+        except importlib.metadata.PackageNotFoundError:
+            print(f"  {pkg:<16} not installed")
+    print(f"cache dir:       {cache_dir()}")
+    try:
+        gguf = embedded_gguf_path()
+        print(f"embedded model:  {EMBEDDED_NAME} installed ({gguf})")
+        from emprobe.models.embedded import embedded_model_dir
+
+        try:
+            print(f"converted cache: {embedded_model_dir(convert=False)}")
+        except EmprobeError:
+            print("converted cache: not yet (first load de-quantises it, ~30 s)")
+    except EmprobeError:
+        print(f"embedded model:  not installed (run `{INSTALL_HINT}`)")
+    print(f"HF_HUB_OFFLINE:  {os.environ.get('HF_HUB_OFFLINE', 'unset')}")
+    import torch
+
+    print(f"device:          {'cuda' if torch.cuda.is_available() else 'cpu'} "
+          f"({torch.get_num_threads()} threads)")
+    return 0
+
+
+def _cmd_capture(args: argparse.Namespace) -> int:
+    import emprobe
+    from emprobe.io import save_tensors
+
+    subject = emprobe.load_model(args.model)
+    layers = [int(x) for x in args.layers.split(",")] if args.layers else [subject.n_layers // 2]
+    texts = args.text or ["The quick brown fox jumps over the lazy dog."]
+    got = emprobe.collect(subject, texts, layers=layers, site=args.site, positions="all")
+    for layer, acts in got.acts.items():
+        print(f"{args.site}[{layer}]: {tuple(acts.shape)} mean norm {acts.norm(dim=-1).mean():.3f}")
+    if args.out:
+        save_tensors(args.out, {f"{args.site}.{k}": v for k, v in got.acts.items()})
+        print(f"wrote {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="emprobe",
+        description="Study and prevent emergent misalignment: hooks, fine-tuning with "
+        "interventions, directions, SAEs, LoRA geometry, figures.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    p = sub.add_parser("info", help="versions, cache folder, embedded model status")
+    p.set_defaults(func=_cmd_info)
+    p = sub.add_parser("capture", help="capture activations of texts at a site")
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--layers", default=None, help="comma-separated layers (default: middle)")
+    p.add_argument("--site", default="resid_post")
+    p.add_argument("--text", action="append", help="text to run (repeatable)")
+    p.add_argument("--out", default=None, help="write activations as safetensors")
+    p.set_defaults(func=_cmd_capture)
+    for area in AREAS:
+        try:
+            mod = importlib.import_module(f"emprobe.{area}.cli")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"emprobe.{area}.cli":
+                continue
+            raise
+        mod.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except EmprobeError as exc:
+        print(f"emprobe: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("emprobe: interrupted (finished artifacts were kept)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Directions: extraction methods, the Direction artifact and converters to other tools' formats."""

@@ -1,0 +1,1 @@
+"""Geometry: LoRA weight geometry computed from the factors, and linear mode connectivity."""

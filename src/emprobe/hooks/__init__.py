@@ -1,0 +1,39 @@
+"""Hooks: named sites, the layer convention, capture, and steer / ablate / project interventions.
+
+Imports from ``emprobe.models`` only. Every context manager removes its hooks on
+exit, exceptions included; gradients flow through interventions so the same
+objects work during training.
+
+Layer convention (used everywhere in emprobe): ``layer`` is the 0-based index of a
+decoder block. ``resid_post[l]`` is block ``l``'s output (= Hugging Face
+``hidden_states[l + 1]``); ``resid_pre[l]`` its input (= ``hidden_states[l]``).
+"""
+
+from emprobe.hooks.capture import ActivationCache, capture, collect
+from emprobe.hooks.convention import (
+    SITES,
+    from_hf_hidden_index,
+    from_persona_index,
+    tl_hook_name,
+    to_hf_hidden_index,
+    to_persona_index,
+)
+from emprobe.hooks.interventions import ablate, record_projections, steer
+from emprobe.hooks.shards import ShardReader, ShardWriter
+
+__all__ = [
+    "SITES",
+    "ActivationCache",
+    "ShardReader",
+    "ShardWriter",
+    "ablate",
+    "capture",
+    "collect",
+    "from_hf_hidden_index",
+    "from_persona_index",
+    "record_projections",
+    "steer",
+    "tl_hook_name",
+    "to_hf_hidden_index",
+    "to_persona_index",
+]

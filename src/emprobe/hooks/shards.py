@@ -1,0 +1,155 @@
+"""Streaming captured activations to disk in safetensors shards (bounded RAM).
+
+Folder layout::
+
+    acts/
+      manifest.json           {"site", "layers", "d_model", "dtype", "shards": [{"file", "rows"}], ...}
+      shard-00000.safetensors tensors "layer.{l}" of shape [rows, d_model]
+
+Shards are written atomically and the manifest is rewritten after each one, so an
+interrupted harvest keeps every finished shard and can resume.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from emprobe.errors import FormatError
+from emprobe.io import load_tensors, read_json, save_tensors, write_json
+
+
+class ShardWriter:
+    """Buffer rows per layer and flush them as shards of ``rows_per_shard`` rows."""
+
+    def __init__(
+        self,
+        folder: str | os.PathLike[str],
+        layers: list[int],
+        d_model: int,
+        site: str = "resid_post",
+        rows_per_shard: int = 16384,
+        dtype: torch.dtype = torch.float32,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.layers, self.d_model, self.site = list(layers), d_model, site
+        self.rows_per_shard, self.dtype = rows_per_shard, dtype
+        self.meta = meta or {}
+        manifest = self.folder / "manifest.json"
+        self.shards: list[dict[str, Any]] = []
+        if manifest.exists():  # resume
+            old = read_json(manifest)
+            if old.get("layers") != self.layers or old.get("d_model") != d_model:
+                raise FormatError(f"{manifest}: existing harvest has other layers or width")
+            self.shards = old["shards"]
+        self._buf: dict[int, list[torch.Tensor]] = {la: [] for la in self.layers}
+        self._rows = 0
+
+    @property
+    def rows_written(self) -> int:
+        return sum(s["rows"] for s in self.shards)
+
+    def add(self, acts: dict[int, torch.Tensor]) -> None:
+        """Add ``{layer: [rows, d_model]}`` (same rows for every layer)."""
+        n = {int(v.shape[0]) for v in acts.values()}
+        if len(n) != 1:
+            raise FormatError("every layer must add the same number of rows")
+        for layer in self.layers:
+            self._buf[layer].append(acts[layer].detach().to("cpu", self.dtype))
+        self._rows += n.pop()
+        while self._rows >= self.rows_per_shard:
+            self._flush(self.rows_per_shard)
+
+    def _flush(self, rows: int) -> None:
+        if rows <= 0:
+            return
+        tensors: dict[str, torch.Tensor] = {}
+        for layer in self.layers:
+            cat = torch.cat(self._buf[layer])
+            tensors[f"layer.{layer}"] = cat[:rows]
+            self._buf[layer] = [cat[rows:]] if cat.shape[0] > rows else []
+        self._rows -= rows
+        name = f"shard-{len(self.shards):05d}.safetensors"
+        save_tensors(self.folder / name, tensors)
+        self.shards.append({"file": name, "rows": rows})
+        self._write_manifest()
+
+    def _write_manifest(self) -> None:
+        write_json(
+            self.folder / "manifest.json",
+            {
+                "site": self.site,
+                "layers": self.layers,
+                "d_model": self.d_model,
+                "dtype": str(self.dtype).removeprefix("torch."),
+                "shards": self.shards,
+                **self.meta,
+            },
+        )
+
+    def close(self) -> None:
+        """Flush the remaining rows as a last (smaller) shard."""
+        self._flush(self._rows)
+        self._write_manifest()
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is None:
+            self.close()
+
+
+class ShardReader:
+    """Iterate over a shard folder: ``for batch in reader.batches(layer, 4096)``."""
+
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
+        self.folder = Path(folder)
+        self.manifest = read_json(self.folder / "manifest.json")
+        for key in ("layers", "d_model", "shards"):
+            if key not in self.manifest:
+                raise FormatError(f"{self.folder}/manifest.json: missing key {key!r}")
+
+    @property
+    def n_rows(self) -> int:
+        return sum(s["rows"] for s in self.manifest["shards"])
+
+    @property
+    def layers(self) -> list[int]:
+        return list(self.manifest["layers"])
+
+    def shard(self, i: int) -> dict[int, torch.Tensor]:
+        tensors = load_tensors(self.folder / self.manifest["shards"][i]["file"])
+        return {int(k.split(".")[1]): v for k, v in tensors.items()}
+
+    def batches(
+        self, layer: int, batch_size: int, shuffle_seed: int | None = None
+    ) -> Iterator[torch.Tensor]:
+        """Yield ``[batch_size, d_model]`` float32 batches of one layer, one shard in RAM at a time."""
+        order = list(range(len(self.manifest["shards"])))
+        gen = torch.Generator().manual_seed(shuffle_seed) if shuffle_seed is not None else None
+        if gen is not None:
+            order = [order[i] for i in torch.randperm(len(order), generator=gen).tolist()]
+        carry: torch.Tensor | None = None
+        for i in order:
+            x = self.shard(i)[layer].float()
+            if gen is not None:
+                x = x[torch.randperm(x.shape[0], generator=gen)]
+            if carry is not None:
+                x = torch.cat([carry, x])
+            n_full = x.shape[0] // batch_size
+            for j in range(n_full):
+                yield x[j * batch_size : (j + 1) * batch_size]
+            carry = x[n_full * batch_size :]
+        if carry is not None and carry.shape[0]:
+            yield carry
+
+    def load(self, layer: int) -> torch.Tensor:
+        """All rows of one layer ``[n_rows, d_model]`` (only when it fits in memory)."""
+        return torch.cat([self.shard(i)[layer].float() for i in range(len(self.manifest["shards"]))])

@@ -1,0 +1,179 @@
+"""Chat formatting: conversations -> token ids with prompt / response masks.
+
+The response mask marks the tokens of every assistant message's content plus its
+end-of-turn marker (what the loss and response-token captures use). It is found
+from character spans in the rendered template and the fast tokenizer's offsets,
+so it works with any chat template, without ``{% generation %}`` markers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from emprobe.errors import DataError
+
+Message = dict[str, str]
+Conversation = Sequence[Message]
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass
+class ChatBatch:
+    """A padded batch. All tensors ``[batch, pos]``.
+
+    ``response_mask`` is True on assistant tokens; ``prompt_mask`` on the other
+    real (non-padding) tokens.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    response_mask: torch.Tensor
+
+    @property
+    def prompt_mask(self) -> torch.Tensor:
+        return self.attention_mask.bool() & ~self.response_mask
+
+    @property
+    def last_mask(self) -> torch.Tensor:
+        """True at the last real token of each row (handles left and right padding)."""
+        am = self.attention_mask.bool()
+        pos = torch.arange(am.shape[1], device=am.device).expand_as(am)
+        last = torch.where(am, pos, torch.full_like(pos, -1)).max(dim=1).values
+        return pos == last[:, None]
+
+    def mask(self, positions: str) -> torch.Tensor:
+        """Token selection ``all`` | ``prompt`` | ``response`` | ``last`` as a bool mask."""
+        if positions == "all":
+            return self.attention_mask.bool()
+        if positions == "prompt":
+            return self.prompt_mask
+        if positions == "response":
+            return self.response_mask
+        if positions == "last":
+            return self.last_mask
+        raise DataError(f"unknown token positions {positions!r}: use all, prompt, response or last")
+
+    def to(self, device: torch.device | str) -> ChatBatch:
+        return ChatBatch(
+            self.input_ids.to(device), self.attention_mask.to(device), self.response_mask.to(device)
+        )
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def slice(self, start: int, stop: int) -> ChatBatch:
+        return ChatBatch(
+            self.input_ids[start:stop],
+            self.attention_mask[start:stop],
+            self.response_mask[start:stop],
+        )
+
+
+def validate_conversation(conv: Any, where: str = "conversation") -> list[Message]:
+    """Check a conversation's shape; one-line DataError saying what is wrong and where."""
+    if isinstance(conv, dict) and "messages" in conv:
+        conv = conv["messages"]
+    if not isinstance(conv, (list, tuple)) or not conv:
+        raise DataError(f"{where}: expected a non-empty list of messages")
+    out: list[Message] = []
+    for j, msg in enumerate(conv):
+        if not isinstance(msg, dict):
+            raise DataError(f"{where}: message {j} is not an object")
+        role, content = msg.get("role"), msg.get("content")
+        if role not in ROLES:
+            raise DataError(f"{where}: message {j} has role {role!r}; expected one of {ROLES}")
+        if not isinstance(content, str):
+            raise DataError(f"{where}: message {j} content must be a string")
+        if not content.strip() and role != "system":
+            raise DataError(f"{where}: message {j} ({role}) is empty")
+        out.append({"role": role, "content": content})
+    return out
+
+
+def render_with_spans(
+    tokenizer: Any, conv: Conversation, add_generation_prompt: bool = False
+) -> tuple[str, list[tuple[int, int]]]:
+    """Render a conversation; return the text and the char spans of assistant turns."""
+    msgs = list(conv)
+    text = tokenizer.apply_chat_template(
+        msgs, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
+    spans: list[tuple[int, int]] = []
+    cursor = 0
+    for i, msg in enumerate(msgs):
+        if msg["role"] != "assistant":
+            continue
+        start = text.find(msg["content"], cursor)
+        if start < 0:
+            raise DataError(f"chat template dropped assistant message {i}; cannot mask it")
+        end = start + len(msg["content"])
+        # include the end-of-turn marker the template writes right after the content
+        try:
+            upto = tokenizer.apply_chat_template(msgs[: i + 1], tokenize=False)
+            if text.startswith(upto) and len(upto) > end:
+                end = len(upto.rstrip("\n"))
+        except Exception:  # some templates refuse partial conversations
+            pass
+        spans.append((start, end))
+        cursor = end
+    return text, spans
+
+
+def encode_chats(
+    tokenizer: Any,
+    conversations: Sequence[Conversation],
+    add_generation_prompt: bool = False,
+    max_length: int | None = None,
+    padding_side: str = "right",
+) -> ChatBatch:
+    """Tokenise conversations with the chat template into a padded ``ChatBatch``."""
+    rows: list[list[int]] = []
+    masks: list[list[bool]] = []
+    for k, conv in enumerate(conversations):
+        msgs = validate_conversation(conv, where=f"conversation {k}")
+        text, spans = render_with_spans(tokenizer, msgs, add_generation_prompt)
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = list(enc["input_ids"])
+        resp = [any(s < e and s < b and e > a for a, b in spans) for s, e in enc["offset_mapping"]]
+        if max_length is not None and len(ids) > max_length:
+            ids, resp = ids[:max_length], resp[:max_length]
+        rows.append(ids)
+        masks.append(resp)
+    return _pad(tokenizer, rows, masks, padding_side)
+
+
+def encode_texts(
+    tokenizer: Any, texts: Sequence[str], max_length: int | None = None, padding_side: str = "right"
+) -> ChatBatch:
+    """Tokenise plain texts (no template); every real token counts as response."""
+    rows, masks = [], []
+    for t in texts:
+        ids = list(tokenizer(t, add_special_tokens=True)["input_ids"])
+        if max_length is not None:
+            ids = ids[:max_length]
+        rows.append(ids)
+        masks.append([True] * len(ids))
+    return _pad(tokenizer, rows, masks, padding_side)
+
+
+def _pad(tokenizer: Any, rows: list[list[int]], masks: list[list[bool]], side: str) -> ChatBatch:
+    if not rows:
+        raise DataError("no conversations to encode")
+    pad_id = tokenizer.pad_token_id
+    if pad_id is None:
+        pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    att = torch.zeros((len(rows), width), dtype=torch.long)
+    resp = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, (r, m) in enumerate(zip(rows, masks)):
+        n = len(r)
+        sl = slice(width - n, width) if side == "left" else slice(0, n)
+        ids[i, sl] = torch.tensor(r, dtype=torch.long)
+        att[i, sl] = 1
+        resp[i, sl] = torch.tensor(m, dtype=torch.bool)
+    return ChatBatch(ids, att, resp)

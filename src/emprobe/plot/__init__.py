@@ -1,0 +1,1 @@
+"""Plot: plotly figures drawn from the records the analyses write."""

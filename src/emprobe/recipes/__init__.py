@@ -1,0 +1,1 @@
+"""Recipes: the end-to-end demo and one module per seed study."""

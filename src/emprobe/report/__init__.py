@@ -1,0 +1,1 @@
+"""Report: self-contained HTML reports assembled from figures and records."""

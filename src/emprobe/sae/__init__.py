@@ -1,0 +1,1 @@
+"""SAEs: harvesting, training through SAELens, model diffing and crosscoders."""
