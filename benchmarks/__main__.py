@@ -1,0 +1,58 @@
+"""Run every benchmark module and print ratios with the machine they came from."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import pkgutil
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def machine() -> str:
+    import torch
+
+    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {dev}, torch {torch.__version__}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks")
+    parser.add_argument("--only", default=None, help="run one module, e.g. hooks")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes (smoke run)")
+    parser.add_argument("--json", default=None, help="write all results to this file")
+    args = parser.parse_args()
+    here = Path(__file__).parent
+    names = sorted(m.name for m in pkgutil.iter_modules([str(here)]) if m.name.startswith("bench_"))
+    if args.only:
+        names = [n for n in names if n == f"bench_{args.only}"]
+        if not names:
+            print(f"no benchmark module bench_{args.only}", file=sys.stderr)
+            return 2
+    print(f"machine: {machine()}")
+    results = []
+    for name in names:
+        mod = importlib.import_module(f"benchmarks.{name}")
+        t0 = time.perf_counter()
+        for res in mod.run(quick=args.quick):
+            res.setdefault("module", name)
+            results.append(res)
+            ratio = res.get("ratio")
+            ratio_s = f"{ratio:.2f}x" if isinstance(ratio, (int, float)) else str(ratio)
+            print(f"{res['name']:<55} {ratio_s:>10}   goal: {res.get('goal', '-')}")
+            for k, v in res.get("details", {}).items():
+                print(f"    {k}: {v}")
+        print(f"  ({name} took {time.perf_counter() - t0:.1f} s)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": machine(), "results": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
