@@ -21,6 +21,9 @@ from safetensors.torch import load_file, save_file
 
 from emprobe.errors import FormatError
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 __all__ = [
     "atomic_path",
     "atomic_dir",
@@ -42,6 +45,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; artifacts are for sharing
     try:
         yield tmp_path
         os.replace(tmp_path, target)
