@@ -1,0 +1,164 @@
+"""Plotly figures of LoRA geometry and connectivity results.
+
+* :func:`layer_figure`: a metric against layer, one curve per pair group (within /
+  across), band = +-1 sd over the adapter pairs, with the Gaussian / base-weight /
+  random-subspace baselines.
+* :func:`heatmap_figure`: adapter-by-adapter matrix of a metric (mean over modules).
+* :func:`connectivity_figure`: metrics along a path with their intervals.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["layer_figure", "heatmap_figure", "connectivity_figure", "write_html", "METRIC_TITLES"]
+
+METRIC_TITLES = {
+    "frob_cos": "Frobenius cosine",
+    "abs_cos_right": "mean |cos| of paired right singular vectors (read side)",
+    "abs_cos_left": "mean |cos| of paired left singular vectors (write side)",
+    "angle_right": "mean principal angle, right / read side (degrees)",
+    "angle_left": "mean principal angle, left / write side (degrees)",
+    "overlap_right": "projection overlap, right / read side",
+    "overlap_left": "projection overlap, left / write side",
+}
+_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf"]
+
+
+def _rgba(hex_color: str, alpha: float) -> str:
+    h = hex_color.lstrip("#")
+    r, g, b = (int(h[i : i + 2], 16) for i in (0, 2, 4))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def _band(fig: Any, x: list[Any], mean: list[float], lo: list[float], hi: list[float],
+          name: str, color: str, dash: str | None = None) -> None:
+    import plotly.graph_objects as go
+
+    fig.add_trace(go.Scatter(x=x + x[::-1], y=hi + lo[::-1], fill="toself",
+                             fillcolor=_rgba(color, 0.18), line={"width": 0},
+                             hoverinfo="skip", showlegend=False, legendgroup=name))
+    fig.add_trace(go.Scatter(x=x, y=mean, mode="lines+markers", name=name, legendgroup=name,
+                             line={"color": color, "dash": dash}))
+
+
+def _pair_groups(labels: Sequence[str], groups: Sequence[str] | Mapping[str, str] | None
+                 ) -> dict[str, list[tuple[int, int]]]:
+    n = len(labels)
+    if groups is None:
+        return {"all pairs": [(i, j) for i in range(n) for j in range(i + 1, n)]}
+    gl = [groups[lab] for lab in labels] if isinstance(groups, Mapping) else list(groups)
+    names = sorted(set(gl), key=gl.index)
+    out: dict[str, list[tuple[int, int]]] = {}
+    for i in range(n):
+        for j in range(i + 1, n):
+            if gl[i] == gl[j]:
+                key = f"within {gl[i]}"
+            else:
+                a, b = sorted((gl[i], gl[j]), key=names.index)
+                key = f"{a} vs {b}"
+            out.setdefault(key, []).append((i, j))
+    return out
+
+
+def layer_figure(result: Any, metric: str = "overlap_right",
+                 groups: Sequence[str] | Mapping[str, str] | None = None,
+                 module_type: str | None = None) -> Any:
+    """Per-layer curves of a pairwise metric (a :class:`GeometryResult`), with baselines."""
+    import plotly.graph_objects as go
+
+    layers = result.layers()
+    per_layer = result.per_layer(metric, module_type=module_type)  # [n, n, L]
+    fig = go.Figure()
+    for ci, (name, pairs) in enumerate(_pair_groups(result.labels, groups).items()):
+        if not pairs:
+            continue
+        vals = torch.stack([per_layer[i, j] for i, j in pairs])  # [pairs, L]
+        mean = vals.mean(0)
+        sd = vals.std(0) if len(pairs) > 1 else torch.zeros_like(mean)
+        _band(fig, layers, mean.tolist(), (mean - sd).tolist(), (mean + sd).tolist(),
+              f"{name} (n={len(pairs)})", _COLORS[ci % len(_COLORS)])
+    for which, dash in (("gaussian", "dot"), ("base", "dash")):
+        table = result.gaussian if which == "gaussian" else result.base
+        if metric in table:
+            vals = result.baseline_per_layer(which, metric)  # [n, L]
+            fig.add_trace(go.Scatter(x=layers, y=vals.mean(0).tolist(), mode="lines",
+                                     name=f"{which} baseline", line={"color": "gray", "dash": dash}))
+    side = metric.rsplit("_", 1)[-1]
+    if metric.startswith("overlap") and side in result.random_overlap:
+        fig.add_hline(y=float(result.random_overlap[side].mean()), line_dash="dashdot",
+                      line_color="black", annotation_text="random k/d")
+    title = METRIC_TITLES.get(metric, metric)
+    fig.update_layout(title=title + (f" ({module_type})" if module_type else ""),
+                      xaxis_title="layer", yaxis_title=metric, template="plotly_white")
+    return fig
+
+
+def heatmap_figure(result: Any, metric: str = "overlap_right", layer: int | None = None,
+                   module_type: str | None = None) -> Any:
+    """Adapter-by-adapter heatmap of a metric averaged over the selected modules."""
+    import plotly.graph_objects as go
+
+    mat = result.matrix(metric, layer=layer, module_type=module_type)
+    text = [[f"{v:.3f}" for v in row] for row in mat.tolist()]
+    fig = go.Figure(go.Heatmap(z=mat.tolist(), x=result.labels, y=result.labels, text=text,
+                               texttemplate="%{text}", colorscale="Viridis"))
+    where = ", ".join(x for x in (f"layer {layer}" if layer is not None else "",
+                                  module_type or "") if x) or "all modules"
+    fig.update_layout(title=f"{METRIC_TITLES.get(metric, metric)} ({where})",
+                      template="plotly_white", yaxis_autorange="reversed")
+    return fig
+
+
+def connectivity_figure(result: Any) -> Any:
+    """One panel per metric along the path, with intervals and the end-point line."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    metrics = list(result.metrics)
+    fig = make_subplots(rows=len(metrics), cols=1, shared_xaxes=True,
+                        subplot_titles=[f"{m} (barrier {result.barriers.get(m, float('nan')):.3g})"
+                                        for m in metrics])
+    ts = [r["t"] for r in result.records]
+    for mi, metric in enumerate(metrics, start=1):
+        color = _COLORS[(mi - 1) % len(_COLORS)]
+        ys = [r[metric] for r in result.records]
+        if all(f"{metric}_lo" in r for r in result.records):
+            lo = [r[f"{metric}_lo"] for r in result.records]
+            hi = [r[f"{metric}_hi"] for r in result.records]
+            fig.add_trace(go.Scatter(x=ts + ts[::-1], y=hi + lo[::-1], fill="toself",
+                                     fillcolor=_rgba(color, 0.18), line={"width": 0},
+                                     hoverinfo="skip", showlegend=False), row=mi, col=1)
+        fig.add_trace(go.Scatter(x=ts, y=ys, mode="lines+markers", name=metric,
+                                 line={"color": color}), row=mi, col=1)
+        one = min(range(len(ts)), key=lambda i: abs(ts[i] - 1.0))
+        fig.add_trace(go.Scatter(x=[ts[0], ts[one]], y=[ys[0], ys[one]], mode="lines",
+                                 line={"color": "gray", "dash": "dot"}, showlegend=False),
+                      row=mi, col=1)
+    xlabel = {"base": "t  (W0 + t dW)", "pair": f"t  (W0 + (1-t) dW_{result.labels[0]} + "
+              f"t dW_{result.labels[-1]})"}.get(result.mode, "point")
+    fig.update_xaxes(title_text=xlabel, row=len(metrics), col=1)
+    fig.update_layout(title=f"linear mode connectivity ({result.mode}: {', '.join(result.labels)})",
+                      template="plotly_white", height=280 * len(metrics) + 120)
+    return fig
+
+
+def write_html(fig: Any, path: str | os.PathLike[str]) -> Path:
+    """Write a figure as standalone HTML, atomically, with plotly.js beside it (offline)."""
+    from plotly.offline import get_plotlyjs
+
+    from emprobe.io import atomic_path
+
+    target = Path(path)
+    js = target.parent / "plotly.min.js"
+    if not js.exists():
+        with atomic_path(js) as tmp:
+            tmp.write_text(get_plotlyjs(), encoding="utf-8")
+    with atomic_path(target) as tmp:
+        tmp.write_text(fig.to_html(include_plotlyjs="directory", full_html=True), encoding="utf-8")
+    return target
