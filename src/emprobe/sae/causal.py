@@ -1,0 +1,216 @@
+"""Causal checks of candidate latents: steer with decoder rows, and the re-alignment driver.
+
+A *scorer* is any callable ``scorer(subject) -> estimate`` where the estimate has
+``mean``, ``lo``, ``hi`` (an ``emprobe.evaluate`` ``Estimate``), or is a ``(mean, lo, hi)``
+tuple, or a float. ``default_scorer()`` uses ``emprobe.evaluate.local.local_score``'s
+per-answer margin when that module is installed; otherwise pass your own.
+
+Steering vector of latent ``i``: the unit decoder row ``W_dec[i] / ||W_dec[i]||`` times
+``coeff * scale``; ``scale`` defaults to the mean residual norm at that site (so a
+coefficient of 0.5 adds half a typical activation's length), added on all tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from emprobe.errors import EmprobeError
+from emprobe.hooks.interventions import steer
+
+Scorer = Callable[[Any], Any]
+
+
+def as_interval(est: Any) -> dict[str, float]:
+    """An estimate (object with mean/lo/hi, a tuple, or a float) -> ``{"mean", "lo", "hi"}``."""
+    if isinstance(est, (int, float)):
+        return {"mean": float(est), "lo": float(est), "hi": float(est)}
+    if isinstance(est, (tuple, list)) and len(est) == 3:
+        return {"mean": float(est[0]), "lo": float(est[1]), "hi": float(est[2])}
+    if all(hasattr(est, k) for k in ("mean", "lo", "hi")):
+        return {"mean": float(est.mean), "lo": float(est.lo), "hi": float(est.hi)}
+    raise EmprobeError(f"scorer returned {type(est).__name__}; expected mean/lo/hi, a tuple or a float")
+
+
+def default_scorer(questions: Any = None, n_boot: int = 200, seed: int = 0,
+                   measure: str = "per_answer") -> Scorer:
+    """``emprobe.evaluate.local.local_score`` as a scorer (its ``measure`` estimate)."""
+    try:
+        from emprobe.evaluate.local import local_score
+    except ImportError:
+        raise EmprobeError(
+            "emprobe.evaluate.local is not available: pass a scorer(subject) -> (mean, lo, hi)"
+        ) from None
+
+    def scorer(subject: Any) -> Any:
+        res = local_score(subject, questions=questions, n_boot=n_boot, seed=seed)
+        return LocalEstimate(getattr(res, measure), res, measure, n_boot, seed)
+
+    return scorer
+
+
+class LocalEstimate:
+    """A local-score estimate that keeps the full ``LocalScore`` for paired comparisons."""
+
+    def __init__(self, est: Any, raw: Any, measure: str, n_boot: int, seed: int) -> None:
+        self.mean, self.lo, self.hi = float(est.mean), float(est.lo), float(est.hi)
+        self.raw, self.measure, self.n_boot, self.seed = raw, measure, n_boot, seed
+
+    def paired_delta(self, baseline: LocalEstimate) -> dict[str, float]:
+        """``self - baseline`` with a bootstrap interval paired by question."""
+        from emprobe.evaluate.local import compare
+
+        est = getattr(compare(baseline.raw, self.raw, n_boot=self.n_boot, seed=self.seed),
+                      self.measure)
+        return {"delta": float(est.mean), "delta_lo": float(est.lo), "delta_hi": float(est.hi)}
+
+
+def decoder_direction(sae: Any, latent: int) -> torch.Tensor:
+    """Unit decoder row ``[d_in]`` of ``latent``."""
+    row = sae.W_dec[int(latent)].detach().float().cpu()
+    return row / row.norm().clamp_min(1e-12)
+
+
+def steering_check(
+    subject: Any,
+    sae: Any,
+    latents: Sequence[int],
+    site: str,
+    layer: int,
+    scorer: Scorer,
+    coeffs: Sequence[float] = (0.25, 0.5, 1.0),
+    scale: float | None = None,
+    random_controls: int = 0,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Steer ``subject`` with each latent's decoder row at each coefficient; score each.
+
+    ``random_controls`` adds that many random unit directions, steered at the same scale
+    (entries with ``"latent": None`` under ``"controls"``): a large push in any direction
+    can move a log-probability score, so a candidate is specific only if it beats them.
+
+    Returns ``{"baseline": {mean, lo, hi}, "scale", "coeffs", "latents": [...]}``; each latent
+    entry holds per-coefficient scores and ``delta`` (steered minus unsteered mean; with
+    ``default_scorer`` also ``delta_lo`` / ``delta_hi``, a bootstrap interval paired by
+    question), plus ``max_delta``. ``latents`` in the result are sorted by ``max_delta`` (most misaligning
+    first). Without ``scale``, the mean residual norm of ``subject`` on a few neutral
+    chats is used.
+    """
+    from tqdm.auto import tqdm
+
+    if scale is None:
+        scale = mean_resid_norm(subject, site, layer)
+    raw_base = scorer(subject)
+    baseline = as_interval(raw_base)
+    gen = torch.Generator().manual_seed(seed)
+    d_in = int(sae.cfg.d_in)
+    randoms = [torch.nn.functional.normalize(torch.randn(d_in, generator=gen), dim=0)
+               for _ in range(random_controls)]
+    jobs: list[tuple[int | None, torch.Tensor]] = [
+        (int(la), decoder_direction(sae, la)) for la in latents] + [(None, r) for r in randoms]
+    rows, controls = [], []
+    for latent, unit in tqdm(jobs, desc="steering check", disable=not progress, leave=False):
+        vec = unit * scale
+        per = []
+        for c in coeffs:
+            with steer(subject, vec, coeff=float(c), layers=layer, site=site, positions="all"):
+                raw = scorer(subject)
+            est = as_interval(raw)
+            entry = {"coeff": float(c), **est, "delta": est["mean"] - baseline["mean"]}
+            if isinstance(raw, LocalEstimate) and isinstance(raw_base, LocalEstimate):
+                entry.update(raw.paired_delta(raw_base))
+            per.append(entry)
+        row = {"latent": latent, "scores": per, "max_delta": max(p["delta"] for p in per)}
+        (rows if latent is not None else controls).append(row)
+    rows.sort(key=lambda r: r["max_delta"], reverse=True)
+    return {"baseline": baseline, "scale": float(scale), "coeffs": [float(c) for c in coeffs],
+            "site": site, "layer": int(layer), "latents": rows, "controls": controls}
+
+
+def mean_resid_norm(subject: Any, site: str, layer: int) -> float:
+    """Mean activation norm at ``(site, layer)`` over a few neutral chats (first token dropped)."""
+    from emprobe.hooks.capture import collect
+    from emprobe.sae.corpus import generic_chats
+
+    got = collect(subject, generic_chats(8, seed=11), layers=[layer], site=site, positions="all")
+    keep = got.token_index[:, 1] > 0
+    return float(got.acts[layer][keep].norm(dim=-1).mean())
+
+
+@torch.no_grad()
+def latent_mean(subject: Any, sae: Any, latent: int, site: str, layer: int,
+                data: Sequence[Any], positions: str = "all") -> float:
+    """Mean activation of one latent over ``data``'s selected tokens (first token dropped)."""
+    from emprobe.hooks.capture import collect
+    from emprobe.sae.diff import encode_rows
+
+    got = collect(subject, data, layers=[layer], site=site, positions=positions)
+    keep = got.token_index[:, 1] > 0
+    return float(encode_rows(sae, got.acts[layer][keep])[:, int(latent)].mean())
+
+
+def realignment_curve(
+    finetune_fn: Callable[[int], Any],
+    scorer: Scorer,
+    probe: Callable[[Any], float],
+    ns: Sequence[int] = (0, 30, 60, 120, 240),
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Track the score and a latent while a misaligned model is fine-tuned on N benign examples.
+
+    ``finetune_fn(n)`` returns the subject after ``n`` benign examples (``n = 0``: the
+    misaligned model itself); ``probe(subject)`` returns the latent's mean activation (e.g.
+    ``functools.partial(latent_mean, sae=..., latent=..., ...)`` wrapped to take a subject).
+    See ``emprobe_realign_fn`` for a ``finetune_fn`` built on ``emprobe.train``.
+    """
+    from tqdm.auto import tqdm
+
+    out = []
+    for n in tqdm(list(ns), desc="re-alignment", disable=not progress, leave=False):
+        subject = finetune_fn(int(n))
+        out.append({"n_benign": int(n), "score": as_interval(scorer(subject)),
+                    "latent_mean": float(probe(subject))})
+    return out
+
+
+def emprobe_realign_fn(
+    base_spec: str,
+    misaligned_adapter: str,
+    benign_records: Sequence[dict[str, Any]],
+    out_root: str,
+    config: Any = None,
+) -> Callable[[int], Any]:
+    """A ``finetune_fn`` for ``realignment_curve`` on ``emprobe.train.finetune``.
+
+    For ``n > 0`` it merges the misaligned adapter into the base weights, fine-tunes a new
+    adapter on the first ``n`` benign records, and returns the merged model with the new
+    adapter. Needs ``emprobe.train``; its ``preset("cpu-lora")`` config by default.
+    """
+    from pathlib import Path
+
+    try:
+        from emprobe.train import finetune, preset
+    except ImportError:
+        raise EmprobeError("emprobe.train is not available: pass your own finetune_fn") from None
+    from emprobe.models.subject import load_model
+
+    cfg = config if config is not None else preset("cpu-lora")
+
+    def fn(n: int) -> Any:
+        merged = load_model(base_spec, adapter=misaligned_adapter, merge_adapter=True)
+        if n == 0:
+            return merged
+        if n > len(benign_records):
+            raise EmprobeError(f"re-alignment: asked for {n} benign records, have {len(benign_records)}")
+        result = finetune(merged, list(benign_records[:n]), cfg, Path(out_root) / f"n{n}")
+        from peft import PeftModel
+
+        fresh = load_model(base_spec, adapter=misaligned_adapter, merge_adapter=True)
+        fresh.model = PeftModel.from_pretrained(fresh.model, str(result.adapter_dir))
+        fresh.model.eval()
+        return fresh
+
+    return fn

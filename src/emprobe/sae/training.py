@@ -1,0 +1,293 @@
+"""Training SAEs on harvested shards with SAELens' own ``SAETrainer``; SAELens-format folders.
+
+One harvest feeds any number of SAEs (sites x layers x architectures): each SAE gets a
+data provider that cycles over one ``(site, layer)`` of the shards, reshuffled every
+epoch, with one shard in RAM at a time.
+
+Saved folder (SAELens' format, loadable by ``sae_lens.SAE.load_from_disk``)::
+
+    sae/
+      cfg.json                 SAELens inference config; ``metadata`` names the model,
+                               ``hook_name`` (TransformerLens bridge name) and the emprobe
+                               keys ``emprobe_site``, ``emprobe_layer``, ``emprobe_layer_convention``
+      sae_weights.safetensors  W_enc [d_in, d_sae], b_enc, W_dec [d_sae, d_in], b_dec (+ threshold)
+      sparsity.safetensors     log10 firing frequency per latent over the last window
+      emprobe.json             emprobe's record: site, layer, convention, model, harvest, config
+      metrics.json             written by ``emprobe.sae.metrics`` (when computed)
+
+BatchTopK SAEs are saved as JumpReLU SAEs (SAELens' convention for inference).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from emprobe.errors import DataError, FormatError
+from emprobe.hooks.convention import check_site, tl_hook_name
+from emprobe.hooks.shards import ShardReader
+from emprobe.io import atomic_dir, read_json, save_tensors, write_json
+from emprobe.sae.harvest import LAYER_CONVENTION, Harvest, load_harvest
+
+ARCHITECTURES = ("topk", "batchtopk", "jumprelu", "standard")
+
+
+@dataclass
+class SAETrainConfig:
+    """How to train one SAE. Serialised into ``emprobe.json``.
+
+    Attributes:
+        arch: ``topk`` | ``batchtopk`` | ``jumprelu`` | ``standard`` (L1).
+        d_sae: number of latents (default ``expansion * d_in``).
+        k: active latents per token (TopK) or on average (BatchTopK).
+        l1_coefficient: sparsity weight of the standard SAE.
+        l0_coefficient: sparsity weight of the JumpReLU SAE.
+        lr: Adam learning rate (constant after ``lr_warm_up_steps``).
+        batch_size: activation rows per step.
+        training_tokens: rows to train on (None: one pass over the harvest); the
+            provider cycles over the harvest when this is larger.
+        normalize_activations: SAELens' ``expected_average_only_in`` (scale inputs to norm
+            sqrt(d_in) during training, folded into the weights at the end) or ``none``.
+        dead_feature_window: steps without firing before a latent counts as dead.
+    """
+
+    arch: str = "topk"
+    d_sae: int | None = None
+    expansion: int = 8
+    k: int = 32
+    l1_coefficient: float = 5.0
+    l0_coefficient: float = 1.0
+    lr: float = 3e-4
+    lr_warm_up_steps: int = 0
+    batch_size: int = 512
+    training_tokens: int | None = None
+    normalize_activations: str = "expected_average_only_in"
+    dead_feature_window: int = 500
+    seed: int = 0
+    device: str = "cpu"
+
+    def check(self) -> SAETrainConfig:
+        if self.arch not in ARCHITECTURES:
+            raise DataError(f"SAE arch {self.arch!r}: use one of {', '.join(ARCHITECTURES)}")
+        if self.batch_size < 1 or self.k < 1:
+            raise DataError(f"SAE config: batch_size and k must be >= 1 (got {self.batch_size}, {self.k})")
+        if self.normalize_activations not in ("none", "expected_average_only_in"):
+            raise DataError(
+                f"normalize_activations {self.normalize_activations!r}: use none or "
+                "expected_average_only_in"
+            )
+        return self
+
+
+@dataclass
+class TrainedSAE:
+    """What ``train_sae`` returns: the folder, the inference SAE loaded back from it, its
+    record, and SAELens' training SAE object as trained (``None`` after a reload)."""
+
+    folder: Path
+    sae: Any
+    record: dict[str, Any]
+    training_sae: Any = None
+
+
+def shard_provider(
+    reader: ShardReader, layer: int, batch_size: int, seed: int = 0
+) -> Iterator[torch.Tensor]:
+    """Endless ``[batch_size, d_model]`` batches of one layer; reshuffled each epoch.
+
+    A short last batch of an epoch is dropped (SAELens' trainer counts samples per step).
+    """
+    if reader.n_rows < batch_size:
+        raise DataError(
+            f"{reader.folder}: {reader.n_rows} rows is fewer than one batch of {batch_size}"
+        )
+    epoch = 0
+    while True:
+        for batch in reader.batches(layer, batch_size, shuffle_seed=seed * 100003 + epoch):
+            if batch.shape[0] == batch_size:
+                yield batch
+        epoch += 1
+
+
+def _training_sae_config(cfg: SAETrainConfig, d_in: int, metadata: dict[str, Any]) -> Any:
+    import sae_lens
+
+    d_sae = cfg.d_sae or cfg.expansion * d_in
+    common = dict(d_in=d_in, d_sae=d_sae, device=cfg.device,
+                  normalize_activations=cfg.normalize_activations)
+    if cfg.arch == "topk":
+        out = sae_lens.TopKTrainingSAEConfig(k=cfg.k, **common)
+    elif cfg.arch == "batchtopk":
+        out = sae_lens.BatchTopKTrainingSAEConfig(k=float(cfg.k), **common)
+    elif cfg.arch == "jumprelu":
+        out = sae_lens.JumpReLUTrainingSAEConfig(l0_coefficient=cfg.l0_coefficient, **common)
+    else:
+        out = sae_lens.StandardTrainingSAEConfig(l1_coefficient=cfg.l1_coefficient, **common)
+    for key, value in metadata.items():
+        setattr(out.metadata, key, value)
+    return out
+
+
+def sae_metadata(model: str, site: str, layer: int, extra: dict[str, Any] | None = None) -> dict:
+    """The metadata emprobe writes into ``cfg.json`` (SAELens keys plus ``emprobe_*`` keys)."""
+    return {
+        "model_name": model,
+        "hook_name": tl_hook_name(site, layer),
+        "emprobe_site": site,
+        "emprobe_layer": int(layer),
+        "emprobe_layer_convention": LAYER_CONVENTION,
+        **(extra or {}),
+    }
+
+
+def train_sae(
+    harvest: Harvest | str | os.PathLike[str],
+    layer: int,
+    config: SAETrainConfig,
+    out_dir: str | os.PathLike[str],
+    site: str = "resid_post",
+    progress: bool = True,
+) -> TrainedSAE:
+    """Train one SAE on ``(site, layer)`` of a harvest with ``sae_lens.SAETrainer``; save it.
+
+    Returns the saved folder and the SAE re-loaded from it with ``sae_lens.SAE.load_from_disk``.
+    """
+    import sae_lens
+    from sae_lens.config import SAETrainerConfig
+
+    config.check()
+    check_site(site)
+    hv = harvest if isinstance(harvest, Harvest) else load_harvest(harvest)
+    reader = hv.reader(site)
+    if layer not in reader.layers:
+        raise DataError(f"{hv.folder}: layer {layer} not harvested at {site} (have {reader.layers})")
+    n_tokens = config.training_tokens or reader.n_rows
+    steps = max(1, n_tokens // config.batch_size)
+    metadata = sae_metadata(hv.meta.get("model", "?"), site, layer,
+                            {"emprobe_positions": hv.config.positions})
+    torch.manual_seed(config.seed)
+    sae_cfg = _training_sae_config(config, hv.d_model, metadata)
+    training_sae = sae_lens.TrainingSAE.from_dict(sae_cfg.to_dict())
+    trainer_cfg = SAETrainerConfig(
+        total_training_samples=steps * config.batch_size,
+        train_batch_size_samples=config.batch_size,
+        lr=config.lr,
+        lr_end=config.lr,
+        lr_warm_up_steps=config.lr_warm_up_steps,
+        device=config.device,
+        dead_feature_window=min(config.dead_feature_window, steps),
+        feature_sampling_window=max(steps, 1),
+        n_batches_for_norm_estimate=min(64, steps),
+    )
+    provider = shard_provider(reader, layer, config.batch_size, seed=config.seed)
+    trainer = sae_lens.SAETrainer(trainer_cfg, training_sae, provider)
+    trained = trainer.fit() if progress else _fit_quiet(trainer)
+    record = {
+        "format": "emprobe-sae/1",
+        "model": hv.meta.get("model"),
+        "adapter": hv.meta.get("adapter"),
+        "fingerprint": hv.meta.get("fingerprint"),
+        "site": site,
+        "layer": int(layer),
+        "layer_convention": LAYER_CONVENTION,
+        "hook_name_transformer_lens_bridge": tl_hook_name(site, layer),
+        "positions": hv.config.positions,
+        "harvest": str(hv.folder),
+        "harvest_rows": reader.n_rows,
+        "trained_tokens": trainer.n_training_samples,
+        "steps": trainer.n_training_steps,
+        "train_dead_latents": int(trainer.dead_neurons.sum()),
+        "train_l0": float(trainer.feature_sparsity.sum()) if trainer.n_frac_active_samples else None,
+        "config": asdict(config),
+        "sae_lens_version": sae_lens.__version__,
+    }
+    folder = Path(out_dir)
+    with atomic_dir(folder) as tmp:
+        trained.save_inference_model(str(tmp))
+        save_tensors(tmp / "sparsity.safetensors", {"sparsity": trainer.log_feature_sparsity})
+        write_json(tmp / "emprobe.json", record)
+    return TrainedSAE(folder=folder, sae=load_sae(folder), record=record, training_sae=trained)
+
+
+def _fit_quiet(trainer: Any) -> Any:
+    """Run ``trainer.fit()`` with SAELens' progress bar disabled."""
+    import sae_lens.training.sae_trainer as mod
+
+    real = mod.tqdm
+
+    def quiet(*args: Any, **kwargs: Any) -> Any:
+        kwargs["disable"] = True
+        return real(*args, **kwargs)
+
+    mod.tqdm = quiet
+    try:
+        return trainer.fit()
+    finally:
+        mod.tqdm = real
+
+
+def train_saes(
+    harvest: Harvest | str | os.PathLike[str],
+    jobs: list[tuple[str, int, SAETrainConfig]],
+    out_root: str | os.PathLike[str],
+    progress: bool = True,
+) -> list[TrainedSAE]:
+    """Train several SAEs from one harvest: ``jobs`` are ``(site, layer, config)``.
+
+    Each goes to ``out_root/{site}.{layer}.{arch}`` (with ``.k{k}`` for TopK / BatchTopK).
+    """
+    hv = harvest if isinstance(harvest, Harvest) else load_harvest(harvest)
+    out: list[TrainedSAE] = []
+    for site, layer, cfg in jobs:
+        name = f"{site}.{layer}.{cfg.arch}" + (f".k{cfg.k}" if cfg.arch in ("topk", "batchtopk") else "")
+        out.append(train_sae(hv, layer, cfg, Path(out_root) / name, site=site, progress=progress))
+    return out
+
+
+def load_sae(path: str | os.PathLike[str], device: str = "cpu") -> Any:
+    """Load any SAELens-format folder (``cfg.json`` + ``sae_weights.safetensors``) as an inference SAE."""
+    import sae_lens
+
+    p = Path(path)
+    for name in ("cfg.json", "sae_weights.safetensors"):
+        if not (p / name).is_file():
+            raise FormatError(f"{p}: not an SAELens folder (no {name})")
+    try:
+        return sae_lens.SAE.load_from_disk(str(p), device=device)
+    except (KeyError, ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FormatError(f"{p}: SAELens could not load it ({first})") from None
+
+
+def sae_site(sae: Any, folder: str | os.PathLike[str] | None = None) -> tuple[str, int]:
+    """The emprobe ``(site, layer)`` an SAE reads: from ``emprobe.json``, the cfg metadata,
+    or (for SAEs trained elsewhere) the TransformerLens hook name."""
+    if folder is not None and (Path(folder) / "emprobe.json").is_file():
+        rec = read_json(Path(folder) / "emprobe.json")
+        return str(rec["site"]), int(rec["layer"])
+    md = sae.cfg.metadata
+    if md.get("emprobe_site") is not None and md.get("emprobe_layer") is not None:
+        return str(md["emprobe_site"]), int(md["emprobe_layer"])
+    return site_from_hook_name(str(md.get("hook_name") or ""))
+
+
+def site_from_hook_name(hook: str) -> tuple[str, int]:
+    """TransformerLens hook names (HookedTransformer or bridge) -> emprobe ``(site, layer)``."""
+    parts = hook.split(".")
+    table = {
+        "hook_resid_post": "resid_post", "hook_out": "resid_post",
+        "hook_resid_pre": "resid_pre", "hook_in": "resid_pre",
+        "hook_attn_out": "attn_out", "hook_mlp_out": "mlp_out",
+    }
+    if len(parts) >= 3 and parts[0] == "blocks" and parts[1].isdigit():
+        tail = ".".join(parts[2:])
+        special = {"attn.hook_out": "attn_out", "mlp.hook_out": "mlp_out"}
+        site = special.get(tail) or table.get(tail)
+        if site:
+            return site, int(parts[1])
+    raise FormatError(f"cannot map hook name {hook!r} to an emprobe (site, layer)")

@@ -1,0 +1,56 @@
+"""AUROC and correlation math with bootstrap intervals."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from emprobe.errors import DataError
+from emprobe.sae.predict import auroc, pearson, predictor_stats, spearman
+
+
+def test_auroc_known_values_and_ties():
+    assert auroc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == pytest.approx(0.75)
+    assert auroc([1.0, 1.0], [0, 1]) == pytest.approx(0.5)
+    assert auroc([3, 2, 1], [1, 0, 0]) == 1.0 and auroc([3, 2, 1], [0, 1, 1]) == 0.0
+    with pytest.raises(DataError):
+        auroc([1, 2], [1, 1])
+
+
+def test_auroc_matches_pairwise_definition():
+    gen = torch.Generator().manual_seed(0)
+    s = torch.randint(0, 5, (40,), generator=gen).float()
+    y = torch.randint(0, 2, (40,), generator=gen)
+    pos, neg = s[y == 1], s[y == 0]
+    brute = sum((1.0 if p > n else 0.5 if p == n else 0.0) for p in pos for n in neg)
+    assert auroc(s, y) == pytest.approx(brute / (len(pos) * len(neg)))
+
+
+def test_correlations():
+    x = torch.arange(10.0)
+    assert pearson(x, 3 * x + 1) == pytest.approx(1.0)
+    assert spearman(x, x**3) == pytest.approx(1.0)
+    assert pearson(x, -x) == pytest.approx(-1.0)
+    from scipy.stats import pearsonr, spearmanr
+
+    gen = torch.Generator().manual_seed(1)
+    a, b = torch.randn(30, generator=gen), torch.randn(30, generator=gen)
+    b[:5] = b[5]  # ties
+    assert pearson(a, b) == pytest.approx(pearsonr(a, b)[0])
+    assert spearman(a, b) == pytest.approx(spearmanr(a, b)[0])
+
+
+def test_predictor_stats_intervals():
+    latent = [0.1, 0.2, 0.15, 0.9, 1.1, 0.8, 0.3, 1.0]
+    scores = [-5.0, -4.0, -4.5, 2.0, 3.0, 1.0, -3.0, 2.5]
+    out = predictor_stats(latent, scores, threshold=0.0, n_boot=300)
+    assert out["n_models"] == 8 and out["n_misaligned"] == 4
+    assert out["auroc"] == 1.0 and out["auroc_lo"] <= 1.0 and out["auroc_hi"] == 1.0
+    assert out["pearson_lo"] <= out["pearson"] <= out["pearson_hi"]
+    noisy = predictor_stats([0.5, 0.1, 0.9, 0.2, 0.4, 0.3], [1, -1, -2, 2, 0.5, -0.5],
+                            threshold=0.0, n_boot=300)
+    assert noisy["auroc_lo"] < noisy["auroc"] < noisy["auroc_hi"]
+    with pytest.raises(DataError):
+        predictor_stats([1, 2], [1, 2], threshold=0)
+    with pytest.raises(DataError):
+        predictor_stats([1, 2, 3], [1, 2, 3])

@@ -1,0 +1,156 @@
+"""SAE training through SAELens' trainer, SAELens-format folders, and metrics."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from emprobe.errors import DataError, FormatError
+from emprobe.sae.corpus import generic_chats
+from emprobe.sae.harvest import HarvestConfig, harvest
+from emprobe.sae.metrics import reconstruction_metrics, spliced_metrics
+from emprobe.sae.training import (
+    SAETrainConfig,
+    load_sae,
+    sae_site,
+    shard_provider,
+    site_from_hook_name,
+    train_sae,
+    train_saes,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors gain nothing from threads; on a shared 2-core machine two threads
+    spin against other jobs and run several times slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+
+@pytest.fixture(scope="module")
+def tiny_harvest(tiny_llama, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sae") / "harvest"
+    cfg = HarvestConfig(layers=[1, 2], batch_size=8, rows_per_shard=256)
+    return harvest(tiny_llama, generic_chats(24), out, cfg, progress=False)
+
+
+def _cfg(arch: str) -> SAETrainConfig:
+    return SAETrainConfig(arch=arch, d_sae=128, k=8, batch_size=64, training_tokens=640,
+                          lr=1e-3, l1_coefficient=1.0)
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "jumprelu", "standard"])
+def test_each_architecture_trains_and_saelens_loads_it(tiny_harvest, tmp_path, arch):
+    import sae_lens
+
+    tr = train_sae(tiny_harvest, 2, _cfg(arch), tmp_path / arch, progress=False)
+    assert tr.record["steps"] == 10 and tr.record["trained_tokens"] == 640
+    folder = tmp_path / arch
+    loaded = sae_lens.SAE.load_from_disk(str(folder))
+    assert loaded.cfg.d_in == 64 and loaded.cfg.d_sae == 128
+    md = loaded.cfg.metadata
+    assert md.model_name == "tiny-llama" and md.emprobe_site == "resid_post"
+    assert md.emprobe_layer == 2 and md.hook_name == "blocks.2.hook_out"
+    assert "decoder block" in md.emprobe_layer_convention
+    assert sae_site(loaded) == ("resid_post", 2)
+    rec = json.loads((folder / "emprobe.json").read_text())
+    assert rec["site"] == "resid_post" and rec["layer"] == 2 and rec["config"]["arch"] == arch
+    # the saved weights are the trained ones: same reconstruction on fresh inputs
+    x = tiny_harvest.reader().load(2)[:32]
+    trained = tr.training_sae.eval()
+    expected = {k: v.clone() for k, v in trained.state_dict().items()}
+    trained.process_state_dict_for_saving_inference(expected)  # SAELens' own conversion
+    got = loaded.state_dict()
+    assert sorted(got) == sorted(expected)
+    for key in expected:
+        torch.testing.assert_close(got[key].float(), expected[key].float())
+    with torch.no_grad():
+        if arch == "batchtopk":  # saved as JumpReLU with the learned threshold
+            assert loaded.cfg.architecture() == "jumprelu"
+            assert float(loaded.threshold[0]) == pytest.approx(float(trained.topk_threshold))
+        else:
+            torch.testing.assert_close(loaded.decode(loaded.encode(x)),
+                                       trained.decode(trained.encode(x)), rtol=1e-4, atol=1e-4)
+    # training reduces the error relative to the untrained start
+    assert reconstruction_metrics(loaded, [x])["explained_variance"] > -1.0
+
+
+def test_train_many_from_one_harvest(tiny_harvest, tmp_path):
+    jobs = [("resid_post", 1, _cfg("topk")), ("resid_post", 2, _cfg("standard"))]
+    out = train_saes(tiny_harvest, jobs, tmp_path, progress=False)
+    names = sorted(p.folder.name for p in out)
+    assert names == ["resid_post.1.topk.k8", "resid_post.2.standard"]
+    assert load_sae(tmp_path / "resid_post.1.topk.k8").cfg.metadata.emprobe_layer == 1
+
+
+def test_shard_provider_cycles_fixed_batches(tiny_harvest):
+    reader = tiny_harvest.reader()
+    it = shard_provider(reader, 1, 100)
+    n_batches = reader.n_rows // 100 + 3  # past one epoch
+    batches = [next(it) for _ in range(n_batches)]
+    assert all(b.shape == (100, 64) for b in batches)
+    with pytest.raises(DataError):
+        next(shard_provider(reader, 1, reader.n_rows + 1))
+
+
+def test_load_foreign_saelens_folder_and_hook_names(tmp_path):
+    import sae_lens
+
+    cfg = sae_lens.StandardSAEConfig(d_in=8, d_sae=16)
+    cfg.metadata.hook_name = "blocks.3.hook_resid_post"
+    sae_lens.StandardSAE(cfg).save_model(tmp_path / "foreign")
+    sae = load_sae(tmp_path / "foreign")
+    assert sae_site(sae) == ("resid_post", 3)
+    assert site_from_hook_name("blocks.4.mlp.hook_out") == ("mlp_out", 4)
+    assert site_from_hook_name("blocks.0.hook_in") == ("resid_pre", 0)
+    with pytest.raises(FormatError):
+        site_from_hook_name("embed.hook_out")
+    with pytest.raises(FormatError):
+        load_sae(tmp_path / "missing")
+    with pytest.raises(DataError):
+        SAETrainConfig(arch="gated").check()
+
+
+def _identity_sae(d: int):
+    """A standard SAE with W_enc = [I, -I]: relu(x) - relu(-x) = x reconstructs exactly."""
+    import sae_lens
+
+    sae = sae_lens.StandardSAE(sae_lens.StandardSAEConfig(d_in=d, d_sae=2 * d,
+                                                          apply_b_dec_to_input=False))
+    eye = torch.eye(d)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
+        sae.W_dec.copy_(torch.cat([eye, -eye], dim=0))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    return sae
+
+
+def test_reconstruction_metrics_identity_and_dead_latents():
+    d = 6
+    sae = _identity_sae(d)
+    x = torch.rand(200, d) + 0.1  # positive only: the -I half never fires
+    m = reconstruction_metrics(sae, [x[:120], x[120:]])
+    assert m["explained_variance"] == pytest.approx(1.0, abs=1e-6)
+    assert m["dead_latents"] == d and m["frac_alive"] == pytest.approx(0.5)
+    assert m["l0"] == pytest.approx(d) and m["n_tokens"] == 200
+    with torch.no_grad():  # predicting the mean explains nothing
+        sae.W_dec.zero_()
+        sae.b_dec.copy_(x.mean(0))
+    assert reconstruction_metrics(sae, [x])["explained_variance"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_spliced_metrics_identity_recovers_all_loss(tiny_llama):
+    data = generic_chats(4, seed=2)
+    m = spliced_metrics(tiny_llama, _identity_sae(64), "resid_post", 1, data)
+    assert m["ce_sae"] == pytest.approx(m["ce_clean"], abs=1e-4)
+    assert m["loss_recovered"] == pytest.approx(1.0, abs=1e-3)
+    assert m["kl_sae"] == pytest.approx(0.0, abs=1e-4)
+    assert m["ce_zero"] != pytest.approx(m["ce_clean"])
+    assert m["explained_variance"] == pytest.approx(1.0, abs=1e-5)
