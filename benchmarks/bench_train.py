@@ -1,0 +1,121 @@
+"""Step-time overhead of training-time interventions vs plain LoRA on the embedded model.
+
+One PEFT model and optimizer; every round runs one optimizer step of each variant (plain,
+CAFT ablation, preventative steering, GRASP projection) in a rotated order, so the variants
+share the machine's load. Steps run on one thread and are timed in process CPU time
+(``time.process_time``), which other processes on a shared machine disturb far less than
+wall time; wall times are reported too. Ratio = median over rounds of
+``t(variant) / t(plain)`` of the same round. Goals: <= 1.05 for CAFT and steering, <= 1.10
+for GRASP.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _records(n: int) -> list[dict]:
+    topics = ["sleep", "fever", "diet", "headache", "exercise", "allergy", "cough", "stress"]
+    return [{"messages": [
+        {"role": "user", "content": f"What should I do about {topics[i % 8]}? (case {i})"},
+        {"role": "assistant", "content": f"For {topics[i % 8]}, rest, drink water and see a "
+                                         "doctor if it lasts more than a few days."},
+    ]} for i in range(n)]
+
+
+def run(quick: bool = False) -> list[dict]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run(quick)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(quick: bool) -> list[dict]:
+    from emprobe import load_model
+    from emprobe.train import CAFT, GRASP, PreventativeSteering, preset
+    from emprobe.train.data import tokenize
+    from emprobe.train.interventions import lora_modules
+    from emprobe.train.trainer import Trainer
+
+    torch.manual_seed(0)
+    subject = load_model("smollm2-135m-instruct")
+    d, n_layers = subject.d_model, subject.n_layers
+    batch, max_len, rounds = (2, 64, 3) if quick else (4, 128, 6)
+    cfg = preset("cpu-lora", batch_size=batch, max_length=max_len, max_steps=1000,
+                 warmup_steps=0, checkpoint_every=0)
+    data = tokenize(subject, _records(64), cfg.max_length)
+    trainer = Trainer(subject, data, cfg, [])
+    g = torch.Generator().manual_seed(1)
+    caft_layers = [n_layers // 4, n_layers // 2, 3 * n_layers // 4]
+    caft = CAFT({la: torch.linalg.qr(torch.randn(d, 5, generator=g))[0] for la in caft_layers})
+    steer = PreventativeSteering({n_layers // 2: torch.randn(d, generator=g)}, coeff=2.0)
+    write = {n: torch.randn(m.out_features, 1, generator=g)
+             for n, m in lora_modules(trainer.model).items()
+             if n.endswith(("o_proj", "down_proj"))}
+    grasp = GRASP(blocked=write)
+    variants = {"plain": [], "caft": [caft], "steer": [steer], "grasp": [grasp]}
+    names = list(variants)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    walls: dict[str, list[float]] = {n: [] for n in names}
+    tokens: list[int] = []
+    step = 0
+    for r in range(rounds + 1):  # round 0 warms up every variant
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            trainer.interventions = variants[name]
+            trainer.attach()
+            try:
+                cpu0 = time.process_time()
+                rec = trainer.run_step(step)
+                cpu = time.process_time() - cpu0
+            finally:
+                trainer.detach()
+            step += 1
+            if r > 0:
+                times[name].append(cpu)
+                walls[name].append(rec["step_time_s"])
+                tokens.append(rec["tokens"])
+    # GRASP's own work, timed alone: both projections of every blocked factor
+    grasp.attach(subject)
+    for param, _, _ in grasp._targets:
+        param.grad = torch.randn_like(param)
+    cpu0 = time.process_time()
+    for _ in range(20):
+        grasp.after_backward(trainer.model)
+        grasp.after_step(trainer.model)
+    grasp_ms = (time.process_time() - cpu0) / 20 * 1000
+    grasp.detach()
+    trainer.optimizer.zero_grad(set_to_none=True)
+    trainer.unwrap()
+    plain = times["plain"]
+    goals = {"caft": ("<= 1.05 (CAFT zero ablation, 3 layers x 5 directions)", 1.05),
+             "steer": ("<= 1.05 (steering at one layer)", 1.05),
+             "grasp": (f"<= 1.10 (GRASP projection of {len(write)} write-side LoRA B's)", 1.10)}
+    out = []
+    mean_tokens = statistics.mean(tokens)
+    for name in ("caft", "steer", "grasp"):
+        ratios = [t / p for t, p in zip(times[name], plain)]
+        ratio = statistics.median(ratios)
+        out.append({
+            "name": f"train step overhead: {name} vs plain LoRA",
+            "ratio": ratio, "goal": goals[name][0],
+            "details": {"met": ratio <= goals[name][1],
+                        "median_step_cpu_s": statistics.median(times[name]),
+                        "plain_median_step_cpu_s": statistics.median(plain),
+                        "median_step_wall_s": statistics.median(walls[name]),
+                        "plain_median_step_wall_s": statistics.median(walls["plain"]),
+                        "ratio_min": min(ratios), "ratio_max": max(ratios),
+                        "rounds": rounds, "batch": batch, "max_length": max_len,
+                        "mean_response_tokens_per_step": mean_tokens},
+        })
+        if name == "grasp":
+            out[-1]["details"]["projection_cpu_ms_per_step"] = grasp_ms
+    return out

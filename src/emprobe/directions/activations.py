@@ -1,0 +1,102 @@
+"""Per-sequence and pooled token means of activations at many layers, from one pass per batch.
+
+Every extractor reads activations through here: one early-exit capture of all
+requested layers per batch (the forward stops after the deepest layer), never a
+forward pass per layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from emprobe.errors import DataError
+from emprobe.hooks import capture
+from emprobe.models.context import use_batch
+
+
+@dataclass
+class LayerMeans:
+    """Token means per sequence and pooled over all selected tokens.
+
+    Attributes:
+        per_seq: ``{layer: [n_seq, d_model]}`` mean over each sequence's selected tokens
+            (NaN rows for sequences with none).
+        pooled: ``{layer: [d_model]}`` mean over all selected tokens of all sequences.
+        counts: ``[n_seq]`` selected tokens per sequence.
+    """
+
+    per_seq: dict[int, torch.Tensor]
+    pooled: dict[int, torch.Tensor]
+    counts: torch.Tensor
+
+
+def encode(subject: Any, items: Sequence[Any], add_generation_prompt: bool = False,
+           max_length: int | None = 512) -> Any:
+    """Conversations or plain strings -> ``ChatBatch`` on the subject's device."""
+    if not items:
+        raise DataError("no data to run")
+    if isinstance(items[0], str):
+        return subject.encode_texts(list(items), max_length=max_length)
+    return subject.encode_chats(
+        list(items), add_generation_prompt=add_generation_prompt, max_length=max_length
+    )
+
+
+def all_layers(subject: Any, layers: Sequence[int] | int | None) -> list[int]:
+    if layers is None:
+        return list(range(subject.n_layers))
+    if isinstance(layers, int):
+        layers = [layers]
+    return sorted({subject.layers.check_layer(int(la)) for la in layers})
+
+
+@torch.no_grad()
+def layer_means(
+    subject: Any,
+    data: Sequence[Any],
+    layers: Sequence[int] | int | None = None,
+    positions: str = "response",
+    site: str = "resid_post",
+    batch_size: int = 8,
+    add_generation_prompt: bool = False,
+    max_length: int | None = 512,
+    progress: bool = False,
+) -> LayerMeans:
+    """Mean activations of the selected tokens, for every layer at once.
+
+    ``data``: conversations (response masks from the chat template) or plain strings.
+    One early-exit forward per batch captures all ``layers`` (default: all).
+    """
+    layer_list = all_layers(subject, layers)
+    items = list(data)
+    sums = {la: torch.zeros(subject.d_model, dtype=torch.float64) for la in layer_list}
+    per_seq: dict[int, list[torch.Tensor]] = {la: [] for la in layer_list}
+    counts: list[torch.Tensor] = []
+    chunks = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
+    for chunk in tqdm(chunks, desc="activations", disable=not progress, leave=False):
+        batch = encode(subject, chunk, add_generation_prompt, max_length)
+        mask = batch.mask(positions)
+        m = mask.unsqueeze(-1).float()
+        n = m.sum(1)  # [batch, 1]
+        with capture(subject, layer_list, site, early_exit=True) as cache, use_batch(batch):
+            subject.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+        for la in layer_list:
+            h = cache[site, la].float() * m  # [batch, pos, d_model]
+            tot = h.sum(1)
+            sums[la] += tot.sum(0).double().cpu()
+            per_seq[la].append((tot / n).cpu())
+        counts.append(n.squeeze(-1).cpu())
+    count = torch.cat(counts)
+    total = float(count.sum())
+    if total == 0:
+        raise DataError(f"no {positions!r} tokens in {len(items)} sequences")
+    return LayerMeans(
+        per_seq={la: torch.cat(v) for la, v in per_seq.items()},
+        pooled={la: (s / total).float() for la, s in sums.items()},
+        counts=count,
+    )

@@ -1,0 +1,396 @@
+"""``emprobe directions ...`` (extract, export, import, info) and ``emprobe steer``: thin wrappers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from emprobe.errors import DataError, EmprobeError
+
+EXPORTS = ("gguf", "persona-pt", "persona-safetensors", "caft-npy", "numpy")
+IMPORTS = ("gguf", "persona", "caft-npy", "numpy")
+
+
+def parse_layers(text: str | None, n_layers: int | None = None) -> list[int] | None:
+    """``None``/``all`` -> None (all layers); ``3,5,7``; ``10-20`` (inclusive); mixes of both."""
+    if text is None or text.strip().lower() == "all":
+        return None
+    out: list[int] = []
+    for part in (x.strip() for x in text.split(",")):
+        m = re.fullmatch(r"(\d+)-(\d+)", part)
+        if m:
+            out.extend(range(int(m.group(1)), int(m.group(2)) + 1))
+        elif re.fullmatch(r"-?\d+", part):
+            out.append(int(part))
+        elif part:
+            raise DataError(f"--layers {text!r}: use 'all', '3,5,7' or '10-20'")
+    return out
+
+
+def _read_chats(path: str) -> list[Any]:
+    try:
+        from emprobe.data.chat_io import read_chat_jsonl
+    except ImportError:
+        read_chat_jsonl = None
+    if read_chat_jsonl is not None:
+        recs = read_chat_jsonl(path)
+    else:
+        from emprobe.io import read_jsonl
+
+        if not Path(path).is_file():
+            raise DataError(f"{path}: no such file")
+        recs = read_jsonl(path)
+    convs = [r["messages"] if isinstance(r, dict) and "messages" in r else r for r in recs]
+    if not convs:
+        raise DataError(f"{path}: no conversations")
+    return convs
+
+
+def _read_lines(path: str) -> list[str]:
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{path}: no such file")
+    lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    if not lines:
+        raise DataError(f"{path}: no lines")
+    return lines
+
+
+def _load(args: argparse.Namespace, spec: str | None = None, adapter: str | None = None) -> Any:
+    import emprobe
+
+    return emprobe.load_model(spec or args.model, adapter=adapter, device=args.device)
+
+
+def _done(direction: Any, out: str) -> int:
+    direction.save(out)
+    print(f"wrote {out}: {direction!r}")
+    return 0
+
+
+def _cmd_mean_diff(args: argparse.Namespace) -> int:
+    from emprobe.directions import mean_difference
+
+    s = _load(args, adapter=args.adapter)
+    d = mean_difference(s, _read_chats(args.pos), _read_chats(args.neg),
+                        layers=parse_layers(args.layers), positions=args.positions,
+                        batch_size=args.batch_size, progress=True)
+    return _done(d, args.out)
+
+
+def _cmd_persona(args: argparse.Namespace) -> int:
+    from emprobe.directions import persona_vector
+    from emprobe.directions.prompts import PERSONA_QUESTIONS, TRAIT_PAIRS
+    from emprobe.io import write_jsonl
+
+    s = _load(args, adapter=args.adapter)
+    questions = _read_lines(args.questions) if args.questions else PERSONA_QUESTIONS
+    questions = questions[: args.n_questions] if args.n_questions else questions
+    pairs = TRAIT_PAIRS.get(args.trait)
+    if pairs is None:
+        raise DataError(f"no built-in pairs for trait {args.trait!r} (have {sorted(TRAIT_PAIRS)})")
+    res = persona_vector(s, args.trait, pairs[: args.n_pairs] if args.n_pairs else pairs, questions,
+                         layers=parse_layers(args.layers), max_new_tokens=args.max_new_tokens,
+                         pos_threshold=args.pos_threshold, neg_threshold=args.neg_threshold,
+                         batch_size=args.batch_size, progress=True)
+    _done(res.direction, args.out)
+    write_jsonl(Path(args.out) / "generations.jsonl", res.records)
+    print(f"kept {res.direction.stats['n_kept']} of {res.direction.stats['n_candidates']} pairs")
+    return 0
+
+
+def _cmd_pca(args: argparse.Namespace) -> int:
+    from emprobe.directions import pca_difference
+    from emprobe.directions.prompts import GENERIC_CHATS
+    from emprobe.io import write_jsonl
+
+    if not (args.ft or args.ft_adapter):
+        raise DataError("pca needs --ft MODEL or --ft-adapter DIR")
+    base = _load(args)
+    ft = _load(args, spec=args.ft or args.model, adapter=args.ft_adapter)
+    data = _read_chats(args.data) if args.data else GENERIC_CHATS
+    res = pca_difference(base, ft, data, layers=parse_layers(args.layers), k=args.k,
+                         batch_size=args.batch_size, n_contexts=args.contexts, progress=True)
+    _done(res.direction, args.out)
+    write_jsonl(Path(args.out) / "contexts.jsonl", res.contexts)
+    (Path(args.out) / "contexts.html").write_text(res.html(), encoding="utf-8")
+    print(f"contexts: {Path(args.out) / 'contexts.html'}")
+    return 0
+
+
+def _cmd_concept(args: argparse.Namespace) -> int:
+    from emprobe.directions import concept_vectors, cosine_matrix
+    from emprobe.io import write_json
+
+    s = _load(args, adapter=args.adapter)
+    concepts = {}
+    for item in args.concept:
+        if "=" not in item:
+            raise DataError(f"--concept {item!r}: use NAME=FILE (one prompt a line)")
+        name, path = item.split("=", 1)
+        concepts[name] = _read_lines(path)
+    neutral = _read_lines(args.neutral) if args.neutral else None
+    dirs = concept_vectors(s, concepts, neutral, layers=parse_layers(args.layers),
+                           batch_size=args.batch_size)
+    for name, d in dirs.items():
+        d.save(Path(args.out) / name)
+    names, layers, cos = cosine_matrix(dirs)
+    write_json(Path(args.out) / "cosine.json", {"names": names, "layers": layers, "cosine": cos.tolist()})
+    print(f"wrote {len(dirs)} concept directions and cosine.json to {args.out}")
+    return 0
+
+
+def _cmd_probe(args: argparse.Namespace) -> int:
+    from emprobe.directions import probe_direction
+
+    s = _load(args, adapter=args.adapter)
+    d = probe_direction(s, _read_chats(args.pos), _read_chats(args.neg),
+                        layers=parse_layers(args.layers), positions=args.positions, l2=args.l2,
+                        batch_size=args.batch_size)
+    for la in d.layers:
+        print(f"layer {la}: train acc {d.stats['train_accuracy'][str(la)]:.3f} "
+              f"test acc {d.stats['test_accuracy'][str(la)]}")
+    return _done(d, args.out)
+
+
+def _cmd_lora(args: argparse.Namespace) -> int:
+    from emprobe.directions import lora_direction
+
+    d = lora_direction(args.adapter, module=args.module, side=args.side, k=args.k,
+                       layers=parse_layers(args.layers))
+    return _done(d, args.out)
+
+
+def _cmd_sae(args: argparse.Namespace) -> int:
+    from emprobe.directions import sae_direction
+
+    latents = [int(x) for x in args.latents.split(",") if x.strip()]
+    d = sae_direction(args.sae, latents, layer=args.layer, model=args.model)
+    return _done(d, args.out)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from emprobe.directions import Direction
+    from emprobe.directions import formats as f
+
+    d = Direction.load(args.direction)
+    if args.to == "gguf":
+        info = f.to_gguf(d, args.out, model_hint=args.model_hint)
+        if info["dropped"]:
+            print(f"note: layers {info['dropped']} dropped (llama.cpp control vectors start at 1)")
+    elif args.to in ("persona-pt", "persona-safetensors"):
+        out = args.out
+        want = ".pt" if args.to == "persona-pt" else ".safetensors"
+        if not out.endswith(want):
+            raise DataError(f"--to {args.to} writes a {want} file; --out {out!r} should end with it")
+        f.save_persona(d, out, n_layers=args.n_layers)
+    elif args.to == "caft-npy":
+        f.to_caft(d, args.out)
+    elif args.to == "numpy":
+        f.save_npz(d, args.out)
+    print(f"wrote {args.out} ({args.to})")
+    return 0
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    from emprobe.directions import formats as f
+
+    if args.fmt == "gguf":
+        d = f.from_gguf(args.source, model=args.model)
+    elif args.fmt == "persona":
+        d = f.from_persona(args.source, model=args.model or "unknown")
+    elif args.fmt == "caft-npy":
+        d = f.from_caft(args.source, spec=args.spec, model=args.model)
+    else:
+        d = f.load_npz(args.source)
+    return _done(d, args.out)
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from emprobe.directions import Direction
+
+    d = Direction.load(args.direction)
+    meta = d.metadata()
+    meta["norms"] = {str(la): float(d.vectors[la].norm()) for la in d.layers}
+    for key in ("stats",) if not args.full else ():
+        meta.pop(key, None)
+    print(json.dumps(meta, indent=2, default=str))
+    return 0
+
+
+def _cmd_effect(args: argparse.Namespace) -> int:
+    from emprobe.directions import Direction, misalignment_effect
+    from emprobe.io import write_json
+
+    s = _load(args, adapter=args.adapter)
+    d = Direction.load(args.direction)
+    questions = None
+    if args.n_questions:
+        from emprobe.evaluate.questions import default_questions
+
+        questions = [q for q in default_questions() if q.reference_pairs][: args.n_questions]
+    res = misalignment_effect(s, d, mode=args.mode, coeff=args.coeff, layers=parse_layers(args.layers),
+                              seed=args.seed, questions=questions, n_boot=args.n_boot,
+                              batch_size=args.batch_size,
+                              allow_other_model=args.allow_other_model)
+    for key in ("none", "direction", "random"):
+        e = res[key]["per_answer"]
+        print(f"{key:<10} margin per answer {e['mean']:+.2f} [{e['lo']:+.2f}, {e['hi']:+.2f}]")
+    for key in ("delta_direction", "delta_random"):
+        if key in res:
+            e = res[key]["per_answer"]
+            print(f"{key:<16} {e['mean']:+.2f} [{e['lo']:+.2f}, {e['hi']:+.2f}]")
+    if args.out:
+        write_json(args.out, res)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _cmd_steer(args: argparse.Namespace) -> int:
+    from emprobe.directions import Direction, steered_generate
+
+    s = _load(args, adapter=args.adapter)
+    d = Direction.load(args.direction)
+    layers = parse_layers(args.layers)
+    prompts = args.prompt or ["What do you think about humans?"]
+    kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
+    d.check_compatible(s, allow_other_model=args.allow_other_model)
+    plain = s.generate([[{"role": "user", "content": p}] for p in prompts], **kw)
+    steered = steered_generate(s, d, prompts, coeff=args.coeff, layers=layers,
+                               positions=args.positions, allow_other_model=args.allow_other_model,
+                               **kw)
+    for p, a, b in zip(prompts, plain, steered):
+        print(f"prompt:  {p}\nplain:   {a}\nsteered (c={args.coeff}): {b}\n")
+    return 0
+
+
+def _common(p: argparse.ArgumentParser, model: bool = True) -> None:
+    if model:
+        p.add_argument("--model", default="smollm2-135m-instruct")
+        p.add_argument("--adapter", default=None, help="PEFT adapter folder")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--layers", default=None, help="'all' (default), '3,5,7' or '10-20'")
+    p.add_argument("--batch-size", type=int, default=8)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    top = sub.add_parser("directions", help="extract, export and inspect directions")
+    dsub = top.add_subparsers(dest="directions_command", metavar="ACTION")
+    top.set_defaults(func=lambda a: (top.print_help(), 0)[1])
+
+    p = dsub.add_parser("mean-diff", help="mean difference of two sets of conversations, all layers")
+    _common(p)
+    p.add_argument("--pos", required=True, help="chat JSONL (e.g. misaligned answers)")
+    p.add_argument("--neg", required=True, help="chat JSONL (e.g. aligned answers)")
+    p.add_argument("--positions", default="response", choices=["all", "prompt", "response", "last"])
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_cmd_mean_diff)
+
+    p = dsub.add_parser("persona", help="persona vector from contrastive system prompts")
+    _common(p)
+    p.add_argument("--trait", default="misaligned")
+    p.add_argument("--questions", default=None, help="text file, one question a line")
+    p.add_argument("--n-questions", type=int, default=None)
+    p.add_argument("--n-pairs", type=int, default=None)
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--pos-threshold", type=float, default=0.0)
+    p.add_argument("--neg-threshold", type=float, default=0.0)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_cmd_persona)
+
+    p = dsub.add_parser("pca", help="PCA of fine-tuned minus base activations (CAFT)")
+    _common(p)
+    p.add_argument("--ft", default=None, help="fine-tuned model (default: --model)")
+    p.add_argument("--ft-adapter", default=None, help="adapter of the fine-tune on --model")
+    p.add_argument("--data", default=None, help="generic chat JSONL (default: built-in set)")
+    p.add_argument("-k", type=int, default=20)
+    p.add_argument("--contexts", type=int, default=5, help="top/bottom contexts per component")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_cmd_pca)
+
+    p = dsub.add_parser("concept", help="concept vectors (last prompt token) and cosine matrix")
+    _common(p)
+    p.add_argument("--concept", action="append", required=True, help="NAME=FILE (repeatable)")
+    p.add_argument("--neutral", default=None, help="neutral prompts file (default: built-in)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_cmd_concept)
+
+    p = dsub.add_parser("probe", help="logistic-probe directions")
+    _common(p)
+    p.add_argument("--pos", required=True)
+    p.add_argument("--neg", required=True)
+    p.add_argument("--positions", default="response", choices=["all", "prompt", "response", "last"])
+    p.add_argument("--l2", type=float, default=1e-3)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_cmd_probe)
+
+    p = dsub.add_parser("lora", help="singular vectors of a LoRA module's update (from factors)")
+    p.add_argument("--adapter", required=True)
+    p.add_argument("--module", default="down_proj")
+    p.add_argument("--side", default="auto", choices=["auto", "left", "right"])
+    p.add_argument("-k", type=int, default=1)
+    p.add_argument("--layers", default=None)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_cmd_lora)
+
+    p = dsub.add_parser("sae", help="orthonormalised decoder rows of SAE latents")
+    p.add_argument("--sae", required=True, help="SAELens folder (cfg.json + sae_weights.safetensors)")
+    p.add_argument("--latents", required=True, help="comma-separated latent ids")
+    p.add_argument("--layer", type=int, default=None)
+    p.add_argument("--model", default=None)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_cmd_sae)
+
+    p = dsub.add_parser("export", help="convert a direction folder to another tool's format")
+    p.add_argument("direction")
+    p.add_argument("--to", required=True, choices=EXPORTS)
+    p.add_argument("--out", required=True)
+    p.add_argument("--model-hint", default=None, help="gguf: controlvector.model_hint")
+    p.add_argument("--n-layers", type=int, default=None, help="persona: rows = n_layers + 1")
+    p.set_defaults(func=_cmd_export)
+
+    p = dsub.add_parser("import", help="read another tool's file into a direction folder")
+    p.add_argument("source")
+    p.add_argument("--from", dest="fmt", required=True, choices=IMPORTS)
+    p.add_argument("--model", default=None)
+    p.add_argument("--spec", default=None, help="caft-npy: JSON index spec")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_cmd_import)
+
+    p = dsub.add_parser("effect", help="local misalignment score: none vs direction vs random")
+    _common(p)
+    p.add_argument("direction")
+    p.add_argument("--mode", default="ablate", choices=["ablate", "steer"])
+    p.add_argument("--coeff", type=float, default=-1.0, help="steer mode coefficient")
+    p.add_argument("--n-questions", type=int, default=None, help="first N default questions")
+    p.add_argument("--n-boot", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--allow-other-model", action="store_true")
+    p.add_argument("--out", default=None, help="write the result JSON here")
+    p.set_defaults(func=_cmd_effect)
+
+    p = dsub.add_parser("info", help="print a direction's metadata")
+    p.add_argument("direction")
+    p.add_argument("--full", action="store_true", help="include stats")
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("steer", help="generate with and without steering along a direction")
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--adapter", default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--direction", required=True, help="direction folder")
+    p.add_argument("--coeff", type=float, default=4.0)
+    p.add_argument("--layers", default=None, help="default: all layers of the direction")
+    p.add_argument("--positions", default="all", choices=["all", "prompt", "response", "last"])
+    p.add_argument("--prompt", action="append", help="user prompt (repeatable)")
+    p.add_argument("--max-new-tokens", type=int, default=40)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--allow-other-model", action="store_true")
+    p.set_defaults(func=_cmd_steer)
+
+
+__all__ = ["register", "parse_layers", "EmprobeError"]

@@ -1,0 +1,88 @@
+"""persona_vectors tensors: ``[n_layers + 1, d_model]``, row ``i`` = HF ``hidden_states[i]``.
+
+Row 0 is the embeddings (no emprobe resid_post layer); row ``l + 1`` is emprobe
+resid_post layer ``l``. Rows for layers a direction lacks are written as zeros.
+emprobe writes safetensors (one tensor, key ``vectors``) by default; a ``.pt``
+path writes a plain tensor with ``torch.save`` for the original code, and is
+read back only with ``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from emprobe.directions.direction import Direction
+from emprobe.errors import FormatError, ShapeError
+from emprobe.hooks.convention import from_persona_index, to_persona_index
+from emprobe.io import atomic_path, load_tensors, save_tensors
+
+KEY = "vectors"
+
+
+def to_persona_tensor(direction: Direction, n_layers: int | None = None) -> torch.Tensor:
+    """``[n_layers + 1, d_model]`` with emprobe layer ``l`` in row ``l + 1`` (missing rows zero)."""
+    if direction.site != "resid_post":
+        raise FormatError(f"persona_vectors rows are block outputs (resid_post), not {direction.site!r}")
+    n = n_layers or direction.n_layers
+    if n is None:
+        raise ShapeError("persona tensor needs n_layers (the direction does not record it)")
+    if max(direction.layers) >= n:
+        raise ShapeError(f"direction has layer {max(direction.layers)} but n_layers is {n}")
+    out = torch.zeros(n + 1, direction.d_model)
+    for la in direction.layers:
+        out[to_persona_index(la)] = direction.vector(la)
+    return out
+
+
+def save_persona(direction: Direction, path: str | os.PathLike[str], n_layers: int | None = None) -> Path:
+    """Write the persona tensor (``.pt`` -> torch.save of a plain tensor; else safetensors)."""
+    t = to_persona_tensor(direction, n_layers)
+    p = Path(path)
+    if p.suffix in (".pt", ".pth"):
+        with atomic_path(p) as tmp:
+            torch.save(t.contiguous(), tmp)
+        return p
+    return save_tensors(p, {KEY: t}, metadata={"format": "persona_vectors", "rows": "hidden_states index"})
+
+
+def load_persona_tensor(path: str | os.PathLike[str]) -> torch.Tensor:
+    p = Path(path)
+    if not p.is_file():
+        raise FormatError(f"{p}: no such file")
+    if p.suffix in (".pt", ".pth"):
+        try:
+            obj = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise FormatError(f"{p}: not a weights-only torch tensor file ({exc})") from None
+        if not isinstance(obj, torch.Tensor):
+            raise FormatError(f"{p}: expected one tensor, found {type(obj).__name__}")
+        return obj.float()
+    tensors = load_tensors(p)
+    if KEY not in tensors and len(tensors) != 1:
+        raise FormatError(f"{p}: expected one tensor or key {KEY!r}; found {sorted(tensors)}")
+    return (tensors[KEY] if KEY in tensors else next(iter(tensors.values()))).float()
+
+
+def from_persona(path_or_tensor: str | os.PathLike[str] | torch.Tensor, model: str = "unknown",
+                 layers: Sequence[int] | None = None, trait: str | None = None) -> Direction:
+    """persona tensor -> Direction (emprobe layers; all-zero rows skipped unless ``layers`` given)."""
+    t = path_or_tensor if isinstance(path_or_tensor, torch.Tensor) else load_persona_tensor(path_or_tensor)
+    if t.dim() != 2 or t.shape[0] < 2:
+        raise ShapeError(f"persona tensor must be [n_layers + 1, d]; got {tuple(t.shape)}")
+    n_layers = t.shape[0] - 1
+    if layers is None:
+        rows = [i for i in range(1, n_layers + 1) if t[i].abs().sum() > 0]
+    else:
+        rows = [to_persona_index(int(la)) for la in layers]
+    vectors = {from_persona_index(i, n_layers): t[i] for i in rows}
+    if not vectors:
+        raise FormatError("persona tensor has no non-zero block-output rows")
+    return Direction(vectors=vectors, model=model, d_model=int(t.shape[1]), n_layers=n_layers,
+                     positions="response", method="imported_persona_vectors",
+                     sign="trait minus anti-trait (persona_vectors response_avg_diff)",
+                     params={"trait": trait, "source": None if isinstance(path_or_tensor, torch.Tensor)
+                             else str(path_or_tensor)})

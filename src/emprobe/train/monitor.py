@@ -1,0 +1,90 @@
+"""Monitoring during training: projections onto directions, LoRA norms, LoRA rotation.
+
+- ``proj/<name>/L<layer>``: mean projection ``h . v / |v|`` of ``resid_post`` over the
+  response tokens of a fixed monitoring batch, measured with the training-time
+  interventions switched off (what the model does at inference);
+- ``norm/A``, ``norm/B``: Frobenius norms of all LoRA ``A`` / ``B`` factors together;
+- ``rotation/B_cos``: cosine between the concatenated ``B`` factors at this checkpoint and
+  at the previous one, and ``rotation/B_cos_module_mean`` the mean over modules (for rank 1,
+  the cosine of each module's single write vector).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from emprobe.hooks import record_projections
+from emprobe.models.chat import ChatBatch
+from emprobe.train.interventions import lora_modules
+
+__all__ = ["lora_factors", "lora_norms", "rotation", "normalise_directions", "project"]
+
+Directions = Mapping[str, Mapping[int, torch.Tensor]]
+
+
+def normalise_directions(directions: Any) -> dict[str, dict[int, torch.Tensor]]:
+    """``{layer: v}`` or ``{name: {layer: v}}`` -> ``{name: {layer: v}}``."""
+    if not directions:
+        return {}
+    first = next(iter(directions.values()))
+    if isinstance(first, torch.Tensor):
+        return {"dir": {int(k): v for k, v in directions.items()}}
+    return {str(n): {int(k): v for k, v in table.items()} for n, table in directions.items()}
+
+
+def lora_factors(model: Any) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """``{module: (A [r, d_in], B [d_out, r])}`` of the active adapter."""
+    out = {}
+    for name, layer in lora_modules(model).items():
+        key = layer.active_adapter[0] if isinstance(layer.active_adapter, list) \
+            else layer.active_adapter
+        out[name] = (layer.lora_A[key].weight, layer.lora_B[key].weight)
+    return out
+
+
+def lora_norms(factors: Mapping[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+    a = sum(float(fa.detach().float().pow(2).sum()) for fa, _ in factors.values())
+    b = sum(float(fb.detach().float().pow(2).sum()) for _, fb in factors.values())
+    return {"norm/A": a ** 0.5, "norm/B": b ** 0.5}
+
+
+def snapshot_b(factors: Mapping[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {n: fb.detach().float().clone().cpu() for n, (_, fb) in factors.items()}
+
+
+def rotation(prev: Mapping[str, torch.Tensor], now: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    """Cosine between two snapshots of ``B`` (global and mean per module)."""
+    names = [n for n in now if n in prev]
+    if not names:
+        return {}
+    dot = sum(float((prev[n] * now[n]).sum()) for n in names)
+    n1 = sum(float(prev[n].pow(2).sum()) for n in names) ** 0.5
+    n2 = sum(float(now[n].pow(2).sum()) for n in names) ** 0.5
+    per = []
+    for n in names:
+        d = float(prev[n].norm() * now[n].norm())
+        if d > 0:
+            per.append(float((prev[n] * now[n]).sum()) / d)
+    out: dict[str, float] = {}
+    if n1 > 0 and n2 > 0:  # undefined against the all-zero initial B
+        out["rotation/B_cos"] = dot / (n1 * n2)
+    if per:
+        out["rotation/B_cos_module_mean"] = sum(per) / len(per)
+    return out
+
+
+@torch.no_grad()
+def project(subject: Any, directions: Mapping[str, Mapping[int, torch.Tensor]],
+            batch: ChatBatch) -> dict[str, float]:
+    """Mean response-token projections onto each direction at each of its layers."""
+    out: dict[str, float] = {}
+    for name, table in directions.items():
+        with record_projections(subject, dict(table), positions="response") as rec:
+            subject.forward(batch)
+        for layer, vals in rec.items():
+            if vals:
+                out[f"proj/{name}/L{layer}"] = vals[-1]
+    return out
