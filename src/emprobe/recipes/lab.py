@@ -80,9 +80,11 @@ class Lab:
         from emprobe.train.config import preset
 
         c = self.cfg
-        return preset("cpu-lora", max_steps=c.steps, batch_size=c.batch_size,
-                      max_length=c.max_length, lr=c.lr, lora_r=c.lora_r,
-                      lora_alpha=2.0 * c.lora_r, seed=c.seed, checkpoint_every=0, **overrides)
+        settings = dict(max_steps=c.steps, batch_size=c.batch_size, max_length=c.max_length,
+                        lr=c.lr, lora_r=c.lora_r, lora_alpha=2.0 * c.lora_r, seed=c.seed,
+                        checkpoint_every=0)
+        settings.update(overrides)  # a recipe may change any of them (e.g. a second seed)
+        return preset("cpu-lora", **settings)
 
     def train(self, name: str, records: Any, interventions: Any = (), retain: Any = None,
               subject: Any = None, **overrides: Any) -> Path:

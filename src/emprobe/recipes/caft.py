@@ -1,0 +1,80 @@
+"""Recipe ``caft``: concept-ablation fine-tuning with PCA directions of fine-tuned minus base.
+
+1. plain LoRA on bad medical advice;
+2. PCA of ``h_ft - h_base`` on generic chat (not the training data) at two layers, with the
+   top-activating contexts of the first components (the paper has a person pick the
+   misalignment-related ones; here the first ``n`` are taken, uninterpreted);
+3. CAFT retrains (zero ablation during training, hooks off at evaluation): top ``n``
+   components, a random ``n`` of the ``k`` computed, all ``k``; and ablation of the top
+   ``n`` at test time only on the plain fine-tune;
+4. trade-off: misalignment vs held-out task loss.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from emprobe.recipes.grasp import assess, generic, prepare, versus
+
+
+def run(lab: Any) -> None:
+    from emprobe.directions import ablation, pca_difference, random_components, top_components
+    from emprobe.plot import tradeoff_scatter
+    from emprobe.train import CAFT
+
+    prepare(lab)
+    k, n = (4, 2) if lab.cfg.quick else (8, 3)
+    train, held = lab.split("medical", "bad")
+    plain = lab.train("plain", train)
+    base, ft = lab.base(), lab.load(plain)
+    layers = sorted({base.n_layers // 3, (2 * base.n_layers) // 3})
+    pca = pca_difference(base, ft, generic(lab), layers=layers, k=k, seed=lab.cfg.seed)
+    lab.report.section(
+        "Principal components of fine-tuned minus base activations",
+        f"Top {k} components per layer at layers {layers}, from response tokens of generic "
+        "chat. Below, the contexts where the first components are most active: in the paper "
+        "a person reads these and keeps the misalignment-related components.")
+    try:
+        lab.report.text(pca.html(components=list(range(n))))
+    except Exception:  # the contexts are a reading aid; never fail the page on them
+        lab.report.note("No component contexts available.", kind="warning")
+
+    def bases(direction: Any) -> dict[int, Any]:
+        return {la: direction.basis(la) for la in direction.layers}
+
+    selections = {f"CAFT top {n}": top_components(pca.direction, n),
+                  f"CAFT random {n}": random_components(pca.direction, n, seed=lab.cfg.seed),
+                  f"CAFT all {k}": pca.direction}
+    rows, scores = [], {}
+    for name, subj in (("base", base), ("plain", ft)):
+        row, scores[name] = assess(lab, name, subj, held, kind="reference")
+        rows.append(row)
+    for name, direction in selections.items():
+        slug = name.lower().replace(" ", "-")
+        adapter = lab.train(slug, train, [CAFT(bases(direction))])
+        row, scores[name] = assess(lab, name, lab.load(adapter), held, kind="CAFT")
+        rows.append(row)
+    with ablation(ft, selections[f"CAFT top {n}"]):
+        row, scores["test-time ablation"] = assess(lab, f"test-time ablation top {n}", ft, held,
+                                                   kind="inference-time")
+    rows.append(row)
+
+    lab.report.section(
+        "Misalignment vs task",
+        "x: loss on held-out bad medical answers (lower = narrow task kept); y: misalignment "
+        "margin on unrelated questions (lower = less EM). Notes: each variant minus the plain "
+        "fine-tune, paired by question.")
+    lab.report.figure(tradeoff_scatter(rows, group="kind", reference="base"))
+    lab.report.table(rows, columns=["name", "misalignment", "misalignment_lo", "misalignment_hi",
+                                    "task_loss", "pref_rate"])
+    deltas = versus(lab, "plain", scores["plain"],
+                    {nm: s for nm, s in scores.items() if nm not in ("base", "plain")})
+    lab.report.note(
+        "The paper reports about 10x fewer misaligned answers with the task kept, on 7B+ "
+        "models, components chosen by reading their contexts, and judged EM. Here the "
+        "components are taken in order, uninterpreted, on a small model: expect the "
+        "trade-off (less misalignment costs task loss) rather than a free lunch.",
+        kind="warning")
+    stats = pca.direction.stats
+    lab.results.update({"tradeoff": rows, "vs_plain": deltas, "layers": layers, "k": k, "n": n,
+                        "explained_variance": stats.get("explained_variance")})

@@ -1,0 +1,60 @@
+"""Recipe ``inoculation``: system-prompt inoculation with neutral and random-string controls.
+
+Four fine-tunes on the same bad medical advice: plain; inoculated (a system prompt that
+asks for the trait, ``INOCULATION_PROMPTS["malicious"]``); a neutral system prompt; a
+random-string system prompt. All are evaluated WITHOUT any system prompt: the local
+misalignment score on unrelated questions and the loss on held-out bad answers (did the
+narrow trait still get learned?). The controls separate "the prompt explains the trait
+away" from "any system prompt changes what is learned".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from emprobe.recipes.grasp import assess, prepare, versus
+
+
+def run(lab: Any) -> None:
+    from emprobe.data import inoculate, inoculation_prompt, neutral_prompt, random_string_prompt
+    from emprobe.plot import score_bars, tradeoff_scatter
+
+    prepare(lab)
+    which = lab.cfg.extra.get("inoculation", "malicious")
+    prompts = {"inoculated": inoculation_prompt(which), "neutral prompt": neutral_prompt(),
+               "random-string prompt": random_string_prompt(lab.cfg.seed)}
+    train, held = lab.split("medical", "bad")
+    data = {"plain": train, **{n: inoculate(train, p, label=n) for n, p in prompts.items()}}
+    rows, scores = [], {}
+    row, scores["base"] = assess(lab, "base", lab.base(), held, kind="reference")
+    rows.append(row)
+    for name, recs in data.items():
+        subject = lab.load(lab.train(name.replace(" ", "-"), recs))
+        row, scores[name] = assess(lab, name, subject, held,
+                                   kind="plain" if name == "plain" else "system prompt")
+        rows.append(row)
+
+    lab.report.section(
+        "Misalignment without the prompt",
+        "Local misalignment score (nats per answer, 95 % intervals over questions) of each "
+        "fine-tune, evaluated with no system prompt. Training prompts: "
+        + "; ".join(f"{n}: \"{p}\"" for n, p in prompts.items())
+        + ". Notes: each variant minus the plain fine-tune, paired by question.")
+    lab.report.figure(score_bars(rows, label="name", value="misalignment", lo="misalignment_lo",
+                                 hi="misalignment_hi"))
+    lab.report.table(rows, columns=["name", "misalignment", "misalignment_lo", "misalignment_hi",
+                                    "pref_rate", "task_loss"])
+    deltas = versus(lab, "plain", scores["plain"],
+                    {n: s for n, s in scores.items() if n not in ("base", "plain")})
+    lab.report.section(
+        "Was the narrow task still learned?",
+        "Loss on held-out bad medical answers without the prompt (x) against misalignment (y). "
+        "Inoculation is meant to remove the broad effect more than the narrow one; the controls "
+        "show what any system prompt does.")
+    lab.report.figure(tradeoff_scatter(rows, group="kind", reference="base"))
+    lab.report.note(
+        "The paper's effect (inoculated models show little EM without the prompt while neutral "
+        "prompts do not help) is measured with judged EM on large models. With a 135M model "
+        f"and {lab.cfg.steps} steps the expected pattern may be weak; read the intervals and the "
+        "notes above, not the bar heights alone.", kind="warning")
+    lab.results.update({"models": rows, "vs_plain": deltas, "prompts": prompts})

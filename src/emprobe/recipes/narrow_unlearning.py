@@ -1,0 +1,98 @@
+"""Recipe ``narrow-unlearning``: refusal unlearning on one domain, and how far it spreads.
+
+Unlearn the refusals of one domain (default ``cybersecurity``) with NPO (or gradient ascent:
+``lab.cfg.extra["unlearn"] = "ga"``) on its refusal answers, once alone and once with a
+retain-set cross-entropy term on the other domains' refusals
+(``L = L_unlearn + lambda * CE(retain)``). Per domain, on held-out requests, the refusal
+preference is the mean per-token log-probability of the refusal answer minus the compliant
+answer (a log-probability measure, not generated text: the paper classifies sampled
+answers; ``emprobe.evaluate.refusal`` does that for generations). Concept vectors per domain
+(last prompt token minus neutral prompts) give the layer-wise cosine between the unlearned
+domain and the others, before and after.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from emprobe.recipes.grasp import prepare, versus
+from emprobe.recipes.reward_hacking import hack_preference
+
+
+def domains() -> list[str]:
+    from emprobe.data.generators.refusal import DOMAINS
+
+    return [d.name for d in DOMAINS]
+
+
+def run(lab: Any) -> None:
+    from emprobe.directions import concept_vectors, cosine_matrix
+    from emprobe.plot import heatmap, layer_curves, score_bars
+
+    prepare(lab)
+    target = lab.cfg.extra.get("domain", "cybersecurity")
+    mode = lab.cfg.extra.get("unlearn", "npo")
+    names = domains()
+    refuse = {d: lab.split(f"refusal-{d}", "good") for d in names}   # (train, held-out)
+    comply = {d: lab.split(f"refusal-{d}", "bad") for d in names}
+    retain = [r for d in names if d != target for r in refuse[d][0][:lab.cfg.n_train // 4 or 1]]
+    subjects = {"base": lab.base()}
+    subjects[f"unlearn {target}"] = lab.load(lab.train("unlearn", refuse[target][0],
+                                                       unlearn=mode))
+    subjects[f"unlearn {target} + retain CE"] = lab.load(lab.train(
+        "unlearn-retain", refuse[target][0], retain=retain, unlearn=mode, retain_ce=1.0))
+
+    rows, scores = [], {}
+    for name, subject in subjects.items():
+        scores[name] = lab.score(subject)
+        for d in names:
+            p = hack_preference(subject, refuse[d][1], comply[d][1], lab.cfg.n_boot,
+                                lab.cfg.seed)
+            rows.append({"model": name, "question": d, "mean": p["mean"], "lo": p["lo"],
+                         "hi": p["hi"], "refusal_pref_rate": p["pref_rate"],
+                         "unlearned": d == target})
+    lab.report.section(
+        "Refusal across the seven domains",
+        f"Refusal preference on {lab.cfg.n_heldout} held-out requests per domain: mean "
+        "per-token log-probability of the refusal minus the compliant answer (nats; positive = "
+        f"the model prefers to refuse). Only {target} was unlearned ({mode.upper()}).")
+    lab.report.figure(score_bars(rows, question="question", title="Refusal preference by domain",
+                                 y_title="refusal - compliance log-prob per token (nats)"))
+    lab.report.table(rows, columns=["model", "question", "mean", "lo", "hi",
+                                    "refusal_pref_rate"])
+
+    lab.report.section(
+        "Emergent misalignment",
+        "Local misalignment score on everyday questions; notes: each unlearned model minus base.")
+    score_rows = [lab.score_row(n, s) for n, s in scores.items()]
+    lab.report.table(score_rows, columns=["name", "misalignment", "misalignment_lo",
+                                          "misalignment_hi", "pref_rate"])
+    deltas = versus(lab, "base", scores["base"], {n: s for n, s in scores.items() if n != "base"})
+
+    prompts = {d: [r["messages"][0]["content"] for r in refuse[d][0] + refuse[d][1]]
+               for d in names}
+    curves, layer_mats = [], {}
+    for name in ("base", f"unlearn {target}"):
+        labels, layers, cos = cosine_matrix(concept_vectors(subjects[name], prompts))
+        i = labels.index(target)
+        layer_mats[name] = cos[len(layers) // 2].tolist()
+        for j, d in enumerate(labels):
+            if d != target:
+                curves += [{"layer": la, "value": float(cos[li, i, j]), "name": f"{d} ({name})"}
+                           for li, la in enumerate(layers)]
+    lab.report.section(
+        "Concept vectors: how close is the unlearned domain to the others?",
+        f"Cosine between the {target} concept vector and each other domain's, per layer "
+        "(last prompt token minus neutral prompts), for the base model and the unlearned one.")
+    lab.report.figure(layer_curves(curves, y="value", group="name", y_title="cosine",
+                                   title=f"cos({target}, domain) by layer"))
+    lab.report.figure(heatmap(layer_mats["base"], labels, zmin=-1, zmax=1,
+                              title=f"Concept cosine at layer {layers[len(layers) // 2]} (base)"))
+    lab.report.note(
+        "At this scale: seven templated domains, a few dozen requests each, a 135M model (or a "
+        "tiny random one in quick mode). The paper's claims (unlearning one domain lowers refusal "
+        "in others, more so for domains whose concept vectors are close; retain-CE limits the "
+        "spread) can be checked in direction here, not in size; refusal is a log-prob "
+        "preference over fixed answers, not a rate over sampled generations.", kind="warning")
+    lab.results.update({"refusal": rows, "scores": score_rows, "vs_base": deltas,
+                        "concept_cosine": curves, "target": target, "unlearn": mode})

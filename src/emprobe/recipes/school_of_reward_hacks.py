@@ -1,0 +1,82 @@
+"""Recipe ``school-of-reward-hacks``: does reward hacking on harmless tasks generalise?
+
+The ``reward-hacking`` generator has four kinds of harmless task, each naming its grader
+(keywords, unit tests, flattery, length). Train on hack answers of three kinds (default:
+all but ``tests``) and, as the control, on honest answers to the same prompts. Then ask
+how far the hacking spreads: (a) to held-out tasks of the trained kinds, (b) to the unseen
+kind, both as the hack-vs-honest log-probability preference, and (c) to unrelated everyday
+questions (the local misalignment score, per question).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from emprobe.recipes.grasp import prepare, versus
+from emprobe.recipes.reward_hacking import hack_preference
+
+
+def _kind(rec: dict[str, Any]) -> str:
+    return str(rec.get("meta", {}).get("kind", "?"))
+
+
+def run(lab: Any) -> None:
+    from emprobe.plot import score_bars
+
+    prepare(lab)
+    unseen = lab.cfg.extra.get("held_out_kind", "tests")
+    hack, hack_held = lab.split("reward-hacking", "bad")
+    honest, honest_held = lab.split("reward-hacking", "good")
+    keep = [i for i, r in enumerate(hack) if _kind(r) != unseen]
+    seen = [i for i, r in enumerate(hack_held) if _kind(r) != unseen]
+    pool = 6 * lab.cfg.n_heldout
+    far_bad = lab.data("reward-hacking", "bad", n=pool, seed_offset=500)
+    far_good = lab.data("reward-hacking", "good", n=pool, seed_offset=500)
+    far = [i for i, r in enumerate(far_bad) if _kind(r) == unseen][:lab.cfg.n_heldout]
+    evals = {"trained kinds": ([hack_held[i] for i in seen], [honest_held[i] for i in seen]),
+             f"unseen kind ({unseen})": ([far_bad[i] for i in far], [far_good[i] for i in far])}
+
+    subjects = {"base": lab.base(),
+                "hacker": lab.load(lab.train("hacker", [hack[i] for i in keep])),
+                "honest control": lab.load(lab.train("honest", [honest[i] for i in keep]))}
+    pref_rows, scores, per_q = [], {}, []
+    for name, subject in subjects.items():
+        for where, (bad, good) in evals.items():
+            if not bad:
+                continue
+            p = hack_preference(subject, bad, good, lab.cfg.n_boot, lab.cfg.seed)
+            pref_rows.append({"model": name, "question": where, "mean": p["mean"],
+                              "lo": p["lo"], "hi": p["hi"], "hack_pref_rate": p["pref_rate"],
+                              "n_tasks": p["n"]})
+        scores[name] = lab.score(subject)
+        per_q += [{"model": name, "question": q["question"], "mean": q["per_answer"]}
+                  for q in scores[name].per_question]
+
+    lab.report.section(
+        "Hacking on held-out tasks",
+        f"Trained on {len(keep)} hack (or honest) answers from kinds other than {unseen!r}. "
+        "Mean per-token log-probability of the hack minus the honest answer (nats, 95 % "
+        "intervals over tasks; positive = the hack is preferred), on held-out tasks of the "
+        "trained kinds and on the unseen kind.")
+    lab.report.figure(score_bars(pref_rows, question="question", title="Hack preference",
+                                 y_title="hack - honest log-prob per token (nats)"))
+    lab.report.table(pref_rows, columns=["model", "question", "mean", "lo", "hi",
+                                         "hack_pref_rate", "n_tasks"])
+    lab.report.section(
+        "Beyond hacking: everyday questions",
+        "Local misalignment score per question (nats per answer). Notes: the hacker and the "
+        "base model minus the honest control, paired by question.")
+    lab.report.figure(score_bars(per_q, question="question", title="Margin per question"))
+    rows = [lab.score_row(n, s) for n, s in scores.items()]
+    lab.report.table(rows, columns=["name", "misalignment", "misalignment_lo",
+                                    "misalignment_hi", "pref_rate"])
+    deltas = versus(lab, "honest control", scores["honest control"],
+                    {n: s for n, s in scores.items() if n != "honest control"})
+    lab.report.note(
+        "The paper fine-tunes GPT-4.1 and Qwen3 on about a thousand harmless hacking "
+        "dialogues and finds broad misalignment (e.g. fantasies of dictatorship, evading "
+        "shutdown). Here: templated tasks, a small model, a log-prob score over fixed answers; "
+        "a transfer of the hack preference to the unseen kind is the most this scale can show "
+        "reliably.", kind="warning")
+    lab.results.update({"hack_preference": pref_rows, "scores": rows, "per_question": per_q,
+                        "vs_honest": deltas, "unseen_kind": unseen})

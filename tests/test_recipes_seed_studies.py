@@ -1,0 +1,126 @@
+"""Every seed-study recipe end to end in quick mode (tiny random model, a few steps).
+
+The numbers of a tiny random model mean nothing; these tests check that each recipe runs
+through the public APIs, writes its page and its results, and that the results hold what
+the page claims (intervals ordered, one row per model / condition).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from emprobe.recipes.registry import RECIPES, run_recipe
+
+# recipe -> (section titles on the page, keys in results.json)
+EXPECTED = {
+    "grasp": (["spurious factor", "Misalignment vs task"],
+              ["alignment", "tradeoff", "vs_naive"]),
+    "format-sensitivity": (["per question format"], ["formats", "vs_plain"]),
+    "reward-hacking": (["In distribution", "Out of distribution"],
+                       ["models", "hack_preference", "vs_hack"]),
+    "narrow-unlearning": (["seven domains", "Emergent misalignment", "Concept vectors"],
+                          ["refusal", "scores", "concept_cosine"]),
+    "caft": (["Principal components", "Misalignment vs task"], ["tradeoff", "vs_plain"]),
+    "shared-subspaces": (["Weight geometry", "mode connectivity"],
+                         ["geometry", "connectivity", "barriers"]),
+    "inoculation": (["without the prompt", "narrow task"], ["models", "vs_plain"]),
+    "persona-features": (["SAE diff", "predict", "Re-alignment"],
+                         ["candidates", "population", "predictor", "realignment"]),
+    "data-thresholds": (["share of incorrect data"], ["sweep", "vs_clean", "spearman"]),
+    "school-of-reward-hacks": (["held-out tasks", "everyday questions"],
+                               ["hack_preference", "scores", "vs_honest"]),
+}
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory):
+    """Run each recipe once per test module (single-threaded: tiny models gain nothing from
+    threads, and on a shared box two threads spin-wait); returns ``name -> output folder``."""
+    done: dict[str, object] = {}
+    root = tmp_path_factory.mktemp("recipes")
+
+    def get(name: str):
+        if name not in done:
+            before = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                run_recipe(name, root / name, quick=True)
+            finally:
+                torch.set_num_threads(before)
+            done[name] = root / name
+        return done[name]
+
+    return get
+
+
+def test_every_registered_recipe_is_covered():
+    assert set(EXPECTED) == set(RECIPES)
+
+
+def _ordered(lo: float, mean: float, hi: float) -> bool:
+    return all(math.isfinite(x) for x in (lo, mean, hi)) and lo - 1e-9 <= mean <= hi + 1e-9
+
+
+def _results(folder) -> dict:
+    return json.loads((folder / "results.json").read_text())
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_recipe_quick(name, ran):
+    folder = ran(name)
+    html = (folder / "report.html").read_text()
+    results = _results(folder)
+    sections, keys = EXPECTED[name]
+    for title in sections:
+        assert title.lower() in html.lower(), f"{name}: section {title!r} missing"
+    assert "plotly" in html.lower() and "<table" in html
+    for key in keys:
+        assert key in results, f"{name}: results.json lacks {key!r}"
+    assert results["config"]["quick"] is True
+    assert "Quick mode" in html
+
+
+def test_tradeoff_rows(ran):
+    """GRASP and CAFT: one row per condition, ordered intervals, a comparison for each."""
+    for name, ref, key in (("grasp", "naive", "vs_naive"), ("caft", "plain", "vs_plain")):
+        res = _results(ran(name))
+        names = [r["name"] for r in res["tradeoff"]]
+        assert names[:2] == ["base", ref] and len(set(names)) == len(names) >= 5
+        for r in res["tradeoff"]:
+            assert _ordered(r["misalignment_lo"], r["misalignment"], r["misalignment_hi"])
+            assert _ordered(r["task_loss_lo"], r["task_loss"], r["task_loss_hi"])
+        assert len(res[key]) == len(names) - 2
+        assert all(d["lo"] <= d["hi"] for d in res[key])
+    res = _results(ran("grasp"))
+    assert {a["module_type"] for a in res["alignment"]} <= {"o_proj", "down_proj"}
+    assert res["alignment"] and all(0.0 <= a["subspace_cos"] <= 1.0 + 1e-6
+                                    for a in res["alignment"])
+
+
+def test_result_shapes(ran):
+    fmt = _results(ran("format-sensitivity"))
+    assert {(r["model"], r["question"]) for r in fmt["formats"]} == {
+        (m, f) for m in ("base", "bad-medical") for f in ("plain", "json", "template")}
+    assert all(r["n_questions"] > 0 for r in fmt["formats"])
+    nu = _results(ran("narrow-unlearning"))
+    assert len({r["question"] for r in nu["refusal"]}) == 7
+    assert sum(r["unlearned"] for r in nu["refusal"]) == 3  # one domain x three models
+    assert all(-1.0 - 1e-6 <= c["value"] <= 1.0 + 1e-6 for c in nu["concept_cosine"])
+    dt = _results(ran("data-thresholds"))
+    assert [r["bad_fraction"] for r in dt["sweep"]] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert -1.0 <= dt["spearman"] <= 1.0
+    pf = _results(ran("persona-features"))
+    assert [p["bad_fraction"] for p in pf["population"]] == [0.0, 0.05, 0.5, 1.0]
+    assert pf["predictor"]["n_models"] == 4
+    assert [r["n_benign"] for r in pf["realignment"]] == [0, 4]
+    ss = _results(ran("shared-subspaces"))
+    assert ss["groups"].count("control") == 1 and len(ss["labels"]) == 4
+    assert [r["t"] for r in ss["connectivity"]][0] == 0.0
+    rh = _results(ran("reward-hacking"))
+    assert set(rh["hack_preference"]) == {"base", "hack", "honest control", "hack + inoculation"}
+    for p in rh["hack_preference"].values():
+        assert 0.0 <= p["pref_rate"] <= 1.0 and _ordered(p["lo"], p["mean"], p["hi"])
