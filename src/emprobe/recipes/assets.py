@@ -39,7 +39,11 @@ def export_assets(demo_out: str | os.PathLike[str], assets: str | os.PathLike[st
 
 
 def _save(save_figure, fig, path: Path) -> list[Path]:  # noqa: ANN001
-    got = save_figure(fig, path)
+    from emprobe.plot import static_export_available
+
+    # README images: PNG + SVG when a renderer exists (an HTML copy would embed plotly.js)
+    formats = ("png", "svg") if static_export_available() else ("html",)
+    got = save_figure(fig, path, formats=formats)
     if isinstance(got, dict):
         return [Path(p) for p in got.values()]
     if isinstance(got, (list, tuple)):
