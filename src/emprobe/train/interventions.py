@@ -25,6 +25,7 @@ import torch
 from emprobe.errors import DataError, FormatError, ShapeError
 from emprobe.hooks import ablate, steer
 from emprobe.io import load_tensors, read_json
+from emprobe.models.lora import factor_svd
 
 __all__ = [
     "Intervention",
@@ -234,22 +235,6 @@ def lora_modules(model: Any) -> dict[str, Any]:
         if hasattr(mod, "lora_A") and hasattr(mod, "lora_B") and len(mod.lora_A) > 0:
             out[_module_key(name)] = mod
     return out
-
-
-def factor_svd(b: torch.Tensor, a: torch.Tensor, scale: float = 1.0
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """SVD of ``dW = scale * B @ A`` from the factors, never forming ``dW``.
-
-    ``B``: ``[d_out, r]``, ``A``: ``[r, d_in]``. Thin QR ``B = Q_B R_B``, ``A^T = Q_A R_A``;
-    ``dW = Q_B (scale R_B R_A^T) Q_A^T``, so with ``scale R_B R_A^T = U_c S V_c^T`` the left
-    singular vectors are ``Q_B U_c`` ``[d_out, r]`` and the right ones ``Q_A V_c`` ``[d_in, r]``.
-    Returns ``(U, S, V)`` with singular values ``S`` ``[r]`` descending. Cost O(d r^2).
-    """
-    b64, a64 = b.detach().double(), a.detach().double()
-    q_b, r_b = torch.linalg.qr(b64)
-    q_a, r_a = torch.linalg.qr(a64.T)
-    u_c, s, vh_c = torch.linalg.svd(scale * r_b @ r_a.T)
-    return (q_b @ u_c).float(), s.float(), (q_a @ vh_c.T).float()
 
 
 def _projector_apply_left(u: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

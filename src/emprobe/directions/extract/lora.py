@@ -20,6 +20,7 @@ import torch
 from emprobe.directions.direction import Direction
 from emprobe.errors import FormatError, ShapeError
 from emprobe.io import load_tensors, read_json
+from emprobe.models.lora import factor_svd as _factor_svd
 
 WRITE_MODULES = ("o_proj", "down_proj", "c_proj", "out_proj", "dense", "fc2", "dense_4h_to_h")
 _LAYER_RE = re.compile(r"\.(?:layers|h|blocks|layer)\.(\d+)\.")
@@ -47,16 +48,7 @@ def factor_svd(B: torch.Tensor, A: torch.Tensor, scale: float = 1.0
 
     Signs are fixed so each left singular vector's largest-magnitude entry is positive.
     """
-    if B.dim() != 2 or A.dim() != 2 or B.shape[1] != A.shape[0]:
-        raise ShapeError(f"LoRA factors do not chain: B {tuple(B.shape)}, A {tuple(A.shape)}")
-    qb, rb = torch.linalg.qr(B.double())
-    qa, ra = torch.linalg.qr(A.double().T)
-    uc, s, vch = torch.linalg.svd(scale * rb @ ra.T)
-    u, v = qb @ uc, qa @ vch.T
-    idx = u.abs().argmax(0)
-    sign = torch.sign(u[idx, torch.arange(u.shape[1])])
-    sign[sign == 0] = 1
-    return (u * sign).float(), s.float(), (v * sign).float()
+    return _factor_svd(B, A, scale, fix_signs=True)
 
 
 def read_adapter(adapter_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], list[LoraModule]]:
