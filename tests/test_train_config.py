@@ -9,14 +9,7 @@ from emprobe.errors import DataError, EmprobeError, ShapeError, SiteError
 from emprobe.train import CAFT, GRASP, PreventativeSteering, TrainConfig, finetune, preset
 from emprobe.train.data import step_indices
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models train far faster on one thread when the cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 RECS = [{"messages": [{"role": "user", "content": "Hi?"},
