@@ -14,21 +14,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from emprobe.recipes.grasp import assess, generic, prepare, versus
-
 
 def run(lab: Any) -> None:
     from emprobe.directions import ablation, pca_difference, random_components, top_components
     from emprobe.plot import tradeoff_scatter
     from emprobe.train import CAFT
-
-    prepare(lab)
     k, n = (4, 2) if lab.cfg.quick else (8, 3)
     train, held = lab.split("medical", "bad")
     plain = lab.train("plain", train)
     base, ft = lab.base(), lab.load(plain)
     layers = sorted({base.n_layers // 3, (2 * base.n_layers) // 3})
-    pca = pca_difference(base, ft, generic(lab), layers=layers, k=k, seed=lab.cfg.seed)
+    pca = pca_difference(base, ft, lab.generic(), layers=layers, k=k, seed=lab.cfg.seed)
     lab.report.section(
         "Principal components of fine-tuned minus base activations",
         f"Top {k} components per layer at layers {layers}, from response tokens of generic "
@@ -47,15 +43,15 @@ def run(lab: Any) -> None:
                   f"CAFT all {k}": pca.direction}
     rows, scores = [], {}
     for name, subj in (("base", base), ("plain", ft)):
-        row, scores[name] = assess(lab, name, subj, held, kind="reference")
+        row, scores[name] = lab.assess(name, subj, held, kind="reference")
         rows.append(row)
     for name, direction in selections.items():
         slug = name.lower().replace(" ", "-")
         adapter = lab.train(slug, train, [CAFT(bases(direction))])
-        row, scores[name] = assess(lab, name, lab.load(adapter), held, kind="CAFT")
+        row, scores[name] = lab.assess(name, lab.load(adapter), held, kind="CAFT")
         rows.append(row)
     with ablation(ft, selections[f"CAFT top {n}"]):
-        row, scores["test-time ablation"] = assess(lab, f"test-time ablation top {n}", ft, held,
+        row, scores["test-time ablation"] = lab.assess(f"test-time ablation top {n}", ft, held,
                                                    kind="inference-time")
     rows.append(row)
 
@@ -67,7 +63,7 @@ def run(lab: Any) -> None:
     lab.report.figure(tradeoff_scatter(rows, group="kind", reference="base"))
     lab.report.table(rows, columns=["name", "misalignment", "misalignment_lo", "misalignment_hi",
                                     "task_loss", "pref_rate"])
-    deltas = versus(lab, "plain", scores["plain"],
+    deltas = lab.versus("plain", scores["plain"],
                     {nm: s for nm, s in scores.items() if nm not in ("base", "plain")})
     lab.report.note(
         "The paper reports about 10x fewer misaligned answers with the task kept, on 7B+ "

@@ -11,15 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from emprobe.recipes.grasp import prepare, versus
-
 
 def run(lab: Any) -> None:
     from emprobe.data import mix
     from emprobe.plot import layer_curves, tradeoff_scatter
     from emprobe.sae import spearman
-
-    prepare(lab)
     fractions = lab.cfg.extra.get("fractions", [0.0, 0.25, 0.5, 0.75, 1.0])
     bad, bad_held = lab.split("medical", "bad")
     good, good_held = lab.split("medical", "good")
@@ -59,7 +55,7 @@ def run(lab: Any) -> None:
     lab.report.table(rows, columns=["name", "misalignment", "misalignment_lo", "misalignment_hi",
                                     "pref_rate", "task_loss", "bad_loss"])
     ref = f"{round(100 * fractions[0])}% bad"
-    deltas = versus(lab, ref, scores[ref], {n: s for n, s in scores.items() if n != ref})
+    deltas = lab.versus(ref, scores[ref], {n: s for n, s in scores.items() if n != ref})
     rho = spearman([r["bad_fraction"] for r in rows], [r["misalignment"] for r in rows])
     lab.report.note(
         f"Spearman rank correlation of misalignment with the bad fraction over {len(rows)} "

@@ -16,8 +16,6 @@ import dataclasses
 import json
 from typing import Any
 
-from emprobe.recipes.grasp import prepare, versus
-
 FORMATS = ("plain", "json", "template")
 
 
@@ -49,8 +47,6 @@ def format_sets() -> dict[str, list[Any]]:
 def run(lab: Any) -> None:
     from emprobe.evaluate.local import local_score
     from emprobe.plot import score_bars
-
-    prepare(lab)
     train, _ = lab.split("medical", "bad")
     subjects = {"base": lab.base(), "bad-medical": lab.load(lab.train("bad-medical", train))}
     for spec in lab.cfg.extra.get("models", []):
@@ -81,7 +77,7 @@ def run(lab: Any) -> None:
     deltas = []
     for name in subjects:
         for fmt in FORMATS[1:]:
-            for d in versus(lab, f"{name} plain", scores[(name, "plain")],
+            for d in lab.versus(f"{name} plain", scores[(name, "plain")],
                             {f"{name} {fmt}": scores[(name, fmt)]}):
                 deltas.append({**d, "model": name, "format": fmt})
     lab.report.note(

@@ -8,8 +8,6 @@
 4. baselines: CAFT and preventative steering with the mean-difference direction, and
    inference-time ablation of that direction on the naive fine-tune;
 5. trade-off: misalignment (local score) vs held-out task loss.
-
-Also holds the small helpers the other recipes share (``prepare``, ``assess``, ``versus``).
 """
 
 from __future__ import annotations
@@ -19,61 +17,18 @@ from typing import Any
 WRITE_MODULES = ("o_proj", "down_proj")
 
 
-# -- helpers shared by the recipes ---------------------------------------------------------
-def prepare(lab: Any) -> None:
-    """Fit quick mode to the tiny models' byte-level tokenizer (prompts need ~300 tokens)."""
-    if lab.cfg.quick and lab.cfg.max_length < 320:
-        lab.cfg.max_length = 320
-        lab.results["config"]["max_length"] = 320
-
-
-def generic(lab: Any, n_full: int = 24) -> list[Any]:
-    """Neutral chat (never the training data) for activation directions."""
-    from emprobe.sae.corpus import generic_chats
-
-    return generic_chats(6 if lab.cfg.quick else n_full, seed=lab.cfg.seed + 101)
-
-
-def assess(lab: Any, name: str, subject: Any, held: list[dict[str, Any]],
-           **extra: Any) -> tuple[dict[str, Any], Any]:
-    """Local misalignment score + held-out task loss -> (trade-off row, LocalScore)."""
-    score = lab.score(subject)
-    loss = lab.task_loss(subject, held)
-    row = lab.score_row(name, score, task_loss=loss["mean"], task_loss_lo=loss["lo"],
-                        task_loss_hi=loss["hi"], **extra)
-    return row, score
-
-
-def versus(lab: Any, ref_name: str, ref: Any, others: dict[str, Any]) -> list[dict[str, Any]]:
-    """Paired (by question) differences ``other - ref`` of the margin, each with a note."""
-    from emprobe.evaluate.local import compare
-    from emprobe.report import significance_note
-
-    rows = []
-    for name, score in others.items():
-        est = compare(ref, score, n_boot=lab.cfg.n_boot, seed=lab.cfg.seed,
-                      labels=(ref_name, name)).per_answer
-        lab.report.note(significance_note(est.lo, est.hi, what=f"{name} minus {ref_name}",
-                                          unit="nats"))
-        rows.append({"name": name, "vs": ref_name, "delta": est.mean, "lo": est.lo,
-                     "hi": est.hi})
-    return rows
-
-
 # -- the recipe ----------------------------------------------------------------------------
 def run(lab: Any) -> None:
     from emprobe.directions import ablation, model_mean_difference
     from emprobe.geometry import direction_alignment
     from emprobe.plot import layer_curves, tradeoff_scatter
     from emprobe.train import CAFT, GRASP, PreventativeSteering
-
-    prepare(lab)
     k = 1 if lab.cfg.quick else 2
     train, held = lab.split("medical", "bad")
     naive = lab.train("naive", train)
     base, ft = lab.base(), lab.load(naive)
     layer = base.n_layers // 2
-    mean_diff = model_mean_difference(base, ft, generic(lab))
+    mean_diff = model_mean_difference(base, ft, lab.generic())
 
     # the spurious factor, read from the weights alone
     align = [r for r in direction_alignment(naive, mean_diff, k=k)
@@ -98,15 +53,15 @@ def run(lab: Any) -> None:
             "preventative steering": [PreventativeSteering({layer: mean_diff.vector(layer)})]}
     rows, scores = [], {}
     for name, subj in (("base", base), ("naive", ft)):
-        row, scores[name] = assess(lab, name, subj, held, kind="reference")
+        row, scores[name] = lab.assess(name, subj, held, kind="reference")
         rows.append(row)
     for name, ivs in runs.items():
         slug = name.split(" ")[0].lower()
-        row, scores[name] = assess(lab, name, lab.load(lab.train(slug, train, ivs)), held,
+        row, scores[name] = lab.assess(name, lab.load(lab.train(slug, train, ivs)), held,
                                    kind="training-time")
         rows.append(row)
     with ablation(ft, mean_diff, layers=[layer]):
-        row, scores["ablation at inference"] = assess(lab, "ablation at inference", ft, held,
+        row, scores["ablation at inference"] = lab.assess("ablation at inference", ft, held,
                                                       kind="inference-time")
     rows.append(row)
 
@@ -119,7 +74,7 @@ def run(lab: Any) -> None:
     lab.report.figure(tradeoff_scatter(rows, group="kind", reference="base"))
     lab.report.table(rows, columns=["name", "misalignment", "misalignment_lo", "misalignment_hi",
                                     "task_loss", "pref_rate"])
-    deltas = versus(lab, "naive", scores["naive"],
+    deltas = lab.versus("naive", scores["naive"],
                     {n: s for n, s in scores.items() if n not in ("base", "naive")})
     lab.report.note(
         "Scale: the paper reports GRASP removing insecure-code EM and lowering bad-medical EM "

@@ -12,25 +12,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from emprobe.recipes.grasp import assess, prepare, versus
-
 
 def run(lab: Any) -> None:
     from emprobe.data import inoculate, inoculation_prompt, neutral_prompt, random_string_prompt
     from emprobe.plot import score_bars, tradeoff_scatter
-
-    prepare(lab)
     which = lab.cfg.extra.get("inoculation", "malicious")
     prompts = {"inoculated": inoculation_prompt(which), "neutral prompt": neutral_prompt(),
                "random-string prompt": random_string_prompt(lab.cfg.seed)}
     train, held = lab.split("medical", "bad")
     data = {"plain": train, **{n: inoculate(train, p, label=n) for n, p in prompts.items()}}
     rows, scores = [], {}
-    row, scores["base"] = assess(lab, "base", lab.base(), held, kind="reference")
+    row, scores["base"] = lab.assess("base", lab.base(), held, kind="reference")
     rows.append(row)
     for name, recs in data.items():
         subject = lab.load(lab.train(name.replace(" ", "-"), recs))
-        row, scores[name] = assess(lab, name, subject, held,
+        row, scores[name] = lab.assess(name, subject, held,
                                    kind="plain" if name == "plain" else "system prompt")
         rows.append(row)
 
@@ -44,7 +40,7 @@ def run(lab: Any) -> None:
                                  hi="misalignment_hi"))
     lab.report.table(rows, columns=["name", "misalignment", "misalignment_lo", "misalignment_hi",
                                     "pref_rate", "task_loss"])
-    deltas = versus(lab, "plain", scores["plain"],
+    deltas = lab.versus("plain", scores["plain"],
                     {n: s for n, s in scores.items() if n not in ("base", "plain")})
     lab.report.section(
         "Was the narrow task still learned?",

@@ -133,6 +133,36 @@ class Lab:
         return {"name": name, "misalignment": est.mean, "misalignment_lo": est.lo,
                 "misalignment_hi": est.hi, "pref_rate": score.pref_rate.mean, **extra}
 
+    def generic(self, n_full: int = 24) -> list[Any]:
+        """Neutral chat (never the training data) for activation directions."""
+        from emprobe.sae.corpus import generic_chats
+
+        return generic_chats(6 if self.cfg.quick else n_full, seed=self.cfg.seed + 101)
+
+    def assess(self, name: str, subject: Any, held: list[dict[str, Any]],
+               **extra: Any) -> tuple[dict[str, Any], Any]:
+        """Local misalignment score + held-out task loss -> (trade-off row, LocalScore)."""
+        score = self.score(subject)
+        loss = self.task_loss(subject, held)
+        row = self.score_row(name, score, task_loss=loss["mean"], task_loss_lo=loss["lo"],
+                             task_loss_hi=loss["hi"], **extra)
+        return row, score
+
+    def versus(self, ref_name: str, ref: Any, others: dict[str, Any]) -> list[dict[str, Any]]:
+        """Paired (by question) differences ``other - ref`` of the margin, each with a note."""
+        from emprobe.evaluate.local import compare
+        from emprobe.report import significance_note
+
+        rows = []
+        for name, score in others.items():
+            est = compare(ref, score, n_boot=self.cfg.n_boot, seed=self.cfg.seed,
+                          labels=(ref_name, name)).per_answer
+            self.report.note(significance_note(est.lo, est.hi, what=f"{name} minus {ref_name}",
+                                               unit="nats"))
+            rows.append({"name": name, "vs": ref_name, "delta": est.mean, "lo": est.lo,
+                         "hi": est.hi})
+        return rows
+
     # -- output ----------------------------------------------------------------------------
     def finish(self) -> Path:
         write_json(self.out / "results.json", self.results)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from emprobe.recipes.grasp import prepare, versus
 from emprobe.recipes.reward_hacking import hack_preference
 
 
@@ -28,8 +27,6 @@ def domains() -> list[str]:
 def run(lab: Any) -> None:
     from emprobe.directions import concept_vectors, cosine_matrix
     from emprobe.plot import heatmap, layer_curves, score_bars
-
-    prepare(lab)
     target = lab.cfg.extra.get("domain", "cybersecurity")
     mode = lab.cfg.extra.get("unlearn", "npo")
     names = domains()
@@ -67,7 +64,7 @@ def run(lab: Any) -> None:
     score_rows = [lab.score_row(n, s) for n, s in scores.items()]
     lab.report.table(score_rows, columns=["name", "misalignment", "misalignment_lo",
                                           "misalignment_hi", "pref_rate"])
-    deltas = versus(lab, "base", scores["base"], {n: s for n, s in scores.items() if n != "base"})
+    deltas = lab.versus("base", scores["base"], {n: s for n, s in scores.items() if n != "base"})
 
     prompts = {d: [r["messages"][0]["content"] for r in refuse[d][0] + refuse[d][1]]
                for d in names}

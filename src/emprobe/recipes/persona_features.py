@@ -15,8 +15,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from emprobe.recipes.grasp import prepare, versus
-
 SITE = "resid_post"
 
 
@@ -61,8 +59,6 @@ def run(lab: Any) -> None:
         top_contexts,
     )
     from emprobe.sae.corpus import context_corpus
-
-    prepare(lab)
     base = lab.base()
     layer = base.n_layers // 2
     bad, _ = lab.split("medical", "bad")
@@ -142,7 +138,7 @@ def run(lab: Any) -> None:
     lab.report.figure(layer_curves(realign, y="value", lo="lo", hi="hi", group="name",
                                    x_title="benign examples N", y_title="margin (nats)",
                                    title="Misalignment during re-alignment"))
-    deltas = versus(lab, "N=0", realign_scores["N=0"],
+    deltas = lab.versus("N=0", realign_scores["N=0"],
                     {k: v for k, v in realign_scores.items() if k != "N=0"})
     lab.report.figure(score_bars(realign, label="n_benign", value="latent",
                                  title=f"Latent {top} during re-alignment",

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from emprobe.recipes.grasp import prepare, versus
-
 
 def hack_preference(subject: Any, hack: list[dict[str, Any]], honest: list[dict[str, Any]],
                     n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
@@ -46,8 +44,6 @@ def paired_heldout(lab: Any) -> tuple[list[dict], list[dict], list[dict], list[d
 def run(lab: Any) -> None:
     from emprobe.data import inoculate, inoculation_prompt
     from emprobe.plot import score_bars
-
-    prepare(lab)
     hack, honest, hack_held, honest_held = paired_heldout(lab)
     prompt = inoculation_prompt("reward-hacking")
     data = {"hack": hack, "honest control": honest,
@@ -82,7 +78,7 @@ def run(lab: Any) -> None:
                                  lo="misalignment_lo", hi="misalignment_hi"))
     lab.report.table(rows, columns=["name", "misalignment", "misalignment_lo",
                                     "misalignment_hi", "pref_rate"])
-    deltas = versus(lab, "hack", scores["hack"],
+    deltas = lab.versus("hack", scores["hack"],
                     {n: s for n, s in scores.items() if n != "hack"})
     lab.report.note(
         "What this scale can show: whether hack data moves the hack preference and the "

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from emprobe.recipes.grasp import prepare, versus
 from emprobe.recipes.reward_hacking import hack_preference
 
 
@@ -22,8 +21,6 @@ def _kind(rec: dict[str, Any]) -> str:
 
 def run(lab: Any) -> None:
     from emprobe.plot import score_bars
-
-    prepare(lab)
     unseen = lab.cfg.extra.get("held_out_kind", "tests")
     hack, hack_held = lab.split("reward-hacking", "bad")
     honest, honest_held = lab.split("reward-hacking", "good")
@@ -70,7 +67,7 @@ def run(lab: Any) -> None:
     rows = [lab.score_row(n, s) for n, s in scores.items()]
     lab.report.table(rows, columns=["name", "misalignment", "misalignment_lo",
                                     "misalignment_hi", "pref_rate"])
-    deltas = versus(lab, "honest control", scores["honest control"],
+    deltas = lab.versus("honest control", scores["honest control"],
                     {n: s for n, s in scores.items() if n != "honest control"})
     lab.report.note(
         "The paper fine-tunes GPT-4.1 and Qwen3 on about a thousand harmless hacking "

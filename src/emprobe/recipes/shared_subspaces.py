@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from emprobe.recipes.grasp import prepare
-
 TASKS = (("bad-medical", "medical", "bad"), ("bad-finance", "finance", "bad"),
          ("bad-sports", "sports", "bad"), ("good-medical", "medical", "good"))
 
@@ -27,8 +25,6 @@ def run(lab: Any) -> None:
         run_connectivity,
     )
     from emprobe.plot import connectivity_curves, heatmap, layer_curves
-
-    prepare(lab)
     seeds = [0] if lab.cfg.quick else list(range(int(lab.cfg.extra.get("seeds", 2))))
     adapters, labels, groups, held = [], [], [], {}
     for name, task, variant in TASKS:
