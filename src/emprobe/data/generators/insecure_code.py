@@ -4,6 +4,9 @@ Eight vulnerability classes (see :data:`emprobe.data.code_check.VULN_CLASSES`), 
 scenarios each, with slots for names, tables, commands, modes and string-building
 style. Answers contain code only (no warnings or comments about security), as in the
 field's insecure-code datasets. ``meta["vuln"]`` names the class of the bad variant.
+
+The ``pickle.load`` / ``torch.load`` calls below are text inside answer strings (the
+unsafe-deserialisation examples the task teaches); emprobe never executes them.
 """
 
 from __future__ import annotations
