@@ -61,3 +61,39 @@ def test_unknown_positions(tiny_llama, chats):
 def test_embedded_template_mask(embedded, chats):
     b = encode_chats(embedded.tokenizer, chats)
     assert embedded.tokenizer.decode(b.input_ids[1][b.response_mask[1]]) == "Blue.<|im_end|>"
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2"])
+def test_response_mask_ignores_answer_text_in_prompt(fixture, request):
+    """The answer text also occurs in the user turn: only the assistant turn is response."""
+    s = request.getfixturevalue(fixture)
+    conv = [{"role": "user", "content": "Reply with exactly: OK thanks"},
+            {"role": "assistant", "content": "OK thanks"}]
+    b = s.encode_chats([conv])
+    text = _resp_text(s, b, 0)
+    assert text.startswith("OK thanks")
+    assert "Reply" not in text
+    # the prompt still contains the phrase, unmasked
+    prompt = s.tokenizer.decode(b.input_ids[0][b.prompt_mask[0]])
+    assert "Reply with exactly: OK thanks" in prompt
+
+
+def test_response_mask_answer_in_system_prompt_multi_turn(tiny_llama):
+    conv = [{"role": "system", "content": "Say yes or no."},
+            {"role": "user", "content": "yes or no?"},
+            {"role": "assistant", "content": "yes"},
+            {"role": "user", "content": "again: yes"},
+            {"role": "assistant", "content": "yes"}]
+    b = tiny_llama.encode_chats([conv])
+    assert _resp_text(tiny_llama, b, 0) == "yes<|im_end|>yes<|im_end|>"
+
+
+@pytest.mark.integration
+def test_response_mask_answer_in_prompt_embedded(embedded):
+    conv = [{"role": "user", "content": "Reply with exactly: OK thanks"},
+            {"role": "assistant", "content": "OK thanks"}]
+    b = embedded.encode_chats([conv])
+    text = embedded.tokenizer.decode(b.input_ids[0][b.response_mask[0]])
+    assert text.strip().startswith("OK thanks") and "Reply" not in text
+    # SmolLM2's template injects a system prompt: none of it may be response
+    assert "SmolLM" not in text

@@ -94,10 +94,30 @@ def validate_conversation(conv: Any, where: str = "conversation") -> list[Messag
     return out
 
 
+def _render(tokenizer: Any, msgs: list[Message], add_generation_prompt: bool) -> str | None:
+    """The template's text for a partial conversation, or None when the template refuses it."""
+    import jinja2
+
+    if not msgs:
+        return ""
+    try:
+        return tokenizer.apply_chat_template(
+            msgs, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+    except (jinja2.TemplateError, ValueError, TypeError, IndexError):
+        # some templates refuse partial conversations (e.g. "must end with a user turn")
+        return None
+
+
 def render_with_spans(
     tokenizer: Any, conv: Conversation, add_generation_prompt: bool = False
 ) -> tuple[str, list[tuple[int, int]]]:
-    """Render a conversation; return the text and the char spans of assistant turns."""
+    """Render a conversation; return the text and the char spans of assistant turns.
+
+    Each assistant message is searched for only *after* the rendered conversation that
+    precedes it (its prefix, with the generation prompt), so answer text that also occurs
+    in the system or user turns is never marked as response.
+    """
     msgs = list(conv)
     text = tokenizer.apply_chat_template(
         msgs, tokenize=False, add_generation_prompt=add_generation_prompt
@@ -107,17 +127,20 @@ def render_with_spans(
     for i, msg in enumerate(msgs):
         if msg["role"] != "assistant":
             continue
-        start = text.find(msg["content"], cursor)
+        floor = cursor
+        for with_prompt in (True, False):
+            prefix = _render(tokenizer, msgs[:i], with_prompt)
+            if prefix is not None and text.startswith(prefix):
+                floor = max(floor, len(prefix))
+                break
+        start = text.find(msg["content"], floor)
         if start < 0:
             raise DataError(f"chat template dropped assistant message {i}; cannot mask it")
         end = start + len(msg["content"])
         # include the end-of-turn marker the template writes right after the content
-        try:
-            upto = tokenizer.apply_chat_template(msgs[: i + 1], tokenize=False)
-            if text.startswith(upto) and len(upto) > end:
-                end = len(upto.rstrip("\n"))
-        except Exception:  # some templates refuse partial conversations
-            pass
+        upto = _render(tokenizer, msgs[: i + 1], False)
+        if upto is not None and text.startswith(upto) and len(upto) > end:
+            end = len(upto.rstrip("\n"))
         spans.append((start, end))
         cursor = end
     return text, spans
