@@ -69,13 +69,16 @@ def test_gguf_foreign_file_and_errors(direction, tmp_path):
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
 def test_persona_roundtrip(direction, tmp_path, suffix):
     path = tmp_path / f"trait_response_avg_diff{suffix}"
-    f.save_persona(direction, path)
+    with pytest.warns(UserWarning, match="final-norm"):
+        f.save_persona(direction, path)
     t = f.load_persona_tensor(path)
     assert t.shape == (5, 64)  # n_layers + 1 rows, row 0 = embeddings
     assert torch.all(t[0] == 0)
     assert torch.allclose(t[2], direction.vector(1))  # emprobe layer 1 -> row 2
+    # layer 3 is the last block: row 4 is post final-norm in HF / persona_vectors
+    assert torch.all(t[4] == 0)
     back = f.from_persona(path, model="tiny-llama")
-    assert back.layers == [0, 1, 3]
+    assert back.layers == [0, 1]
     for la in back.layers:
         assert torch.allclose(back.vector(la), direction.vector(la))
 

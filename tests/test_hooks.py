@@ -44,10 +44,10 @@ def test_capture_matches_hidden_states(fixture, request, chats):
     with capture(s, layers=[0, 2, 3], sites=["resid_pre", "resid_post"]) as cache:
         out = s.forward(b, output_hidden_states=True)
     for layer in (0, 2, 3):
-        hs_post = out.hidden_states[to_hf_hidden_index(layer, "resid_post")]
         hs_pre = out.hidden_states[to_hf_hidden_index(layer, "resid_pre")]
-        # the last HF hidden state has the final norm applied in some architectures
+        # the last HF hidden state is the final-norm output: no resid_post index
         if layer < s.n_layers - 1:
+            hs_post = out.hidden_states[to_hf_hidden_index(layer, "resid_post", s.n_layers)]
             assert torch.allclose(cache["resid_post", layer], hs_post, atol=1e-5)
         assert torch.allclose(cache["resid_pre", layer], hs_pre, atol=1e-5)
     assert _n_hooks(s) == 0
@@ -191,6 +191,16 @@ def test_layer_conventions():
     assert from_hf_hidden_index(1, 4) == ("resid_post", 0)
     assert from_hf_hidden_index(0, 4) == ("resid_pre", 0)
     assert to_persona_index(5) == 6 and from_persona_index(6, 30) == 5
+    # the last hidden state / persona row is the final-norm output, not resid_post[n - 1]
+    with pytest.raises(SiteError, match="final-norm"):
+        to_hf_hidden_index(3, "resid_post", n_layers=4)
+    with pytest.raises(SiteError, match="final-norm"):
+        from_hf_hidden_index(4, 4)
+    with pytest.raises(SiteError, match="final-norm"):
+        from_persona_index(30, 30)
+    with pytest.raises(SiteError, match="final-norm"):
+        to_persona_index(29, n_layers=30)
+    assert to_hf_hidden_index(2, "resid_post", n_layers=4) == 3
     with pytest.raises(SiteError):
         from_persona_index(0, 30)
     with pytest.raises(SiteError):
@@ -204,3 +214,24 @@ def test_layer_conventions():
 def test_public_api_exports():
     for name in ("load_model", "capture", "collect", "steer", "ablate", "Subject"):
         assert hasattr(emprobe, name)
+
+
+@pytest.mark.integration
+def test_last_hidden_state_is_final_norm_embedded(embedded, chats):
+    """On the embedded model hidden_states[n] = norm(resid_post[n - 1]), far from it."""
+    s = embedded
+    n = s.n_layers
+    b = s.encode_chats(chats)
+    with capture(s, layers=[n - 2, n - 1]) as cache:
+        out = s.forward(b, output_hidden_states=True)
+    mask = b.attention_mask.bool()
+    last = cache["resid_post", n - 1][mask]
+    assert torch.allclose(cache["resid_post", n - 2][mask],
+                          out.hidden_states[to_hf_hidden_index(n - 2, "resid_post", n)][mask],
+                          atol=1e-3)
+    gap = (last - out.hidden_states[n][mask]).abs().max()
+    assert gap > 1.0  # pre-norm vs post-norm: not the same tensor
+    normed = s.model.model.norm(cache["resid_post", n - 1])[mask]
+    assert torch.allclose(normed, out.hidden_states[n][mask], atol=1e-3)
+    with pytest.raises(SiteError):
+        to_hf_hidden_index(n - 1, "resid_post", n)

@@ -6,7 +6,8 @@ objects work during training.
 
 Layer convention (used everywhere in emprobe): ``layer`` is the 0-based index of a
 decoder block. ``resid_post[l]`` is block ``l``'s output (= Hugging Face
-``hidden_states[l + 1]``); ``resid_pre[l]`` its input (= ``hidden_states[l]``).
+``hidden_states[l + 1]``, except the last block: HF's last hidden state is post final-norm);
+``resid_pre[l]`` its input (= ``hidden_states[l]``).
 """
 
 from emprobe.hooks.capture import ActivationCache, capture, collect

@@ -1,7 +1,11 @@
 """persona_vectors tensors: ``[n_layers + 1, d_model]``, row ``i`` = HF ``hidden_states[i]``.
 
 Row 0 is the embeddings (no emprobe resid_post layer); row ``l + 1`` is emprobe
-resid_post layer ``l``. Rows for layers a direction lacks are written as zeros.
+resid_post layer ``l`` for ``l < n_layers - 1``. The last row ``n_layers`` is what
+transformers' last ``hidden_states`` holds: the final norm applied to the last block's
+output, which is not a linear function of emprobe's (pre-norm) ``resid_post[n_layers - 1]``.
+So the export writes that row as zeros (with a warning) and the import skips it. Rows for
+layers a direction lacks are written as zeros.
 emprobe writes safetensors (one tensor, key ``vectors``) by default; a ``.pt``
 path writes a plain tensor with ``torch.save`` for the original code, and is
 read back only with ``torch.load(..., weights_only=True)``.
@@ -10,6 +14,7 @@ read back only with ``torch.load(..., weights_only=True)``.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,7 +39,11 @@ def to_persona_tensor(direction: Direction, n_layers: int | None = None) -> torc
         raise ShapeError(f"direction has layer {max(direction.layers)} but n_layers is {n}")
     out = torch.zeros(n + 1, direction.d_model)
     for la in direction.layers:
-        out[to_persona_index(la)] = direction.vector(la)
+        if la == n - 1:
+            warnings.warn(f"persona tensor: row {n} is the final-norm output, not emprobe's "
+                          f"resid_post {la}; left as zeros", stacklevel=2)
+            continue
+        out[to_persona_index(la, n)] = direction.vector(la)
     return out
 
 
@@ -75,9 +84,10 @@ def from_persona(path_or_tensor: str | os.PathLike[str] | torch.Tensor, model: s
         raise ShapeError(f"persona tensor must be [n_layers + 1, d]; got {tuple(t.shape)}")
     n_layers = t.shape[0] - 1
     if layers is None:
-        rows = [i for i in range(1, n_layers + 1) if t[i].abs().sum() > 0]
+        # row n_layers is post final-norm: no emprobe site, so it is never imported
+        rows = [i for i in range(1, n_layers) if t[i].abs().sum() > 0]
     else:
-        rows = [to_persona_index(int(la)) for la in layers]
+        rows = [to_persona_index(int(la), n_layers) for la in layers]
     vectors = {from_persona_index(i, n_layers): t[i] for i in rows}
     if not vectors:
         raise FormatError("persona tensor has no non-zero block-output rows")
