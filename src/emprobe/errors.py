@@ -2,9 +2,28 @@
 
 from __future__ import annotations
 
+MAX_MESSAGE_CHARS = 600
+"""Longest message an ``EmprobeError`` prints; longer ones are cut (input never floods a log)."""
+
 
 class EmprobeError(Exception):
-    """Base class of every error emprobe raises on purpose."""
+    """Base class of every error emprobe raises on purpose.
+
+    ``str()`` is always one line of at most ``MAX_MESSAGE_CHARS`` characters: line breaks
+    from embedded text (another library's error, a bad value) are flattened and an
+    over-long message is cut, so no input can make an error span lines or megabytes.
+    """
+
+    def __str__(self) -> str:
+        return _bounded(super().__str__())
+
+
+def _bounded(text: str) -> str:
+    if "\n" in text or "\r" in text:
+        text = " ".join(part.strip() for part in text.splitlines() if part.strip())
+    if len(text) > MAX_MESSAGE_CHARS:
+        text = text[: MAX_MESSAGE_CHARS - 3] + "..."
+    return text
 
 
 class ModelNotFoundError(EmprobeError):
@@ -15,7 +34,7 @@ class SiteError(EmprobeError, KeyError):
     """An unknown hook site or an out-of-range layer."""
 
     def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0]) if self.args else ""
+        return _bounded(str(self.args[0])) if self.args else ""
 
 
 class ShapeError(EmprobeError, ValueError):
@@ -28,6 +47,10 @@ class DataError(EmprobeError, ValueError):
 
 class FormatError(EmprobeError, ValueError):
     """A file on disk that is not in the expected format."""
+
+
+class LimitError(DataError, FormatError):
+    """Input over a resource limit (file or line size, nesting depth, YAML aliases)."""
 
 
 class EndpointError(EmprobeError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -19,7 +20,16 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from emprobe.errors import FormatError
+from emprobe.errors import FormatError, LimitError
+from emprobe.validate import (
+    MAX_FILE_BYTES,
+    MAX_LINE_BYTES,
+    loads_json,
+    one_line,
+    read_bytes_limited,
+)
+
+log = logging.getLogger("emprobe.io")
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -32,6 +42,8 @@ __all__ = [
     "write_jsonl",
     "append_jsonl",
     "read_jsonl",
+    "repair_jsonl_tail",
+    "resume_jsonl",
     "save_tensors",
     "load_tensors",
 ]
@@ -96,15 +108,16 @@ def write_json(path: str | os.PathLike[str], obj: Any, indent: int = 2) -> Path:
     return Path(path)
 
 
-def read_json(path: str | os.PathLike[str]) -> Any:
-    """Read a JSON file, with a one-line error naming the file on failure."""
+def read_json(path: str | os.PathLike[str], allow_nan: bool = True,
+              max_bytes: int = MAX_FILE_BYTES) -> Any:
+    """Read a JSON file, with a one-line error naming the file on failure.
+
+    Refuses files over ``max_bytes``, nesting deeper than ``MAX_JSON_DEPTH`` and, with
+    ``allow_nan=False``, the non-standard constants NaN / Infinity.
+    """
     p = Path(path)
-    if not p.is_file():
-        raise FormatError(f"{p}: no such file")
-    try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise FormatError(f"{p}: not valid JSON ({exc})") from None
+    raw = read_bytes_limited(p, max_bytes, error=FormatError)
+    return loads_json(raw, str(p), allow_nan=allow_nan, error=FormatError)
 
 
 def write_jsonl(path: str | os.PathLike[str], records: Iterable[Mapping[str, Any]]) -> Path:
@@ -116,31 +129,117 @@ def write_jsonl(path: str | os.PathLike[str], records: Iterable[Mapping[str, Any
 
 
 def append_jsonl(path: str | os.PathLike[str], record: Mapping[str, Any]) -> None:
-    """Append one record (a single write of one line; used for resumable logs and caches)."""
+    """Append one record (a single write of one line; used for resumable logs and caches).
+
+    A torn last line left by an interrupted earlier write is repaired first (see
+    :func:`repair_jsonl_tail`), so the new record never lands on a partial line.
+    """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    with p.open("a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record, default=_default, ensure_ascii=False) + "\n")
+    line = json.dumps(record, default=_default, ensure_ascii=False) + "\n"
+    try:
+        data = line.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise FormatError(f"{p}: record has text that is not valid Unicode ({exc.reason})"
+                          ) from None
+    repair_jsonl_tail(p)
+    with p.open("ab") as fh:
+        fh.write(data)
         fh.flush()
 
 
-def read_jsonl(path: str | os.PathLike[str], skip_partial_last: bool = True) -> list[dict[str, Any]]:
-    """Read JSONL records. A truncated last line (an interrupted append) is dropped when allowed."""
+def repair_jsonl_tail(path: str | os.PathLike[str]) -> int:
+    """Make a JSONL file end on a whole line; return how many bytes of a torn line were dropped.
+
+    A last line without its newline is an interrupted append. If it still parses as JSON
+    only the newline was lost and it is completed; otherwise it is cut off (and a warning
+    says how many bytes went). Earlier lines are never touched.
+    """
+    p = Path(path)
+    if not p.is_file():
+        return 0
+    with p.open("rb+") as fh:
+        end = fh.seek(0, os.SEEK_END)
+        if end == 0:
+            return 0
+        fh.seek(end - 1)
+        if fh.read(1) == b"\n":
+            return 0
+        # find the start of the last line, reading backwards in blocks
+        pos, start = end, 0
+        while pos > 0:
+            step = min(65536, pos)
+            pos -= step
+            fh.seek(pos)
+            block = fh.read(step)
+            nl = block.rfind(b"\n")
+            if nl >= 0:
+                start = pos + nl + 1
+                break
+        fh.seek(start)
+        tail = fh.read(end - start)
+        try:
+            json.loads(tail.decode("utf-8"))
+            complete = True
+        except (ValueError, RecursionError):
+            complete = False
+        if complete:
+            fh.seek(end)
+            fh.write(b"\n")
+            return 0
+        fh.truncate(start)
+    log.warning("%s: dropped a torn last line (%d bytes) left by an interrupted write", p,
+                end - start)
+    return end - start
+
+
+def read_jsonl(path: str | os.PathLike[str], skip_partial_last: bool = True,
+               max_line_bytes: int = MAX_LINE_BYTES) -> list[dict[str, Any]]:
+    """Read JSONL records. A truncated last line (an interrupted append) is dropped when allowed.
+
+    Every other bad line (broken JSON, not an object, bad UTF-8, nesting too deep, longer
+    than ``max_line_bytes``) raises ``FormatError("file:line: what")``.
+    """
     p = Path(path)
     if not p.is_file():
         return []
-    lines = p.read_text(encoding="utf-8").splitlines()
     out: list[dict[str, Any]] = []
-    for i, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            if skip_partial_last and i == len(lines):
+    with p.open("rb") as fh:
+        i = 0
+        while True:
+            raw = fh.readline(max_line_bytes + 1)
+            if not raw:
                 break
-            raise FormatError(f"{p}:{i}: not valid JSON ({exc.msg})") from None
+            i += 1
+            where = f"{p}:{i}"
+            if len(raw) > max_line_bytes:
+                raise LimitError(f"{where}: line longer than {max_line_bytes} bytes")
+            last = not raw.endswith(b"\n")
+            if not raw.strip():
+                continue
+            try:
+                obj = loads_json(raw, where, error=FormatError)
+            except LimitError:
+                raise
+            except FormatError:
+                if skip_partial_last and last:
+                    log.warning("%s: ignored a torn last line (%d bytes)", where, len(raw))
+                    break
+                raise
+            if not isinstance(obj, dict):
+                raise FormatError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+            out.append(obj)
     return out
+
+
+def resume_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Records of an append-only JSONL cache, after cutting off a torn last line (if any).
+
+    Use this where a run resumes and appends: the file is left ending on a whole line, so
+    the next append starts a new record instead of joining a partial one.
+    """
+    repair_jsonl_tail(path)
+    return read_jsonl(path, skip_partial_last=False)
 
 
 def save_tensors(
@@ -156,7 +255,7 @@ def save_tensors(
 
 
 def load_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Load a safetensors file; a clear error for a missing or corrupt file."""
+    """Load a safetensors file; a clear one-line error for a missing, pickled or corrupt file."""
     p = Path(path)
     if not p.is_file():
         raise FormatError(f"{p}: no such file")
@@ -164,5 +263,5 @@ def load_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         raise FormatError(f"{p}: refusing to unpickle; emprobe reads safetensors only")
     try:
         return load_file(str(p))
-    except Exception as exc:  # safetensors raises its own error types
-        raise FormatError(f"{p}: not a valid safetensors file ({exc})") from None
+    except Exception as exc:  # safetensors raises its own error types (and OSError, MemoryError)
+        raise FormatError(f"{p}: not a valid safetensors file ({one_line(exc, 160)})") from None
