@@ -71,8 +71,12 @@ def test_bad_setup_fails_before_training(tmp_path, kwargs, ivs, err, match):
 def test_empty_and_truncated_data_fail(tmp_path):
     with pytest.raises(DataError, match="empty"):
         finetune("tiny-llama", [], preset("cpu-lora"), tmp_path, progress=False)
+    # left-truncation keeps a response even at a tiny max_length: only records with no
+    # assistant turn at all are left with nothing to learn
+    no_answer = [{"messages": [{"role": "user", "content": "hello there"}]}] * 2
     with pytest.raises(DataError, match="max_length"):
-        finetune("tiny-llama", RECS, preset("cpu-lora", max_length=8), tmp_path, progress=False)
+        finetune("tiny-llama", no_answer, preset("cpu-lora", max_length=8), tmp_path,
+                 progress=False)
     with pytest.raises(EmprobeError, match="message 0"):
         finetune("tiny-llama", [{"messages": [{"role": "bot", "content": "x"}]}],
                  preset("cpu-lora"), tmp_path, progress=False)

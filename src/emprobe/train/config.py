@@ -7,7 +7,8 @@ Presets (``preset(name, **overrides)``):
 - ``rank1``: the rank-1 model organism. r 1, alpha 512, rsLoRA, ``down_proj`` only, lr 2e-5;
   pass ``layers_to_transform=[...]`` to choose the layers (default: every layer).
 - ``cpu-lora``: makes the embedded SmolLM2-135M show a fine-tuning effect in minutes on a
-  laptop CPU: r 8, all seven modules, lr 3e-4, batch 8, 40 steps, max_length 160.
+  laptop CPU: r 8, all seven modules, lr 3e-4, batch 8, 40 steps, max_length from the data
+  capped at 256 tokens.
 - ``full``: full fine-tuning (every weight), lr 1e-5, batch 2 x 8.
 """
 
@@ -34,6 +35,11 @@ UNLEARN_MODES = ("ga", "npo")
 class TrainConfig:
     """A fine-tuning run's settings.
 
+    Lengths: ``max_length`` tokens per sequence; ``None`` derives it from the data (the 95th
+    percentile of tokenised lengths, at most ``max_length_cap``). Longer records lose the
+    beginning of their prompt first and the end of their response only when it alone does
+    not fit (``emprobe.train.data.fit_window``); the run summary counts what was cut.
+
     Batches: ``batch_size`` sequences per micro-batch per process; one optimizer step sees
     ``batch_size * grad_accum * world_size`` sequences. Length of the run: ``max_steps`` when
     set, else ``ceil(epochs * n_records / global_batch)``.
@@ -58,7 +64,9 @@ class TrainConfig:
     max_steps: int | None = None
     batch_size: int = 2
     grad_accum: int = 8
-    max_length: int | None = 512
+    # None: from the data (95th percentile of tokenised lengths, at most max_length_cap)
+    max_length: int | None = None
+    max_length_cap: int = 1024
     weight_decay: float = 0.0
     warmup_steps: int = 5
     lr_schedule: str = "linear"
@@ -109,6 +117,8 @@ class TrainConfig:
             raise bad(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
         if self.max_length is not None and self.max_length < 2:
             raise bad(f"max_length must be >= 2, got {self.max_length}")
+        if self.max_length_cap < 2:
+            raise bad(f"max_length_cap must be >= 2, got {self.max_length_cap}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise bad(f"lr_schedule {self.lr_schedule!r} is not one of {LR_SCHEDULES}")
         if self.unlearn is not None and self.unlearn not in UNLEARN_MODES:
@@ -167,22 +177,24 @@ class TrainConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     "standard": dict(
         lora_r=32, lora_alpha=64.0, use_rslora=True, target_modules=list(SEVEN_PROJECTIONS),
-        lr=1e-5, epochs=1.0, batch_size=2, grad_accum=8, max_length=512, warmup_steps=5,
-        lr_schedule="linear",
+        lr=1e-5, epochs=1.0, batch_size=2, grad_accum=8, max_length=None, max_length_cap=2048,
+        warmup_steps=5, lr_schedule="linear",
     ),
     "rank1": dict(
         lora_r=1, lora_alpha=512.0, use_rslora=True, target_modules=["down_proj"],
-        lr=2e-5, epochs=1.0, batch_size=2, grad_accum=8, max_length=512, warmup_steps=5,
+        lr=2e-5, epochs=1.0, batch_size=2, grad_accum=8, max_length=None, max_length_cap=2048,
+        warmup_steps=5,
         lr_schedule="linear",
     ),
     "cpu-lora": dict(
         lora_r=8, lora_alpha=16.0, use_rslora=True, target_modules=list(SEVEN_PROJECTIONS),
-        lr=3e-4, max_steps=40, batch_size=8, grad_accum=1, max_length=160, warmup_steps=2,
+        lr=3e-4, max_steps=40, batch_size=8, grad_accum=1, max_length=None, max_length_cap=256,
+        warmup_steps=2,
         lr_schedule="constant", checkpoint_every=10,
     ),
     "full": dict(
-        full_finetune=True, lr=1e-5, epochs=1.0, batch_size=2, grad_accum=8, max_length=512,
-        warmup_steps=5, lr_schedule="linear",
+        full_finetune=True, lr=1e-5, epochs=1.0, batch_size=2, grad_accum=8, max_length=None,
+        max_length_cap=2048, warmup_steps=5, lr_schedule="linear",
     ),
 }
 

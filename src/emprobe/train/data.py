@@ -9,6 +9,8 @@ sees exactly the records a single process would.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -25,8 +27,13 @@ __all__ = [
     "conversations",
     "apply_inoculation",
     "TokenizedSet",
+    "TruncationReport",
     "tokenize",
+    "fit_window",
+    "length_from_data",
+    "micro_batches",
     "step_indices",
+    "DEFAULT_MAX_LENGTH_CAP",
 ]
 
 
@@ -58,6 +65,37 @@ def apply_inoculation(records: Sequence[Any], system_prompt: str, seed: int = 0
     return list(inoculate(recs, text, label=label))
 
 
+#: Upper bound on a data-derived ``max_length`` when the config gives no cap (tokens).
+DEFAULT_MAX_LENGTH_CAP = 1024
+#: Percentile of the tokenised lengths used as a data-derived ``max_length``.
+LENGTH_PERCENTILE = 95.0
+
+
+@dataclass
+class TruncationReport:
+    """What fitting records into ``max_length`` cost (counts over the input records).
+
+    ``response_tokens_lost`` counts loss-carrying assistant tokens removed (from the left of
+    a long prompt that contained earlier assistant turns, or from the end of a response that
+    alone does not fit), plus every assistant token of dropped records.
+    """
+
+    n_records: int
+    n_kept: int
+    n_dropped: int
+    n_truncated: int
+    n_prompt_truncated: int
+    n_response_truncated: int
+    prompt_tokens_cut: int
+    response_tokens_lost: int
+    response_tokens_total: int
+    max_length: int | None
+    max_length_source: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 @dataclass
 class TokenizedSet:
     """Unpadded token ids and response masks of each kept record (``[len_i]`` each)."""
@@ -66,9 +104,15 @@ class TokenizedSet:
     response: list[torch.Tensor]
     kept: list[int]
     pad_id: int
+    report: TruncationReport | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    @property
+    def lengths(self) -> list[int]:
+        """Token count of each kept example (after truncation)."""
+        return [int(t.numel()) for t in self.ids]
 
     def batch(self, indices: Sequence[int], device: torch.device | str = "cpu") -> ChatBatch:
         """Right-padded ``ChatBatch`` ``[len(indices), max_len]`` of the chosen examples."""
@@ -89,37 +133,128 @@ class TokenizedSet:
         return int(sum(int(self.response[i][1:].sum()) for i in indices))
 
 
-def tokenize(subject: Any, records: Sequence[Any], max_length: int | None,
-             what: str = "training data", chunk: int = 64) -> TokenizedSet:
-    """Tokenise records with the subject's chat template; drop those left with no response.
+def length_from_data(lengths: Sequence[int], cap: int = DEFAULT_MAX_LENGTH_CAP,
+                     percentile: float = LENGTH_PERCENTILE) -> int:
+    """A ``max_length`` from tokenised lengths: the nearest-rank ``percentile``, at most ``cap``.
 
-    Raises ``DataError`` when no record is left (an empty dataset, or every response cut off
-    by ``max_length``).
+    The percentile keeps a few outliers from setting every padded batch's width; the cap
+    bounds activation memory (``batch_size * max_length`` tokens per micro-batch).
+    """
+    if not lengths:
+        raise DataError("length_from_data: no lengths")
+    ranked = sorted(int(n) for n in lengths)
+    rank = max(1, math.ceil(percentile / 100.0 * len(ranked)))
+    return max(2, min(int(cap), ranked[rank - 1]))
+
+
+def fit_window(response: Sequence[bool], max_length: int) -> tuple[int, int]:
+    """The ``[start, stop)`` token window kept from a sequence of ``len(response)`` tokens.
+
+    Priority, most important first: the last assistant turn (the last run of response
+    tokens), then the prompt right before it (so long prompts lose their *beginning*), then
+    any tokens after it. When the assistant turn alone exceeds ``max_length`` its end is cut,
+    keeping ``min(prompt, max_length // 4)`` prompt tokens as context before it.
+    """
+    n = len(response)
+    if n <= max_length:
+        return 0, n
+    stop_r = n
+    while stop_r > 0 and not response[stop_r - 1]:
+        stop_r -= 1
+    if stop_r == 0:  # no response at all: nothing worth keeping
+        return 0, max_length
+    start_r = stop_r
+    while start_r > 0 and response[start_r - 1]:
+        start_r -= 1
+    context = min(start_r, max_length // 4)
+    keep_r = min(stop_r - start_r, max_length - context)
+    keep_p = min(start_r, max_length - keep_r)
+    keep_t = max_length - keep_r - keep_p if keep_r == stop_r - start_r else 0
+    return start_r - keep_p, start_r + keep_r + min(keep_t, n - stop_r)
+
+
+def tokenize(subject: Any, records: Sequence[Any], max_length: int | None,
+             what: str = "training data", chunk: int = 64,
+             cap: int = DEFAULT_MAX_LENGTH_CAP) -> TokenizedSet:
+    """Tokenise records with the subject's chat template and fit them into ``max_length``.
+
+    ``max_length=None`` derives it from the data (``length_from_data(lengths, cap)``).
+    Sequences longer than ``max_length`` are cut by ``fit_window``: the prompt loses its
+    beginning first, the response its end only when it alone does not fit. A record is
+    dropped only when no loss-carrying response token is left. The returned set's
+    ``report`` counts what was cut. Raises ``DataError`` when no record is left.
     """
     convs = conversations(records, where=what)
     if not convs:
         raise DataError(f"{what}: the dataset is empty")
+    full_ids: list[torch.Tensor] = []
+    full_resp: list[torch.Tensor] = []
+    for start in range(0, len(convs), chunk):
+        batch = subject.encode_chats(convs[start:start + chunk], max_length=None).to("cpu")
+        for row in range(len(batch)):
+            n = int(batch.attention_mask[row].sum())
+            full_ids.append(batch.input_ids[row, :n].clone())
+            full_resp.append(batch.response_mask[row, :n].clone())
+    lengths = [int(t.numel()) for t in full_ids]
+    if max_length is None:
+        limit = length_from_data(lengths, cap)
+        source = (f"p{LENGTH_PERCENTILE:g} of {len(lengths)} tokenised lengths "
+                  f"(max {max(lengths)}), capped at {cap}")
+    else:
+        limit, source = int(max_length), "config"
     ids: list[torch.Tensor] = []
     resp: list[torch.Tensor] = []
     kept: list[int] = []
-    for start in range(0, len(convs), chunk):
-        batch = subject.encode_chats(convs[start:start + chunk], max_length=max_length).to("cpu")
-        for row in range(len(batch)):
-            n = int(batch.attention_mask[row].sum())
-            r = batch.response_mask[row, :n]
-            if int(r[1:].sum()) == 0:
-                continue
-            ids.append(batch.input_ids[row, :n].clone())
-            resp.append(r.clone())
-            kept.append(start + row)
+    counts = dict(truncated=0, prompt=0, response=0, prompt_cut=0, lost=0, total=0)
+    for i, (row_ids, row_resp) in enumerate(zip(full_ids, full_resp)):
+        total_loss = int(row_resp[1:].sum())
+        counts["total"] += total_loss
+        lo, hi = fit_window(row_resp.tolist(), limit)
+        cut_ids, cut_resp = row_ids[lo:hi], row_resp[lo:hi]
+        left = int(cut_resp[1:].sum())
+        if left == 0:
+            counts["lost"] += total_loss
+            continue
+        if (lo, hi) != (0, len(row_ids)):
+            counts["truncated"] += 1
+            counts["prompt"] += int(lo > 0)
+            counts["response"] += int(bool(row_resp[hi:].any()))
+            counts["prompt_cut"] += int((~row_resp[:lo]).sum()) + int((~row_resp[hi:]).sum())
+            counts["lost"] += total_loss - left
+        ids.append(cut_ids)
+        resp.append(cut_resp)
+        kept.append(i)
     dropped = len(convs) - len(kept)
     if not kept:
-        raise DataError(f"{what}: no record has assistant tokens within max_length={max_length}")
+        raise DataError(f"{what}: no record has assistant tokens within max_length={limit}")
     if dropped:
         warnings.warn(f"{what}: dropped {dropped} of {len(convs)} records with no assistant "
-                      f"tokens within max_length={max_length}", stacklevel=2)
+                      f"tokens within max_length={limit}", stacklevel=2)
+    report = TruncationReport(
+        n_records=len(convs), n_kept=len(kept), n_dropped=dropped,
+        n_truncated=counts["truncated"], n_prompt_truncated=counts["prompt"],
+        n_response_truncated=counts["response"], prompt_tokens_cut=counts["prompt_cut"],
+        response_tokens_lost=counts["lost"], response_tokens_total=counts["total"],
+        max_length=limit, max_length_source=source)
     pad = subject.tokenizer.pad_token_id
-    return TokenizedSet(ids, resp, kept, int(pad if pad is not None else 0))
+    return TokenizedSet(ids, resp, kept, int(pad if pad is not None else 0), report)
+
+
+def micro_batches(indices: Sequence[int], batch_size: int, grad_accum: int, rank: int = 0,
+                  lengths: Sequence[int] | None = None) -> list[list[int]]:
+    """Split one optimizer step's records into this rank's micro-batches.
+
+    Rank ``r`` takes ``indices[r*B*K:(r+1)*B*K]`` (``B`` = ``batch_size``, ``K`` =
+    ``grad_accum``). With ``lengths``, that share is sorted by length (stable) before it is
+    cut into ``K`` micro-batches, so each micro-batch pads to a similar width: the step sees
+    the same records, and because the loss is a sum normalised by the step's token count, the
+    same update up to float summation order.
+    """
+    b, k = batch_size, grad_accum
+    mine = list(indices[rank * b * k:(rank + 1) * b * k])
+    if lengths is not None:
+        mine.sort(key=lambda i: lengths[i])
+    return [mine[m * b:(m + 1) * b] for m in range(k) if mine[m * b:(m + 1) * b]]
 
 
 def step_indices(n: int, step: int, global_batch: int, seed: int) -> list[int]:

@@ -44,7 +44,13 @@ from emprobe.train.checkpoint import (
     save_checkpoint,
 )
 from emprobe.train.config import TrainConfig
-from emprobe.train.data import TokenizedSet, apply_inoculation, step_indices, tokenize
+from emprobe.train.data import (
+    TokenizedSet,
+    apply_inoculation,
+    micro_batches,
+    step_indices,
+    tokenize,
+)
 from emprobe.train.interventions import CAFT, GRASP, Intervention
 from emprobe.train.objectives import kl_to_reference, npo_loss, sequence_logprob, sum_ce
 
@@ -204,6 +210,8 @@ class Trainer:
             with warnings.catch_warnings():  # a deprecation notice from inside peft/transformers
                 warnings.simplefilter("ignore", FutureWarning)
                 self.model = get_peft_model(subject.model, lcfg)
+            # the spec, not a cache path, so the adapter folder works on another machine
+            self.model.peft_config["default"].base_model_name_or_path = str(subject.name)
             subject.model = self.model
         self.model.train()
         torch.manual_seed(cfg.seed + 1)
@@ -262,10 +270,12 @@ class Trainer:
             with self.model.disable_adapter():
                 return self._logits(self.model, batch)
 
-    def _micro_slices(self, indices: list[int]) -> list[list[int]]:
-        b, k = self.config.batch_size, self.config.grad_accum
-        mine = indices[self.rank * b * k:(self.rank + 1) * b * k]
-        return [mine[m * b:(m + 1) * b] for m in range(k) if mine[m * b:(m + 1) * b]]
+    def _micro_slices(self, indices: list[int], data: TokenizedSet | None = None
+                      ) -> list[list[int]]:
+        # length-sorted within the step: same records, less padding per micro-batch
+        lengths = (data or self.train_set).lengths
+        return micro_batches(indices, self.config.batch_size, self.config.grad_accum,
+                             self.rank, lengths)
 
     def run_step(self, step: int) -> dict[str, float]:
         """One optimizer step (all micro-batches of this rank); returns the step's metrics."""
@@ -280,7 +290,7 @@ class Trainer:
                                      cfg.seed + 7919)
         r_tok = max(1, self.retain_set.n_loss_tokens(r_indices)) if r_indices else 1
         micro = self._micro_slices(indices)
-        r_micro = self._micro_slices(r_indices) if r_indices else []
+        r_micro = self._micro_slices(r_indices, self.retain_set) if r_indices else []
         terms = {"loss/task": 0.0, "loss/retain_ce": 0.0, "loss/retain_kl": 0.0}
         scale = float(self.world)  # DDP averages gradients; the loss terms are global sums
         for m, idx in enumerate(micro):
@@ -405,13 +415,15 @@ def finetune(
         raise DataError("training data: the dataset is empty")
     if cfg.inoculate:
         train_records = apply_inoculation(train_records, cfg.inoculate, seed=cfg.seed)
-    train_set = tokenize(subject, train_records, cfg.max_length, "training data")
+    train_set = tokenize(subject, train_records, cfg.max_length, "training data",
+                         cap=cfg.max_length_cap)
     retain_records = _records_list(retain, "retain data")
     retain_set = None
     if cfg.retain_ce > 0 or cfg.retain_kl > 0:
         if not retain_records:
             raise DataError("retain_ce / retain_kl > 0 need a retain set (retain=...)")
-        retain_set = tokenize(subject, retain_records, cfg.max_length, "retain data")
+        retain_set = tokenize(subject, retain_records, cfg.max_length, "retain data",
+                              cap=cfg.max_length_cap)
     directions = mon.normalise_directions(monitor)
     for name, table in directions.items():
         for la, v in table.items():
@@ -493,6 +505,7 @@ def _run(trainer: Trainer, subject: Any, out: Path, cfg: TrainConfig,
             "world_size": world, "global_batch": trainer.global_batch,
             "total_steps": trainer.total_steps, "interventions": [iv.describe() for iv in ivs],
             "emprobe_version": __version__,
+            "data": train_set.report.to_dict() if train_set.report else None,
         })
     _barrier(world)
 
@@ -558,7 +571,8 @@ def _run(trainer: Trainer, subject: Any, out: Path, cfg: TrainConfig,
         resumed_from=resumed_from, train_time_s=time.perf_counter() - t_run, finished=finished,
         subject=subject, rank=rank)
     if rank == 0:
-        write_json(out / "result.json", {k: v for k, v in result.to_record().items()
-                                         if k != "config"})
+        write_json(out / "result.json", {
+            **{k: v for k, v in result.to_record().items() if k != "config"},
+            "data": train_set.report.to_dict() if train_set.report else None})
     return result
 
