@@ -140,7 +140,8 @@ def _depth_ok(obj: Any, max_depth: int) -> bool:
 
 
 def loads_json(text: str | bytes, where: str, allow_nan: bool = True,
-               max_depth: int = MAX_JSON_DEPTH, error: ErrorType = FormatError) -> Any:
+               max_depth: int = MAX_JSON_DEPTH, error: ErrorType = FormatError,
+               broken: str = "not valid JSON") -> Any:
     """Parse JSON with a nesting limit; ``allow_nan=False`` refuses NaN / Infinity.
 
     Raises ``error`` (one line, ``where`` first) for broken JSON, bad UTF-8, nesting deeper
@@ -157,11 +158,10 @@ def loads_json(text: str | bytes, where: str, allow_nan: bool = True,
     except RecursionError:
         raise LimitError(f"{where}: JSON nested deeper than {max_depth} levels") from None
     except json.JSONDecodeError as exc:
-        raise error(f"{where}: not valid JSON ({exc.msg} at line {exc.lineno} column "
+        raise error(f"{where}: {broken} ({exc.msg} at line {exc.lineno} column "
                     f"{exc.colno})") from None
     except ValueError as exc:  # from _refuse_constant
-        raise error(f"{where}: not valid JSON ({one_line(exc)}; numbers must be finite)"
-                    ) from None
+        raise error(f"{where}: {broken} ({one_line(exc)}; numbers must be finite)") from None
     if not _depth_ok(obj, max_depth):
         raise LimitError(f"{where}: JSON nested deeper than {max_depth} levels")
     return obj

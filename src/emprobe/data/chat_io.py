@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from emprobe.errors import DataError
+from emprobe.errors import DataError, LimitError
 from emprobe.io import atomic_path
 from emprobe.models.chat import ROLES
+from emprobe.validate import MAX_LINE_BYTES, check_finite_tree, excerpt, loads_json
 
 __all__ = [
     "ChatRecords",
@@ -79,7 +80,7 @@ def validate_record(
     if not isinstance(obj, Mapping):
         raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
     if "messages" not in obj:
-        keys = ", ".join(sorted(map(str, obj.keys()))) or "none"
+        keys = ", ".join(excerpt(str(k), 30) for k in list(obj.keys())[:8]) or "none"
         raise DataError(f"{where}: missing 'messages' (keys present: {keys})")
     msgs = obj["messages"]
     if not isinstance(msgs, list):
@@ -91,8 +92,8 @@ def validate_record(
         if not isinstance(msg, Mapping):
             raise DataError(f"{where}: message {j} is not an object")
         role, content = msg.get("role"), msg.get("content")
-        if role not in ROLES:
-            raise DataError(f"{where}: message {j} has role {role!r}; expected one of "
+        if not isinstance(role, str) or role not in ROLES:
+            raise DataError(f"{where}: message {j} has role {excerpt(role, 40)}; expected one of "
                             f"{', '.join(ROLES)}")
         if not isinstance(content, str):
             raise DataError(f"{where}: message {j} ({role}) content must be a string, "
@@ -104,6 +105,8 @@ def validate_record(
         has_assistant = has_assistant or role == "assistant"
     if require_assistant and not has_assistant:
         raise DataError(f"{where}: no assistant message (training data needs an answer)")
+    # extra keys too: NaN / Infinity and lone surrogates cannot be written back as JSONL
+    check_finite_tree(obj, where, error=DataError)
     return dict(obj)
 
 
@@ -117,10 +120,14 @@ def iter_chat_jsonl(
     errors: str = "raise",
     require_assistant: bool = False,
     stats: ReadStats | None = None,
+    max_line_bytes: int = MAX_LINE_BYTES,
 ) -> Iterator[Record]:
     """Stream validated records from a chat JSONL file, one line at a time (constant memory).
 
-    ``errors="skip"`` drops bad lines and counts them in ``stats`` (if given).
+    ``errors="skip"`` drops bad lines and counts them in ``stats`` (if given). Lines are
+    strict JSON (NaN / Infinity refused), at most ``max_line_bytes`` long and nested at most
+    ``emprobe.validate.MAX_JSON_DEPTH`` deep; text must be valid Unicode (no lone surrogates,
+    which could not be written back).
     """
     _check_errors_mode(errors)
     p = Path(path)
@@ -128,20 +135,27 @@ def iter_chat_jsonl(
         raise DataError(f"{p}: no such file")
     stats = stats if stats is not None else ReadStats()
     with p.open("rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
+        lineno = 0
+        while True:
+            raw = fh.readline(max_line_bytes + 1)
+            if not raw:
+                break
+            lineno += 1
             where = f"{p}:{lineno}"
             try:
+                if len(raw) > max_line_bytes:
+                    # skip the rest of the over-long line so the count stays right
+                    while raw and not raw.endswith(b"\n"):
+                        raw = fh.readline(max_line_bytes + 1)
+                    raise LimitError(f"{where}: line longer than {max_line_bytes} bytes")
                 try:
                     text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
                 except UnicodeDecodeError as exc:
                     raise DataError(f"{where}: not valid UTF-8 (byte {exc.start})") from None
                 if not text.strip():
                     continue
-                try:
-                    obj = json.loads(text)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{where}: broken JSON ({exc.msg} at column {exc.colno})"
-                                    ) from None
+                obj = loads_json(text, where, allow_nan=False, error=DataError,
+                                 broken="broken JSON")
                 rec = validate_record(obj, where, require_assistant=require_assistant)
             except DataError as exc:
                 if errors == "raise":
@@ -182,9 +196,10 @@ def write_chat_jsonl(
         for i, obj in enumerate(records):
             rec = validate_record(obj, f"record {i}", require_assistant=require_assistant)
             try:
-                line = json.dumps(rec, ensure_ascii=False)
-            except (TypeError, ValueError) as exc:
-                raise DataError(f"record {i}: not JSON serialisable ({exc})") from None
+                line = json.dumps(rec, ensure_ascii=False, allow_nan=False)
+            except (TypeError, ValueError, RecursionError) as exc:
+                raise DataError(f"record {i}: not JSON serialisable ({excerpt(str(exc), 120)})"
+                                ) from None
             fh.write(line + "\n")
     return target
 
