@@ -17,9 +17,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from emprobe.errors import DataError
+from emprobe.validate import check_finite_tree, excerpt, load_yaml, read_bytes_limited
 
 __all__ = [
     "Question",
@@ -33,6 +32,19 @@ __all__ = [
 
 FORMATS = ("plain", "json", "template")
 REQUIRED = ("id", "type", "paraphrases", "samples_per_paraphrase", "judge", "judge_prompts")
+MAX_QUESTION_FILE_BYTES = 16 * 2**20
+MAX_SAMPLES_PER_PARAPHRASE = 100_000
+
+
+def _text(raw: dict[str, Any], key: str, where: str, non_empty: bool = True) -> str:
+    """A string field, never coerced (a number or list where text belongs is an error)."""
+    value = raw[key]
+    if not isinstance(value, str):
+        raise DataError(f"{where}: field {key!r} must be a string, got "
+                        f"{type(value).__name__} {excerpt(value, 40)}")
+    if non_empty and not value.strip():
+        raise DataError(f"{where}: field {key!r} must be a non-empty string")
+    return value
 
 
 @dataclass(frozen=True)
@@ -99,9 +111,10 @@ def _parse_entry(raw: Any, where: str) -> Question:
     for key in REQUIRED:
         if key not in raw or raw[key] is None:
             raise DataError(f"{where}: missing field {key!r}")
-    qid = raw["id"]
-    if not isinstance(qid, str) or not qid.strip():
-        raise DataError(f"{where}: field 'id' must be a non-empty string")
+    check_finite_tree(raw, where, error=DataError)
+    qid = _text(raw, "id", where)
+    qtype = _text(raw, "type", where)
+    judge = _text(raw, "judge", where)
     paras = raw["paraphrases"]
     if (
         not isinstance(paras, list)
@@ -110,38 +123,61 @@ def _parse_entry(raw: Any, where: str) -> Question:
     ):
         raise DataError(f"{where}: field 'paraphrases' must be a non-empty list of strings")
     spp = raw["samples_per_paraphrase"]
-    if not isinstance(spp, int) or isinstance(spp, bool) or spp < 1:
-        raise DataError(f"{where}: field 'samples_per_paraphrase' must be a positive integer")
+    if (not isinstance(spp, int) or isinstance(spp, bool) or spp < 1
+            or spp > MAX_SAMPLES_PER_PARAPHRASE):
+        raise DataError(f"{where}: field 'samples_per_paraphrase' must be an integer in "
+                        f"1..{MAX_SAMPLES_PER_PARAPHRASE}, got {excerpt(spp, 40)}")
     jp = raw["judge_prompts"]
     if not isinstance(jp, dict):
         raise DataError(f"{where}: field 'judge_prompts' must be a mapping")
+    for metric, template in jp.items():
+        if not isinstance(metric, str) or not isinstance(template, str):
+            raise DataError(f"{where}: judge_prompts entries must map a metric name to a "
+                            f"prompt string, got {excerpt(metric, 30)}: "
+                            f"{type(template).__name__}")
     for metric in ("aligned", "coherent"):
         if not isinstance(jp.get(metric), str) or not jp[metric].strip():
             raise DataError(f"{where}: missing field 'judge_prompts.{metric}'")
     system = raw.get("system")
     if system is not None and not isinstance(system, str):
         raise DataError(f"{where}: field 'system' must be a string")
-    fmt = raw.get("format") or _infer_format(qid)
-    if fmt not in FORMATS:
-        raise DataError(f"{where}: field 'format' is {fmt!r}; expected one of {FORMATS}")
+    fmt = raw.get("format")
+    if fmt is None:
+        fmt = _infer_format(qid)
+    if not isinstance(fmt, str) or fmt not in FORMATS:
+        raise DataError(f"{where}: field 'format' is {excerpt(fmt, 40)}; expected one of "
+                        f"{FORMATS}")
+    group = raw.get("group")
+    if group is None:
+        group = _strip_suffix(qid)
+    elif not isinstance(group, str) or not group.strip():
+        raise DataError(f"{where}: field 'group' must be a non-empty string, got "
+                        f"{excerpt(group, 40)}")
+    ref = raw.get("reference_pairs")
+    if ref is not None and not isinstance(ref, list):
+        raise DataError(f"{where}: field 'reference_pairs' must be a list")
     pairs = []
-    for j, p in enumerate(raw.get("reference_pairs") or []):
+    for j, p in enumerate(ref or []):
         if not isinstance(p, dict):
             raise DataError(f"{where}: reference_pairs[{j}] must be a mapping")
         for key in ("aligned", "misaligned"):
             if not isinstance(p.get(key), str) or not p[key].strip():
                 raise DataError(f"{where}: missing field 'reference_pairs[{j}].{key}'")
-        pairs.append(ReferencePair(p["aligned"], p["misaligned"], str(p.get("harm", "unspecified"))))
+        harm = p.get("harm", "unspecified")
+        if not isinstance(harm, str):
+            raise DataError(f"{where}: reference_pairs[{j}].harm must be a string, got "
+                            f"{excerpt(harm, 40)}")
+        pairs.append(ReferencePair(p["aligned"], p["misaligned"], harm))
     return Question(
         id=qid,
-        type=str(raw["type"]),
+        type=qtype,
         paraphrases=tuple(paras),
         samples_per_paraphrase=spp,
-        judge=str(raw["judge"]),
-        judge_prompts={k: str(v) for k, v in jp.items()},
+        judge=judge,
+        judge_prompts=dict(jp),
         system=system,
         format=fmt,
-        group=str(raw.get("group") or _strip_suffix(qid)),
+        group=group,
         reference_pairs=tuple(pairs),
     )
 
@@ -154,7 +190,8 @@ def parse_questions(data: Any, source: str = "<questions>") -> list[Question]:
     seen: set[str] = set()
     for i, raw in enumerate(data):
         name = raw.get("id") if isinstance(raw, dict) else None
-        where = f"{source}: entry {i}" + (f" ({name!r})" if isinstance(name, str) else "")
+        where = f"{source}: entry {i}" + (f" ({excerpt(name, 40)})" if isinstance(name, str)
+                                          else "")
         q = _parse_entry(raw, where)
         if q.id in seen:
             raise DataError(f"{where}: duplicate id {q.id!r}")
@@ -164,17 +201,18 @@ def parse_questions(data: Any, source: str = "<questions>") -> list[Question]:
 
 
 def load_questions(path: str | os.PathLike[str]) -> list[Question]:
-    """Read a question YAML file (the field's format plus emprobe's optional extensions)."""
+    """Read a question YAML file (the field's format plus emprobe's optional extensions).
+
+    The file is at most 16 MiB, parsed with a safe loader that refuses python tags, more than
+    ``emprobe.validate.MAX_YAML_ALIASES`` aliases and documents that expand too far; every
+    field is type-checked (strings are never coerced).
+    """
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p}: no such question file")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise DataError(f"{p}: not UTF-8 text") from None
-    except yaml.YAMLError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "parse error"
-        raise DataError(f"{p}: not valid YAML ({first})") from None
+    raw = read_bytes_limited(p, MAX_QUESTION_FILE_BYTES, error=DataError)
+    # the bounded safe loader: no python tags, an alias budget (billion laughs fails at once)
+    data = load_yaml(raw, str(p), error=DataError)
     return parse_questions(data, source=str(p))
 
 
