@@ -28,6 +28,15 @@ from emprobe._version import __version__
 from emprobe.errors import EmprobeError, FormatError, ShapeError, SiteError
 from emprobe.hooks.convention import SITES
 from emprobe.io import atomic_dir, load_tensors, read_json, save_tensors, write_json
+from emprobe.validate import (
+    check_int,
+    check_mapping,
+    check_optional_str,
+    check_str,
+    check_tensor,
+    excerpt,
+    layer_key,
+)
 
 FORMAT_NAME = "emprobe.direction"
 FORMAT_VERSION = 1
@@ -99,7 +108,19 @@ class Direction:
     emprobe_version: str = __version__
 
     def __post_init__(self) -> None:
-        self.vectors = {int(k): v.detach().float().cpu() for k, v in self.vectors.items()}
+        if not isinstance(self.vectors, Mapping):
+            raise ShapeError(f"direction: vectors must map layer -> tensor, got "
+                             f"{type(self.vectors).__name__}")
+        vectors: dict[int, torch.Tensor] = {}
+        for k, v in self.vectors.items():
+            layer = layer_key(k, "direction", error=SiteError)
+            if not isinstance(v, torch.Tensor):
+                raise ShapeError(f"direction: layer {layer} is a {type(v).__name__}, not a tensor")
+            if v.is_complex():  # .float() would drop the imaginary part without a word
+                raise ShapeError(f"direction: layer {layer} is complex ({v.dtype}); directions "
+                                 "are real")
+            vectors[layer] = v.detach().float().cpu()
+        self.vectors = vectors
         self.validate()
 
     # -- construction -----------------------------------------------------------------
@@ -124,6 +145,7 @@ class Direction:
         """Check shapes, layers and metadata values; one-line errors naming the problem."""
         if not self.vectors:
             raise ShapeError(f"{where}: no layers")
+        self._validate_fields(where)
         if self.site not in SITES:
             raise SiteError(f"{where}: unknown site {self.site!r}: use one of {', '.join(SITES)}")
         if self.positions not in POSITIONS:
@@ -139,12 +161,28 @@ class Direction:
                 )
             if t.dim() not in (1, 2):
                 raise ShapeError(f"{where}: layer {layer} tensor has {t.dim()} dims; want 1 or 2")
+            if any(s == 0 for s in t.shape):
+                raise ShapeError(f"{where}: layer {layer} tensor {list(t.shape)} is empty")
             if t.shape[0] != self.d_model:
                 raise ShapeError(
                     f"{where}: layer {layer} has width {t.shape[0]} but d_model is {self.d_model}"
                 )
             if not torch.isfinite(t).all():
                 raise ShapeError(f"{where}: layer {layer} contains NaN or inf")
+
+    def _validate_fields(self, where: str) -> None:
+        """Types of the metadata fields (a loaded JSON can hold anything)."""
+        check_str(self.model, f"{where}: model", error=FormatError)
+        check_int(self.d_model, f"{where}: d_model", min_value=1, error=ShapeError)
+        if self.n_layers is not None:
+            check_int(self.n_layers, f"{where}: n_layers", min_value=1, error=FormatError)
+        for name in ("site", "positions", "normalisation", "sign", "method", "created",
+                     "emprobe_version"):
+            check_str(getattr(self, name), f"{where}: {name}", error=FormatError)
+        for name in ("fingerprint", "revision", "adapter"):
+            check_optional_str(getattr(self, name), f"{where}: {name}", error=FormatError)
+        for name in ("params", "provenance", "stats"):
+            check_mapping(getattr(self, name), f"{where}: {name}", error=FormatError)
 
     def check_compatible(self, subject: Any, allow_other_model: bool = False) -> None:
         """Raise unless this direction may be applied to ``subject``.
@@ -274,29 +312,43 @@ class Direction:
         if not folder.is_dir():
             raise FormatError(f"{folder}: not a direction folder")
         meta_path, tens_path = folder / META_FILE, folder / TENSORS_FILE
-        meta = read_json(meta_path)
+        meta = read_json(meta_path, allow_nan=False)
         if not isinstance(meta, dict):
-            raise FormatError(f"{meta_path}: expected a JSON object")
+            raise FormatError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}")
         if meta.get("format") != FORMAT_NAME:
-            raise FormatError(f"{meta_path}: not an emprobe direction (format={meta.get('format')!r})")
-        if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+            raise FormatError(f"{meta_path}: not an emprobe direction (format="
+                              f"{excerpt(meta.get('format'), 60)})")
+        version = check_int(meta.get("format_version"), f"{meta_path}: format_version",
+                            min_value=1, error=FormatError)
+        if version > FORMAT_VERSION:
             raise FormatError(
-                f"{meta_path}: format version {meta.get('format_version')} is newer than "
+                f"{meta_path}: format version {version} is newer than "
                 f"this emprobe reads ({FORMAT_VERSION})"
             )
         for key in ("model", "d_model", "site", "layers", "positions", "normalisation", "method"):
             if key not in meta:
                 raise FormatError(f"{meta_path}: missing key {key!r}")
-        tensors = load_tensors(tens_path)
         declared = meta["layers"]
         if not isinstance(declared, dict) or not declared:
-            raise FormatError(f"{meta_path}: 'layers' must map layer -> shape")
-        vectors: dict[int, torch.Tensor] = {}
+            raise FormatError(f"{meta_path}: 'layers' must map layer -> shape, got "
+                              f"{excerpt(declared, 60)}")
+        shapes: dict[str, list[int]] = {}
         for la_s, shape in declared.items():
+            layer_key(la_s, f"{meta_path}: layers", error=FormatError)
+            if (not isinstance(shape, list) or len(shape) not in (1, 2)
+                    or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0
+                               for n in shape)):
+                raise FormatError(f"{meta_path}: layers[{excerpt(la_s, 20)}] must be a shape "
+                                  f"[d_model] or [d_model, k] of positive ints, got "
+                                  f"{excerpt(shape, 60)}")
+            shapes[la_s] = shape
+        tensors = load_tensors(tens_path)
+        vectors: dict[int, torch.Tensor] = {}
+        for la_s, shape in shapes.items():
             key = f"layer.{la_s}"
             if key not in tensors:
                 raise FormatError(f"{tens_path}: missing tensor {key!r} listed in {META_FILE}")
-            t = tensors[key]
+            t = check_tensor(tensors[key], f"{tens_path}: {key}", finite=False)
             if list(t.shape) != list(shape):
                 raise ShapeError(
                     f"{tens_path}: tensor {key} has shape {list(t.shape)}, {META_FILE} says {shape}"
@@ -304,16 +356,16 @@ class Direction:
             vectors[int(la_s)] = t
         extra = sorted(set(tensors) - {f"layer.{la}" for la in declared})
         if extra:
-            raise FormatError(f"{tens_path}: tensors not listed in {META_FILE}: {extra}")
+            raise FormatError(f"{tens_path}: tensors not listed in {META_FILE}: "
+                              f"{excerpt(extra, 120)}")
         known = {f.name for f in fields(cls)} - {"vectors"}
         kwargs = {k: v for k, v in meta.items() if k in known}
         try:
-            kwargs["d_model"] = int(kwargs["d_model"])
             return cls(vectors=vectors, **kwargs)
-        except (ShapeError, SiteError, FormatError) as exc:
-            raise type(exc)(f"{folder}: {exc}") from None
+        except EmprobeError as exc:
+            raise type(exc)(f"{meta_path}: {exc}") from None
         except (TypeError, ValueError) as exc:
-            raise FormatError(f"{meta_path}: bad metadata ({exc})") from None
+            raise FormatError(f"{meta_path}: bad metadata ({excerpt(str(exc), 120)})") from None
 
     def __repr__(self) -> str:
         shapes = {la: tuple(t.shape) for la, t in sorted(self.vectors.items())}
