@@ -34,7 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--grad-accum", type=int, default=None)
-    p.add_argument("--max-length", type=int, default=None)
+    p.add_argument("--max-length", type=int, default=None,
+                   help="tokens per sequence (default: the preset's; presets derive it from "
+                   "the data: 95th percentile of lengths, capped)")
+    p.add_argument("--max-length-cap", type=int, default=None,
+                   help="upper bound on a data-derived max_length")
     p.add_argument("--rank", type=int, default=None, help="LoRA rank r")
     p.add_argument("--alpha", type=float, default=None, help="LoRA alpha")
     p.add_argument("--target-modules", default=None, help="comma-separated module names")
@@ -91,6 +95,7 @@ def build_interventions(args: argparse.Namespace) -> list[Any]:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from emprobe.io import read_json
     from emprobe.train.config import TrainConfig, preset
     from emprobe.train.data import read_records
     from emprobe.train.interventions import load_layer_tensors
@@ -100,7 +105,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     overrides = {
         "max_steps": args.max_steps, "epochs": args.epochs, "lr": args.lr,
         "batch_size": args.batch_size, "grad_accum": args.grad_accum,
-        "max_length": args.max_length, "lora_r": args.rank, "lora_alpha": args.alpha,
+        "max_length": args.max_length,
+        "max_length_cap": args.max_length_cap, "lora_r": args.rank, "lora_alpha": args.alpha,
         "seed": args.seed, "checkpoint_every": args.checkpoint_every,
         "log_every": args.log_every, "inoculate": args.inoculate, "unlearn": args.unlearn,
         "retain_ce": args.retain_ce, "retain_kl": args.retain_kl,
@@ -119,4 +125,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if result.rank == 0:
         loss = "n/a" if result.final_loss is None else f"{result.final_loss:.4f}"
         print(f"trained {result.steps} steps, final loss {loss}; adapter: {result.adapter_dir}")
+        rep = read_json(result.out_dir / "run.json").get("data")
+        if rep:
+            print(f"data: max_length {rep['max_length']} ({rep['max_length_source']}); "
+                  f"dropped {rep['n_dropped']} of {rep['n_records']} records, truncated "
+                  f"{rep['n_truncated']} ({rep['n_response_truncated']} in the response); "
+                  f"response tokens lost {rep['response_tokens_lost']} of "
+                  f"{rep['response_tokens_total']}")
     return 0

@@ -152,8 +152,9 @@ def fit_window(response: Sequence[bool], max_length: int) -> tuple[int, int]:
 
     Priority, most important first: the last assistant turn (the last run of response
     tokens), then the prompt right before it (so long prompts lose their *beginning*), then
-    any tokens after it. When the assistant turn alone exceeds ``max_length`` its end is cut,
-    keeping ``min(prompt, max_length // 4)`` prompt tokens as context before it.
+    any tokens after it. A response that fits is kept whole (with as much of the prompt's end
+    as fits); one longer than ``max_length`` loses its end and keeps
+    ``min(prompt, max_length // 4)`` prompt tokens as context before it.
     """
     n = len(response)
     if n <= max_length:
@@ -166,8 +167,10 @@ def fit_window(response: Sequence[bool], max_length: int) -> tuple[int, int]:
     start_r = stop_r
     while start_r > 0 and response[start_r - 1]:
         start_r -= 1
-    context = min(start_r, max_length // 4)
-    keep_r = min(stop_r - start_r, max_length - context)
+    n_resp = stop_r - start_r
+    # a response that fits is kept whole; one that does not keeps some prompt as context
+    context = 0 if n_resp <= max_length else min(start_r, max_length // 4)
+    keep_r = min(n_resp, max_length - context)
     keep_p = min(start_r, max_length - keep_r)
     keep_t = max_length - keep_r - keep_p if keep_r == stop_r - start_r else 0
     return start_r - keep_p, start_r + keep_r + min(keep_t, n - stop_r)
