@@ -23,7 +23,9 @@ from typing import Any
 import torch
 
 from emprobe.errors import DataError, EmprobeError, ShapeError, SiteError
+from emprobe.evaluate.stats import bootstrap_mean
 from emprobe.geometry.adapter import LoraAdapter, read_adapter
+from emprobe.models.logprobs import response_logprobs
 
 __all__ = [
     "WeightPath",
@@ -197,30 +199,16 @@ def response_loss(
         ``{"mean", "lo", "hi", "n_tokens", "n_seq"}``; ``mean`` is token-weighted.
     """
     convs = _conversations(records, where)
-    sums, counts = [], []
+    per_seq: list[list[float]] = []
     for start in range(0, len(convs), batch_size):
         batch = subject.encode_chats(convs[start : start + batch_size])
-        logits = subject.forward(batch).logits[:, :-1].float()  # [batch, pos-1, vocab]
-        targets = batch.input_ids[:, 1:]
-        mask = batch.response_mask[:, 1:].float()
-        ce = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
-        ).view_as(mask)
-        sums.append((ce * mask).sum(dim=1).double().cpu())
-        counts.append(mask.sum(dim=1).double().cpu())
-    tok_sum, tok_n = torch.cat(sums), torch.cat(counts)
-    if tok_n.sum() == 0:
+        logp, mask = response_logprobs(subject.forward(batch).logits, batch)  # [batch, pos-1]
+        per_seq.extend((-logp[row][mask[row]]).double().tolist() for row in range(len(mask)))
+    n_tokens = sum(len(s) for s in per_seq)
+    if n_tokens == 0:
         raise DataError(f"{where}: no response tokens")
-    mean = float(tok_sum.sum() / tok_n.sum())
-    lo = hi = mean
-    if n_boot > 0 and len(convs) > 1:
-        gen = torch.Generator().manual_seed(seed)
-        idx = torch.randint(0, len(convs), (n_boot, len(convs)), generator=gen)
-        boots = tok_sum[idx].sum(1) / tok_n[idx].sum(1).clamp_min(1)
-        lo, hi = (float(x) for x in torch.quantile(boots, torch.tensor([0.025, 0.975],
-                                                                          dtype=boots.dtype)))
-    return {"mean": mean, "lo": lo, "hi": hi, "n_tokens": float(tok_n.sum()),
-            "n_seq": float(len(convs))}
+    est = bootstrap_mean(per_seq, n_boot=n_boot, seed=seed)
+    return {**est.to_record(), "n_tokens": float(n_tokens), "n_seq": float(len(convs))}
 
 
 def loss_evaluator(records: Sequence[Any], batch_size: int = 8, n_boot: int = 200,
@@ -233,15 +221,10 @@ def loss_evaluator(records: Sequence[Any], batch_size: int = 8, n_boot: int = 20
 
 def local_score_evaluator(**kwargs: Any) -> Evaluator:
     """An evaluator from ``emprobe.evaluate.local.local_score`` (per-answer margin, nats)."""
-    try:
-        from emprobe.evaluate.local import local_score
-    except ImportError as exc:
-        raise EmprobeError(f"the local misalignment score is unavailable ({exc})") from None
+    from emprobe.evaluate.local import local_score
 
     def run(subject: Any) -> dict[str, float]:
-        score = local_score(subject, **kwargs)
-        est = score.per_answer
-        return {"mean": float(est.mean), "lo": float(est.lo), "hi": float(est.hi)}
+        return local_score(subject, **kwargs).per_answer.to_record()
 
     return run
 

@@ -19,6 +19,7 @@ from emprobe.directions.prompts import PERSONA_QUESTIONS, TRAIT_PAIRS
 from emprobe.errors import DataError
 from emprobe.models.chat import validate_conversation
 from emprobe.models.context import use_batch
+from emprobe.models.logprobs import sequence_logprobs
 
 # scorer(questions, answers) -> trait expression per answer (higher = more of the trait)
 Scorer = Callable[[list[str], list[str]], list[float]]
@@ -40,11 +41,8 @@ def response_logprob(subject: Any, conversations: Sequence[Any], batch_size: int
         batch = encode(subject, conversations[i : i + batch_size])
         with use_batch(batch):
             logits = subject.model(input_ids=batch.input_ids,
-                                   attention_mask=batch.attention_mask).logits.float()
-        logp = torch.log_softmax(logits[:, :-1], -1)
-        tok = logp.gather(-1, batch.input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-        mask = batch.response_mask[:, 1:].float()
-        out.append(((tok * mask).sum(1) / mask.sum(1).clamp_min(1)).cpu())
+                                   attention_mask=batch.attention_mask).logits
+        out.append(sequence_logprobs(logits, batch, mean=True)[0].cpu())
     return torch.cat(out)
 
 
