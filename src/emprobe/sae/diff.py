@@ -32,6 +32,7 @@ from emprobe.hooks.core import add_site_hook
 from emprobe.io import write_json
 from emprobe.models.chat import Conversation
 from emprobe.models.context import use_batch
+from emprobe.models.logprobs import response_logprobs
 
 RANKINGS = ("mean_diff", "encoded_diff", "attribution")
 
@@ -175,9 +176,7 @@ def answer_attribution(
             with torch.enable_grad(), use_batch(batch):
                 logits = subject.model(input_ids=batch.input_ids,
                                        attention_mask=batch.attention_mask).logits
-                logp = F.log_softmax(logits[:, :-1].float(), -1)
-                nll = -logp.gather(-1, batch.input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-                loss = nll[resp[:, 1:]].sum()
+                loss = -response_logprobs(logits, batch)[0].sum()  # summed response NLL
                 (grad,) = torch.autograd.grad(loss, holder["h"])
         finally:
             handle.remove()
