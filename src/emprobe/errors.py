@@ -55,3 +55,7 @@ class LimitError(DataError, FormatError):
 
 class EndpointError(EmprobeError):
     """An HTTP endpoint that is unreachable or answers garbage."""
+
+
+class ConfigError(EmprobeError, ValueError):
+    """A setting that is out of range or not one of its allowed values (configs, arguments)."""
