@@ -26,8 +26,10 @@ import numpy as np
 import torch
 
 from emprobe.directions.direction import Direction
-from emprobe.errors import FormatError, ShapeError
+from emprobe.directions.formats._checks import naming, pick_meta, real_array
+from emprobe.errors import EmprobeError, FormatError, ShapeError
 from emprobe.io import atomic_path
+from emprobe.validate import excerpt, layer_key, loads_json, one_line
 
 ARCH = "controlvector"
 META_KEY = "emprobe.direction_json"
@@ -71,8 +73,15 @@ def _hint(model: str) -> str:
     return Path(model).name or model
 
 
+ALLOWED_TENSOR_TYPES = ("F32", "F16")
+
+
 def read_gguf_fields(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Raw ``(key -> value, tensor name -> array)`` of a GGUF file (via ``gguf.GGUFReader``)."""
+    """Raw ``(key -> value, tensor name -> array)`` of a GGUF file (via ``gguf.GGUFReader``).
+
+    Strings must be UTF-8; tensors must be F32 or F16 (quantised control vectors such as Q8_0
+    are refused rather than returned as raw bytes). Every error names the file.
+    """
     import gguf
 
     p = Path(path)
@@ -80,17 +89,35 @@ def read_gguf_fields(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict
         raise FormatError(f"{p}: no such file")
     try:
         reader = gguf.GGUFReader(str(p))
-    except Exception as exc:
-        raise FormatError(f"{p}: not a readable GGUF file ({exc})") from None
+    except Exception as exc:  # the reader raises ValueError, struct/numpy errors, MemoryError
+        raise FormatError(f"{p}: not a readable GGUF file ({type(exc).__name__}: "
+                          f"{one_line(exc, 120)})") from None
     kv: dict[str, Any] = {}
-    for name, fld in reader.fields.items():
-        if not fld.types:
-            continue
-        if fld.types[0] == gguf.GGUFValueType.STRING:
-            kv[name] = bytes(fld.parts[fld.data[0]]).decode("utf-8")
-        elif fld.types[0] != gguf.GGUFValueType.ARRAY:
-            kv[name] = fld.parts[fld.data[0]].tolist()[0]
-    tensors = {t.name: np.array(t.data) for t in reader.tensors}
+    try:
+        for name, fld in reader.fields.items():
+            if not fld.types:
+                continue
+            if fld.types[0] == gguf.GGUFValueType.STRING:
+                raw = bytes(fld.parts[fld.data[0]])
+                try:
+                    kv[name] = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise FormatError(f"{p}: key {excerpt(name, 60)} is not UTF-8 text "
+                                      f"(byte {exc.start})") from None
+            elif fld.types[0] != gguf.GGUFValueType.ARRAY:
+                kv[name] = fld.parts[fld.data[0]].tolist()[0]
+        tensors: dict[str, np.ndarray] = {}
+        for t in reader.tensors:
+            kind = gguf.GGMLQuantizationType(t.tensor_type).name
+            if kind not in ALLOWED_TENSOR_TYPES:
+                raise FormatError(f"{p}: tensor {excerpt(t.name, 60)} has type {kind}; control "
+                                  f"vectors must be {' or '.join(ALLOWED_TENSOR_TYPES)}")
+            tensors[t.name] = np.array(t.data).reshape([int(n) for n in reversed(t.shape)])
+    except EmprobeError:
+        raise
+    except Exception as exc:
+        raise FormatError(f"{p}: not a readable GGUF file ({type(exc).__name__}: "
+                          f"{one_line(exc, 120)})") from None
     return kv, tensors
 
 
@@ -99,40 +126,42 @@ def from_gguf(path: str | os.PathLike[str], model: str | None = None) -> Directi
 
     ``direction.N`` -> emprobe resid_post layer ``N``. With emprobe's metadata key
     present the original metadata is restored; otherwise ``model`` (or the
-    model hint) names the model.
+    model hint) names the model. Each ``direction.N`` must be one 1-D F32/F16 vector.
     """
     kv, tensors = read_gguf_fields(path)
     arch = kv.get("general.architecture")
     if arch != ARCH:
-        raise FormatError(f"{path}: architecture is {arch!r}, not {ARCH!r}")
+        raise FormatError(f"{path}: architecture is {excerpt(arch, 60)}, not {ARCH!r}")
     vectors: dict[int, torch.Tensor] = {}
     for name, arr in tensors.items():
         if not name.startswith("direction."):
             continue
-        try:
-            layer = int(name.split(".", 1)[1])
-        except ValueError:
-            raise FormatError(f"{path}: bad tensor name {name!r}") from None
+        layer = layer_key(name.split(".", 1)[1], f"{path}: tensor {excerpt(name, 60)}")
         if layer < 1:
             raise FormatError(f"{path}: {name}: llama.cpp control vectors start at direction.1")
-        vectors[layer] = torch.from_numpy(arr.astype(np.float32).reshape(-1).copy())
+        a = real_array(arr, f"{path}: {name}", ndims=(1,))
+        vectors[layer] = torch.from_numpy(a.astype(np.float32).copy())
     if not vectors:
         raise FormatError(f"{path}: no direction.N tensors")
     widths = {v.shape[0] for v in vectors.values()}
     if len(widths) != 1:
         raise ShapeError(f"{path}: direction tensors of different widths {sorted(widths)}")
-    if META_KEY in kv:
-        meta = json.loads(kv[META_KEY])
-        known = {k: meta[k] for k in ("model", "fingerprint", "revision", "adapter", "n_layers",
-                                      "positions", "normalisation", "sign", "method", "params",
-                                      "provenance", "stats", "created", "emprobe_version")
-                 if k in meta}
-        if model is not None:
-            known["model"] = model
-        return Direction(vectors=vectors, d_model=widths.pop(), site="resid_post", **known)
-    return Direction(
-        vectors=vectors, model=model or str(kv.get(f"{ARCH}.model_hint", "unknown")),
-        d_model=widths.pop(), site="resid_post", positions="all", method="imported_gguf",
-        params={"source": str(path), "model_hint": kv.get(f"{ARCH}.model_hint"),
-                "layer_count": kv.get(f"{ARCH}.layer_count")},
-    )
+    hint = kv.get(f"{ARCH}.model_hint")
+    if hint is not None and not isinstance(hint, str):
+        raise FormatError(f"{path}: {ARCH}.model_hint must be a string")
+    with naming(path):
+        if META_KEY in kv:
+            if not isinstance(kv[META_KEY], str):
+                raise FormatError(f"{META_KEY} must be a string")
+            meta = loads_json(kv[META_KEY], META_KEY, allow_nan=False)
+            known = pick_meta(meta, META_KEY)
+            known.pop("site", None)
+            if model is not None:
+                known["model"] = model
+            return Direction(vectors=vectors, d_model=widths.pop(), site="resid_post", **known)
+        return Direction(
+            vectors=vectors, model=model or hint or "unknown",
+            d_model=widths.pop(), site="resid_post", positions="all", method="imported_gguf",
+            params={"source": str(path), "model_hint": hint,
+                    "layer_count": kv.get(f"{ARCH}.layer_count")},
+        )

@@ -5,16 +5,19 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from emprobe.directions.direction import Direction
-from emprobe.errors import FormatError
+from emprobe.directions.formats._checks import naming, pick_meta, real_array
+from emprobe.errors import EmprobeError, FormatError
 from emprobe.io import atomic_path
+from emprobe.validate import layer_key, loads_json, one_line
 
-_KEY = re.compile(r"^layer_(\d+)$")
+_KEY = re.compile(r"^layer_(0|[1-9][0-9]{0,5})$")
 
 
 def to_numpy(direction: Direction) -> dict[int, np.ndarray]:
@@ -32,27 +35,43 @@ def save_npz(direction: Direction, path: str | os.PathLike[str]) -> Path:
 
 
 def from_numpy(arrays: dict[int, np.ndarray], model: str = "unknown", **meta: object) -> Direction:
-    vectors = {int(k): torch.from_numpy(np.asarray(v, dtype=np.float32).copy()) for k, v in arrays.items()}
-    if not vectors:
-        raise FormatError("no arrays")
+    """``{layer: [d] or [d, k]}`` arrays -> Direction (real numeric arrays only; keys are
+    non-negative ints or digit strings)."""
+    if not isinstance(arrays, Mapping) or not arrays:
+        raise FormatError("from_numpy: no arrays")
+    vectors: dict[int, torch.Tensor] = {}
+    for k, v in arrays.items():
+        la = layer_key(k, "from_numpy")
+        a = real_array(v, f"from_numpy: layer {la}")
+        vectors[la] = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32).copy())
     meta.setdefault("method", "imported_numpy")
     return Direction(vectors=vectors, model=model, d_model=int(next(iter(vectors.values())).shape[0]),
                      **meta)  # type: ignore[arg-type]
 
 
 def load_npz(path: str | os.PathLike[str]) -> Direction:
+    """Read an ``.npz`` written by :func:`save_npz` (or any ``layer_{l}`` arrays); pickled
+    objects are refused, and every error names the file."""
     p = Path(path)
     if not p.is_file():
         raise FormatError(f"{p}: no such file")
     try:
         with np.load(p, allow_pickle=False) as z:
             arrays = {int(m.group(1)): z[k] for k in z.files if (m := _KEY.match(k))}
-            meta = json.loads(str(z["metadata"])) if "metadata" in z.files else {}
-    except (ValueError, OSError) as exc:
-        raise FormatError(f"{p}: not a readable .npz ({exc})") from None
+            meta_text = z["metadata"] if "metadata" in z.files else None
+            if meta_text is not None:
+                if meta_text.dtype.kind != "U" or meta_text.ndim != 0:
+                    raise FormatError(f"{p}: 'metadata' must be one JSON string")
+                meta_text = str(meta_text)
+    except EmprobeError:
+        raise
+    except Exception as exc:  # zipfile, zlib, numpy header and memory errors all mean "corrupt"
+        raise FormatError(f"{p}: not a readable .npz ({type(exc).__name__}: "
+                          f"{one_line(exc, 120)})") from None
     if not arrays:
         raise FormatError(f"{p}: no layer_{{l}} arrays")
-    known = {k: meta[k] for k in ("fingerprint", "revision", "adapter", "n_layers", "site", "positions",
-                                  "normalisation", "sign", "method", "params", "provenance", "stats",
-                                  "created", "emprobe_version") if k in meta}
-    return from_numpy(arrays, model=meta.get("model", "unknown"), **known)
+    meta = loads_json(meta_text, f"{p}: metadata", allow_nan=False) if meta_text else {}
+    known = pick_meta(meta, f"{p}: metadata")
+    model = known.pop("model", "unknown")
+    with naming(p):
+        return from_numpy(arrays, model=model, **known)

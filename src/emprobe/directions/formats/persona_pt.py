@@ -21,9 +21,11 @@ from pathlib import Path
 import torch
 
 from emprobe.directions.direction import Direction
+from emprobe.directions.formats._checks import naming
 from emprobe.errors import FormatError, ShapeError
 from emprobe.hooks.convention import from_persona_index, to_persona_index
 from emprobe.io import atomic_path, load_tensors, save_tensors
+from emprobe.validate import check_tensor, excerpt, one_line
 
 KEY = "vectors"
 
@@ -59,21 +61,30 @@ def save_persona(direction: Direction, path: str | os.PathLike[str], n_layers: i
 
 
 def load_persona_tensor(path: str | os.PathLike[str]) -> torch.Tensor:
+    """The ``[n_layers + 1, d_model]`` tensor of a persona file (``.pt`` read weights-only).
+
+    Refuses anything but one real floating 2-D tensor; every error is one line naming the file.
+    """
     p = Path(path)
     if not p.is_file():
         raise FormatError(f"{p}: no such file")
     if p.suffix in (".pt", ".pth"):
         try:
             obj = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise FormatError(f"{p}: not a weights-only torch tensor file ({exc})") from None
+        except Exception as exc:  # torch's weights-only text spans many lines: keep the first
+            raise FormatError(f"{p}: not a weights-only torch tensor file ({type(exc).__name__}: "
+                              f"{one_line(exc, 120)})") from None
         if not isinstance(obj, torch.Tensor):
             raise FormatError(f"{p}: expected one tensor, found {type(obj).__name__}")
-        return obj.float()
-    tensors = load_tensors(p)
-    if KEY not in tensors and len(tensors) != 1:
-        raise FormatError(f"{p}: expected one tensor or key {KEY!r}; found {sorted(tensors)}")
-    return (tensors[KEY] if KEY in tensors else next(iter(tensors.values()))).float()
+        t = obj
+    else:
+        tensors = load_tensors(p)
+        if KEY not in tensors and len(tensors) != 1:
+            raise FormatError(f"{p}: expected one tensor or key {KEY!r}; found "
+                              f"{excerpt(sorted(tensors), 80)}")
+        t = tensors[KEY] if KEY in tensors else next(iter(tensors.values()))
+    check_tensor(t, str(p), ndims=(2,), finite=False)
+    return t.float()
 
 
 def from_persona(path_or_tensor: str | os.PathLike[str] | torch.Tensor, model: str = "unknown",
@@ -89,10 +100,13 @@ def from_persona(path_or_tensor: str | os.PathLike[str] | torch.Tensor, model: s
     else:
         rows = [to_persona_index(int(la), n_layers) for la in layers]
     vectors = {from_persona_index(i, n_layers): t[i] for i in rows}
+    where = "persona tensor" if isinstance(path_or_tensor, torch.Tensor) else str(path_or_tensor)
     if not vectors:
-        raise FormatError("persona tensor has no non-zero block-output rows")
-    return Direction(vectors=vectors, model=model, d_model=int(t.shape[1]), n_layers=n_layers,
-                     positions="response", method="imported_persona_vectors",
-                     sign="trait minus anti-trait (persona_vectors response_avg_diff)",
-                     params={"trait": trait, "source": None if isinstance(path_or_tensor, torch.Tensor)
-                             else str(path_or_tensor)})
+        raise FormatError(f"{where}: no non-zero block-output rows")
+    with naming(where):
+        return Direction(vectors=vectors, model=model, d_model=int(t.shape[1]),
+                         n_layers=n_layers,
+                         positions="response", method="imported_persona_vectors",
+                         sign="trait minus anti-trait (persona_vectors response_avg_diff)",
+                         params={"trait": trait, "source": None if isinstance(
+                             path_or_tensor, torch.Tensor) else str(path_or_tensor)})

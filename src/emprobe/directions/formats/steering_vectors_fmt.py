@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import torch
-
 from emprobe.directions.direction import Direction
+from emprobe.directions.formats._checks import real_tensor
 from emprobe.errors import FormatError
+from emprobe.validate import excerpt, layer_key
 
 SITE_TO_TYPE = {"resid_post": "decoder_block", "attn_out": "self_attn", "mlp_out": "mlp"}
 TYPE_TO_SITE = {v: k for k, v in SITE_TO_TYPE.items()}
@@ -45,9 +45,12 @@ def from_steering_vector(sv: Any, model: str = "unknown", **meta: Any) -> Direct
         acts, layer_type = getattr(sv, "layer_activations", None), getattr(sv, "layer_type", None)
     if not isinstance(acts, Mapping) or not acts:
         raise FormatError("steering vector has no layer_activations")
-    if layer_type not in TYPE_TO_SITE:
-        raise FormatError(f"steering-vectors layer_type {layer_type!r} has no emprobe site")
-    vectors = {int(k): torch.as_tensor(v).float().reshape(-1) for k, v in acts.items()}
+    if not isinstance(layer_type, str) or layer_type not in TYPE_TO_SITE:
+        raise FormatError(f"steering-vectors layer_type {excerpt(layer_type, 40)} has no "
+                          "emprobe site")
+    # one [d_model] vector per layer: a 2-D value is refused, never flattened
+    vectors = {layer_key(k, "layer_activations"): real_tensor(v, f"layer_activations[{k}]")
+               for k, v in acts.items()}
     d = {v.shape[0] for v in vectors.values()}
     if len(d) != 1:
         raise FormatError(f"layer_activations of different widths {sorted(d)}")
