@@ -24,7 +24,7 @@ from emprobe.errors import FormatError
 from emprobe.io import atomic_dir, load_tensors, read_json, save_tensors, write_json
 
 __all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "list_checkpoints",
-           "optimizer_to_tensors", "optimizer_from_tensors"]
+           "optimizer_to_tensors", "optimizer_from_tensors", "adapter_base"]
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -136,3 +136,27 @@ def prune_checkpoints(folder: str | os.PathLike[str], keep: int | None) -> None:
     found = list_checkpoints(folder)
     for _, path in found[: max(0, len(found) - keep)]:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def adapter_base(adapter_dir: str | os.PathLike[str], resolve: bool = False) -> str:
+    """The base model an adapter folder was trained on, from ``adapter_config.json``.
+
+    emprobe writes the model *spec* there (``"smollm2-135m-instruct"``, ``"tiny-llama"``, a
+    hub id, or the folder the user named), not a cache path, so the folder works on another
+    machine: ``load_model(adapter_base(d), adapter=d)``. With ``resolve``, the embedded
+    model's spec becomes its local safetensors folder, which plain ``transformers`` /
+    ``PeftModel.from_pretrained`` can load; other specs are returned unchanged.
+    """
+    cfg_path = Path(adapter_dir) / "adapter_config.json"
+    if not cfg_path.is_file():
+        raise FormatError(f"{adapter_dir}: not a PEFT adapter folder (no adapter_config.json)")
+    cfg = read_json(cfg_path)
+    base = cfg.get("base_model_name_or_path") if isinstance(cfg, dict) else None
+    if not isinstance(base, str) or not base:
+        raise FormatError(f"{cfg_path}: no base_model_name_or_path")
+    if resolve:
+        from emprobe.models import EMBEDDED_NAME, embedded_model_dir
+
+        if base == EMBEDDED_NAME:
+            return str(embedded_model_dir())
+    return base

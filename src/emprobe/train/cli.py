@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 from typing import Any
 
 from emprobe.errors import DataError
 
-__all__ = ["register", "build_interventions"]
+__all__ = ["register", "build_interventions", "check_direction_source"]
 
 
 def _layers(text: str | None) -> list[int] | None:
@@ -65,9 +67,43 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--unlearn", default=None, choices=["ga", "npo"])
     g.add_argument("--monitor", default=None,
                    help="safetensors 'layer.<l>' [d_model] directions whose projections to log")
+    g.add_argument("--allow-other-model", action="store_true",
+                   help="accept Direction folders extracted from another model (same width)")
     p.add_argument("--no-resume", action="store_true", help="start over instead of resuming")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
+
+
+def check_direction_source(path: str | os.PathLike[str], subject: Any, flag: str,
+                           allow_other_model: bool = False) -> None:
+    """Refuse a Direction folder extracted from another model, as ``emprobe steer`` does.
+
+    Reads ``direction.json`` (model id, ``d_model``, weights fingerprint). A different width
+    is always an error; a different model (neither the same id nor the same fingerprint) is
+    one unless ``allow_other_model``. Plain safetensors files carry no model: their widths
+    are checked by the intervention itself.
+    """
+    from emprobe.directions.direction import ModelMismatchError
+    from emprobe.errors import FormatError, ShapeError
+    from emprobe.io import read_json
+
+    folder = Path(path)
+    if not folder.is_dir():
+        return
+    meta = read_json(folder / "direction.json")
+    if not isinstance(meta, dict):
+        raise FormatError(f"{flag} {folder}/direction.json: expected a JSON object")
+    model, d_model, fp = meta.get("model"), meta.get("d_model"), meta.get("fingerprint")
+    if d_model is not None and int(d_model) != int(subject.d_model):
+        raise ShapeError(f"{flag} {folder}: direction from {model!r} has width {d_model}, "
+                         f"model {subject.name!r} has d_model {subject.d_model}")
+    if allow_other_model:
+        return
+    same_name = model is not None and str(subject.name) == str(model)
+    same_weights = fp is not None and subject.fingerprint() == fp
+    if not (same_name or same_weights):
+        raise ModelMismatchError(f"{flag} {folder}: direction was extracted from {model!r}, "
+                                 f"not {subject.name!r}; pass --allow-other-model to use it")
 
 
 def build_interventions(args: argparse.Namespace) -> list[Any]:
@@ -95,7 +131,10 @@ def build_interventions(args: argparse.Namespace) -> list[Any]:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
     from emprobe.io import read_json
+    from emprobe.models import load_model
     from emprobe.train.config import TrainConfig, preset
     from emprobe.train.data import read_records
     from emprobe.train.interventions import load_layer_tensors
@@ -118,8 +157,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg = cfg.replace(retain_ce=1.0)
     records = read_records(args.data)
     retain = read_records(args.retain) if args.retain else None
+    cfg.check()
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    subject = load_model(args.model,
+                         device=f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+    for flag in ("caft", "steer", "monitor"):
+        if getattr(args, flag):
+            check_direction_source(getattr(args, flag), subject, f"--{flag}",
+                                   args.allow_other_model)
     monitor = load_layer_tensors(args.monitor, "monitor direction") if args.monitor else None
-    result = finetune(args.model, records, cfg, args.out, interventions=build_interventions(args),
+    result = finetune(subject, records, cfg, args.out, interventions=build_interventions(args),
                       retain=retain, monitor=monitor, resume=not args.no_resume,
                       progress=not args.quiet)
     if result.rank == 0:
