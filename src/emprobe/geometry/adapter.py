@@ -18,13 +18,24 @@ from typing import Any
 import torch
 
 from emprobe.errors import FormatError, ShapeError
-from emprobe.io import read_json
+from emprobe.io import load_tensors, read_json
+from emprobe.validate import (
+    check_bool,
+    check_int,
+    check_mapping,
+    check_number,
+    check_regex,
+    check_str,
+    check_tensor,
+    excerpt,
+)
 
 __all__ = ["LoraModule", "LoraAdapter", "read_adapter", "lora_scale"]
 
 _KEY = re.compile(
     r"^(?:base_model\.model\.)?(?P<module>.+?)\.lora_(?P<side>A|B)(?:\.(?P<name>[^.]+))?\.weight$"
 )
+MAX_RANK = 1 << 20
 _LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer|decoder\.layers)\.(\d+)\.")
 
 
@@ -125,25 +136,54 @@ def _targets(module: str, target_modules: Any) -> bool:
 
 
 def _read_config(folder: Path) -> dict[str, Any]:
+    """``adapter_config.json`` with every field emprobe uses type- and range-checked."""
     cfg_path = folder / "adapter_config.json"
     if not cfg_path.is_file():
         raise FormatError(f"{folder}: not a PEFT adapter folder (no adapter_config.json)")
-    cfg = read_json(cfg_path)
+    cfg = read_json(cfg_path, allow_nan=False)
     if not isinstance(cfg, dict):
-        raise FormatError(f"{cfg_path}: expected a JSON object")
-    peft_type = str(cfg.get("peft_type", "LORA")).upper()
-    if peft_type != "LORA":
-        raise FormatError(f"{cfg_path}: peft_type {peft_type!r} is not LORA")
+        raise FormatError(f"{cfg_path}: expected a JSON object, got {type(cfg).__name__}")
+    where = str(cfg_path)
+    peft_type = cfg.get("peft_type", "LORA")
+    if not isinstance(peft_type, str) or peft_type.upper() != "LORA":
+        raise FormatError(f"{cfg_path}: peft_type {excerpt(peft_type, 40)} is not LORA")
+    for key in ("use_dora", "use_rslora", "fan_in_fan_out"):
+        if cfg.get(key) is not None:
+            check_bool(cfg[key], f"{where}: {key!r}")
     if cfg.get("use_dora"):
         raise FormatError(f"{cfg_path}: DoRA adapters are not a pure low-rank update (use_dora=true)")
     for key in ("r", "lora_alpha"):
         if key not in cfg:
             raise FormatError(f"{cfg_path}: missing {key!r}")
-        if not isinstance(cfg[key], (int, float)) or cfg[key] <= 0:
-            raise FormatError(f"{cfg_path}: {key!r} must be a positive number, got {cfg[key]!r}")
+    check_int(cfg["r"], f"{where}: 'r'", min_value=1, max_value=MAX_RANK)
+    check_number(cfg["lora_alpha"], f"{where}: 'lora_alpha'", positive=True)
     for key in ("rank_pattern", "alpha_pattern"):
-        if cfg.get(key) is not None and not isinstance(cfg[key], dict):
-            raise FormatError(f"{cfg_path}: {key!r} must be an object mapping patterns to numbers")
+        if cfg.get(key) is None:
+            continue
+        patterns = check_mapping(cfg[key], f"{where}: {key!r}")
+        for pattern, value in patterns.items():
+            check_regex(pattern, f"{where}: {key!r} pattern")
+            if key == "rank_pattern":
+                check_int(value, f"{where}: rank_pattern[{excerpt(pattern, 30)}]", min_value=1,
+                          max_value=MAX_RANK)
+            else:
+                check_number(value, f"{where}: alpha_pattern[{excerpt(pattern, 30)}]",
+                             positive=True)
+    targets = cfg.get("target_modules")
+    if isinstance(targets, str):
+        if targets != "all-linear":
+            check_regex(targets, f"{where}: 'target_modules'")
+    elif targets is not None:
+        if not isinstance(targets, list):
+            raise FormatError(f"{cfg_path}: 'target_modules' must be a regex string or a list "
+                              f"of module names, got {excerpt(targets, 60)}")
+        for t in targets:
+            check_str(t, f"{where}: 'target_modules' entry", non_empty=True)
+    layers = cfg.get("layers_to_transform")
+    if layers is not None:
+        items = [layers] if not isinstance(layers, list) else layers
+        for la in items:
+            check_int(la, f"{where}: 'layers_to_transform'", min_value=0)
     return cfg
 
 
@@ -156,13 +196,10 @@ def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
                 "(re-save it with save_pretrained(safe_serialization=True))"
             )
         raise FormatError(f"{folder}: no adapter_model.safetensors")
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(st))
-    except (SafetensorError, OSError) as exc:
-        raise FormatError(f"{st}: not a readable safetensors file ({exc})") from None
+    tensors = load_tensors(st)
+    for key, t in tensors.items():
+        check_tensor(t, f"{st}: {excerpt(key, 80)}", ndims=(1, 2, 3, 4))
+    return tensors
 
 
 def read_adapter(path: str | Path, dtype: torch.dtype | None = None) -> LoraAdapter:
