@@ -49,3 +49,17 @@ def test_three_tools_agree_tiny(spec):
 @pytest.mark.integration
 def test_three_tools_agree_embedded(embedded):
     _check(embedded, 15, 1e-3)
+
+
+def test_to_nnsight_raises_no_deprecation_warning():
+    import warnings
+
+    from emprobe import load_model
+
+    subject = load_model("tiny-llama")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        wrapped = to_nnsight(subject)
+    names = [type(w.message).__name__ + ": " + str(w.message) for w in caught]
+    assert not [n for n in names if "eprecat" in n], names
+    assert wrapped.tokenizer is subject.tokenizer

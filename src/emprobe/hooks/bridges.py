@@ -1,4 +1,4 @@
-"""The same subject through TransformerLens (``TransformerBridge``) and nnsight (``LanguageModel``)."""
+"""The same subject through TransformerLens (``TransformerBridge``) and nnsight (``TransformersModel``)."""
 
 from __future__ import annotations
 
@@ -38,7 +38,12 @@ def _save_for_bridge(subject: Any) -> str:
 
 
 def to_nnsight(subject: Any) -> Any:
-    """Wrap the subject's model as an ``nnsight.LanguageModel`` (same weights, no copy)."""
-    from nnsight import LanguageModel
+    """Wrap the subject's model as an ``nnsight.TransformersModel`` (same weights, no copy).
 
-    return LanguageModel(subject.base_model, tokenizer=subject.tokenizer)
+    ``TransformersModel(model, task="text-generation")`` is nnsight's current class for causal
+    LMs (``LanguageModel`` is its deprecated alias and warns on construction).
+    """
+    from nnsight import TransformersModel
+
+    return TransformersModel(subject.base_model, task="text-generation",
+                             tokenizer=subject.tokenizer)
