@@ -257,6 +257,8 @@ def load_sae(path: str | os.PathLike[str], device: str = "cpu") -> Any:
     for name in ("cfg.json", "sae_weights.safetensors"):
         if not (p / name).is_file():
             raise FormatError(f"{p}: not an SAELens folder (no {name})")
+    from emprobe.sae.validate import validate_sae_folder  # types, shapes, finite weights
+    validate_sae_folder(p)
     try:
         return sae_lens.SAE.load_from_disk(str(p), device=device)
     except (KeyError, ValueError, RuntimeError) as exc:
