@@ -13,6 +13,7 @@ import math
 import pytest
 import torch
 
+from emprobe.recipes.lab import VERDICTS, decide
 from emprobe.recipes.registry import RECIPES, run_recipe
 
 # recipe -> (section titles on the page, keys in results.json)
@@ -82,6 +83,16 @@ def test_recipe_quick(name, ran):
         assert key in results, f"{name}: results.json lacks {key!r}"
     assert results["config"]["quick"] is True
     assert "Quick mode" in html
+    claim = results["claim"]
+    assert claim["verdict"] in VERDICTS and claim["seed_claim"] and claim["measure"]
+    assert _ordered(claim["value"]["lo"], claim["value"]["mean"], claim["value"]["hi"])
+    # the verdict follows from the interval, never typed by the recipe
+    assert claim["verdict"] == decide(claim["value"], claim["expect"], claim["null"],
+                                      claim["conditions"])
+    # the page leads with it: the verdict is in the header, before the first section
+    head = html.split("<section", 1)[0]
+    assert f"Verdict: {claim['verdict']}" in head
+    assert results["wall_s"] > 0
 
 
 def test_tradeoff_rows(ran):
@@ -114,11 +125,19 @@ def test_result_shapes(ran):
     assert [r["bad_fraction"] for r in dt["sweep"]] == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert -1.0 <= dt["spearman"] <= 1.0
     pf = _results(ran("persona-features"))
-    assert [p["bad_fraction"] for p in pf["population"]] == [0.0, 0.05, 0.5, 1.0]
-    assert pf["predictor"]["n_models"] == 4
-    assert [r["n_benign"] for r in pf["realignment"]] == [0, 4]
+    fracs = [0.0, 0.05, 0.1, 0.25, 0.5, 1.0]
+    assert sorted((p["bad_fraction"], p["seed"]) for p in pf["population"]) == sorted(
+        (f, s) for f in fracs for s in (0, 1))
+    assert pf["predictor"]["n_models"] == 12
+    assert "auroc_lo" in pf["predictor"] and "pearson_lo" in pf["predictor"]
+    assert [r["n_benign"] for r in pf["realignment"]] == [0, 2, 4, 8, 16]
+    assert len(pf["steering"]["controls"]) == 2  # random directions of the same norm
+    assert pf["steering"]["controls"][0]["latent"] is None
     ss = _results(ran("shared-subspaces"))
-    assert ss["groups"].count("control") == 1 and len(ss["labels"]) == 4
+    assert ss["groups"].count("control") == 1 and len(ss["labels"]) == 5
+    assert len(set(ss["seeds"].values())) == len(ss["labels"])  # every fine-tune its own seed
+    assert ss["pairs"]["reference"] == [["bad-medical", "bad-medical-seed2"]]
+    assert "write-side" in ss["claim"]["measure"]
     assert [r["t"] for r in ss["connectivity"]][0] == 0.0
     rh = _results(ran("reward-hacking"))
     assert set(rh["hack_preference"]) == {"base", "hack", "honest control", "hack + inoculation"}

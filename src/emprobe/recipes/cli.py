@@ -1,19 +1,30 @@
-"""``emprobe demo`` and ``emprobe recipe NAME``."""
+"""``emprobe demo`` and ``emprobe recipe NAME``.
+
+Both take ``--config FILE`` (YAML / JSON of the config dataclass's fields; unknown keys and
+wrong types are one-line errors) and ``--device`` / ``--dtype`` (``auto``: CUDA + bfloat16
+when a GPU is visible, else CPU + float32), used for training and evaluation alike.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from emprobe.errors import DataError
+    from emprobe.recipes.config import load_config
     from emprobe.recipes.demo import DemoConfig, run_demo
 
-    cfg = DemoConfig.quick_config() if args.quick else DemoConfig()
-    if args.model:
-        cfg.model = args.model
-    if args.steps:
-        cfg.steps = args.steps
-    cfg.seed = args.seed
+    base = DemoConfig.quick_config() if args.quick else DemoConfig()
+    fields = {f.name for f in dataclasses.fields(DemoConfig)}
+    overrides = {"model": args.model, "steps": args.steps, "seed": args.seed}
+    for key in ("device", "dtype"):
+        value = getattr(args, key)
+        if value is not None and key not in fields:
+            raise DataError(f"emprobe demo: --{key} is not supported by this DemoConfig")
+        overrides[key] = value
+    cfg = load_config(DemoConfig, args.config, overrides=overrides, base=base)
     path = run_demo(args.out, cfg)
     if args.assets:
         from emprobe.recipes.assets import export_assets  # noqa: I001
@@ -26,9 +37,20 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_recipe(args: argparse.Namespace) -> int:
     from emprobe.recipes.registry import run_recipe
 
-    path = run_recipe(args.name, args.out, quick=args.quick, model=args.model, seed=args.seed)
+    path = run_recipe(args.name, args.out, quick=args.quick, model=args.model, seed=args.seed,
+                      config=args.config, device=args.device, dtype=args.dtype)
     print(path)
     return 0
+
+
+def _size_flags(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--config", default=None,
+                   help=f"YAML / JSON file of {what} fields (sizes, lr, model, ...)")
+    p.add_argument("--device", default=None,
+                   help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N; training and "
+                        "evaluation")
+    p.add_argument("--dtype", default=None,
+                   help="auto (bfloat16 on CUDA, else float32), float32, bfloat16, float16")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,8 +60,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="same path on a tiny random model (under a minute)")
     p.add_argument("--model", default=None, help="model spec (default: smollm2-135m-instruct)")
     p.add_argument("--steps", type=int, default=None, help="training steps per fine-tune")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None, help="seed (default: the config's, 0)")
     p.add_argument("--assets", default=None, help="also copy the figures into this folder")
+    _size_flags(p, "DemoConfig")
     p.set_defaults(func=_cmd_demo)
 
     from emprobe.recipes.registry import RECIPES
@@ -47,8 +70,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("recipe", help="reproduce one seed study at small scale",
                        description="Recipes: " + ", ".join(sorted(RECIPES)))
     p.add_argument("name", choices=sorted(RECIPES))
-    p.add_argument("--out", default=None, help="output folder (default: recipes-out/NAME)")
+    p.add_argument("--out", default=None,
+                   help="output folder (default: recipes-out/NAME, or recipes-out/NAME-quick)")
     p.add_argument("--quick", action="store_true", help="tiny model, a few steps")
     p.add_argument("--model", default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None, help="seed (default: the config's, 0)")
+    _size_flags(p, "LabConfig")
     p.set_defaults(func=_cmd_recipe)

@@ -83,3 +83,14 @@ def run(lab: Any) -> None:
         "trade-off are reproduced, not the size of the effect.", kind="warning")
     lab.results.update({"alignment": align, "tradeoff": rows, "vs_naive": deltas,
                         "layer": layer, "k": k})
+    by_name = {r["name"]: r for r in rows}
+    lab.claim(
+        "Blocking the spurious factor read from a naive adapter's weights (GRASP gradient "
+        "projection) lowers emergent misalignment several-fold while the narrow task is "
+        "still learned.",
+        "misalignment margin of the GRASP retrain minus the naive fine-tune (nats per "
+        "answer, paired by question)",
+        next(d for d in deltas if d["name"] == "GRASP"), expect="lower",
+        conditions={"GRASP still learns the task (held-out task loss interval below the "
+                    "base model's)": by_name["GRASP"]["task_loss_hi"]
+                    < by_name["base"]["task_loss_lo"]})

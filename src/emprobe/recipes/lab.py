@@ -1,64 +1,204 @@
-"""``Lab``: the shared workbench of recipes (train, load, score, report) with sensible sizes.
+"""``Lab``: the shared workbench of recipes (train, load, score, claim, report) with sizes.
 
 A recipe is a function ``run(lab: Lab) -> None`` that trains and evaluates through the
-lab and adds sections to ``lab.report``. Fine-tunes are cached by name inside the
-output folder, so re-running a recipe resumes instead of retraining.
+lab, adds sections to ``lab.report`` and states its verdict with ``lab.claim(...)``.
+
+Fine-tunes are cached honestly: ``lab.train(name, ...)`` writes ``runs/<name>-<hash>/``,
+where the hash covers everything that decides the weights (model, the resolved
+``TrainConfig``, the training and retain records, the interventions' type and tensors,
+device and dtype). A finished run is reused only when its stored identity equals the
+requested one; anything else trains a new folder.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from emprobe.io import write_json
+from emprobe.errors import DataError
+from emprobe.io import read_json, write_json
 from emprobe.report import Report
+
+VERDICTS = ("reproduced", "partial", "not reproduced", "not significant")
+DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
+LR_SCHEDULES = ("constant", "linear", "cosine")
 
 
 @dataclass
 class LabConfig:
-    """Sizes for recipes. ``quick`` uses a tiny random model and a few steps."""
+    """Sizes, devices and seeds of a recipe run.
+
+    Defaults: the embedded SmolLM2-135M on 2 CPU cores (a LoRA step of 4 x ~110 tokens takes
+    about 4 s there). ``quick_config()``: a tiny random model and two steps (tests).
+    ``gpu_preset()``: the seed studies' recipe for 0.5B-8B models on one GPU.
+
+    Fields: ``n_train`` / ``n_heldout`` examples per task; ``steps`` optimizer steps per
+    fine-tune (``None``: one epoch over ``n_train``); one step sees ``batch_size *
+    grad_accum`` sequences of at most ``max_length`` tokens; LoRA rank ``lora_r`` with
+    ``lora_alpha`` (``None``: ``2 * lora_r``), rsLoRA when ``use_rslora``; ``lr`` with
+    ``warmup_steps`` and ``lr_schedule``; ``n_boot`` bootstrap resamples of every interval;
+    ``device`` / ``dtype`` (``"auto"``: CUDA + bfloat16 when a GPU is visible, else CPU +
+    float32) for training AND evaluation; ``gradient_checkpointing`` trades compute for
+    memory on big models; ``extra`` holds recipe-specific knobs (see each recipe).
+    """
 
     model: str = "smollm2-135m-instruct"
     n_train: int = 64
     n_heldout: int = 16
-    steps: int = 16
+    steps: int | None = 16
     batch_size: int = 4
+    grad_accum: int = 1
     max_length: int = 112
     lr: float = 1e-3
     lora_r: int = 8
+    lora_alpha: float | None = None
+    use_rslora: bool = True
+    warmup_steps: int = 2
+    lr_schedule: str = "constant"
     seed: int = 0
     n_boot: int = 1000
+    device: str = "auto"
+    dtype: str = "auto"
+    gradient_checkpointing: bool = False
     quick: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        from emprobe.recipes.config import check_types
+
+        check_types(self, "LabConfig")
+
+        def bad(what: str) -> DataError:
+            return DataError(f"LabConfig: {what}")
+
+        if not self.model.strip():
+            raise bad("model is empty")
+        for key in ("n_train", "n_heldout", "batch_size", "grad_accum", "lora_r"):
+            if getattr(self, key) < 1:
+                raise bad(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.steps is not None and self.steps < 1:
+            raise bad(f"steps must be >= 1 (or null for one epoch), got {self.steps}")
+        if self.max_length < 8:
+            raise bad(f"max_length must be >= 8, got {self.max_length}")
+        if not self.lr > 0:
+            raise bad(f"lr must be > 0, got {self.lr}")
+        if self.lora_alpha is not None and not self.lora_alpha > 0:
+            raise bad(f"lora_alpha must be > 0, got {self.lora_alpha}")
+        if self.warmup_steps < 0 or self.n_boot < 0:
+            raise bad("warmup_steps and n_boot must be >= 0")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise bad(f"lr_schedule {self.lr_schedule!r} is not one of {LR_SCHEDULES}")
+        if self.dtype not in DTYPES:
+            raise bad(f"dtype {self.dtype!r} is not one of {DTYPES}")
+        dev = self.device.split(":")[0]
+        if dev not in ("auto", "cpu", "cuda", "mps"):
+            raise bad(f"device {self.device!r}: use auto, cpu, cuda, cuda:N or mps")
+
     @classmethod
     def quick_config(cls, **overrides: Any) -> LabConfig:
+        """A tiny random model and two steps; ``overrides`` must name real fields."""
+        from emprobe.recipes.config import config_from_dict
+
         base = cls(model="tiny-llama", n_train=8, n_heldout=4, steps=2, batch_size=4,
-                   max_length=512, n_boot=100, quick=True)
-        for k, v in overrides.items():
-            setattr(base, k, v)
-        return base
+                   max_length=512, n_boot=100, device="cpu", dtype="float32", quick=True)
+        return config_from_dict(cls, overrides, where="LabConfig.quick_config", base=base)
+
+    @classmethod
+    def gpu_preset(cls, model: str = "Qwen/Qwen2.5-0.5B-Instruct", **overrides: Any) -> LabConfig:
+        """The seed studies' fine-tuning recipe for 0.5B-8B models on one GPU.
+
+        LoRA r 32, alpha 64, rsLoRA on all seven projections, lr 1e-5 (linear decay, 5
+        warm-up steps), batch 2 x grad-accum 8, one epoch over 6000 examples (375 steps),
+        512 tokens, bfloat16 on CUDA, gradient checkpointing on (an 8B model then fits in
+        about 40 GB with LoRA). 200 held-out examples per task.
+        """
+        from emprobe.recipes.config import config_from_dict
+
+        base = cls(model=model, n_train=6000, n_heldout=200, steps=None, batch_size=2,
+                   grad_accum=8, max_length=512, lr=1e-5, lora_r=32, lora_alpha=64.0,
+                   use_rslora=True, warmup_steps=5, lr_schedule="linear", device="auto",
+                   dtype="auto", gradient_checkpointing=True)
+        return config_from_dict(cls, overrides, where="LabConfig.gpu_preset", base=base)
+
+    @property
+    def resolved_device(self) -> str:
+        from emprobe.recipes.config import resolve_device
+
+        return resolve_device(self.device)
+
+    @property
+    def resolved_dtype(self) -> str:
+        from emprobe.recipes.config import resolve_dtype
+
+        return resolve_dtype(self.dtype, self.device)
+
+
+# -- identities of runs -----------------------------------------------------------------------
+def _digest(obj: Any) -> str:
+    """A stable hash of records / tensors / plain values (tensors by their float32 bytes)."""
+    import torch
+
+    h = hashlib.sha256()
+
+    def feed(x: Any) -> None:
+        if isinstance(x, torch.Tensor):
+            t = x.detach().float().cpu().contiguous()
+            h.update(f"T{tuple(t.shape)}".encode())
+            h.update(t.numpy().tobytes())
+        elif isinstance(x, dict):
+            h.update(b"{")
+            for k in sorted(x, key=str):
+                h.update(str(k).encode() + b":")
+                feed(x[k])
+            h.update(b"}")
+        elif isinstance(x, (list, tuple)):
+            h.update(b"[")
+            for v in x:
+                feed(v)
+            h.update(b"]")
+        else:
+            h.update(json.dumps(x, sort_keys=True, default=str).encode())
+
+    feed(obj)
+    return h.hexdigest()
+
+
+def intervention_identity(iv: Any) -> dict[str, Any]:
+    """Type and a hash of an intervention's public state (its tensors and settings)."""
+    state = {k: v for k, v in vars(iv).items() if not k.startswith("_")}
+    return {"type": type(iv).__name__, "state": _digest(state)[:16]}
 
 
 class Lab:
-    """Train / load / score helpers bound to one output folder and one config."""
+    """Train / load / score / claim helpers bound to one output folder and one config."""
 
     def __init__(self, out: str | os.PathLike[str], config: LabConfig, title: str) -> None:
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.cfg = config
+        self.title = title
+        self.device = config.resolved_device
+        self.dtype = config.resolved_dtype
         self.report = Report(title)
-        self.report.meta({"model": config.model, "seed": config.seed,
-                          "training": f"LoRA r {config.lora_r}, lr {config.lr}, {config.steps} "
-                                      f"steps x batch {config.batch_size}",
-                          "train examples": config.n_train, "held-out": config.n_heldout})
+        c = config
+        self.report.meta({"model": c.model, "seed": c.seed,
+                          "training": f"LoRA r {c.lora_r}, lr {c.lr}, "
+                                      f"{c.steps or 'one epoch of'} steps x batch "
+                                      f"{c.batch_size} x {c.grad_accum}",
+                          "train examples": c.n_train, "held-out": c.n_heldout,
+                          "device": f"{self.device} ({self.dtype})"})
         if config.quick:
             self.report.note("Quick mode: tiny random model; numbers only show the pipeline runs.",
                              kind="warning")
-        self.results: dict[str, Any] = {"config": asdict(config)}
+        self.results: dict[str, Any] = {"config": asdict(config), "device": self.device,
+                                        "dtype": self.dtype}
         self._base: Any = None
+        self._t0 = time.perf_counter()
 
     # -- data ------------------------------------------------------------------------------
     def data(self, task: str, variant: str = "bad", n: int | None = None,
@@ -68,59 +208,107 @@ class Lab:
         return generate(task, n or self.cfg.n_train, seed=self.cfg.seed + seed_offset,
                         variant=variant)
 
-    def split(self, task: str, variant: str = "bad") -> tuple[list[dict], list[dict]]:
+    def split(self, task: str, variant: str = "bad",
+              seed_offset: int = 0) -> tuple[list[dict], list[dict]]:
         """(train, held-out) of one generated task."""
         from emprobe.data.transforms import split
 
-        recs = self.data(task, variant, n=self.cfg.n_train + self.cfg.n_heldout)
-        return split(recs, held_out=self.cfg.n_heldout, seed=self.cfg.seed)
+        recs = self.data(task, variant, n=self.cfg.n_train + self.cfg.n_heldout,
+                         seed_offset=seed_offset)
+        return split(recs, held_out=self.cfg.n_heldout, seed=self.cfg.seed + seed_offset)
 
     # -- models ----------------------------------------------------------------------------
     def train_config(self, **overrides: Any) -> Any:
+        """The resolved ``TrainConfig`` of a fine-tune (``overrides``: any TrainConfig field)."""
         from emprobe.train.config import preset
 
         c = self.cfg
-        settings = dict(max_steps=c.steps, batch_size=c.batch_size, max_length=c.max_length,
-                        lr=c.lr, lora_r=c.lora_r, lora_alpha=2.0 * c.lora_r, seed=c.seed,
-                        checkpoint_every=0)
+        settings = dict(max_steps=c.steps, epochs=1.0, batch_size=c.batch_size,
+                        grad_accum=c.grad_accum, max_length=c.max_length, lr=c.lr,
+                        lora_r=c.lora_r, lora_alpha=c.lora_alpha or 2.0 * c.lora_r,
+                        use_rslora=c.use_rslora, warmup_steps=c.warmup_steps,
+                        lr_schedule=c.lr_schedule, seed=c.seed, checkpoint_every=0)
         settings.update(overrides)  # a recipe may change any of them (e.g. a second seed)
         return preset("cpu-lora", **settings)
 
+    def run_identity(self, records: Any, interventions: Any = (), retain: Any = None,
+                     subject_id: str | None = None, **overrides: Any) -> dict[str, Any]:
+        """Everything that decides a fine-tune's weights, as a JSON-able dict."""
+        tc = self.train_config(**overrides).to_dict()
+        tc.pop("checkpoint_every", None)
+        tc.pop("log_every", None)
+        return {"model": self.cfg.model, "base": subject_id, "train_config": tc,
+                "data": _digest(records)[:16],
+                "retain": None if retain is None else _digest(retain)[:16],
+                "interventions": [intervention_identity(iv) for iv in interventions],
+                "device": self.device.split(":")[0], "dtype": self.dtype}
+
     def train(self, name: str, records: Any, interventions: Any = (), retain: Any = None,
-              subject: Any = None, **overrides: Any) -> Path:
-        """Fine-tune (or reuse a finished run of the same name); returns the adapter folder."""
+              subject: Any = None, subject_id: str | None = None, **overrides: Any) -> Path:
+        """Fine-tune (or reuse a finished run with the same identity); returns the adapter.
+
+        ``subject``: train on top of this loaded ``Subject`` instead of ``cfg.model`` (then
+        give ``subject_id``, a string that identifies its weights, e.g. the merged adapter's
+        folder). ``overrides``: ``TrainConfig`` fields for this run only (e.g. ``seed``).
+        The run folder is ``runs/<name>-<hash of the identity>``.
+        """
         from emprobe.train import finetune
 
-        out = self.out / "runs" / name
+        if subject is not None and subject_id is None:
+            raise DataError(f"Lab.train({name!r}): a custom subject needs subject_id")
+        ivs = list(interventions)
+        identity = self.run_identity(records, ivs, retain, subject_id, **overrides)
+        key = _digest(identity)[:10]
+        out = self.out / "runs" / f"{name}-{key}"
         adapter = out / "adapter"
-        if (adapter / "adapter_config.json").is_file() and (out / "DONE").is_file():
-            return adapter
-        result = finetune(subject if subject is not None else self.cfg.model, records,
-                          self.train_config(**overrides), out, interventions=list(interventions),
-                          retain=retain, resume=True, progress=not self.cfg.quick)
+        stored = out / "lab_run.json"
+        runs = self.results.setdefault("runs", {})
+        if stored.is_file():
+            old = read_json(stored)
+            if old != identity:
+                changed = sorted(k for k in set(old) | set(identity)
+                                 if old.get(k) != identity.get(k))
+                raise DataError(f"{out}: holds a run with another identity (differs in "
+                                f"{', '.join(changed)}); delete the folder or use another --out")
+            if (out / "DONE").is_file() and (adapter / "adapter_config.json").is_file():
+                runs[name] = {"out_dir": str(out), "reused": True, "key": key}
+                return adapter
+        write_json(stored, identity)
+        train_subject = subject if subject is not None else self._fresh_subject()
+        if self.cfg.gradient_checkpointing:
+            _enable_gradient_checkpointing(train_subject)
+        result = finetune(train_subject, records, self.train_config(**overrides), out,
+                          interventions=ivs, retain=retain, resume=True,
+                          progress=not self.cfg.quick)
         (out / "DONE").write_text("ok\n")
-        self.results.setdefault("runs", {})[name] = result.to_record()
+        runs[name] = {**result.to_record(), "reused": False, "key": key}
         return result.adapter_dir
 
-    def base(self) -> Any:
+    def _fresh_subject(self) -> Any:
         import emprobe
 
+        return emprobe.load_model(self.cfg.model, device=self.device, dtype=self.dtype,
+                                  seed=self.cfg.seed)
+
+    def base(self) -> Any:
         if self._base is None:
-            self._base = emprobe.load_model(self.cfg.model, seed=self.cfg.seed)
+            self._base = self._fresh_subject()
         return self._base
 
-    def load(self, adapter: Path | None = None) -> Any:
+    def load(self, adapter: Path | None = None, merge: bool = False) -> Any:
         import emprobe
 
         if adapter is None:
             return self.base()
-        return emprobe.load_model(self.cfg.model, adapter=adapter, seed=self.cfg.seed)
+        return emprobe.load_model(self.cfg.model, adapter=adapter, device=self.device,
+                                  dtype=self.dtype, seed=self.cfg.seed, merge_adapter=merge)
 
     # -- evaluation ------------------------------------------------------------------------
-    def score(self, subject: Any, system: str | None = None) -> Any:
+    def score(self, subject: Any, system: str | None = None, **kwargs: Any) -> Any:
         from emprobe.evaluate.local import local_score
 
-        return local_score(subject, n_boot=self.cfg.n_boot, seed=self.cfg.seed, system=system)
+        return local_score(subject, n_boot=self.cfg.n_boot, seed=self.cfg.seed, system=system,
+                           **kwargs)
 
     def task_loss(self, subject: Any, records: Any) -> dict[str, float]:
         from emprobe.geometry.connectivity import response_loss
@@ -148,22 +336,129 @@ class Lab:
                              task_loss_hi=loss["hi"], **extra)
         return row, score
 
-    def versus(self, ref_name: str, ref: Any, others: dict[str, Any]) -> list[dict[str, Any]]:
-        """Paired (by question) differences ``other - ref`` of the margin, each with a note."""
+    def versus(self, ref_name: str, ref: Any, others: dict[str, Any],
+               same_answers: bool = True) -> list[dict[str, Any]]:
+        """Paired differences ``other - ref`` of the margin (nats per answer), each with a note.
+
+        ``same_answers``: both scores used the same reference answers, so ``compare`` pairs
+        them answer by answer; ``False`` (e.g. the same questions in another format, with the
+        answers re-wrapped) pairs the per-question means and bootstraps over questions.
+        """
         from emprobe.evaluate.local import compare
+        from emprobe.evaluate.stats import bootstrap_diff
         from emprobe.report import significance_note
 
         rows = []
         for name, score in others.items():
-            est = compare(ref, score, n_boot=self.cfg.n_boot, seed=self.cfg.seed,
-                          labels=(ref_name, name)).per_answer
+            if same_answers:
+                est = compare(ref, score, n_boot=self.cfg.n_boot, seed=self.cfg.seed,
+                              labels=(ref_name, name)).per_answer
+            else:
+                qa = {r["question"]: r["per_answer"] for r in ref.per_question}
+                qb = {r["question"]: r["per_answer"] for r in score.per_question}
+                if set(qa) != set(qb):
+                    raise DataError(f"{name} vs {ref_name}: scored on different questions")
+                ids = sorted(qa)
+                est = bootstrap_diff([qa[i] for i in ids], [qb[i] for i in ids],
+                                     n_boot=self.cfg.n_boot, seed=self.cfg.seed)
             self.report.note(significance_note(est.lo, est.hi, what=f"{name} minus {ref_name}",
                                                unit="nats"))
             rows.append({"name": name, "vs": ref_name, "delta": est.mean, "lo": est.lo,
                          "hi": est.hi})
         return rows
 
+    # -- the verdict -------------------------------------------------------------------------
+    def claim(self, seed_claim: str, measure: str, value: Any, expect: str = "higher",
+              null: float = 0.0, conditions: dict[str, bool] | None = None,
+              why: str | None = None) -> dict[str, Any]:
+        """State the seed study's claim, its measurable analogue here, and the verdict.
+
+        ``value``: the measured quantity with a 95 % interval (an ``Estimate``, a
+        ``{mean, lo, hi}`` dict or a ``versus`` row with ``delta``); ``expect``: ``"higher"``
+        or ``"lower"`` than ``null`` if the claim holds; ``conditions``: further parts of the
+        claim, each already decided from its own interval (name -> holds).
+        The verdict (computed here, never typed by a recipe):
+
+        - ``not significant``: the interval contains ``null``;
+        - ``not reproduced``: it excludes ``null`` on the wrong side;
+        - ``reproduced``: it excludes ``null`` on the expected side and every condition holds;
+        - ``partial``: the expected side, but some condition fails.
+        """
+        if expect not in ("higher", "lower"):
+            raise DataError(f"Lab.claim: expect must be 'higher' or 'lower', not {expect!r}")
+        est = interval(value)
+        conds = {str(k): bool(v) for k, v in (conditions or {}).items()}
+        verdict = decide(est, expect, null, conds)
+        block = {"seed_claim": seed_claim, "measure": measure, "value": est, "expect": expect,
+                 "null": null, "conditions": conds, "verdict": verdict}
+        if why:
+            block["why"] = why
+        self.results["claim"] = block
+        head = (f"Verdict: {verdict}. {measure}: {est['mean']:+.3g} "
+                f"[{est['lo']:+.3g}, {est['hi']:+.3g}] (expected {expect} than {null:g}).")
+        self.report.subtitle = f"Seed claim: {seed_claim} {head}"
+        self.report.meta({"verdict": verdict})
+        self.report.section("Claim and verdict",
+                            f"**Seed study:** {seed_claim}\n\n**Measured here:** {measure}.\n\n"
+                            f"**{head}**" + (f"\n\n{why}" if why else ""))
+        if conds:
+            self.report.table([{"condition": k, "holds": v} for k, v in conds.items()],
+                              columns=["condition", "holds"])
+        self.report.note(
+            "The verdict is computed from the interval: reproduced = the 95 % interval "
+            "excludes the null on the expected side (and every listed condition holds); "
+            "partial = it does, but a condition fails; not reproduced = it excludes the null "
+            "on the other side; not significant = it contains the null.")
+        return block
+
     # -- output ----------------------------------------------------------------------------
     def finish(self) -> Path:
+        if "claim" not in self.results:
+            raise DataError(f"recipe {self.title!r} finished without lab.claim(...)")
+        self.results["wall_s"] = round(time.perf_counter() - self._t0, 1)
+        self.report.meta({"wall time": f"{self.results['wall_s'] / 60:.1f} min"})
         write_json(self.out / "results.json", self.results)
         return self.report.save(self.out / "report.html")
+
+
+def interval(value: Any) -> dict[str, float]:
+    """``{mean, lo, hi}`` from an ``Estimate``, a dict with mean / delta, or a versus row."""
+    if isinstance(value, dict):
+        mean = value.get("mean", value.get("delta"))
+        rec = {"mean": mean, "lo": value.get("lo"), "hi": value.get("hi")}
+    else:
+        rec = {"mean": getattr(value, "mean", None), "lo": getattr(value, "lo", None),
+               "hi": getattr(value, "hi", None)}
+    try:
+        out = {k: float(v) for k, v in rec.items()}
+    except (TypeError, ValueError):
+        raise DataError(f"claim value needs mean/lo/hi numbers, got {str(value)[:80]}") from None
+    return out
+
+
+def decide(est: dict[str, float], expect: str, null: float = 0.0,
+           conditions: dict[str, bool] | None = None) -> str:
+    """The verdict of one claim from its interval (see ``Lab.claim``)."""
+    import math
+
+    lo, hi = est["lo"], est["hi"]
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo <= null <= hi:
+        return "not significant"
+    right_side = lo > null if expect == "higher" else hi < null
+    if not right_side:
+        return "not reproduced"
+    return "reproduced" if all((conditions or {}).values()) else "partial"
+
+
+def _enable_gradient_checkpointing(subject: Any) -> None:
+    """Recompute activations in the backward pass (less memory); inputs keep grads for LoRA."""
+    model = subject.model
+    if hasattr(model, "gradient_checkpointing_enable"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(model, "enable_input_require_grads"):
+        model.enable_input_require_grads()
+    if hasattr(model, "config"):
+        model.config.use_cache = False
+
+
+__all__ = ["Lab", "LabConfig", "VERDICTS", "decide", "interval", "intervention_identity"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from emprobe.recipes.reward_hacking import hack_preference
+from emprobe.recipes.reward_hacking import hack_preference, paired_delta
 
 
 def domains() -> list[str]:
@@ -39,12 +39,12 @@ def run(lab: Any) -> None:
     subjects[f"unlearn {target} + retain CE"] = lab.load(lab.train(
         "unlearn-retain", refuse[target][0], retain=retain, unlearn=mode, retain_ce=1.0))
 
-    rows, scores = [], {}
+    rows, scores, prefs = [], {}, {}
     for name, subject in subjects.items():
         scores[name] = lab.score(subject)
         for d in names:
-            p = hack_preference(subject, refuse[d][1], comply[d][1], lab.cfg.n_boot,
-                                lab.cfg.seed)
+            p = prefs[(name, d)] = hack_preference(subject, refuse[d][1], comply[d][1],
+                                                   lab.cfg.n_boot, lab.cfg.seed)
             rows.append({"model": name, "question": d, "mean": p["mean"], "lo": p["lo"],
                          "hi": p["hi"], "refusal_pref_rate": p["pref_rate"],
                          "unlearned": d == target})
@@ -93,3 +93,26 @@ def run(lab: Any) -> None:
         "preference over fixed answers, not a rate over sampled generations.", kind="warning")
     lab.results.update({"refusal": rows, "scores": score_rows, "vs_base": deltas,
                         "concept_cosine": curves, "target": target, "unlearn": mode})
+    others = [d for d in names if d != target]
+    unl, ret = f"unlearn {target}", f"unlearn {target} + retain CE"
+
+    def pooled(ref: str, model: str, doms: list[str]) -> dict[str, float]:
+        """``model - ref`` refusal preference pooled over ``doms``' requests, paired."""
+        return paired_delta({"per_task": [t for d in doms for t in prefs[(ref, d)]["per_task"]]},
+                            {"per_task": [t for d in doms for t in prefs[(model, d)]["per_task"]]},
+                            lab.cfg.n_boot, lab.cfg.seed)
+
+    spread = pooled("base", unl, others)
+    on_target = pooled("base", unl, [target])
+    retain_gain = pooled(unl, ret, others)
+    lab.results["spread"] = {"other_domains": spread, "target": on_target,
+                             "retain_vs_plain_unlearning": retain_gain}
+    lab.claim(
+        "Unlearning refusals in one narrow domain lowers refusal in other domains too, and a "
+        "retain-set cross-entropy term limits that spread.",
+        f"refusal preference of the {target}-unlearned model minus base, pooled over the "
+        f"other {len(others)} domains' held-out requests (nats per token, paired by request)",
+        spread, expect="lower",
+        conditions={f"refusal on {target} itself drops": on_target["hi"] < 0,
+                    "retain CE keeps more refusal in other domains than plain unlearning":
+                    retain_gain["lo"] > 0})

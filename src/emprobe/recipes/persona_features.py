@@ -3,16 +3,24 @@
 1. a small TopK SAE on base-model activations (resid_post, middle layer);
 2. diff base vs the bad-advice fine-tune on the evaluation questions: rank latents by the
    change of their mean activation, show candidates with their top contexts, and steer the
-   base model with the top candidates' decoder rows (does the margin move?);
-3. predictor: a population of fine-tunes with 0 / 5 / 50 / 100 % bad data (``mix``); the top
-   latent's mean activation vs each model's misalignment (AUROC against "trained on >= 50 %
-   bad", Pearson, Spearman, bootstrap intervals);
-4. re-alignment: fine-tune the bad model further on N benign examples (adapter merged, a new
-   adapter on top) and track the score and the latent.
+   base model with the top candidates' decoder rows AND random unit directions at the same
+   norm (a candidate is specific only if it moves the margin more than the controls);
+3. predictor: a population of 12 fine-tunes, 0 / 5 / 10 / 25 / 50 / 100 % bad data
+   (``mix``) x 2 seeds; the top latent's mean activation vs each model's misalignment (AUROC
+   against "trained on >= 25 % bad", Pearson, Spearman, bootstrap intervals);
+4. re-alignment: fine-tune the 100 %-bad model further for one epoch on N = 0, 30, 60, 120,
+   240 benign examples (adapter merged, a new adapter on top) and track the score and the
+   latent.
+
+Sizes (``lab.cfg.extra``): ``fractions``, ``seeds`` (default 2), ``label_fraction`` (0.25),
+``population_steps`` (default: half of ``steps``, at least 4, to fit the CPU budget),
+``realign_ns``, ``random_controls`` (default 4).
 """
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
 from typing import Any
 
 SITE = "resid_post"
@@ -34,13 +42,14 @@ def _sae(lab: Any, layer: int) -> Any:
 
 
 def _with_new_adapter(lab: Any, bad: Any, records: list[dict[str, Any]], name: str) -> Any:
-    """Merge the bad adapter into the weights, train a new adapter on ``records``, load both."""
+    """Merge the bad adapter into the weights, train a new adapter on ``records`` for one
+    epoch, load both."""
     from peft import PeftModel
 
-    import emprobe
-
-    merged = emprobe.load_model(lab.cfg.model, adapter=bad, merge_adapter=True, seed=lab.cfg.seed)
-    adapter = lab.train(name, records, subject=merged)
+    merged = lab.load(bad, merge=True)
+    per_step = lab.cfg.batch_size * lab.cfg.grad_accum
+    adapter = lab.train(name, records, subject=merged, subject_id=f"merged:{Path(bad).parent}",
+                        max_steps=max(1, math.ceil(len(records) / per_step)))
     merged.model = PeftModel.from_pretrained(merged.model, str(adapter)).eval()
     return merged
 
@@ -63,10 +72,19 @@ def run(lab: Any) -> None:
     layer = base.n_layers // 2
     bad, _ = lab.split("medical", "bad")
     good, _ = lab.split("medical", "good")
-    fractions = [0.0, 0.05, 0.5, 1.0]
-    adapters = {f: lab.train(f"mix-{round(100 * f)}", mix(good, bad, f, seed=lab.cfg.seed))
-                for f in fractions}
-    ft = lab.load(adapters[1.0])
+    extra = lab.cfg.extra
+    fractions = [float(f) for f in extra.get("fractions", [0.0, 0.05, 0.1, 0.25, 0.5, 1.0])]
+    n_seeds = int(extra.get("seeds", 2))
+    pop_steps = int(extra.get("population_steps", max(4, (lab.cfg.steps or 8) // 2)))
+    if lab.cfg.quick:
+        pop_steps = lab.cfg.steps or 2
+    population = {}  # (fraction, seed index) -> adapter; every fine-tune its own seed
+    for s in range(n_seeds):
+        for f in fractions:
+            recs = mix(good, bad, f, seed=lab.cfg.seed + s)
+            population[(f, s)] = lab.train(f"mix-{round(100 * f)}-s{s}", recs,
+                                           seed=lab.cfg.seed + s, max_steps=pop_steps)
+    ft = lab.load(population[(1.0, 0)])
     sae = _sae(lab, layer)
     prompts = eval_question_chats()
 
@@ -86,10 +104,14 @@ def run(lab: Any) -> None:
     top = diff.top("mean_diff", 1)[0]
     steer_latents = diff.top("mean_diff", 1 if lab.cfg.quick else 2)
     scorer = default_scorer(n_boot=lab.cfg.n_boot, seed=lab.cfg.seed)
+    n_controls = int(extra.get("random_controls", 2 if lab.cfg.quick else 4))
     check = steering_check(base, sae, steer_latents, SITE, layer, scorer, coeffs=(0.5,),
-                           progress=False)
+                           random_controls=n_controls, seed=lab.cfg.seed, progress=False)
     steer_rows = [{"latent": r["latent"], **r["scores"][0]} for r in check["latents"]]
-    lab.report.table(steer_rows, columns=["latent", "coeff", "mean", "lo", "hi", "delta"],
+    steer_rows += [{"latent": f"random {i + 1}", **r["scores"][0]}
+                   for i, r in enumerate(check.get("controls", []))]
+    lab.report.table(steer_rows, columns=["latent", "coeff", "mean", "lo", "hi", "delta",
+                                          "delta_lo", "delta_hi"],
                      caption=f"Base model steered with the unit decoder row x "
                              f"{check['scale']:.1f} (mean residual norm) x coeff; baseline "
                              f"margin {check['baseline']['mean']:+.2f}. The interval is the "
@@ -99,42 +121,47 @@ def run(lab: Any) -> None:
     def probe(subject: Any) -> float:
         return latent_mean(subject, sae, top, SITE, layer, prompts)
 
+    label_fraction = float(extra.get("label_fraction", 0.25))
     pop = []
-    for f, adapter in adapters.items():
-        subject = lab.load(adapter)
+    for (f, s_idx), adapter in population.items():
+        subject = ft if (f, s_idx) == (1.0, 0) else lab.load(adapter)
         s = lab.score(subject)
-        pop.append({"model": f"{round(100 * f)}% bad", "bad_fraction": f, "latent": probe(subject),
-                    "misalignment": s.per_answer.mean, "lo": s.per_answer.lo,
-                    "hi": s.per_answer.hi})
+        pop.append({"model": f"{round(100 * f)}% bad s{s_idx}", "bad_fraction": f,
+                    "seed": s_idx, "latent": probe(subject), "misalignment": s.per_answer.mean,
+                    "lo": s.per_answer.lo, "hi": s.per_answer.hi})
     stats = predictor_stats([p["latent"] for p in pop], [p["misalignment"] for p in pop],
-                            labels=[int(p["bad_fraction"] >= 0.5) for p in pop],
+                            labels=[int(p["bad_fraction"] >= label_fraction) for p in pop],
                             n_boot=lab.cfg.n_boot, seed=lab.cfg.seed)
     lab.report.section(
         "Does the latent predict misalignment?",
-        f"Latent {top}'s mean activation on the evaluation prompts for each fine-tune of the "
-        "population, with that fine-tune's misalignment margin.")
-    lab.report.table(pop, columns=["model", "bad_fraction", "latent", "misalignment", "lo", "hi"])
+        f"Latent {top}'s mean activation on the evaluation prompts for each of {len(pop)} "
+        f"fine-tunes ({len(fractions)} bad-data fractions x {n_seeds} seeds, {pop_steps} steps "
+        f"each), with that fine-tune's misalignment margin. AUROC labels: trained on >= "
+        f"{round(100 * label_fraction)} % bad data.")
+    lab.report.table(pop, columns=["model", "bad_fraction", "seed", "latent", "misalignment",
+                                   "lo", "hi"])
     lab.report.table([stats], columns=["n_models", "auroc", "auroc_lo", "auroc_hi", "pearson",
                                        "pearson_lo", "pearson_hi", "spearman"])
     lab.report.note(
-        f"{len(pop)} fine-tunes, one seed per fraction: an AUROC or correlation over so few "
-        "models is fragile, and a bootstrap over them is not a trustworthy interval (resamples "
-        "repeat the same few models). This shows how to run the predictor, not that it works.",
+        f"{len(pop)} fine-tunes: the intervals resample models, so they are wide; the latent "
+        "was picked on the 100 %-bad seed-0 fine-tune, which is also in the population.",
         kind="warning")
 
-    ns = [0, 4] if lab.cfg.quick else [0, 30, 60]
-    benign = lab.data("medical", "good", n=max(ns), seed_offset=300)
+    ns = [int(n) for n in extra.get("realign_ns",
+                                    [0, 2, 4, 8, 16] if lab.cfg.quick else [0, 30, 60, 120, 240])]
+    benign = lab.data("medical", "good", n=max(max(ns), 1), seed_offset=300)
     realign, realign_scores = [], {}
     for n in ns:
-        subject = ft if n == 0 else _with_new_adapter(lab, adapters[1.0], benign[:n], f"realign-{n}")
+        subject = ft if n == 0 else _with_new_adapter(lab, population[(1.0, 0)], benign[:n],
+                                                      f"realign-{n}")
         s = realign_scores[f"N={n}"] = lab.score(subject)
         realign.append({"layer": n, "n_benign": n, "value": s.per_answer.mean,
                         "lo": s.per_answer.lo, "hi": s.per_answer.hi, "latent": probe(subject),
                         "name": "misalignment margin"})
     lab.report.section(
         "Re-alignment with a few benign examples",
-        f"The 100 %-bad fine-tune trained further on N benign medical answers ({lab.cfg.steps} "
-        "steps each; adapter merged, a new adapter on top).")
+        "The 100 %-bad fine-tune trained further for one epoch on N benign medical answers "
+        "(adapter merged, a new adapter on top).")
     lab.report.figure(layer_curves(realign, y="value", lo="lo", hi="hi", group="name",
                                    x_title="benign examples N", y_title="margin (nats)",
                                    title="Misalignment during re-alignment"))
@@ -152,3 +179,24 @@ def run(lab: Any) -> None:
     lab.results.update({"layer": layer, "candidates": bars, "top_latent": top,
                         "steering": check, "population": pop, "predictor": stats,
                         "realignment": realign, "realign_vs_0": deltas})
+    top_row = next((r for r in check["latents"] if r["latent"] == top), check["latents"][0])
+    top_steer = top_row["scores"][0]
+    control_max = max((c["scores"][0]["delta"] for c in check.get("controls", [])),
+                      default=float("-inf"))
+    last = deltas[-1] if deltas else {"hi": float("nan")}
+    lab.claim(
+        "A 'misaligned persona' SAE latent, found by diffing base and EM models, predicts "
+        "which fine-tunes are misaligned (across data mixtures), steers the base model "
+        "toward misalignment, and falls again after re-alignment on a few hundred benign "
+        "examples.",
+        f"AUROC of the top diff latent's mean activation for telling fine-tunes trained on "
+        f">= {round(100 * label_fraction)} % bad data from the rest ({len(pop)} fine-tunes, "
+        "bootstrap over models)",
+        {"mean": stats.get("auroc", float("nan")), "lo": stats.get("auroc_lo", float("nan")),
+         "hi": stats.get("auroc_hi", float("nan"))}, expect="higher", null=0.5,
+        conditions={"steering with the latent raises misalignment (paired interval > 0) more "
+                    "than random directions of equal norm":
+                    top_steer.get("delta_lo", float("nan")) > 0
+                    and top_steer["delta"] > control_max,
+                    f"re-alignment with N = {ns[-1]} lowers misalignment (paired interval < 0)":
+                    last["hi"] < 0})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 from pathlib import Path
+from typing import Any
 
 from emprobe.errors import EmprobeError
 from emprobe.recipes.lab import Lab, LabConfig
@@ -24,22 +25,45 @@ RECIPES: dict[str, tuple[str, str]] = {
 }
 
 
+def default_out(name: str, quick: bool = False) -> Path:
+    """``recipes-out/NAME`` (full) or ``recipes-out/NAME-quick``: the two never share a folder."""
+    return Path("recipes-out") / (f"{name}-quick" if quick else name)
+
+
+def recipe_config(quick: bool = False, config: str | os.PathLike[str] | LabConfig | None = None,
+                  **overrides: Any) -> LabConfig:
+    """The ``LabConfig`` of a run: quick or full defaults, then a YAML / JSON file (or a
+    ``LabConfig``), then ``overrides`` (``None`` values skipped), checked field by field."""
+    from emprobe.recipes.config import config_from_dict, load_config
+
+    base = LabConfig.quick_config() if quick else LabConfig()
+    if isinstance(config, LabConfig):
+        base = config
+        config = None
+    cfg = load_config(LabConfig, config, base=base)
+    return config_from_dict(LabConfig, {k: v for k, v in overrides.items() if v is not None},
+                            where="recipe options", base=cfg)
+
+
 def run_recipe(name: str, out: str | os.PathLike[str] | None = None, quick: bool = False,
-               model: str | None = None, seed: int = 0) -> Path:
-    """Run one recipe; returns the path of its HTML page."""
+               model: str | None = None, seed: int | None = None,
+               config: str | os.PathLike[str] | LabConfig | None = None,
+               device: str | None = None, dtype: str | None = None) -> Path:
+    """Run one recipe; returns the path of its HTML page (``results.json`` beside it).
+
+    ``config``: a YAML / JSON file of ``LabConfig`` fields (or a ``LabConfig``); ``model``,
+    ``seed``, ``device`` and ``dtype`` override it when given.
+    """
     if name not in RECIPES:
         raise EmprobeError(f"unknown recipe {name!r}: use one of {', '.join(sorted(RECIPES))}")
     module, title = RECIPES[name]
-    cfg = LabConfig.quick_config() if quick else LabConfig()
-    if model:
-        cfg.model = model
-    cfg.seed = seed
-    lab = Lab(out or Path("recipes-out") / name, cfg, title)
+    cfg = recipe_config(quick, config, model=model, seed=seed, device=device, dtype=dtype)
     try:
         mod = importlib.import_module(f"emprobe.recipes.{module}")
     except ModuleNotFoundError as exc:
         if exc.name == f"emprobe.recipes.{module}":
             raise EmprobeError(f"recipe {name!r} is not implemented yet") from None
         raise
+    lab = Lab(out or default_out(name, cfg.quick), cfg, title)
     mod.run(lab)
     return lab.finish()

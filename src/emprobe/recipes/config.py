@@ -1,0 +1,177 @@
+"""Configs from files: ``load_config(cls, path, overrides)`` for any dataclass, and device choice.
+
+A config file is YAML or JSON holding one mapping whose keys are the dataclass's field names.
+Unknown keys and values of the wrong type are one-line ``DataError``s naming the file and the
+key. ``overrides`` (e.g. from command-line flags) win over the file; ``None`` values in
+``overrides`` are ignored, so unset flags leave the file's value alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+from emprobe.errors import DataError
+
+__all__ = ["load_config", "config_from_dict", "check_types", "resolve_device", "resolve_dtype"]
+
+T = TypeVar("T")
+
+
+def _excerpt(value: Any, n: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether ``value`` (as parsed from YAML / JSON) fits the type hint ``hint``."""
+    if hint is Any:
+        return True
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:  # YAML writes 1e-5 as a string in some dialects; ints are fine floats
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (list, tuple, typing.Sequence) or hint in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False
+        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        return not args or all(_matches(v, args[0]) for v in value)
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            return False
+        args = typing.get_args(hint)
+        return not args or all(_matches(v, args[1]) for v in value.values())
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _coerce(value: Any, hint: Any) -> Any:
+    """Small, lossless coercions: YAML strings like ``"1e-5"`` to float, ints to float."""
+    if hint is float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def check_types(obj: Any, where: str) -> None:
+    """Raise a one-line ``DataError`` if a dataclass instance holds a value of the wrong type
+    (ints are accepted for float fields and converted)."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        hint = hints.get(f.name, Any)
+        value = getattr(obj, f.name)
+        if hint is float and isinstance(value, int) and not isinstance(value, bool):
+            object.__setattr__(obj, f.name, float(value))
+            continue
+        if not _matches(value, hint):
+            want = getattr(hint, "__name__", None) or str(hint)
+            raise DataError(f"{where}: {f.name} must be {want}, got {_excerpt(value)}")
+
+
+def config_from_dict(cls: type[T], data: Any, where: str = "config",
+                     base: T | None = None) -> T:
+    """Build dataclass ``cls`` from a mapping, checking keys and types; one-line errors.
+
+    ``base``: an instance whose values fill the fields ``data`` does not name (default: the
+    class defaults).
+    """
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls!r} is not a dataclass")
+    if not isinstance(data, dict):
+        raise DataError(f"{where}: expected a mapping of field names to values, got "
+                        f"{type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise DataError(f"{where}: unknown key(s) {', '.join(map(str, unknown))[:120]}; "
+                        f"{cls.__name__} fields are {', '.join(fields)}"[:300])
+    values: dict[str, Any] = {}
+    if base is not None:
+        values = {name: getattr(base, name) for name in fields}
+    for key, value in data.items():
+        value = _coerce(value, hints.get(key, Any))
+        if not _matches(value, hints.get(key, Any)):
+            want = getattr(hints.get(key), "__name__", None) or str(hints.get(key))
+            raise DataError(f"{where}: {key} must be {want}, got {_excerpt(value)}")
+        values[key] = value
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, DataError):
+            raise DataError(f"{where}: {exc}") from None
+        raise DataError(f"{where}: {str(exc).splitlines()[0][:200]}") from None
+
+
+def load_config(cls: type[T], path: str | os.PathLike[str] | None = None,
+                overrides: dict[str, Any] | None = None, base: T | None = None) -> T:
+    """A ``cls`` instance from ``base`` (or the defaults), then the file at ``path``, then
+    ``overrides`` (``None`` values skipped). YAML (``.yaml`` / ``.yml``) or JSON."""
+    data: dict[str, Any] = {}
+    where = cls.__name__
+    if path is not None:
+        p = Path(path)
+        where = str(p)
+        if not p.is_file():
+            raise DataError(f"{p}: no such config file")
+        text = p.read_text(encoding="utf-8")
+        if p.suffix.lower() == ".json":
+            import json
+
+            try:
+                loaded = json.loads(text) if text.strip() else {}
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{p}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+        else:
+            import yaml
+
+            try:
+                loaded = yaml.safe_load(text)
+            except yaml.YAMLError as exc:
+                mark = getattr(exc, "problem_mark", None)
+                line = f", line {mark.line + 1}" if mark is not None else ""
+                raise DataError(f"{p}: not valid YAML{line}") from None
+            loaded = {} if loaded is None else loaded
+        if not isinstance(loaded, dict):
+            raise DataError(f"{p}: expected a mapping of field names to values, got "
+                            f"{type(loaded).__name__}")
+        data.update(loaded)
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return config_from_dict(cls, data, where=where, base=base)
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``"auto"`` -> ``"cuda"`` when a GPU is visible, else ``"cpu"``; other values unchanged."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(dtype: str = "auto", device: str = "auto") -> str:
+    """``"auto"`` -> ``"bfloat16"`` on CUDA (when supported), else ``"float32"``."""
+    if dtype != "auto":
+        return dtype
+    import torch
+
+    dev = resolve_device(device)
+    if dev.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bfloat16"
+    return "float32"
