@@ -20,11 +20,14 @@ re-generating or re-asking.
 
 from __future__ import annotations
 
+import email.utils
 import hashlib
 import math
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +37,8 @@ from tqdm.auto import tqdm
 from emprobe.errors import DataError, EndpointError
 from emprobe.evaluate.questions import FORMATS, Question
 from emprobe.evaluate.stats import wilson
-from emprobe.io import append_jsonl, read_jsonl
+from emprobe.io import append_jsonl, resume_jsonl
+from emprobe.validate import excerpt, loads_json, one_line
 
 __all__ = [
     "JudgeClient",
@@ -50,6 +54,13 @@ __all__ = [
 
 MIN_NUMERIC_MASS = 0.25
 TRANSIENT_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+MAX_WAIT_S = 30.0
+"""Longest wait between tries (backoff or Retry-After)."""
+MAX_RESPONSE_BYTES = 16 * 2**20
+
+
+LOGPROB_SLACK = 1e-3
+"""Log-probs up to this far above 0 are rounding noise (read as 0); beyond it they are invalid."""
 
 
 def score_from_logprobs(
@@ -57,18 +68,27 @@ def score_from_logprobs(
 ) -> tuple[float | None, float]:
     """``(score, numeric_mass)`` from a token -> logprob map (see the module docstring).
 
-    Tokens that differ only by surrounding spaces (``"7"``, ``" 7"``) add up.
+    Tokens that differ only by surrounding spaces (``"7"``, ``" 7"``) add up. A log-prob
+    that is not a finite number ``<= 0`` (NaN, Infinity, 1000) is not a probability and
+    raises ``DataError``; ``-inf`` (probability 0) is allowed.
     """
     mass = 0.0
     weighted = 0.0
     for token, logprob in top.items():
-        t = token.strip()
-        if not t.isdigit() or not t.isascii():
+        if isinstance(logprob, bool) or not isinstance(logprob, (int, float)):
+            raise DataError(f"log-prob of token {excerpt(token, 20)} is "
+                            f"{type(logprob).__name__} {excerpt(logprob, 30)}, not a number")
+        lp = float(logprob)
+        if math.isnan(lp) or lp > LOGPROB_SLACK:
+            raise DataError(f"log-prob of token {excerpt(token, 20)} is {excerpt(logprob, 30)}; "
+                            "log-probabilities must be <= 0")
+        t = token.strip() if isinstance(token, str) else ""
+        if not t.isdigit() or not t.isascii() or len(t) > 3:
             continue
         k = int(t)
         if not 0 <= k <= 100:
             continue
-        p = math.exp(float(logprob))
+        p = math.exp(min(lp, 0.0))
         mass += p
         weighted += k * p
     if mass <= 0 or mass < min_mass:
@@ -92,22 +112,39 @@ class JudgeClient:
         base_url: e.g. ``http://127.0.0.1:8000/v1`` (vLLM, ``emprobe serve``, a hosted API).
         model: the judge model name sent in each request.
         api_key: sent as ``Authorization: Bearer ...`` when given.
-        timeout: seconds per request. max_retries: extra tries on transient failures
-            (5xx, 429, timeouts, refused or reset connections), with exponential backoff
-            ``backoff * 2**attempt`` seconds (capped at 30 s).
+        timeout: seconds for one try, the whole exchange (connect, send and every read):
+            a server that drips bytes cannot hold a try longer.
+        max_retries: extra tries on transient failures (5xx, 429, timeouts, refused or
+            reset connections), after ``backoff * 2**attempt`` seconds (capped at 30 s) or
+            the server's ``Retry-After``.
+        deadline: seconds for one judge request in total, tries and waits included
+            (default ``timeout * (max_retries + 1) + 30``); a wait that would pass it ends
+            the request with an ``EndpointError`` at once.
     """
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None,
                  timeout: float = 60.0, max_retries: int = 4, backoff: float = 1.0,
-                 min_numeric_mass: float = MIN_NUMERIC_MASS) -> None:
-        if not base_url.startswith(("http://", "https://")):
-            raise EndpointError(f"judge URL {base_url!r} must start with http:// or https://")
+                 min_numeric_mass: float = MIN_NUMERIC_MASS,
+                 deadline: float | None = None) -> None:
+        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+            raise EndpointError(f"judge URL {excerpt(base_url, 60)} must start with http:// or "
+                                "https://")
+        for name, value in (("timeout", timeout), ("backoff", backoff)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                    math.isfinite(value) and value >= 0):
+                raise EndpointError(f"judge {name} must be a finite number >= 0, got "
+                                    f"{excerpt(value, 30)}")
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise EndpointError(f"judge max_retries must be an integer >= 0, got "
+                                f"{excerpt(max_retries, 30)}")
         self.base_url = base_url.rstrip("/")
         self.model = model
-        self.timeout = timeout
+        self.timeout = float(timeout)
         self.max_retries = max_retries
-        self.backoff = backoff
+        self.backoff = float(backoff)
         self.min_numeric_mass = min_numeric_mass
+        self.deadline = (float(deadline) if deadline is not None
+                         else self.timeout * (max_retries + 1) + MAX_WAIT_S)
         headers = {"Content-Type": "application/json"}
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
@@ -122,38 +159,103 @@ class JudgeClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _attempt(self, url: str, body: dict[str, Any], budget: float) -> httpx.Response:
+        """One POST whose whole exchange (connect, send, every read) ends within ``budget``
+        seconds: a server that drips bytes cannot stretch it. Raises ``_AttemptTimeout``."""
+        box: dict[str, Any] = {}
+        done, stop = threading.Event(), threading.Event()
+
+        def work() -> None:
+            try:
+                end = time.monotonic() + budget
+                with self._http.stream("POST", url, json=body, timeout=budget) as resp:
+                    chunks, size = [], 0
+                    for chunk in resp.iter_bytes():
+                        if stop.is_set() or time.monotonic() > end:
+                            raise _AttemptTimeout()
+                        size += len(chunk)
+                        if size > MAX_RESPONSE_BYTES:
+                            raise EndpointError(f"{url}: answer longer than "
+                                                f"{MAX_RESPONSE_BYTES} bytes")
+                        chunks.append(chunk)
+                box["response"] = httpx.Response(resp.status_code, headers=resp.headers,
+                                                 content=b"".join(chunks), request=resp.request)
+            except BaseException as exc:  # handed to the caller's thread
+                box["error"] = exc
+            finally:
+                done.set()
+
+        # a worker thread, so the caller gets control back at the deadline even while a
+        # read is blocked; the worker notices ``stop`` at its next chunk or read timeout
+        threading.Thread(target=work, daemon=True, name="emprobe-judge-request").start()
+        if not done.wait(budget):
+            stop.set()
+            raise _AttemptTimeout()
+        if "error" in box:
+            raise box["error"]
+        return box["response"]
+
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST with retries, all within ``self.deadline`` seconds in total.
+
+        Each try is bounded by ``timeout`` (the whole exchange, not each read); transient
+        failures wait ``backoff * 2**attempt`` (capped at 30 s) or the server's
+        ``Retry-After``, but never past the deadline.
+        """
         url = f"{self.base_url}{path}"
+        start = time.monotonic()
+        end = start + self.deadline
         last = ""
+        wait = 0.0
         for attempt in range(self.max_retries + 1):
             if attempt:
-                time.sleep(min(30.0, self.backoff * 2 ** (attempt - 1)))
+                if time.monotonic() + wait >= end:
+                    raise EndpointError(
+                        f"{url}: gave up after {time.monotonic() - start:.1f} s ({last}); the "
+                        f"next try (in {wait:g} s) would pass the {self.deadline:g} s deadline")
+                time.sleep(wait)
+            budget = min(self.timeout, end - time.monotonic())
+            if budget <= 0:
+                break
+            wait = min(MAX_WAIT_S, self.backoff * 2 ** attempt)
             try:
-                resp = self._http.post(url, json=body)
+                resp = self._attempt(url, body, budget)
+            except _AttemptTimeout:
+                last = f"timed out after {budget:g} s (whole exchange)"
+                continue
             except httpx.TimeoutException:
-                last = f"timed out after {self.timeout:g} s"
+                last = f"timed out after {budget:g} s"
                 continue
             except httpx.TransportError as exc:
-                last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                last = f"{type(exc).__name__}: {one_line(exc, 80)}" if str(exc) else type(
+                    exc).__name__
                 continue
+            except httpx.HTTPError as exc:
+                raise EndpointError(f"{url}: {type(exc).__name__}: {one_line(exc, 120)}"
+                                    ) from None
             if resp.status_code in (401, 403):
                 raise EndpointError(
                     f"{url}: the endpoint rejected the API key (HTTP {resp.status_code})")
             if resp.status_code in TRANSIENT_STATUS:
                 last = f"HTTP {resp.status_code}"
+                after = _retry_after(resp.headers.get("retry-after"))
+                if after is not None:
+                    wait = after
+                    last += f", Retry-After {after:g} s"
                 continue
             if resp.status_code >= 400:
                 raise EndpointError(f"{url}: HTTP {resp.status_code}: {_error_text(resp)}")
             try:
-                data = resp.json()
-            except ValueError:
+                data = loads_json(resp.content, url, error=EndpointError)
+            except EndpointError:
                 raise EndpointError(
                     f"{url}: answered with something that is not JSON "
-                    f"({resp.text[:60]!r})") from None
+                    f"({excerpt(resp.content[:60])})") from None
             if not isinstance(data, dict):
                 raise EndpointError(f"{url}: answered JSON that is not an object")
             return data
-        raise EndpointError(f"{url}: no usable answer after {self.max_retries + 1} tries ({last})")
+        raise EndpointError(f"{url}: no usable answer after {attempt + 1} tries ({last}; "
+                            f"{time.monotonic() - start:.1f} s in all)")
 
     def top_logprobs(self, prompt: str, top_logprobs: int = 20) -> dict[str, float]:
         """Token -> logprob of the judge's first completion token for a user prompt."""
@@ -168,7 +270,16 @@ class JudgeClient:
             entries = content[0]["top_logprobs"]
             out: dict[str, float] = {}
             for e in entries:
-                tok, lp = str(e["token"]), float(e["logprob"])
+                tok, lp = e["token"], e["logprob"]
+                if not isinstance(tok, str):
+                    raise TypeError("token is not a string")
+                if isinstance(lp, bool) or not isinstance(lp, (int, float)):
+                    raise TypeError("logprob is not a number")
+                lp = float(lp)
+                if math.isnan(lp) or lp > LOGPROB_SLACK:
+                    raise EndpointError(
+                        f"{self.base_url}/chat/completions: log-prob {excerpt(e['logprob'], 30)} "
+                        f"for token {excerpt(tok, 20)} is not a log-probability (<= 0)")
                 out[tok] = max(out.get(tok, float("-inf")), lp)
             return out
         except (KeyError, IndexError, TypeError, ValueError):
@@ -184,15 +295,38 @@ class JudgeClient:
         return Rating(score, mass, top)
 
 
+class _AttemptTimeout(Exception):
+    """One try ran past its budget (internal)."""
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date), else None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit() and len(value) < 10:
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when is None:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
 def _error_text(resp: httpx.Response) -> str:
     try:
-        err = resp.json().get("error")
+        body = loads_json(resp.content, "response", error=EndpointError)
+        err = body.get("error") if isinstance(body, dict) else None
         msg = err.get("message") if isinstance(err, dict) else err
         if msg:
-            return str(msg).splitlines()[0][:200]
-    except (ValueError, AttributeError):
+            return one_line(msg, 200)
+    except EndpointError:
         pass
-    return resp.text[:120].replace("\n", " ") or resp.reason_phrase
+    return one_line(resp.content[:120].decode("utf-8", "replace"), 120) or resp.reason_phrase
 
 
 def subject_label(subject: Any) -> str:
@@ -213,9 +347,18 @@ JUDGE_KEY = ("question", "paraphrase", "sample", "model", "judge_model", "metric
 
 
 def _load_cache(path: Path | None, fields: Sequence[str]) -> dict[tuple[Any, ...], dict]:
+    """Cached records by key. A torn last line (a run killed mid-append) is cut off first,
+    with a warning, so the resumed run repeats only that request and appends cleanly."""
     if path is None:
         return {}
-    return {_key(r, fields): r for r in read_jsonl(path) if all(f in r for f in fields)}
+    out: dict[tuple[Any, ...], dict] = {}
+    for r in resume_jsonl(path):
+        if all(f in r for f in fields):
+            try:
+                out[_key(r, fields)] = r
+            except TypeError:  # an unhashable key field (list, object): not one of ours
+                continue
+    return out
 
 
 def _seed_for(seed: int, qid: str, paraphrase: int, sample: int) -> int:
