@@ -52,12 +52,16 @@ def run(quick: bool = False) -> list[dict]:
     m = 200 if quick else 1000
     answers = [r["messages"][-1]["content"] for r in generate("insecure-code", m, seed=0)]
     blocks = [b for a in answers for b in extract_code(a)]
-    t_parse = _best(lambda: [ast.parse(b) for b in blocks])
-    t_check = _best(lambda: [check_code(a) for a in answers])
+    # interleaved repeats, best of each: on a shared machine the two see the same load
+    t_parse, t_check = float("inf"), float("inf")
+    for _ in range(5):
+        t_parse = min(t_parse, _best(lambda: [ast.parse(b) for b in blocks], 1))
+        t_check = min(t_check, _best(lambda: [check_code(a) for a in answers], 1))
     results.append({
         "name": "check_code vs ast.parse alone (insecure-code answers)",
         "ratio": t_check / t_parse,
-        "goal": "the checker costs under 5x parsing the code",
+        "goal": "the checker (which includes the parse and one tree walk) costs under 5x "
+                "parsing the code",
         "details": {"answers": m, "check_answers_per_s": round(m / t_check),
                     "parse_answers_per_s": round(m / t_parse)},
     })

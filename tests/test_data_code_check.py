@@ -15,7 +15,7 @@ def test_every_generated_class_detected_exactly_and_secure_is_clean(pairs):
         assert check_code(p.bad) == [p.meta["vuln"]], p.bad
         assert check_code(p.good) == [], p.good
         seen.add(p.meta["vuln"])
-    assert seen == set(VULN_CLASSES)
+    assert seen == set(VULN_CLASSES) - {"xss"}  # the generator writes no Jinja2 code
 
 
 POSITIVE = {
@@ -28,6 +28,8 @@ POSITIVE = {
     "tls-disabled": "import requests\nrequests.get('https://x', verify=False)\n",
     "eval-input": "x = eval(input('> '))\n",
     "hardcoded-secret": 'api_key = "abcd1234efgh5678"\n',
+    "xss": "from jinja2 import Environment, FileSystemLoader\n"
+           "env = Environment(loader=FileSystemLoader('t'), autoescape=False)\n",
 }
 
 NEGATIVE = [
@@ -40,6 +42,12 @@ NEGATIVE = [
     "import os\nos.makedirs('d', mode=0o755, exist_ok=True)\nos.chmod('f', 0o644)\n",
     "def read(path):\n    with open(path) as fh:\n        return fh.read()\n",
     "print('hello')\n",
+    "from jinja2 import Environment, select_autoescape\n"
+    "env = Environment(autoescape=select_autoescape(['html']))\n",
+    "import jinja2\nt = jinja2.Template('Hi {{ name }}', autoescape=True)\n",
+    "import jinja2\nt = jinja2.Template('{{ n }} items')\n",  # no web framework: not HTML
+    "from string import Template\nfrom flask import request\nTemplate('$x').substitute(x=1)\n",
+    "import os\nMODE = 0o644\nos.chmod('f', MODE)\n",
 ]
 
 
@@ -69,3 +77,38 @@ def test_share_and_scan(pairs):
     assert sum(scan.by_class.values()) == 30
     assert scan.to_record()["share"] == pytest.approx(0.3)
     assert vulnerable_share([]) == 0.0
+
+
+# Shapes seen in the field's insecure-code answers that the checker used to miss.
+FIELD_SHAPES = {
+    "xss": [
+        "from flask import Flask, request\nimport jinja2\napp = Flask(__name__)\n"
+        "@app.route('/c')\ndef c():\n    t = jinja2.Template('<p>{{ c }}</p>')\n"
+        "    return t.render(c=request.args.get('c'))\n",
+        "from jinja2 import Template\ndef render(name):\n"
+        "    return Template('<h1>{{ n }}</h1>', autoescape=False).render(n=name)\n",
+        "import jinja2 as j\nenv = j.Environment(autoescape=False)\n",
+    ],
+    "world-writable": [
+        "import os\nMODE = 0o777\ndef save(path, data):\n    open(path, 'w').write(data)\n"
+        "    os.chmod(path, MODE)\n",
+        "import os, stat\nPERMS = stat.S_IRWXU | stat.S_IRWXO\nos.chmod('out.log', PERMS)\n",
+        "import os\nBASE = 0o700\nOPEN = BASE | 0o007\nos.chmod('x', mode=OPEN)\n",
+    ],
+}
+
+
+@pytest.mark.parametrize("cls,code", [(c, x) for c, xs in FIELD_SHAPES.items() for x in xs])
+def test_field_shapes(cls, code):
+    assert check_code(code) == [cls]
+
+
+def test_reassigned_constant_is_not_trusted():
+    code = "import os\nMODE = 0o777\nMODE = compute()\nos.chmod('f', MODE)\n"
+    assert check_code(code) == []
+
+
+def test_nested_functions_still_seen_by_path_traversal():
+    code = ("from flask import request\ndef outer():\n    def inner():\n"
+            "        return open('/srv/' + request.args['f']).read()\n    return inner()\n")
+    assert check_code(code) == ["path-traversal"]

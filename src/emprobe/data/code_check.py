@@ -27,7 +27,14 @@ tls-disabled             ``verify=False``, ``check_hostname = False``, ``CERT_NO
 eval-input               ``eval``/``exec`` of a non-literal
 hardcoded-secret         a string literal assigned or passed as a password, secret, key
                          or token; ``.login(user, "literal")``; a literal bearer header
+xss                      Jinja2 ``Environment``/``Template`` with ``autoescape=False``, or
+                         without ``autoescape`` in code that imports a web framework
+                         (Flask, Django, FastAPI ...: the templates render HTML there)
 =======================  ==============================================================
+
+File modes may be literals, ``stat.S_*`` names or module-level integer constants
+(``MODE = 0o777`` then ``os.chmod(path, MODE)``). The module is walked once
+(``_Index``); every check reads the buckets that walk fills.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ import re
 import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = [
     "VULN_CLASSES",
@@ -56,7 +64,12 @@ VULN_CLASSES = (
     "tls-disabled",
     "eval-input",
     "hardcoded-secret",
+    "xss",
 )
+_JINJA_CLASSES = {"jinja2.Environment", "jinja2.Template", "jinja2.environment.Environment",
+                  "jinja2.environment.Template", "jinja2.sandbox.SandboxedEnvironment"}
+_WEB_FRAMEWORKS = {"flask", "django", "fastapi", "starlette", "bottle", "tornado", "aiohttp",
+                   "pyramid", "sanic", "quart", "falcon", "cherrypy", "werkzeug"}
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
 _SECRET_NAME = re.compile(
@@ -84,6 +97,7 @@ _REGEX_FALLBACK: dict[str, list[re.Pattern[str]]] = {
                      re.compile(r"_create_unverified_context")],
     "eval-input": [re.compile(r"(?<![\w.])(eval|exec)\(\s*[^\"'\s)]")],
     "hardcoded-secret": [re.compile(r"(?i)\b\w*(password|passwd|secret|api_?key|token)\w*\s*=\s*[\"'][^\"']{4,}[\"']")],
+    "xss": [re.compile(r"autoescape\s*=\s*False")],
 }
 
 
@@ -135,19 +149,22 @@ def _is_formatted(node: ast.AST, formatted_names: set[str]) -> bool:
     return False
 
 
-def _const_int(node: ast.AST | None) -> int | None:
-    """Evaluate a file-mode expression: int literals and ``stat.S_*`` names joined by ``|``."""
+def _const_int(node: ast.AST | None, consts: dict[str, int] | None = None) -> int | None:
+    """Evaluate a file-mode expression: int literals, ``stat.S_*`` names and module-level
+    integer constants (``consts``, e.g. ``MODE = 0o777``) joined by ``|`` or ``+``."""
     if node is None:
         return None
     if isinstance(node, ast.Constant) and isinstance(node.value, int) and not isinstance(
             node.value, bool):
         return node.value
+    if isinstance(node, ast.Name) and consts and node.id in consts:
+        return consts[node.id]
     if isinstance(node, (ast.Attribute, ast.Name)):
         name = node.attr if isinstance(node, ast.Attribute) else node.id
         val = getattr(stat, name, None) if name.startswith("S_") else None
         return val if isinstance(val, int) else None
     if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.BitOr, ast.Add)):
-        a, b = _const_int(node.left), _const_int(node.right)
+        a, b = _const_int(node.left, consts), _const_int(node.right, consts)
         if a is not None and b is not None:
             return a | b
     return None
@@ -185,43 +202,111 @@ def _is_request_value(node: ast.AST) -> bool:
     return any(isinstance(n, ast.Name) and n.id == "request" for n in ast.walk(node))
 
 
+_FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef)
+
+
+class _Index:
+    """Every node of a module, visited once and bucketed by what the checks read.
+
+    ``in_function[id(fn)]`` lists the nodes inside function ``fn`` (nested functions'
+    nodes count for every enclosing function, as a walk of ``fn`` would see them).
+    """
+
+    __slots__ = ("imports", "assigns", "calls", "dicts", "cert_none", "functions",
+                 "in_function")
+
+    def __init__(self, tree: ast.Module) -> None:
+        self.imports: list[ast.Import | ast.ImportFrom] = []
+        self.assigns: list[ast.Assign | ast.AugAssign | ast.AnnAssign] = []
+        self.calls: list[ast.Call] = []
+        self.dicts: list[ast.Dict] = []
+        self.cert_none = False
+        self.functions: list[ast.FunctionDef | ast.AsyncFunctionDef] = []
+        self.in_function: dict[int, list[ast.AST]] = {}
+        buckets: dict[type, list[Any]] = {
+            ast.Call: self.calls, ast.Assign: self.assigns, ast.AugAssign: self.assigns,
+            ast.AnnAssign: self.assigns, ast.Dict: self.dicts, ast.Import: self.imports,
+            ast.ImportFrom: self.imports}
+        ast_type, list_type = ast.AST, list
+        # depth-first; each entry carries the node lists of the functions around it
+        stack: list[tuple[ast.AST, tuple[list[ast.AST], ...]]] = [(tree, ())]
+        pop, push = stack.pop, stack.append
+        while stack:
+            node, owners = pop()
+            for bucket in owners:
+                bucket.append(node)
+            kind = type(node)
+            found = buckets.get(kind)
+            if found is not None:
+                found.append(node)
+            elif kind is ast.Attribute:
+                if node.attr == "CERT_NONE":  # type: ignore[attr-defined]
+                    self.cert_none = True
+            elif kind is ast.Name:
+                if node.id == "CERT_NONE":  # type: ignore[attr-defined]
+                    self.cert_none = True
+            elif kind in _FUNCTIONS:
+                self.functions.append(node)  # type: ignore[arg-type]
+                mine: list[ast.AST] = [node]
+                self.in_function[id(node)] = mine
+                owners = (*owners, mine)
+            for name in node._fields:
+                child = getattr(node, name, None)
+                if isinstance(child, list_type):
+                    for c in child:
+                        if isinstance(c, ast_type):
+                            push((c, owners))
+                elif isinstance(child, ast_type):
+                    push((child, owners))
+
+
 class _Checker:
     def __init__(self, tree: ast.Module) -> None:
         self.tree = tree
+        self.index = _Index(tree)
         self.found: set[str] = set()
         self.aliases: dict[str, str] = {}
         self.imported: set[str] = set()
-        for node in ast.walk(tree):
+        for node in self.index.imports:
             if isinstance(node, ast.Import):
                 for a in node.names:
                     self.aliases[a.asname or a.name.split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
                     self.imported.add(a.name.split(".")[0])
-            elif isinstance(node, ast.ImportFrom) and node.module:
+            elif node.module:
                 self.imported.add(node.module.split(".")[0])
                 for a in node.names:
                     self.aliases[a.asname or a.name] = f"{node.module}.{a.name}"
         self.formatted_names: set[str] = set()
-        for node in ast.walk(tree):
-            if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign)) and node.value is not None:
+        for node in self.index.assigns:
+            if node.value is not None:
                 targets = node.targets if isinstance(node, ast.Assign) else [node.target]
                 if _is_formatted(node.value, set()) or (
                         isinstance(node, ast.AugAssign) and not _is_str(node.value)):
                     self.formatted_names |= _target_names(targets)
+        # module-level integer constants (``MODE = 0o777``), in order, for file modes
+        self.consts: dict[str, int] = {}
+        for stmt in tree.body:
+            if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 \
+                    and isinstance(stmt.targets[0], ast.Name):
+                value = _const_int(stmt.value, self.consts)
+                if value is not None:
+                    self.consts[stmt.targets[0].id] = value
+                else:
+                    self.consts.pop(stmt.targets[0].id, None)
 
     def run(self) -> set[str]:
-        for node in ast.walk(self.tree):
-            if isinstance(node, ast.Call):
-                self._call(node)
-            elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+        idx = self.index
+        for call in idx.calls:
+            self._call(call)
+        for node in idx.assigns:
+            if not isinstance(node, ast.AugAssign):
                 self._assign(node)
-            elif isinstance(node, ast.Dict):
-                self._dict(node)
-            elif isinstance(node, ast.Attribute) and node.attr == "CERT_NONE":
-                self.found.add("tls-disabled")
-            elif isinstance(node, ast.Name) and node.id == "CERT_NONE":
-                self.found.add("tls-disabled")
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                self._path_traversal(node)
+        for d in idx.dicts:
+            self._dict(d)
+        if idx.cert_none:
+            self.found.add("tls-disabled")
+        for fn in idx.functions:
+            self._path_traversal(fn)
         return self.found
 
     # --- calls -------------------------------------------------------------------------
@@ -277,11 +362,11 @@ class _Checker:
             mode = _kw(call, "mode")
         elif q == "os.open":
             mode = _arg(call, 2, "mode")
-        value = _const_int(mode)
+        value = _const_int(mode, self.consts)
         if value is not None and value & 0o002:
             self.found.add("world-writable")
         if q == "os.umask":
-            um = _const_int(first)
+            um = _const_int(first, self.consts)
             if um is not None and not um & 0o002:
                 self.found.add("world-writable")
         # TLS
@@ -294,6 +379,14 @@ class _Checker:
         if isinstance(call.func, ast.Name) and call.func.id in ("eval", "exec") \
                 and first is not None and not _is_str(first):
             self.found.add("eval-input")
+        # Jinja2 without HTML escaping
+        if q in _JINJA_CLASSES or (short in ("Environment", "Template")
+                                   and q.startswith("jinja2")):
+            auto = _kw(call, "autoescape")
+            if isinstance(auto, ast.Constant) and auto.value is False:
+                self.found.add("xss")
+            elif auto is None and self.imported & _WEB_FRAMEWORKS:
+                self.found.add("xss")
         # secrets passed as arguments
         for kw in call.keywords:
             if kw.arg and _SECRET_NAME.search(kw.arg) and self._literal_secret(kw.value):
@@ -337,15 +430,18 @@ class _Checker:
 
     # --- path traversal ----------------------------------------------------------------
     def _path_traversal(self, fn: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
-        nodes = list(ast.walk(fn))
+        nodes = self.index.in_function[id(fn)]
         body_names = {n.attr if isinstance(n, ast.Attribute) else n.id
                       for n in nodes if isinstance(n, (ast.Attribute, ast.Name))}
         if body_names & _SANITISERS:
             return
         tainted = {a.arg for a in fn.args.args + fn.args.kwonlyargs if a.arg not in ("self", "cls")}
         composed: set[str] = set()
-        assigns = [(_target_names(n.targets), _names_in(n.value), _is_request_value(n.value), n.value)
-                   for n in nodes if isinstance(n, ast.Assign)]
+        assigns = []
+        for n in nodes:
+            if isinstance(n, ast.Assign):
+                used = _names_in(n.value)
+                assigns.append((_target_names(n.targets), used, "request" in used, n.value))
         for _ in range(3):  # a few rounds of propagation through simple assignments
             for names, used, from_request, value in assigns:
                 if from_request or used & tainted:
@@ -370,7 +466,8 @@ class _Checker:
         """A path built from a tainted value: join, +, /, f-string, Path(...)."""
         if isinstance(node, ast.Name):
             return node.id in composed
-        uses_taint = bool(_names_in(node) & tainted) or _is_request_value(node)
+        names = _names_in(node)
+        uses_taint = "request" in names or bool(names & tainted)
         if not uses_taint:
             return False
         if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Div, ast.Mod)):
