@@ -251,7 +251,8 @@ class Comparison:
     def detectable(self) -> float:
         from emprobe.evaluate.stats import detectable_shift
 
-        return detectable_shift(self.per_answer.se or float("nan"))
+        se = self.per_answer.se
+        return detectable_shift(se) if se is not None else float("nan")
 
     def to_record(self) -> dict[str, Any]:
         return {"kind": "local_score_comparison", "a": self.labels[0], "b": self.labels[1],
@@ -279,7 +280,7 @@ def paired_differences(a: LocalScore, b: LocalScore) -> list[dict[str, Any]]:
     pb = {_pair_key(p): p for p in b.pairs}
     if set(pa) != set(pb):
         diff = sorted({k[0] for k in set(pa) ^ set(pb)})
-        raise DataError(f"cannot compare local scores on different reference pairs: "
+        raise DataError(f"cannot compare local scores on different questions or pairs: "
                         f"questions {diff[:5]} differ")
     out = []
     for key in sorted(pa):

@@ -1,0 +1,138 @@
+"""Paired statistics of the local score: two-stage bootstrap, p-values, Holm, power, ratios."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from emprobe.errors import DataError
+from emprobe.evaluate.local import LocalScore, compare, paired_differences, shift_ratio
+from emprobe.evaluate.stats import (
+    Estimate,
+    bootstrap_p,
+    detectable_shift,
+    hierarchical_bootstrap,
+    hierarchical_means,
+    hierarchical_ratio,
+    holm,
+    power_at,
+)
+
+
+def _groups(rng, n_q=20, n_pairs=6, shift=0.0, q_sd=3.0, pair_sd=2.0):
+    """Paired differences with a question effect and pair noise around ``shift``."""
+    return [list(shift + rng.normal(0, q_sd) + rng.normal(0, pair_sd, n_pairs))
+            for _ in range(n_q)]
+
+
+def test_hierarchical_point_and_interval():
+    groups = [[1.0, 1.0], [3.0], [2.0, 4.0, 6.0]]
+    est = hierarchical_bootstrap(groups, n_boot=2000, seed=0)
+    assert est.mean == pytest.approx(17 / 6)
+    assert 1.0 <= est.lo < est.mean < est.hi <= 6.0
+    assert est.se is not None and est.se > 0
+    # constant items: no spread at all
+    flat = hierarchical_bootstrap([[2.0, 2.0], [2.0]], n_boot=200)
+    assert flat.lo == flat.mean == flat.hi == 2.0
+
+
+def test_hierarchical_means_resamples_items_inside_groups():
+    # one group: a groups-only bootstrap has no spread; the two-stage one does
+    point, boots = hierarchical_means([np.array([[0.0], [10.0]])], n_boot=500, seed=1)
+    assert point[0] == 5.0
+    assert set(np.round(boots[:, 0], 6)) <= {0.0, 5.0, 10.0}
+    assert boots[:, 0].std() > 1.0
+
+
+def test_coverage_and_false_positive_rate():
+    """Null data: the 95 % interval misses 0 rarely; a real shift is found almost always."""
+    rng = np.random.default_rng(0)
+    false_pos = sum(hierarchical_bootstrap(_groups(rng), n_boot=400, seed=i).excludes(0.0)
+                    for i in range(40))
+    assert false_pos <= 6  # nominal 5 % of 40 = 2; two-stage resampling is conservative
+    hits = sum(hierarchical_bootstrap(_groups(rng, shift=4.0), n_boot=400, seed=i).excludes(0.0)
+               for i in range(20))
+    assert hits >= 18
+
+
+def test_p_values_track_the_interval():
+    rng = np.random.default_rng(3)
+    strong = hierarchical_bootstrap(_groups(rng, shift=5.0), n_boot=1000)
+    null = hierarchical_bootstrap(_groups(rng, shift=0.0, q_sd=0.5), n_boot=1000, seed=2)
+    assert strong.p is not None and strong.p < 0.01 and strong.excludes(0.0)
+    assert null.p is not None and null.p > 0.05 or not null.excludes(0.0)
+    assert bootstrap_p(np.array([1.0, 2.0, 3.0])) == pytest.approx(2 / 4)
+    assert bootstrap_p(np.linspace(-1, 1, 101)) == 1.0
+
+
+def test_holm_adjustment():
+    adj = holm({"a": 0.01, "b": 0.04, "c": 0.03})
+    assert adj["a"] == pytest.approx(0.03)
+    assert adj["c"] == pytest.approx(0.06)
+    assert adj["b"] == pytest.approx(0.06)  # monotone: never below a smaller p's adjustment
+    assert holm({"x": 0.7, "y": 0.9}) == {"x": 1.0, "y": 1.0}
+
+
+def test_power_analysis_matches_simulation():
+    se = 1.5
+    mde = detectable_shift(se)
+    assert mde == pytest.approx(2.8016 * se, rel=1e-3)
+    assert power_at(mde, se) == pytest.approx(0.80, abs=0.005)
+    # simulated normal estimates with that se reject about 80 % of the time at the MDE
+    rng = np.random.default_rng(0)
+    draws = rng.normal(mde, se, 4000)
+    rate = np.mean(np.abs(draws) / se > 1.959964)
+    assert rate == pytest.approx(0.80, abs=0.03)
+
+
+def test_ratio_of_paired_shifts():
+    rng = np.random.default_rng(1)
+    plain = rng.normal(6.0, 1.0, (10, 5))
+    treated = 0.25 * plain + rng.normal(0, 0.2, (10, 5))
+    groups = [np.stack([t, p], axis=1) for t, p in zip(treated, plain)]
+    est = hierarchical_ratio(groups, n_boot=800)
+    assert est.lo < 0.25 < est.hi and est.hi - est.lo < 0.2
+
+
+def _score(margins: dict[str, list[float]], hashes: str = "h") -> LocalScore:
+    pairs = [{"question": q, "pair": j, "margin": m, "margin_per_token": m / 10,
+              "misaligned_preferred": m > 0, "text_hash": f"{hashes}{q}{j}"}
+             for q, ms in margins.items() for j, m in enumerate(ms)]
+    from emprobe.evaluate.local import _summarise
+
+    return _summarise(pairs, n_boot=200, seed=0, meta={})
+
+
+def test_compare_is_paired_by_pair():
+    rng = np.random.default_rng(2)
+    base = {f"q{i}": list(rng.normal(0, 10, 6)) for i in range(12)}
+    # every pair moves by +2 nats: huge spread between pairs, but a perfectly paired shift
+    moved = {q: [m + 2.0 for m in ms] for q, ms in base.items()}
+    a, b = _score(base), _score(moved)
+    cmp = compare(a, b, n_boot=500)
+    assert cmp.per_answer.mean == pytest.approx(2.0)
+    assert cmp.per_answer.lo == pytest.approx(2.0) and cmp.significant()
+    assert cmp.n_pairs == 72 and cmp.n_questions == 12
+    rec = cmp.to_record()
+    assert rec["per_answer"]["p"] < 0.01 and math.isfinite(rec["detectable_per_answer_80"])
+    # unpaired intervals of the two scores overlap although the paired shift is certain
+    assert a.per_answer.hi > b.per_answer.lo
+    ratio = shift_ratio(a, b, b, n_boot=200)
+    assert ratio.mean == pytest.approx(1.0)
+
+
+def test_compare_refuses_different_answers():
+    a = _score({"q": [1.0, 2.0]})
+    with pytest.raises(DataError, match="different answers"):
+        paired_differences(a, _score({"q": [1.0, 2.0]}, hashes="other"))
+    with pytest.raises(DataError, match="different questions"):
+        compare(a, _score({"r": [1.0, 2.0]}))
+
+
+def test_estimate_record_keeps_p_and_se():
+    est = Estimate(1.0, 0.5, 1.5, p=0.01, se=0.2)
+    assert est.to_record() == {"mean": 1.0, "lo": 0.5, "hi": 1.5, "p": 0.01, "se": 0.2}
+    assert Estimate(**est.to_record()) == est
+    assert Estimate(1.0, 0.5, 1.5).to_record() == {"mean": 1.0, "lo": 0.5, "hi": 1.5}
