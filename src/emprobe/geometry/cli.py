@@ -38,17 +38,47 @@ def _cmd_geometry(args: argparse.Namespace) -> int:
     for metric in GEOMETRY_FIGURE_METRICS:
         write_html(heatmap_figure(result, metric), figs / f"heatmap_{metric}.html")
         write_html(layer_figure(result, metric, groups=groups), figs / f"layers_{metric}.html")
-    mean = result.matrix("overlap_right")
-    n = len(labels)
-    off = [float(mean[i, j]) for i in range(n) for j in range(i + 1, n)]
-    print(f"{len(result.modules)} modules x {n} adapters (k={cfg.k})")
-    if off:
-        print(f"mean right-side overlap over pairs: {sum(off) / len(off):.4f} "
-              f"(random k/d: {float(result.random_overlap['right'].mean()):.4f})")
+    print(f"{len(result.modules)} modules x {len(labels)} adapters (k={cfg.k})")
+    for line in summary_lines(result):
+        print(line)
     for name, p in paths.items():
         print(f"wrote {name}: {p}")
     print(f"wrote figures: {figs}")
     return 0
+
+
+def summary_lines(result: object) -> list[str]:
+    """The one-line summary (write side, the headline) and the read side with its caveat.
+
+    Write side: left singular vectors, the output space of ``B``. Read side: right singular
+    vectors (``A``); LoRA's ``A`` starts random and moves little, so with a shared seed its
+    overlap mostly reflects the common initialisation.
+    """
+    n = len(result.labels)  # type: ignore[attr-defined]
+    if n < 2:
+        return []
+    lines = []
+    for side, what in (("left", "write-side (B, output space)"),
+                       ("right", "read-side (A, input space)")):
+        mat = result.matrix(f"overlap_{side}")  # type: ignore[attr-defined]
+        off = [float(mat[i, j]) for i in range(n) for j in range(i + 1, n)]
+        rand = float(result.random_overlap[side].mean())  # type: ignore[attr-defined]
+        line = f"mean {what} overlap over pairs: {sum(off) / len(off):.4f} (random k/d: {rand:.4f})"
+        if side == "right":
+            line += "; reflects the LoRA initialisation when adapters share a seed"
+        lines.append(line)
+    return lines
+
+
+def evaluator_names(labels: list[str], flags: list[str]) -> list[str]:
+    """Distinct names for the ``--data-a/b/c`` loss curves: ``loss_<adapter label>``, or
+    ``loss_<flag>`` where labels repeat (adapter folders are often all called ``adapter``)."""
+    raw = [labels["abc".index(f)] if "abc".index(f) < len(labels) else f for f in flags]
+    names = [f"loss_{r}" if raw.count(r) == 1 else f"loss_{f}" for f, r in zip(flags, raw,
+                                                                              strict=True)]
+    if len(set(names)) < len(names):  # a label equal to another curve's flag
+        names = [f"loss_{f}" for f in flags]
+    return names
 
 
 def _cmd_connectivity(args: argparse.Namespace) -> int:
@@ -69,9 +99,8 @@ def _cmd_connectivity(args: argparse.Namespace) -> int:
     if len(labels) != len(args.adapters):
         raise DataError(f"--labels has {len(labels)} names for {len(args.adapters)} adapters")
     evaluators = {}
-    for flag, path in data.items():
-        idx = "abc".index(flag)
-        name = f"loss_{labels[idx]}" if idx < len(labels) else f"loss_{flag}"
+    for name, (_flag, path) in zip(evaluator_names(labels, list(data)), data.items(),
+                                   strict=True):
         evaluators[name] = loss_evaluator(_read_chats(path), batch_size=args.batch_size,
                                           where=str(path))
     if args.local_score:
