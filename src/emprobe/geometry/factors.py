@@ -27,6 +27,7 @@ from typing import Literal
 import torch
 
 from emprobe.errors import ShapeError
+from emprobe.models.lora import factor_svd_parts
 
 __all__ = [
     "LowRankSVD",
@@ -94,13 +95,15 @@ def _check_factors(B: torch.Tensor, A: torch.Tensor) -> None:
 
 
 def lowrank_svd(B: torch.Tensor, A: torch.Tensor, scale: float = 1.0) -> LowRankSVD:
-    """SVD of ``dW = scale * B @ A`` from the factors (``B [d_out, r]``, ``A [r, d_in]``)."""
+    """SVD of ``dW = scale * B @ A`` from the factors (``B [d_out, r]``, ``A [r, d_in]``).
+
+    The factored form of ``emprobe.models.lora.factor_svd`` (same math, same signs),
+    returned in ``B``'s dtype.
+    """
     _check_factors(B, A)
-    Q_B, R_B = torch.linalg.qr(B)  # [d_out, r], [r, r]
-    Q_A, R_A = torch.linalg.qr(A.mT)  # [d_in, r], [r, r]
-    core = scale * (R_B @ R_A.mT)  # [r, r]
-    U_core, S, Vh_core = torch.linalg.svd(core)
-    return LowRankSVD(Q_left=Q_B, U_core=U_core, S=S, Q_right=Q_A, V_core=Vh_core.mT)
+    parts = factor_svd_parts(B, A, scale)
+    Q_B, U_core, S, Q_A, V_core = (t.to(B.dtype) for t in parts)
+    return LowRankSVD(Q_left=Q_B, U_core=U_core, S=S, Q_right=Q_A, V_core=V_core)
 
 
 def frobenius_inner(

@@ -12,26 +12,15 @@ import os
 import re
 from typing import Any
 
-import torch
-
 from emprobe.directions.direction import Direction
 from emprobe.errors import FormatError, ShapeError
 from emprobe.geometry.adapter import LoraModule
 from emprobe.geometry.adapter import read_adapter as read_lora_adapter
-from emprobe.models.lora import factor_svd as _factor_svd
+from emprobe.models.lora import factor_svd
 
 WRITE_MODULES = ("o_proj", "down_proj", "c_proj", "out_proj", "dense", "fc2", "dense_4h_to_h")
 _LAYER_RE = re.compile(r"\.(?:layers|h|blocks|layer)\.(\d+)\.")
 _KEY_RE = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
-
-
-def factor_svd(B: torch.Tensor, A: torch.Tensor, scale: float = 1.0
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """SVD of ``scale * B @ A`` from the factors: ``(U [d_out, r], S [r], V [d_in, r])``.
-
-    Signs are fixed so each left singular vector's largest-magnitude entry is positive.
-    """
-    return _factor_svd(B, A, scale, fix_signs=True)
 
 
 def read_adapter(adapter_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], list[LoraModule]]:
