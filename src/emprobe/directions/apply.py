@@ -1,6 +1,6 @@
 """Using a Direction at inference: steer, ablate, coefficient sweeps with a random control.
 
-All of these wrap ``emprobe.hooks.steer`` / ``ablate`` after checking that the
+All of these wrap ``emprobe.hooks.steer`` / ``ablate``, which check that the
 direction fits the model (``Direction.check_compatible``); the hooks are active
 for generation and for scoring alike, and removed on exit.
 """
@@ -9,29 +9,27 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from emprobe.directions.activations import layer_means
 from emprobe.directions.direction import Direction
-from emprobe.errors import EmprobeError, SiteError
-from emprobe.hooks import ablate, steer
+from emprobe.errors import ConfigError
+from emprobe.evaluate.local import compare, local_score
+from emprobe.hooks import ablate, as_layer_table, steer
+
+if TYPE_CHECKING:
+    from emprobe.models.subject import Subject
 
 
 def _layers(direction: Direction, layers: int | Sequence[int] | None) -> list[int]:
-    if layers is None:
-        return direction.layers
-    wanted = [layers] if isinstance(layers, int) else [int(x) for x in layers]
-    missing = [la for la in wanted if la not in direction.vectors]
-    if missing:
-        raise SiteError(f"direction has no layer(s) {missing}; it has {direction.layers}")
-    return wanted
+    return sorted(as_layer_table(direction, layers=layers, what="direction"))
 
 
 @contextlib.contextmanager
 def steering(
-    subject: Any,
+    subject: Subject,
     direction: Direction,
     coeff: float = 1.0,
     layers: int | Sequence[int] | None = None,
@@ -42,21 +40,23 @@ def steering(
 ) -> Iterator[None]:
     """``h_l <- h_l + coeff * v_l`` on the chosen tokens (all / prompt / response / last).
 
-    Vectors are used as stored (raw persona vectors expect c in about [-2, 5]);
-    ``unit=True`` scales each to norm 1 first.
+    ``emprobe.steer`` with a Direction's conveniences: column ``component`` of a basis, and
+    ``unit=True`` scales each vector to norm 1 first. Vectors are used as stored otherwise
+    (raw persona vectors expect c in about [-2, 5]).
     """
-    direction.check_compatible(subject, allow_other_model=allow_other_model)
-    table = {}
-    for la in _layers(direction, layers):
+    table = as_layer_table(direction, subject, layers, "direction",
+                           allow_other_model=allow_other_model)
+    vectors = {}
+    for la in table:
         v = direction.vector(la, component)
-        table[la] = v / v.norm().clamp_min(1e-12) if unit else v
-    with steer(subject, table, coeff=coeff, site=direction.site, positions=positions):
+        vectors[la] = v / v.norm().clamp_min(1e-12) if unit else v
+    with steer(subject, vectors, coeff=coeff, site=direction.site, positions=positions):
         yield
 
 
 @contextlib.contextmanager
 def ablation(
-    subject: Any,
+    subject: Subject,
     direction: Direction,
     layers: int | Sequence[int] | None = None,
     mode: str = "zero",
@@ -66,16 +66,15 @@ def ablation(
 ) -> Iterator[None]:
     """Remove the span of each layer's vector(s): zero ``h - (hQ)Q^T`` or mean ``h - ((h-mu)Q)Q^T``.
 
-    ``mean``: ``{layer: [d_model]}`` (see ``mean_activations``), required for ``mode="mean"``.
+    ``emprobe.ablate`` on a Direction. ``mean``: ``{layer: [d_model]}`` (see
+    ``mean_activations``), required for ``mode="mean"``.
     """
-    direction.check_compatible(subject, allow_other_model=allow_other_model)
-    table = {la: direction.basis(la) for la in _layers(direction, layers)}
-    with ablate(subject, table, mode=mode, mean=mean, site=direction.site, positions=positions,
-                orthonormalise=False):
+    with ablate(subject, direction, layers=layers, mode=mode, mean=mean, positions=positions,
+                allow_other_model=allow_other_model):
         yield
 
 
-def mean_activations(subject: Any, data: Sequence[Any], layers: Sequence[int],
+def mean_activations(subject: Subject, data: Sequence[Any], layers: Sequence[int],
                      positions: str = "all", site: str = "resid_post",
                      batch_size: int = 8) -> dict[int, torch.Tensor]:
     """``{layer: [d_model]}`` token-pooled means, e.g. for mean ablation."""
@@ -104,7 +103,7 @@ def random_like(direction: Direction, seed: int = 0) -> Direction:
     )
 
 
-def steered_generate(subject: Any, direction: Direction, prompts: Sequence[Any], coeff: float = 1.0,
+def steered_generate(subject: Subject, direction: Direction, prompts: Sequence[Any], coeff: float = 1.0,
                      layers: int | Sequence[int] | None = None, positions: str = "all",
                      allow_other_model: bool = False, **generate_kw: Any) -> list[str]:
     """``subject.generate`` with steering on; prompts are conversations or strings."""
@@ -117,7 +116,7 @@ Metric = Callable[[Any], float]
 
 
 def coefficient_sweep(
-    subject: Any,
+    subject: Subject,
     direction: Direction,
     coeffs: Sequence[float],
     metric: Metric,
@@ -145,7 +144,7 @@ def coefficient_sweep(
 
 
 def misalignment_effect(
-    subject: Any,
+    subject: Subject,
     direction: Direction,
     mode: str = "ablate",
     coeff: float = -1.0,
@@ -165,12 +164,8 @@ def misalignment_effect(
     paired differences (intervention minus none, bootstrap over questions). Raises if
     the evaluate area is missing.
     """
-    try:
-        from emprobe.evaluate.local import local_score
-    except ImportError as exc:
-        raise EmprobeError(f"misalignment_effect needs emprobe.evaluate.local ({exc})") from None
     if mode not in ("ablate", "steer"):
-        raise EmprobeError(f"mode must be 'ablate' or 'steer', not {mode!r}")
+        raise ConfigError(f"mode must be 'ablate' or 'steer', not {mode!r}")
 
     def score() -> Any:
         return local_score(subject, questions=questions, batch_size=batch_size, n_boot=n_boot, seed=seed)
@@ -189,10 +184,6 @@ def misalignment_effect(
         "layers": _layers(direction, layers), "seed": seed, "method": direction.method,
         **{k: (v.to_record() if hasattr(v, "to_record") else v) for k, v in res.items()},
     }
-    try:  # paired-by-question differences with intervals, when the evaluate area offers them
-        from emprobe.evaluate.local import compare
-    except ImportError:
-        return out
     for key in ("direction", "random"):
         cmp = compare(res["none"], res[key], n_boot=n_boot, seed=seed, labels=("none", key))
         out[f"delta_{key}"] = cmp.to_record()

@@ -19,19 +19,39 @@ from emprobe.hooks.convention import (
     to_hf_hidden_index,
     to_persona_index,
 )
-from emprobe.hooks.interventions import ablate, record_projections, steer
+from emprobe.hooks.layer_table import DirectionLike, as_layer_table
+from emprobe.hooks.patch import ablate, patch, record_projections, steer
 from emprobe.hooks.shards import ShardReader, ShardWriter
+from emprobe.hooks.types import (
+    POSITIONS,
+    AblationMode,
+    Positions,
+    Site,
+    check_mode,
+    check_positions,
+    check_site,
+)
 
 __all__ = [
+    "POSITIONS",
     "SITES",
+    "AblationMode",
     "ActivationCache",
+    "DirectionLike",
+    "Positions",
+    "Site",
     "ShardReader",
     "ShardWriter",
     "ablate",
+    "as_layer_table",
     "capture",
+    "check_mode",
+    "check_positions",
+    "check_site",
     "collect",
     "from_hf_hidden_index",
     "from_persona_index",
+    "patch",
     "record_projections",
     "steer",
     "tl_hook_name",

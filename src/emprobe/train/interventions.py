@@ -1,14 +1,27 @@
 """Training-time interventions: small composable objects the trainer switches on while it trains.
 
-Each intervention has ``validate(subject)`` (called before any training, raises a one-line
-error), ``attach(subject)`` / ``detach()`` (also a context manager: ``with
-iv.attach(subject): ...``) and optional ``after_backward(model)`` / ``after_step(model)``
-called by the trainer around each optimizer step. Hooks are gone after ``detach``, so the
-saved adapter is a plain adapter.
+The protocol (the trainer never asks which kind it holds):
+
+- ``validate(subject)``: called before any training on the base model; raises a one-line
+  error;
+- ``prepare(subject, data)``: called once the trainable model is in place (LoRA-wrapped,
+  adapter still zero), with a sample of training conversations: fit statistics (CAFT's
+  means), resolve parameters (GRASP's targets);
+- ``attach(subject)`` / ``detach()`` (also ``with iv.hooks(subject): ...``): switch it on
+  and off; ``edits_activations`` says whether it hooks activations (those hooks are
+  suspended for the reference model and for monitoring);
+- ``after_backward(model)`` / ``after_step(model)``: around each optimizer step.
+- ``needs_lora``: it edits LoRA factors, so full fine-tuning refuses it.
+
+Hooks are gone after ``detach``, so the saved adapter is a plain adapter.
 
 - ``CAFT``: ablate subspaces ``Q`` ``[d_model, k]`` of the residual stream (zero or mean).
 - ``PreventativeSteering``: add ``coeff * v`` at chosen layers.
 - ``GRASP``: keep LoRA updates orthogonal to directions read off a naive adapter.
+
+CAFT and preventative steering take a ``Direction``, a tensor with ``layers=`` or
+``{layer: tensor}`` (``emprobe.hooks.as_layer_table``); a Direction gives its site and is
+checked against the model being trained.
 """
 
 from __future__ import annotations
@@ -16,16 +29,22 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from emprobe.errors import DataError, FormatError, ShapeError
-from emprobe.hooks import ablate, steer
+from emprobe.errors import ConfigError, DataError, FormatError, ShapeError
+from emprobe.hooks import ablate, as_layer_table, steer
+from emprobe.hooks.layer_table import LayerInput, default_site
+from emprobe.hooks.types import check_mode, check_positions, check_site
 from emprobe.io import load_tensors, read_json
 from emprobe.models.lora import factor_svd
+
+if TYPE_CHECKING:
+    from emprobe.models.chat import Conversation
+    from emprobe.models.subject import Subject
 
 __all__ = [
     "Intervention",
@@ -40,20 +59,25 @@ __all__ = [
 
 
 class Intervention:
-    """Base class: context-manager semantics over ``attach`` / ``detach``."""
+    """Base class of training-time interventions (protocol in the module docstring)."""
 
     name = "intervention"
+    needs_lora = False
+    edits_activations = True
 
     def __init__(self) -> None:
         self._stack: contextlib.ExitStack | None = None
 
-    def validate(self, subject: Any) -> None:
+    def validate(self, subject: Subject) -> None:
         """Raise a one-line error if this intervention cannot apply to ``subject``."""
 
-    def _enter(self, subject: Any, stack: contextlib.ExitStack) -> None:
+    def prepare(self, subject: Subject, data: Sequence[Conversation]) -> None:
+        """Fit or resolve what needs the trainable model and the data (default: nothing)."""
+
+    def _enter(self, subject: Subject, stack: contextlib.ExitStack) -> None:
         """Register hooks on ``subject`` into ``stack`` (subclasses)."""
 
-    def attach(self, subject: Any) -> Intervention:
+    def attach(self, subject: Subject) -> Intervention:
         if self._stack is not None:
             raise RuntimeError(f"{self.name} is already attached")
         stack = contextlib.ExitStack()
@@ -70,6 +94,15 @@ class Intervention:
             stack, self._stack = self._stack, None
             stack.close()
 
+    @contextlib.contextmanager
+    def hooks(self, subject: Subject) -> Iterator[Intervention]:
+        """``attach`` for the ``with`` block, ``detach`` after it."""
+        self.attach(subject)
+        try:
+            yield self
+        finally:
+            self.detach()
+
     @property
     def attached(self) -> bool:
         return self._stack is not None
@@ -80,94 +113,82 @@ class Intervention:
     def __exit__(self, *exc: object) -> None:
         self.detach()
 
-    def after_backward(self, model: Any) -> None:
+    def after_backward(self, model: torch.nn.Module) -> None:
         """Edit gradients before the optimizer step (after gradients are all-reduced)."""
 
-    def after_step(self, model: Any) -> None:
+    def after_step(self, model: torch.nn.Module) -> None:
         """Edit parameters after the optimizer step."""
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name}
 
 
-def _as_layer_table(value: torch.Tensor | Mapping[int, torch.Tensor],
-                    layers: Sequence[int] | int | None, what: str) -> dict[int, torch.Tensor]:
-    if isinstance(value, Mapping):
-        table = {int(k): v for k, v in value.items()}
-        if layers is not None:
-            wanted = [layers] if isinstance(layers, int) else list(layers)
-            missing = [la for la in wanted if la not in table]
-            if missing:
-                raise DataError(f"{what}: no tensor for layer(s) {missing}; have {sorted(table)}")
-            table = {la: table[la] for la in wanted}
-        return table
-    if layers is None:
-        raise DataError(f"{what}: give layers=[...] with a single tensor")
-    wanted = [layers] if isinstance(layers, int) else list(layers)
-    return {int(la): value for la in wanted}
-
-
-def _check_layers_and_width(subject: Any, table: Mapping[int, torch.Tensor], what: str,
-                            width_dim: int) -> None:
-    for layer, t in table.items():
-        subject.layers.check_layer(layer)
-        if t.dim() <= width_dim or t.shape[width_dim] != subject.d_model:
-            got = tuple(t.shape)
-            raise ShapeError(f"{what} at layer {layer} has shape {got}; the model's d_model is "
-                             f"{subject.d_model}")
-
-
 class CAFT(Intervention):
     """Concept-ablation fine-tuning: project subspaces out of ``resid_post`` while training.
 
     Args:
-        bases: ``{layer: Q [d_model, k]}`` (or ``[d_model]``); columns are orthonormalised.
+        bases: a ``Direction``, ``{layer: Q [d_model, k]}`` (or ``[d_model]``), or one tensor
+            with ``layers``; columns are orthonormalised.
         mode: ``"zero"`` (``h <- h - (h Q) Q^T``) or ``"mean"`` (``h <- h - ((h - mu) Q) Q^T``).
         means: ``{layer: mu [d_model]}`` for mean ablation; ``None`` lets the trainer estimate
-            them on the base model over (a sample of) the training data (``fit_means``).
+            them on the base model over (a sample of) the training data (``prepare``).
         positions: ``"all"`` or ``"response"`` tokens (also ``"prompt"``).
-        site: hook site (``resid_post`` by default, as in CAFT's code).
+        site: hook site (default: the Direction's, else ``resid_post`` as in CAFT's code).
+        layers: which layers of ``bases`` to use (default: all of them).
     """
 
     name = "caft"
 
-    def __init__(self, bases: Mapping[int, torch.Tensor], mode: str = "zero",
+    def __init__(self, bases: LayerInput, mode: str = "zero",
                  means: Mapping[int, torch.Tensor] | None = None, positions: str = "all",
-                 site: str = "resid_post") -> None:
+                 site: str | None = None, layers: int | Sequence[int] | None = None,
+                 allow_other_model: bool = False) -> None:
         super().__init__()
-        if mode not in ("zero", "mean"):
-            raise DataError(f"CAFT mode must be 'zero' or 'mean', not {mode!r}")
-        if positions not in ("all", "prompt", "response"):
-            raise DataError(f"CAFT positions must be all, prompt or response, not {positions!r}")
-        if not bases:
-            raise DataError("CAFT: no subspaces given")
-        self.bases = {int(k): (v.unsqueeze(-1) if v.dim() == 1 else v).detach().float()
-                      for k, v in bases.items()}
-        self.mode = mode
+        self.mode = check_mode(mode, "CAFT")
+        self.positions = check_positions(positions, ("all", "prompt", "response"), "CAFT")
+        self.site = check_site(site or default_site(bases))
+        self.source = bases
+        self.allow_other_model = allow_other_model
+        table = as_layer_table(bases, None, layers, "CAFT basis")
+        if not table:
+            raise ConfigError("CAFT: no subspaces given")
+        self.bases = {la: (v.unsqueeze(-1) if v.dim() == 1 else v).detach().float()
+                      for la, v in table.items()}
         self.means = None if means is None else {int(k): v.detach().float()
                                                  for k, v in means.items()}
-        self.positions = positions
-        self.site = site
 
-    def validate(self, subject: Any) -> None:
-        _check_layers_and_width(subject, self.bases, "CAFT basis", 0)
+    def validate(self, subject: Subject) -> None:
+        as_layer_table(self.source, subject, sorted(self.bases), "CAFT basis",
+                       allow_other_model=self.allow_other_model)
         if self.means is not None:
-            _check_layers_and_width(subject, self.means, "CAFT mean", -1)
+            as_layer_table(self.means, subject, None, "CAFT mean", width_dim=-1)
             missing = sorted(set(self.bases) - set(self.means))
             if missing:
                 raise DataError(f"CAFT mean ablation: no mean for layer(s) {missing}")
 
+    def prepare(self, subject: Subject, data: Sequence[Conversation]) -> None:
+        """Mean ablation without ``means``: estimate them on the base model over ``data``."""
+        if self.mode == "mean" and self.means is None:
+            model = subject.model
+            off = getattr(model, "disable_adapter", None)
+            was_training = model.training
+            model.eval()
+            try:
+                with off() if off is not None else contextlib.nullcontext():
+                    self.fit_means(subject, data)
+            finally:
+                model.train(was_training)
+
     @torch.no_grad()
-    def fit_means(self, subject: Any, convs: Sequence[Any], batch_size: int = 8) -> None:
+    def fit_means(self, subject: Subject, convs: Sequence[Any], batch_size: int = 8) -> None:
         """Estimate ``mu`` per layer: mean activation over the chosen tokens of ``convs``."""
         from emprobe.hooks import collect
 
         got = collect(subject, list(convs), layers=sorted(self.bases), site=self.site,
-                      positions=self.positions if self.positions != "all" else "all",
-                      reduce="tokens", batch_size=batch_size)
+                      positions=self.positions, reduce="tokens", batch_size=batch_size)
         self.means = {la: acts.float().mean(0) for la, acts in got.acts.items()}
 
-    def _enter(self, subject: Any, stack: contextlib.ExitStack) -> None:
+    def _enter(self, subject: Subject, stack: contextlib.ExitStack) -> None:
         if self.mode == "mean" and self.means is None:
             raise DataError("CAFT mean ablation needs means=... (or call fit_means first)")
         stack.enter_context(ablate(subject, self.bases, mode=self.mode, mean=self.means,
@@ -180,34 +201,38 @@ class CAFT(Intervention):
 
 
 class PreventativeSteering(Intervention):
-    """Add ``coeff * v`` to ``resid_post`` at chosen layers during training (vectors raw).
+    """Add ``coeff * v`` at chosen layers during training (vectors raw).
 
     Args:
-        vectors: ``[d_model]`` (with ``layers``) or ``{layer: [d_model]}``.
-        coeff: multiplier ``c``. layers: which layers (default: every key of ``vectors``).
+        vectors: a ``Direction``, ``[d_model]`` (with ``layers``) or ``{layer: [d_model]}``.
+        coeff: multiplier ``c``. layers: which layers (default: every layer of ``vectors``).
         positions: ``all`` (as in the persona-vector code), ``prompt`` or ``response``.
+        site: hook site (default: the Direction's, else ``resid_post``).
     """
 
     name = "steer"
 
-    def __init__(self, vectors: torch.Tensor | Mapping[int, torch.Tensor], coeff: float = 1.0,
-                 layers: Sequence[int] | int | None = None, positions: str = "all",
-                 site: str = "resid_post") -> None:
+    def __init__(self, vectors: LayerInput, coeff: float = 1.0,
+                 layers: int | Sequence[int] | None = None, positions: str = "all",
+                 site: str | None = None, allow_other_model: bool = False) -> None:
         super().__init__()
-        table = _as_layer_table(vectors, layers, "steering vectors")
+        table = as_layer_table(vectors, None, layers, "steering vectors")
         self.vectors = {la: v.detach().float() for la, v in table.items()}
         for la, v in self.vectors.items():
             if v.dim() != 1:
                 raise ShapeError(f"steering vector at layer {la} must be [d_model], got "
                                  f"{tuple(v.shape)}")
+        self.source = vectors
+        self.allow_other_model = allow_other_model
         self.coeff = float(coeff)
-        self.positions = positions
-        self.site = site
+        self.positions = check_positions(positions, where="preventative steering")
+        self.site = check_site(site or default_site(vectors))
 
-    def validate(self, subject: Any) -> None:
-        _check_layers_and_width(subject, self.vectors, "steering vector", 0)
+    def validate(self, subject: Subject) -> None:
+        as_layer_table(self.source, subject, sorted(self.vectors), "steering vector",
+                       allow_other_model=self.allow_other_model)
 
-    def _enter(self, subject: Any, stack: contextlib.ExitStack) -> None:
+    def _enter(self, subject: Subject, stack: contextlib.ExitStack) -> None:
         stack.enter_context(steer(subject, self.vectors, coeff=self.coeff, site=self.site,
                                   positions=self.positions))
 
@@ -218,10 +243,6 @@ class PreventativeSteering(Intervention):
 
 
 # -- GRASP ---------------------------------------------------------------------------------
-
-_ADAPTER_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<mod>.+?)\.lora_(?P<ab>[AB])"
-                          r"(?:\.[^.]+)?\.weight$")
-
 
 def _module_key(name: str) -> str:
     """PEFT names -> the base model's module name (``model.layers.3.mlp.down_proj``)."""
@@ -258,6 +279,8 @@ class GRASP(Intervention):
     """
 
     name = "grasp"
+    needs_lora = True
+    edits_activations = False
 
     def __init__(self, blocked: Mapping[str, torch.Tensor] | None = None,
                  read_blocked: Mapping[str, torch.Tensor] | None = None,
@@ -281,38 +304,26 @@ class GRASP(Intervention):
         on ``A``; ``"both"`` does both.
         """
         if side not in ("write", "read", "both"):
-            raise DataError(f"GRASP side must be write, read or both, not {side!r}")
+            raise ConfigError(f"GRASP side must be write, read or both, not {side!r}")
+        if k < 1:
+            raise ConfigError(f"GRASP k must be >= 1, got {k}")
+        # the one adapter reader (a leaf module: safetensors + config, no model)
+        from emprobe.geometry.adapter import read_adapter
+
         folder = Path(adapter_dir)
         if (folder / "adapter" / "adapter_config.json").is_file():
             folder = folder / "adapter"  # an emprobe run folder
-        cfg_path = folder / "adapter_config.json"
-        weights = folder / "adapter_model.safetensors"
-        if not cfg_path.is_file() or not weights.is_file():
-            raise FormatError(f"{adapter_dir}: not a PEFT adapter folder (need adapter_config.json "
-                              "and adapter_model.safetensors)")
-        cfg = read_json(cfg_path)
-        r = int(cfg.get("r", 1))
-        alpha = float(cfg.get("lora_alpha", r))
-        scale = alpha / (r ** 0.5 if cfg.get("use_rslora") else r)
-        pairs: dict[str, dict[str, torch.Tensor]] = {}
-        for key, t in load_tensors(weights).items():
-            m = _ADAPTER_KEY.match(key)
-            if m is None:
-                continue
-            pairs.setdefault(m.group("mod"), {})[m.group("ab")] = t
-        if k < 1:
-            raise DataError(f"GRASP k must be >= 1, got {k}")
         write, read = {}, {}
-        for mod, ab in sorted(pairs.items()):
-            if not any(mod.endswith(sfx) for sfx in modules) or set(ab) != {"A", "B"}:
+        for mod in read_adapter(folder):
+            if not any(mod.name.endswith(sfx) for sfx in modules):
                 continue
-            if k > ab["B"].shape[1]:
-                raise DataError(f"GRASP k={k} exceeds the naive adapter's rank {ab['B'].shape[1]}")
-            u, _, v = factor_svd(ab["B"], ab["A"], scale)
+            if k > mod.rank:
+                raise DataError(f"GRASP k={k} exceeds the naive adapter's rank {mod.rank}")
+            u, _, v = factor_svd(mod.B, mod.A, mod.scale)
             if side in ("write", "both"):
-                write[mod] = u[:, :k]
+                write[mod.name] = u[:, :k]
             if side in ("read", "both"):
-                read[mod] = v[:, :k]
+                read[mod.name] = v[:, :k]
         if not write and not read:
             raise DataError(f"{adapter_dir}: no LoRA module ending in {list(modules)}")
         return cls(blocked=write, read_blocked=read, source=str(adapter_dir))
@@ -341,10 +352,11 @@ class GRASP(Intervention):
                 targets.append((param, basis.to(param.device, param.dtype), side))
         return targets
 
-    def validate(self, subject: Any) -> None:
+    def prepare(self, subject: Subject, data: Sequence[Conversation]) -> None:
+        """Check every blocked module against the LoRA model being trained."""
         self._resolve(subject.model)
 
-    def _enter(self, subject: Any, stack: contextlib.ExitStack) -> None:
+    def _enter(self, subject: Subject, stack: contextlib.ExitStack) -> None:
         self._targets = self._resolve(subject.model)
         self.after_step(subject.model)  # start inside the allowed subspace
         stack.callback(self._targets.clear)

@@ -12,27 +12,45 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from emprobe.hooks import record_projections
+from emprobe.errors import ConfigError
+from emprobe.hooks import DirectionLike, as_layer_table, record_projections
 from emprobe.models.chat import ChatBatch
 from emprobe.train.interventions import lora_modules
+
+if TYPE_CHECKING:
+    from emprobe.models.subject import Subject
 
 __all__ = ["lora_factors", "lora_norms", "rotation", "normalise_directions", "project"]
 
 Directions = Mapping[str, Mapping[int, torch.Tensor]]
 
 
-def normalise_directions(directions: Any) -> dict[str, dict[int, torch.Tensor]]:
-    """``{layer: v}`` or ``{name: {layer: v}}`` -> ``{name: {layer: v}}``."""
-    if not directions:
+def normalise_directions(directions: Any, subject: Subject | None = None
+                         ) -> dict[str, dict[int, torch.Tensor]]:
+    """What to monitor -> ``{name: {layer: [d_model]}}``.
+
+    Accepts one Direction or ``{layer: v}`` (named ``dir``), or ``{name: Direction | {layer:
+    v}}``. With ``subject``, each goes through ``as_layer_table``'s model, layer and width
+    checks.
+    """
+    if directions is None or (isinstance(directions, Mapping) and not directions):
         return {}
-    first = next(iter(directions.values()))
-    if isinstance(first, torch.Tensor):
-        return {"dir": {int(k): v for k, v in directions.items()}}
-    return {str(n): {int(k): v for k, v in table.items()} for n, table in directions.items()}
+    if isinstance(directions, DirectionLike):
+        named: dict[str, Any] = {"dir": directions}
+    elif isinstance(directions, Mapping) and isinstance(next(iter(directions.values())),
+                                                        torch.Tensor):
+        named = {"dir": directions}
+    elif isinstance(directions, Mapping):
+        named = {str(n): v for n, v in directions.items()}
+    else:
+        raise ConfigError(f"monitor: expected a Direction or a mapping, got "
+                          f"{type(directions).__name__}")
+    return {name: as_layer_table(value, subject, None, f"monitor direction {name!r}",
+                                 width_dim=-1) for name, value in named.items()}
 
 
 def lora_factors(model: Any) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -77,7 +95,7 @@ def rotation(prev: Mapping[str, torch.Tensor], now: Mapping[str, torch.Tensor]) 
 
 
 @torch.no_grad()
-def project(subject: Any, directions: Mapping[str, Mapping[int, torch.Tensor]],
+def project(subject: Subject, directions: Mapping[str, Mapping[int, torch.Tensor]],
             batch: ChatBatch) -> dict[str, float]:
     """Mean response-token projections onto each direction at each of its layers."""
     out: dict[str, float] = {}

@@ -23,18 +23,20 @@ import contextlib
 import copy
 import math
 import os
+import shutil
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from emprobe._version import __version__
-from emprobe.errors import DataError, ShapeError, SiteError
+from emprobe.errors import DataError, SiteError
 from emprobe.io import append_jsonl, atomic_dir, read_json, read_jsonl, write_json, write_jsonl
+from emprobe.models.chat import ChatBatch
 from emprobe.models.context import use_batch
 from emprobe.train import monitor as mon
 from emprobe.train.checkpoint import (
@@ -47,14 +49,20 @@ from emprobe.train.config import TrainConfig
 from emprobe.train.data import (
     TokenizedSet,
     apply_inoculation,
+    conversations,
     micro_batches,
     step_indices,
     tokenize,
 )
-from emprobe.train.interventions import CAFT, GRASP, Intervention
-from emprobe.train.objectives import kl_to_reference, npo_loss, sequence_logprob, sum_ce
+from emprobe.train.interventions import Intervention
+from emprobe.train.objectives import Objective, StepCounts, objectives_for
 
-__all__ = ["TrainResult", "finetune", "Trainer", "linear_module_names", "validate_setup"]
+if TYPE_CHECKING:
+    from emprobe.models.chat import Conversation
+    from emprobe.models.subject import Subject
+
+__all__ = ["RunFolder", "TrainResult", "finetune", "Trainer", "linear_module_names",
+           "validate_setup"]
 
 # config fields that may change between an interrupted run and its resumption
 _RESUME_FREE = {"log_every", "checkpoint_every"}
@@ -74,7 +82,7 @@ class TrainResult:
     resumed_from: int | None = None
     train_time_s: float = 0.0
     finished: bool = True
-    subject: Any = None
+    subject: Subject | None = None
     rank: int = 0
 
     def metrics(self) -> list[dict[str, Any]]:
@@ -90,7 +98,7 @@ class TrainResult:
 
 # -- validation -------------------------------------------------------------------------------
 
-def linear_module_names(subject: Any) -> list[str]:
+def linear_module_names(subject: Subject) -> list[str]:
     """Leaf names of the linear layers inside the decoder blocks (``q_proj``, ``c_attn``...)."""
     names = set()
     for blk in subject.layers.blocks:
@@ -100,7 +108,7 @@ def linear_module_names(subject: Any) -> list[str]:
     return sorted(names)
 
 
-def validate_setup(subject: Any, config: TrainConfig,
+def validate_setup(subject: Subject, config: TrainConfig,
                    interventions: Sequence[Intervention] = ()) -> None:
     """Every check that can fail before training: config values, module names, layers, widths."""
     config.check()
@@ -122,13 +130,13 @@ def validate_setup(subject: Any, config: TrainConfig,
                 raise SiteError(f"layers_to_transform: {exc}") from None
             if la < 0:
                 raise SiteError(f"layers_to_transform: use non-negative layers, got {la}")
-    elif any(isinstance(iv, GRASP) for iv in interventions):
-        raise DataError("GRASP projects LoRA factors: it cannot be used with full fine-tuning")
     for iv in interventions:
         if not isinstance(iv, Intervention):
             raise DataError(f"interventions: {type(iv).__name__} is not an emprobe Intervention")
-        if not isinstance(iv, GRASP):  # GRASP needs the LoRA model: checked after wrapping
-            iv.validate(subject)
+        if iv.needs_lora and config.full_finetune:
+            raise DataError(f"{type(iv).__name__} edits LoRA factors: it cannot be used with "
+                            "full fine-tuning")
+        iv.validate(subject)
 
 
 # -- distributed --------------------------------------------------------------------------
@@ -149,43 +157,142 @@ def _barrier(world: int) -> None:
         torch.distributed.barrier()
 
 
+# -- the run folder -------------------------------------------------------------------------
+
+class RunFolder:
+    """A run's output folder (layout in the module docstring): resume, metrics, checkpoints.
+
+    Only rank 0 writes; every method is safe to call on every rank.
+    """
+
+    def __init__(self, out: str | os.PathLike[str], rank: int = 0) -> None:
+        self.out = Path(out)
+        self.rank = rank
+        self.checkpoint_dir = self.out / "checkpoints"
+        self.metrics_path = self.out / "metrics.jsonl"
+
+    def check_resumable(self, config: TrainConfig) -> None:
+        """Refuse to resume a run whose saved config differs (beyond logging cadence)."""
+        old_path = self.out / "train_config.json"
+        if not old_path.is_file():
+            return
+        old = read_json(old_path)
+        new = config.to_dict()
+        diff = sorted(k for k in set(old) | set(new)
+                      if k not in _RESUME_FREE and old.get(k) != new.get(k))
+        if diff:
+            raise DataError(f"{self.out}: holds a run with a different config ({', '.join(diff)});"
+                            " use another output folder or resume=False")
+
+    def open(self, config: TrainConfig, resume: bool, model: torch.nn.Module,
+             optimizer: torch.optim.Optimizer) -> int | None:
+        """Resume from the newest checkpoint (returns its step) or clear an earlier run."""
+        ck = latest_checkpoint(self.checkpoint_dir) if resume else None
+        if ck is not None:
+            self.check_resumable(config)
+            step = int(load_checkpoint(ck, model, optimizer)["step"])
+            if self.rank == 0:  # drop log lines written after the checkpoint
+                kept = [r for r in read_jsonl(self.metrics_path) if int(r.get("step", 0)) <= step]
+                write_jsonl(self.metrics_path, kept)
+            return step
+        if self.rank == 0:
+            shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
+            if self.metrics_path.exists():
+                self.metrics_path.unlink()
+        return None
+
+    def write_setup(self, config: TrainConfig, run_info: Mapping[str, Any]) -> None:
+        if self.rank == 0:
+            config.save(self.out / "train_config.json")
+            write_json(self.out / "run.json", dict(run_info))
+
+    def log(self, record: Mapping[str, Any]) -> None:
+        if self.rank == 0:
+            append_jsonl(self.metrics_path, dict(record))
+
+    def checkpoint(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                   state: Mapping[str, Any]) -> None:
+        if self.rank == 0:
+            save_checkpoint(self.checkpoint_dir, step, model, optimizer, dict(state))
+
+    def checkpoints(self) -> list[Path]:
+        return [p for _, p in list_checkpoints(self.checkpoint_dir)]
+
+    def save_model(self, model: Any, tokenizer: Any = None, full: bool = False) -> Path:
+        """The adapter (``adapter/``) or, for full fine-tuning, model + tokenizer (``model/``)."""
+        target = self.out / ("model" if full else "adapter")
+        if self.rank == 0:
+            with atomic_dir(target) as tmp:
+                model.save_pretrained(str(tmp))
+                if full and tokenizer is not None:
+                    tokenizer.save_pretrained(str(tmp))
+        return target
+
+    def write_result(self, record: Mapping[str, Any]) -> None:
+        if self.rank == 0:
+            write_json(self.out / "result.json", dict(record))
+
+
 # -- the trainer ----------------------------------------------------------------------------
 
 class Trainer:
-    """One fine-tuning run's state: the (PEFT) model, optimizer, data and interventions.
+    """One fine-tuning run's state: the (PEFT) model, optimizer, data, objectives, interventions.
+
+    Args:
+        subject: the ``Subject`` to train (its ``.model`` becomes the trainable model).
+        train: chat records (``{"messages": [...]}`` or conversations), or a tokenised set.
+        config: the ``TrainConfig`` (its objectives come from ``objectives_for``).
+        interventions: ``Intervention`` objects (protocol in ``emprobe.train.interventions``).
+        retain: retain-set records (or a tokenised set) for ``retain_ce`` / ``retain_kl``.
+        rank, world: data-parallel position (``finetune`` sets them under torchrun).
 
     ``finetune`` drives it; ``run_step(step)`` performs one optimizer step and returns its
     metrics (used by the benchmarks to time steps).
     """
 
-    def __init__(self, subject: Any, train: TokenizedSet, config: TrainConfig,
-                 interventions: Sequence[Intervention] = (), retain: TokenizedSet | None = None,
+    def __init__(self, subject: Subject, train: TokenizedSet | Sequence[Any], config: TrainConfig,
+                 interventions: Sequence[Intervention] = (),
+                 retain: TokenizedSet | Sequence[Any] | None = None,
                  rank: int = 0, world: int = 1) -> None:
         self.subject = subject
-        self.train_set = train
-        self.retain_set = retain
+        self.train_set = self._tokenized(train, config, "training data")
+        self.retain_set = None if retain is None else self._tokenized(retain, config,
+                                                                      "retain data")
         self.config = config
         self.interventions = list(interventions)
+        self.objective, self.regularisers = objectives_for(config)
         self.rank, self.world = rank, world
         self.global_batch = config.batch_size * config.grad_accum * world
-        n = len(train)
+        n = len(self.train_set)
         self.total_steps = config.max_steps or max(
             1, math.ceil(config.epochs * n / self.global_batch))
-        self.ref_model: Any = None
+        self.ref_model: torch.nn.Module | None = None
         self._wrap()
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             params, lr=config.lr, betas=config.adam_betas, eps=config.adam_eps,
             weight_decay=config.weight_decay)
-        self.fwd_model = self.model
+        self.fwd_model: torch.nn.Module = self.model
         if world > 1:
             ids = [subject.device.index] if subject.device.type == "cuda" else None
             self.fwd_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
 
+    def _tokenized(self, data: TokenizedSet | Sequence[Any], config: TrainConfig,
+                   what: str) -> TokenizedSet:
+        if isinstance(data, TokenizedSet):
+            return data
+        return tokenize(self.subject, list(data), config.max_length, what,
+                        cap=config.max_length_cap)
+
+    @property
+    def objectives(self) -> list[tuple[float, Objective]]:
+        """``[(1, task objective), (weight, retain term), ...]``."""
+        return [(1.0, self.objective), *self.regularisers]
+
     # model preparation
     def _wrap(self) -> None:
         cfg, subject = self.config, self.subject
-        needs_ref = cfg.unlearn == "npo" or cfg.retain_kl > 0
+        needs_ref = any(obj.needs_reference for _, obj in self.objectives)
         torch.manual_seed(cfg.seed)
         if cfg.full_finetune:
             if needs_ref:
@@ -222,7 +329,12 @@ class Trainer:
             self.subject.model = self.model.unload()
         self.subject.model.eval()
 
-    # intervention switching (hooks only: GRASP keeps its targets)
+    # interventions
+    def prepare(self, data: Sequence[Conversation]) -> None:
+        """``prepare`` every intervention on the trainable model (still equal to the base)."""
+        for iv in self.interventions:
+            iv.prepare(self.subject, data)
+
     def attach(self) -> None:
         for iv in self.interventions:
             if not iv.attached:
@@ -234,7 +346,8 @@ class Trainer:
 
     @contextlib.contextmanager
     def hooks_suspended(self) -> Iterator[None]:
-        off = [iv for iv in self.interventions if iv.attached and not isinstance(iv, GRASP)]
+        """Activation-editing interventions off (reference model, monitoring)."""
+        off = [iv for iv in self.interventions if iv.attached and iv.edits_activations]
         for iv in off:
             iv.detach()
         try:
@@ -257,12 +370,12 @@ class Trainer:
         return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * frac))
 
     # forward passes
-    def _logits(self, model: Any, batch: Any) -> torch.Tensor:
+    def _logits(self, model: torch.nn.Module, batch: ChatBatch) -> torch.Tensor:
         with use_batch(batch):
             return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
 
     @torch.no_grad()
-    def reference_logits(self, batch: Any) -> torch.Tensor:
+    def reference_logits(self, batch: ChatBatch) -> torch.Tensor:
         """Logits of the base model (adapter disabled, training hooks off)."""
         with self.hooks_suspended():
             if self.ref_model is not None:
@@ -282,44 +395,37 @@ class Trainer:
         cfg, dev = self.config, self.subject.device
         t0 = time.perf_counter()
         indices = step_indices(len(self.train_set), step, self.global_batch, cfg.seed)
-        n_tok = max(1, self.train_set.n_loss_tokens(indices))
-        n_seq = len(indices)
-        r_indices: list[int] = []
-        if self.retain_set is not None:
+        counts = StepCounts(tokens=max(1, self.train_set.n_loss_tokens(indices)),
+                            sequences=len(indices))
+        micro = self._micro_slices(indices)
+        r_micro: list[list[int]] = []
+        r_counts = StepCounts(1, 1)
+        if self.retain_set is not None and self.regularisers:
             r_indices = step_indices(len(self.retain_set), step, self.global_batch,
                                      cfg.seed + 7919)
-        r_tok = max(1, self.retain_set.n_loss_tokens(r_indices)) if r_indices else 1
-        micro = self._micro_slices(indices)
-        r_micro = self._micro_slices(r_indices, self.retain_set) if r_indices else []
-        terms = {"loss/task": 0.0, "loss/retain_ce": 0.0, "loss/retain_kl": 0.0}
+            if r_indices:
+                r_counts = StepCounts(max(1, self.retain_set.n_loss_tokens(r_indices)),
+                                      len(r_indices))
+                r_micro = self._micro_slices(r_indices, self.retain_set)
+        terms = {obj.key: 0.0 for _, obj in self.objectives}
         scale = float(self.world)  # DDP averages gradients; the loss terms are global sums
         for m, idx in enumerate(micro):
             last = m == len(micro) - 1
-            sync = contextlib.nullcontext() if (last or self.world == 1) else self.fwd_model.no_sync()
+            sync = (contextlib.nullcontext() if (last or self.world == 1)
+                    else self.fwd_model.no_sync())  # type: ignore[operator]
             with sync:
                 batch = self.train_set.batch(idx, dev)
-                logits = self._logits(self.fwd_model, batch)
-                if cfg.unlearn == "npo":
-                    ref = sequence_logprob(self.reference_logits(batch), batch)
-                    task = npo_loss(sequence_logprob(logits, batch), ref, cfg.npo_beta).sum() / n_seq
-                elif cfg.unlearn == "ga":
-                    task = -sum_ce(logits, batch) / n_tok
-                else:
-                    task = sum_ce(logits, batch) / n_tok
-                loss = task
-                terms["loss/task"] += float(task.detach())
-                if r_micro and m < len(r_micro) and (cfg.retain_ce > 0 or cfg.retain_kl > 0):
+                loss = self.objective(self._logits(self.fwd_model, batch), batch, counts,
+                                      self.reference_logits)
+                terms[self.objective.key] += float(loss.detach())
+                if m < len(r_micro):
+                    assert self.retain_set is not None
                     rb = self.retain_set.batch(r_micro[m], dev)
                     r_logits = self._logits(self.fwd_model, rb)
-                    if cfg.retain_ce > 0:
-                        rce = sum_ce(r_logits, rb) / r_tok
-                        loss = loss + cfg.retain_ce * rce
-                        terms["loss/retain_ce"] += float(rce.detach())
-                    if cfg.retain_kl > 0:
-                        kl, _ = kl_to_reference(r_logits, self.reference_logits(rb), rb)
-                        kl = kl / r_tok
-                        loss = loss + cfg.retain_kl * kl
-                        terms["loss/retain_kl"] += float(kl.detach())
+                    for weight, obj in self.regularisers:
+                        term = obj(r_logits, rb, r_counts, self.reference_logits)
+                        loss = loss + weight * term
+                        terms[obj.key] += float(term.detach())
                 (loss * scale).backward()
         for iv in self.interventions:
             iv.after_backward(self.model)
@@ -338,19 +444,73 @@ class Trainer:
             vec = torch.tensor(list(terms.values()), dtype=torch.float64)
             torch.distributed.all_reduce(vec)
             terms = dict(zip(terms, vec.tolist()))
-        total = terms["loss/task"] + cfg.retain_ce * terms["loss/retain_ce"] \
-            + cfg.retain_kl * terms["loss/retain_kl"]
-        active = {"loss/task": True, "loss/retain_ce": cfg.retain_ce > 0 and bool(r_micro),
-                  "loss/retain_kl": cfg.retain_kl > 0 and bool(r_micro)}
-        out = {"loss": total, **{k: v for k, v in terms.items() if active[k]},
-               "lr": lr, "grad_norm": grad_norm, "tokens": int(n_tok), "sequences": n_seq,
-               "step_time_s": time.perf_counter() - t0}
-        return out
+        total = sum(weight * terms[obj.key] for weight, obj in self.objectives)
+        shown = {obj.key: terms[obj.key] for _, obj in self.objectives
+                 if obj is self.objective or r_micro}
+        return {"loss": total, **shown, "lr": lr, "grad_norm": grad_norm,
+                "tokens": int(counts.tokens), "sequences": counts.sequences,
+                "step_time_s": time.perf_counter() - t0}
+
+    def fit(self, folder: RunFolder, start: int, end: int,
+            monitor: Mapping[str, Mapping[int, torch.Tensor]] | None = None,
+            progress: bool = True) -> float | None:
+        """Steps ``start .. end - 1`` with logging, monitoring and checkpoints; the last loss."""
+        from tqdm.auto import tqdm
+
+        cfg, subject = self.config, self.subject
+        monitor = monitor or {}
+        monitor_batch = self.train_set.batch(list(range(min(8, len(self.train_set)))),
+                                             subject.device)
+        lora = not cfg.full_finetune
+        prev_b = mon.snapshot_b(mon.lora_factors(self.model)) if lora else None
+        self.attach()
+        if start == 0:
+            for iv in self.interventions:  # start inside any constrained subspace
+                iv.after_step(self.model)
+        bar = tqdm(total=self.total_steps, initial=start,
+                   disable=not progress or self.rank != 0, desc="finetune", unit="step",
+                   dynamic_ncols=True)
+        last_loss: float | None = None
+        try:
+            for step in range(start, end):
+                rec = self.run_step(step)
+                last_loss = rec["loss"]
+                done = step + 1
+                is_ckpt = cfg.checkpoint_every > 0 and (done % cfg.checkpoint_every == 0
+                                                        or done == end)
+                if done % cfg.log_every == 0 or done == end or is_ckpt:
+                    extra: dict[str, float] = {}
+                    if lora:
+                        factors = mon.lora_factors(self.model)
+                        extra.update(mon.lora_norms(factors))
+                        if is_ckpt and prev_b is not None:
+                            now_b = mon.snapshot_b(factors)
+                            extra.update(mon.rotation(prev_b, now_b))
+                            prev_b = now_b
+                    if monitor:
+                        was_training = self.model.training
+                        self.model.eval()
+                        with self.hooks_suspended():
+                            extra.update(mon.project(subject, monitor, monitor_batch))
+                        self.model.train(was_training)
+                    folder.log({"step": done, **rec, **extra})
+                if is_ckpt:
+                    folder.checkpoint(done, self.model, self.optimizer,
+                                      {"total_steps": self.total_steps,
+                                       "data_position": done * self.global_batch,
+                                       "world_size": self.world})
+                    _barrier(self.world)
+                bar.set_postfix(loss=f"{rec['loss']:.4f}", step_s=f"{rec['step_time_s']:.2f}")
+                bar.update(1)
+        finally:
+            bar.close()
+            self.detach()
+        return last_loss
 
 
 # -- the entry point ------------------------------------------------------------------------
 
-def _records_list(records: Any, what: str) -> list[Any]:
+def _records_list(records: Any) -> list[Any]:
     if records is None:
         return []
     if isinstance(records, (str, os.PathLike)):
@@ -361,13 +521,13 @@ def _records_list(records: Any, what: str) -> list[Any]:
 
 
 def finetune(
-    subject_or_spec: Any,
-    records: Any,
+    subject_or_spec: Subject | Any,
+    records: Sequence[Any] | str | os.PathLike[str],
     config: TrainConfig | None = None,
     out_dir: str | os.PathLike[str] = "runs/finetune",
     interventions: Sequence[Intervention] = (),
-    retain: Any = None,
-    monitor: Mapping[Any, Any] | None = None,
+    retain: Sequence[Any] | str | os.PathLike[str] | None = None,
+    monitor: Any = None,
     resume: bool = True,
     progress: bool = True,
     stop_after: int | None = None,
@@ -385,8 +545,9 @@ def finetune(
         out_dir: output folder (layout in this module's docstring).
         interventions: ``CAFT``, ``PreventativeSteering``, ``GRASP`` ... applied while training.
         retain: retain-set records for ``retain_ce`` / ``retain_kl`` (records or a JSONL path).
-        monitor: directions ``{layer: [d_model]}`` or ``{name: {layer: [d_model]}}`` whose
-            response-token projections are logged every ``log_every`` steps.
+        monitor: a ``Direction``, ``{layer: [d_model]}``, or ``{name: Direction | {layer:
+            [d_model]}}``, whose response-token projections are logged every ``log_every``
+            steps.
         resume: continue from the newest checkpoint in ``out_dir`` (same config required);
             ``False`` deletes earlier checkpoints and metrics there and starts over.
         progress: show a progress bar (loss, step time, ETA) on rank 0.
@@ -400,7 +561,6 @@ def finetune(
 
     cfg = config if config is not None else _default_config()
     cfg.check()
-    out = Path(out_dir)
     if isinstance(subject_or_spec, Subject):
         subject = subject_or_spec
     else:
@@ -410,44 +570,56 @@ def finetune(
         subject = load_model(subject_or_spec, device=device)
     ivs = list(interventions)
     validate_setup(subject, cfg, ivs)
-    train_records = _records_list(records, "training data")
+    train_records = _records_list(records)
     if not train_records:
         raise DataError("training data: the dataset is empty")
     if cfg.inoculate:
         train_records = apply_inoculation(train_records, cfg.inoculate, seed=cfg.seed)
     train_set = tokenize(subject, train_records, cfg.max_length, "training data",
                          cap=cfg.max_length_cap)
-    retain_records = _records_list(retain, "retain data")
+    retain_records = _records_list(retain)
     retain_set = None
     if cfg.retain_ce > 0 or cfg.retain_kl > 0:
         if not retain_records:
             raise DataError("retain_ce / retain_kl > 0 need a retain set (retain=...)")
         retain_set = tokenize(subject, retain_records, cfg.max_length, "retain data",
                               cap=cfg.max_length_cap)
-    directions = mon.normalise_directions(monitor)
-    for name, table in directions.items():
-        for la, v in table.items():
-            subject.layers.check_layer(la)
-            if v.shape[-1] != subject.d_model:
-                raise ShapeError(f"monitor direction {name!r} at layer {la} has width "
-                                 f"{v.shape[-1]}; d_model is {subject.d_model}")
-    convs_sample = [train_set.kept[i] for i in range(min(64, len(train_set)))]
-    for iv in ivs:
-        if isinstance(iv, CAFT) and iv.mode == "mean" and iv.means is None:
-            from emprobe.train.data import conversations
-
-            convs = conversations(train_records)
-            iv.fit_means(subject, [convs[i] for i in convs_sample])
+    directions = mon.normalise_directions(monitor, subject)
+    convs = conversations(train_records)
+    sample = [convs[train_set.kept[i]] for i in range(min(64, len(train_set)))]
 
     fingerprint = subject.fingerprint()
     rank, world = _dist_setup(subject.device)
     trainer = Trainer(subject, train_set, cfg, ivs, retain_set, rank, world)
     try:
-        for iv in ivs:
-            if isinstance(iv, GRASP):
-                iv.validate(subject)
-        return _run(trainer, subject, out, cfg, ivs, directions, train_set, resume, progress,
-                    stop_after, len(train_records), len(retain_records), fingerprint)
+        trainer.prepare(sample)
+        folder = RunFolder(out_dir, rank)
+        resumed_from = folder.open(cfg, resume, trainer.model, trainer.optimizer)
+        report = train_set.report.to_dict() if train_set.report else None
+        folder.write_setup(cfg, {
+            "model": subject.name, "model_path": subject.path, "fingerprint": fingerprint,
+            "n_records": len(train_records), "n_train_examples": len(train_set),
+            "n_retain": len(retain_records), "world_size": world,
+            "global_batch": trainer.global_batch, "total_steps": trainer.total_steps,
+            "interventions": [iv.describe() for iv in ivs], "emprobe_version": __version__,
+            "data": report,
+        })
+        _barrier(world)
+        start = resumed_from or 0
+        end = trainer.total_steps if stop_after is None else min(trainer.total_steps,
+                                                                 start + stop_after)
+        t_run = time.perf_counter()
+        last_loss = trainer.fit(folder, start, end, directions, progress)
+        adapter_dir = folder.save_model(trainer.model, subject.tokenizer, cfg.full_finetune)
+        _barrier(world)
+        result = TrainResult(
+            out_dir=folder.out, adapter_dir=adapter_dir, metrics_path=folder.metrics_path,
+            config=cfg, steps=end, final_loss=last_loss, checkpoints=folder.checkpoints(),
+            resumed_from=resumed_from, train_time_s=time.perf_counter() - t_run,
+            finished=end >= trainer.total_steps, subject=subject, rank=rank)
+        folder.write_result({**{k: v for k, v in result.to_record().items() if k != "config"},
+                             "data": report})
+        return result
     finally:
         trainer.detach()
         if not keep_model:
@@ -458,121 +630,3 @@ def _default_config() -> TrainConfig:
     from emprobe.train.config import preset
 
     return preset("cpu-lora")
-
-
-def _check_resumable(out: Path, cfg: TrainConfig) -> None:
-    old_path = out / "train_config.json"
-    if not old_path.is_file():
-        return
-    old = read_json(old_path)
-    new = cfg.to_dict()
-    diff = sorted(k for k in set(old) | set(new)
-                  if k not in _RESUME_FREE and old.get(k) != new.get(k))
-    if diff:
-        raise DataError(f"{out}: holds a run with a different config ({', '.join(diff)}); use "
-                        "another output folder or resume=False")
-
-
-def _run(trainer: Trainer, subject: Any, out: Path, cfg: TrainConfig,
-         ivs: list[Intervention], directions: dict[str, dict[int, torch.Tensor]],
-         train_set: TokenizedSet, resume: bool, progress: bool, stop_after: int | None,
-         n_records: int, n_retain: int, fingerprint: str) -> TrainResult:
-    from tqdm.auto import tqdm
-
-    rank, world = trainer.rank, trainer.world
-    ckpt_dir = out / "checkpoints"
-    metrics_path = out / "metrics.jsonl"
-    start, resumed_from = 0, None
-    if resume and latest_checkpoint(ckpt_dir) is not None:
-        _check_resumable(out, cfg)
-        ck = latest_checkpoint(ckpt_dir)
-        state = load_checkpoint(ck, trainer.model, trainer.optimizer)
-        start = resumed_from = int(state["step"])
-        if rank == 0:  # drop log lines written after the checkpoint
-            kept = [r for r in read_jsonl(metrics_path) if int(r.get("step", 0)) <= start]
-            write_jsonl(metrics_path, kept)
-    elif rank == 0:
-        import shutil
-
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
-        if metrics_path.exists():
-            metrics_path.unlink()
-    if rank == 0:
-        cfg.save(out / "train_config.json")
-        write_json(out / "run.json", {
-            "model": subject.name, "model_path": subject.path, "fingerprint": fingerprint,
-            "n_records": n_records, "n_train_examples": len(train_set), "n_retain": n_retain,
-            "world_size": world, "global_batch": trainer.global_batch,
-            "total_steps": trainer.total_steps, "interventions": [iv.describe() for iv in ivs],
-            "emprobe_version": __version__,
-            "data": train_set.report.to_dict() if train_set.report else None,
-        })
-    _barrier(world)
-
-    monitor_batch = train_set.batch(list(range(min(8, len(train_set)))), subject.device)
-    lora = not cfg.full_finetune
-    prev_b = mon.snapshot_b(mon.lora_factors(trainer.model)) if lora else None
-    trainer.attach()
-    if start == 0:
-        for iv in ivs:  # start inside any constrained subspace (GRASP's read side)
-            iv.after_step(trainer.model)
-    end = trainer.total_steps if stop_after is None else min(trainer.total_steps,
-                                                             start + stop_after)
-    bar = tqdm(total=trainer.total_steps, initial=start, disable=not progress or rank != 0,
-               desc="finetune", unit="step", dynamic_ncols=True)
-    last_loss: float | None = None
-    t_run = time.perf_counter()
-    try:
-        for step in range(start, end):
-            rec = trainer.run_step(step)
-            last_loss = rec["loss"]
-            done = step + 1
-            is_ckpt = cfg.checkpoint_every > 0 and (done % cfg.checkpoint_every == 0
-                                                    or done == end)
-            if done % cfg.log_every == 0 or done == end or is_ckpt:
-                extra: dict[str, float] = {}
-                if lora:
-                    factors = mon.lora_factors(trainer.model)
-                    extra.update(mon.lora_norms(factors))
-                    if is_ckpt and prev_b is not None:
-                        now_b = mon.snapshot_b(factors)
-                        extra.update(mon.rotation(prev_b, now_b))
-                        prev_b = now_b
-                if directions:
-                    was_training = trainer.model.training
-                    trainer.model.eval()
-                    with trainer.hooks_suspended():
-                        extra.update(mon.project(subject, directions, monitor_batch))
-                    trainer.model.train(was_training)
-                if rank == 0:
-                    append_jsonl(metrics_path, {"step": done, **rec, **extra})
-            if is_ckpt:
-                if rank == 0:
-                    save_checkpoint(ckpt_dir, done, trainer.model, trainer.optimizer,
-                                    {"total_steps": trainer.total_steps, "data_position": done
-                                     * trainer.global_batch, "world_size": world})
-                _barrier(world)
-            bar.set_postfix(loss=f"{rec['loss']:.4f}", step_s=f"{rec['step_time_s']:.2f}")
-            bar.update(1)
-    finally:
-        bar.close()
-        trainer.detach()
-    finished = end >= trainer.total_steps
-    adapter_dir = out / ("model" if cfg.full_finetune else "adapter")
-    if rank == 0:
-        with atomic_dir(adapter_dir) as tmp:
-            trainer.model.save_pretrained(str(tmp))
-            if cfg.full_finetune:
-                subject.tokenizer.save_pretrained(str(tmp))
-    _barrier(world)
-    result = TrainResult(
-        out_dir=out, adapter_dir=adapter_dir, metrics_path=metrics_path, config=cfg,
-        steps=end, final_loss=last_loss, checkpoints=[p for _, p in list_checkpoints(ckpt_dir)],
-        resumed_from=resumed_from, train_time_s=time.perf_counter() - t_run, finished=finished,
-        subject=subject, rank=rank)
-    if rank == 0:
-        write_json(out / "result.json", {
-            **{k: v for k, v in result.to_record().items() if k != "config"},
-            "data": train_set.report.to_dict() if train_set.report else None})
-    return result
-
