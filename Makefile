@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.emprobe-installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test test-fast demo demo-quick bench assets lint clean-venv
+.PHONY: install test test-fast demo demo-quick bench assets lint clean-venv reproduce
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,13 @@ demo-quick: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
+
+# All ten recipes in full mode on the embedded model, then the table in docs/recipes.md
+# is rewritten from their results.json (RECIPES=... to run a subset).
+RECIPES ?= $(shell $(BIN)/python -c "from emprobe.recipes.registry import RECIPES; print(' '.join(RECIPES))" 2>/dev/null)
+reproduce: $(STAMP)
+	for r in $(RECIPES); do $(BIN)/emprobe recipe $$r --out recipes-out/$$r || exit 1; done
+	$(BIN)/python -m emprobe.recipes.table recipes-out docs/recipes.md
 
 assets: $(STAMP)
 	$(BIN)/emprobe demo --out demo-out --assets assets
