@@ -38,7 +38,8 @@ def _cmd_recipe(args: argparse.Namespace) -> int:
     from emprobe.recipes.registry import run_recipe
 
     path = run_recipe(args.name, args.out, quick=args.quick, model=args.model, seed=args.seed,
-                      config=args.config, device=args.device, dtype=args.dtype)
+                      config=args.config, device=args.device, dtype=args.dtype,
+                      preset=args.preset)
     print(path)
     return 0
 
@@ -75,5 +76,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="tiny model, a few steps")
     p.add_argument("--model", default=None)
     p.add_argument("--seed", type=int, default=None, help="seed (default: the config's, 0)")
+    p.add_argument("--preset", default=None, choices=["cpu", "gpu"],
+                   help="start from the CPU sizes (default) or the seed studies' GPU recipe "
+                        "for 0.5B-8B models (LoRA r 32, lr 1e-5, batch 2x8, one epoch, bf16)")
     _size_flags(p, "LabConfig")
     p.set_defaults(func=_cmd_recipe)

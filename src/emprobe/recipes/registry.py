@@ -30,13 +30,22 @@ def default_out(name: str, quick: bool = False) -> Path:
     return Path("recipes-out") / (f"{name}-quick" if quick else name)
 
 
+PRESETS = ("cpu", "gpu")
+
+
 def recipe_config(quick: bool = False, config: str | os.PathLike[str] | LabConfig | None = None,
-                  **overrides: Any) -> LabConfig:
-    """The ``LabConfig`` of a run: quick or full defaults, then a YAML / JSON file (or a
+                  preset: str | None = None, **overrides: Any) -> LabConfig:
+    """The ``LabConfig`` of a run: quick, ``preset`` (``"cpu"``: the embedded-model defaults;
+    ``"gpu"``: ``LabConfig.gpu_preset()``) or full defaults, then a YAML / JSON file (or a
     ``LabConfig``), then ``overrides`` (``None`` values skipped), checked field by field."""
     from emprobe.recipes.config import config_from_dict, load_config
 
-    base = LabConfig.quick_config() if quick else LabConfig()
+    if preset is not None and preset not in PRESETS:
+        raise EmprobeError(f"unknown preset {preset!r}: use one of {', '.join(PRESETS)}")
+    if quick and preset is not None:
+        raise EmprobeError("--quick and --preset exclude each other")
+    base = (LabConfig.quick_config() if quick else
+            LabConfig.gpu_preset() if preset == "gpu" else LabConfig())
     if isinstance(config, LabConfig):
         base = config
         config = None
@@ -48,16 +57,19 @@ def recipe_config(quick: bool = False, config: str | os.PathLike[str] | LabConfi
 def run_recipe(name: str, out: str | os.PathLike[str] | None = None, quick: bool = False,
                model: str | None = None, seed: int | None = None,
                config: str | os.PathLike[str] | LabConfig | None = None,
-               device: str | None = None, dtype: str | None = None) -> Path:
+               device: str | None = None, dtype: str | None = None,
+               preset: str | None = None) -> Path:
     """Run one recipe; returns the path of its HTML page (``results.json`` beside it).
 
     ``config``: a YAML / JSON file of ``LabConfig`` fields (or a ``LabConfig``); ``model``,
-    ``seed``, ``device`` and ``dtype`` override it when given.
+    ``seed``, ``device`` and ``dtype`` override it when given; ``preset="gpu"`` starts from
+    ``LabConfig.gpu_preset()`` instead of the CPU defaults.
     """
     if name not in RECIPES:
         raise EmprobeError(f"unknown recipe {name!r}: use one of {', '.join(sorted(RECIPES))}")
     module, title = RECIPES[name]
-    cfg = recipe_config(quick, config, model=model, seed=seed, device=device, dtype=dtype)
+    cfg = recipe_config(quick, config, preset, model=model, seed=seed, device=device,
+                        dtype=dtype)
     try:
         mod = importlib.import_module(f"emprobe.recipes.{module}")
     except ModuleNotFoundError as exc:

@@ -1,0 +1,108 @@
+"""The reproduction table of ``docs/recipes.md``, generated from the recipes' ``results.json``.
+
+``python -m emprobe.recipes.table recipes-out docs/recipes.md`` reads
+``recipes-out/<name>/results.json`` for every registered recipe and rewrites the block
+between ``<!-- reproduce-table:start -->`` and ``<!-- reproduce-table:end -->`` (nothing in
+the table is typed by hand: a recipe that has not run says so).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from emprobe.errors import FormatError
+from emprobe.io import atomic_path, read_json
+
+START, END = "<!-- reproduce-table:start -->", "<!-- reproduce-table:end -->"
+
+
+def _num(x: float) -> str:
+    return "nan" if not math.isfinite(x) else f"{x:+.3g}"
+
+
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def row(name: str, results: dict[str, Any] | None) -> dict[str, str]:
+    """One table row (plain strings) from a recipe's results (``None``: not run)."""
+    if results is None:
+        return {"recipe": name, "claim": "", "measured": "not run yet", "verdict": "",
+                "minutes": ""}
+    claim = results.get("claim")
+    cfg = results.get("config", {})
+    if not claim:
+        raise FormatError(f"{name}/results.json: no 'claim' block (written by an older emprobe?)")
+    v = claim["value"]
+    measured = f"{claim['measure']}: {_num(v['mean'])} [{_num(v['lo'])}, {_num(v['hi'])}]"
+    conds = claim.get("conditions") or {}
+    if conds:
+        measured += "; " + "; ".join(f"{k}: {'yes' if ok else 'no'}" for k, ok in conds.items())
+    if claim.get("why"):
+        measured += f". {claim['why']}"
+    verdict = claim["verdict"]
+    if verdict in ("not significant", "not reproduced"):
+        measured += (f". At this size ({cfg.get('model')}, {cfg.get('n_train')} examples x "
+                     f"{cfg.get('steps')} steps, LoRA r {cfg.get('lora_r')}) the 95 % interval "
+                     f"does not show it; a bigger budget: `emprobe recipe {name} --preset gpu "
+                     "--model Qwen/Qwen2.5-7B-Instruct`")
+    quick = " (quick mode)" if cfg.get("quick") else ""
+    wall = results.get("wall_s")
+    minutes = f"{wall / 60:.1f}{quick}" if isinstance(wall, (int, float)) else ""
+    return {"recipe": name, "claim": claim["seed_claim"], "measured": measured,
+            "verdict": verdict, "minutes": minutes}
+
+
+def markdown(rows: list[dict[str, str]], note: str = "") -> str:
+    head = ("| recipe | seed claim | what was measured on the embedded model | verdict | "
+            "wall minutes on 2 cores |\n|---|---|---|---|---|\n")
+    body = "".join(f"| `{r['recipe']}` | {_cell(r['claim'])} | {_cell(r['measured'])} | "
+                   f"**{_cell(r['verdict'])}** | {_cell(r['minutes'])} |\n" for r in rows)
+    return head + body + (f"\n{note}\n" if note else "")
+
+
+def collect(out_root: str | os.PathLike[str]) -> list[dict[str, str]]:
+    from emprobe.recipes.registry import RECIPES
+
+    root = Path(out_root)
+    rows = []
+    for name in RECIPES:
+        path = root / name / "results.json"
+        rows.append(row(name, read_json(path) if path.is_file() else None))
+    return rows
+
+
+def rewrite(doc: str | os.PathLike[str], table: str) -> Path:
+    """Replace the marked block of ``doc`` with ``table`` (markers are required)."""
+    path = Path(doc)
+    text = path.read_text(encoding="utf-8")
+    if START not in text or END not in text or text.index(START) > text.index(END):
+        raise FormatError(f"{path}: needs the markers {START} and {END} around the table")
+    before, rest = text.split(START, 1)
+    _, after = rest.split(END, 1)
+    with atomic_path(path) as tmp:
+        tmp.write_text(f"{before}{START}\n{table}{END}{after}", encoding="utf-8")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m emprobe.recipes.table",
+                                description="Rewrite the reproduction table from results.json")
+    p.add_argument("out_root", help="folder holding <recipe>/results.json (recipes-out)")
+    p.add_argument("doc", help="markdown file with the table markers (docs/recipes.md)")
+    p.add_argument("--note", default="", help="a line under the table (e.g. the machine)")
+    args = p.parse_args(argv)
+    rows = collect(args.out_root)
+    rewrite(args.doc, markdown(rows, args.note))
+    done = sum(1 for r in rows if r["verdict"])
+    print(f"{args.doc}: table of {len(rows)} recipes ({done} with results)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

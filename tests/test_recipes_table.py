@@ -1,0 +1,49 @@
+"""The generated reproduction table: rows from results.json, the marked block rewritten."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from emprobe.errors import FormatError
+from emprobe.recipes.registry import RECIPES
+from emprobe.recipes.table import END, START, collect, main, markdown, rewrite, row
+
+
+def _results(verdict: str, lo: float, hi: float) -> dict:
+    return {"config": {"model": "m", "n_train": 64, "steps": 16, "lora_r": 8, "quick": False},
+            "wall_s": 390.0,
+            "claim": {"seed_claim": "X lowers Y.", "measure": "Y of X minus plain",
+                      "value": {"mean": (lo + hi) / 2, "lo": lo, "hi": hi}, "verdict": verdict,
+                      "conditions": {"task kept": True}}}
+
+
+def test_row_reads_the_claim():
+    r = row("caft", _results("reproduced", -0.5, -0.1))
+    assert r["verdict"] == "reproduced" and r["minutes"] == "6.5"
+    assert "-0.5" in r["measured"] and "task kept: yes" in r["measured"]
+    ns = row("caft", _results("not significant", -0.5, 0.3))
+    assert "--preset gpu" in ns["measured"]  # says what a bigger budget would run
+    assert row("caft", None)["measured"] == "not run yet"
+    with pytest.raises(FormatError, match="claim"):
+        row("caft", {"config": {}})
+
+
+def test_rewrite_replaces_only_the_block(tmp_path):
+    out = tmp_path / "out"
+    (out / "caft").mkdir(parents=True)
+    (out / "caft" / "results.json").write_text(json.dumps(_results("partial", 0.1, 0.4)))
+    doc = tmp_path / "recipes.md"
+    doc.write_text(f"intro\n{START}\nold table\n{END}\noutro\n")
+    assert main([str(out), str(doc)]) == 0
+    text = doc.read_text()
+    assert text.startswith("intro\n") and text.endswith("outro\n") and "old table" not in text
+    lines = [ln for ln in text.splitlines() if ln.startswith("| `")]
+    assert len(lines) == len(RECIPES)
+    assert any("`caft`" in ln and "**partial**" in ln for ln in lines)
+    assert sum("not run yet" in ln for ln in lines) == len(RECIPES) - 1
+    bare = tmp_path / "bare.md"
+    bare.write_text("no markers\n")
+    with pytest.raises(FormatError, match="markers"):
+        rewrite(bare, markdown(collect(out)))
