@@ -8,7 +8,7 @@ import torch
 from emprobe.errors import DataError, FormatError, SiteError
 from emprobe.hooks.capture import collect
 from emprobe.sae.corpus import generic_chats
-from emprobe.sae.harvest import HarvestConfig, harvest, load_harvest
+from emprobe.sae.harvest import HarvestConfig, _MemoryRows, harvest, load_harvest
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -24,7 +24,7 @@ def _expected(subject, data, layer, site, positions="all"):
 def test_harvest_matches_collect_over_sites_and_layers(tiny_llama, tmp_path):
     data = generic_chats(12)
     cfg = HarvestConfig(layers=[1, 3], sites=["resid_post", "mlp_out"], batch_size=4,
-                        rows_per_shard=100, bucket=1)
+                        rows_per_shard=100, bucket=1, dtype="float32")
     hv = harvest(tiny_llama, data, tmp_path / "h", cfg, progress=False)
     assert hv.complete and hv.meta["model"] == "tiny-llama" and hv.d_model == 64
     for site in ("resid_post", "mlp_out"):
@@ -39,7 +39,7 @@ def test_harvest_matches_collect_over_sites_and_layers(tiny_llama, tmp_path):
 def test_harvest_response_positions_and_budget(tiny_llama, tmp_path):
     data = generic_chats(10)
     cfg = HarvestConfig(layers=[2], positions="response", max_tokens=150, batch_size=3,
-                        rows_per_shard=64, bucket=1)
+                        rows_per_shard=64, bucket=1, dtype="float32")
     hv = harvest(tiny_llama, data, tmp_path / "h", cfg, progress=False)
     full = _expected(tiny_llama, data, 2, "resid_post", positions="response")
     assert hv.n_rows == 150 < full.shape[0]
@@ -48,10 +48,11 @@ def test_harvest_response_positions_and_budget(tiny_llama, tmp_path):
 
 def test_length_buckets_keep_the_same_tokens(tiny_llama, tmp_path):
     data = generic_chats(12, seed=9)
-    plain = harvest(tiny_llama, data, tmp_path / "a", HarvestConfig(layers=[1], bucket=1),
-                    progress=False)
+    plain = harvest(tiny_llama, data, tmp_path / "a",
+                    HarvestConfig(layers=[1], bucket=1, dtype="float32"), progress=False)
     sorted_ = harvest(tiny_llama, data, tmp_path / "b",
-                      HarvestConfig(layers=[1], batch_size=4, bucket=3), progress=False)
+                      HarvestConfig(layers=[1], batch_size=4, bucket=3, dtype="float32"),
+                      progress=False)
     a, b = plain.reader().load(1), sorted_.reader().load(1)
     assert a.shape == b.shape
     key_a, key_b = a.norm(dim=-1).sort().values, b.norm(dim=-1).sort().values
@@ -64,7 +65,7 @@ class _Boom(RuntimeError):
 
 def test_harvest_resumes_exactly_after_interruption(tiny_llama, tmp_path):
     data = generic_chats(20, seed=3)
-    cfg = HarvestConfig(layers=[0, 2], batch_size=2, rows_per_shard=70)
+    cfg = HarvestConfig(layers=[0, 2], batch_size=2, rows_per_shard=70, bucket=4)
     calls = {"n": 0}
 
     def explode(mod, args):
@@ -102,3 +103,62 @@ def test_harvest_bad_input(tiny_llama, tmp_path):
     with pytest.raises(DataError):
         harvest(tiny_llama, ["hi"], tmp_path / "d", HarvestConfig(layers=[0], positions="last"),
                 progress=False)
+
+
+def test_buckets_cut_padding_and_keep_rows_in_memory(tiny_llama, tmp_path, monkeypatch):
+    # items of very different lengths: sorted windows give batches of near-equal length
+    data = [("word " * (3 + 17 * (i % 3))).strip() for i in range(24)]  # 3 lengths x 8 items
+    computed = {"padded": 0, "real": 0}
+    real_forward = tiny_llama.model.forward
+
+    def counting(*args, **kwargs):
+        computed["padded"] += kwargs["input_ids"].numel()
+        computed["real"] += int(kwargs["attention_mask"].sum())
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_llama.model, "forward", counting)
+    hv = harvest(tiny_llama, data, tmp_path / "h",
+                 HarvestConfig(layers=[1], batch_size=4, bucket=6), progress=False)
+    assert computed["padded"] == computed["real"]  # equal-length groups: no padded position
+    computed.update(padded=0, real=0)
+    harvest(tiny_llama, data, tmp_path / "h1",
+            HarvestConfig(layers=[1], batch_size=4, bucket=1), progress=False)
+    assert computed["padded"] > computed["real"]
+    # bf16 storage by default, and the same rows kept in RAM
+    assert hv.reader().manifest["dtype"] == "bfloat16"
+    on_disk = hv.reader().shard(0)[1]
+    assert on_disk.dtype == torch.bfloat16
+    assert hv.memory is not None and hv.rows("resid_post", 1).dtype == torch.bfloat16
+    torch.testing.assert_close(hv.rows("resid_post", 1).float(), hv.reader().load(1))
+    assert hv.seconds is not None and hv.seconds > 0
+    # bf16 rows are the float32 rows rounded
+    ref = _expected(tiny_llama, data, 1, "resid_post")
+    got = hv.reader().load(1)
+    assert got.shape == ref.shape
+    torch.testing.assert_close(got.norm(dim=-1).sort().values, ref.norm(dim=-1).sort().values,
+                               rtol=1e-2, atol=1e-2)
+
+
+def test_memory_limit_falls_back_to_shards(tiny_llama, tmp_path):
+    data = generic_chats(8)
+    hv = harvest(tiny_llama, data, tmp_path / "h",
+                 HarvestConfig(layers=[1], memory_limit_mb=0), progress=False)
+    assert hv.memory is None and hv.rows("resid_post", 1) is None and hv.n_rows > 0
+    # past the limit the in-memory copy is dropped (the shards still hold every row)
+    rows = _MemoryRows(limit_bytes=1000)
+    rows.add("resid_post", {1: torch.zeros(3, 64, dtype=torch.bfloat16)})
+    assert rows.result()[("resid_post", 1)].shape == (3, 64)
+    rows.add("resid_post", {1: torch.zeros(5, 64, dtype=torch.bfloat16)})
+    assert rows.result() is None
+
+
+def test_shard_write_failure_surfaces(tiny_llama, tmp_path, monkeypatch):
+    from emprobe.hooks import shards
+
+    def broken(self, acts):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(shards.ShardWriter, "add", broken)
+    with pytest.raises(OSError, match="disk full"):
+        harvest(tiny_llama, generic_chats(40), tmp_path / "h",
+                HarvestConfig(layers=[1], batch_size=2), progress=False)

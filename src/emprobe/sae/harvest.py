@@ -1,4 +1,4 @@
-"""Harvesting activations of several sites and layers in one early-exit pass, streamed to shards.
+"""Harvesting activations of several sites and layers in one early-exit pass.
 
 Folder layout (one ``ShardWriter`` folder per site)::
 
@@ -9,16 +9,28 @@ Folder layout (one ``ShardWriter`` folder per site)::
 
 Every site folder holds the same token rows in the same order, so rows line up across
 sites and layers (row ``i`` of ``layer.7`` and of ``layer.15`` is the same token).
-RAM stays bounded by ``rows_per_shard`` plus one model batch. An interrupted harvest
-resumes exactly: finished shards are kept, the batches they cover are skipped (their
-token counts are recomputed from the tokenisation alone), and the first rows of a batch
-that straddles the last shard are dropped.
+
+Throughput: items are tokenised a window at a time (``bucket`` batches), sorted by their
+token count and cut into batches trimmed to their longest member, so almost no padded
+position is computed; activations are cast to the storage dtype (bfloat16 by default) and
+shard writes run on a background thread, off the forward pass's critical path. When the
+harvest fits in ``memory_limit_mb`` the rows are also kept in RAM (``Harvest.memory``) so
+``emprobe.sae.training`` can train without reading the shards back.
+
+RAM stays bounded by ``rows_per_shard`` plus a few pending batches (plus ``memory_limit_mb``
+for the in-memory copy). An interrupted harvest resumes exactly: finished shards are kept,
+the batches they cover are skipped (their token counts are recomputed from the
+tokenisation alone), and the first rows of a batch that straddles the last shard are dropped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+import queue
+import threading
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,13 +43,15 @@ from emprobe.hooks.capture import capture
 from emprobe.hooks.convention import check_site
 from emprobe.hooks.shards import ShardReader, ShardWriter
 from emprobe.io import read_json, write_json
-from emprobe.models.chat import Conversation
+from emprobe.models.chat import ChatBatch, Conversation
 from emprobe.models.context import use_batch
 
 LAYER_CONVENTION = (
     "emprobe: layer = 0-based decoder block; resid_post[l] = HF hidden_states[l + 1]"
 )
 POSITIONS = ("all", "response", "prompt")
+
+Key = tuple[str, int]
 
 
 @dataclass
@@ -49,41 +63,60 @@ class HarvestConfig:
         sites: hook sites, e.g. ``["resid_post"]`` or ``["resid_post", "mlp_out"]``.
         positions: ``"all"`` (every non-pad token), ``"response"`` or ``"prompt"``.
         max_tokens: stop after this many token rows (None: the whole dataset).
-        batch_size: sequences per forward pass. max_length: truncate sequences.
+        batch_size: sequences per forward pass. max_length: truncate sequences (tokens).
         rows_per_shard: rows buffered before a shard is written (bounds RAM).
-        dtype: storage dtype, ``"float32"`` or ``"bfloat16"`` / ``"float16"``.
+        dtype: storage dtype, ``"bfloat16"`` (default), ``"float16"`` or ``"float32"``;
+            training up-casts each batch to float32.
         skip_first: drop each sequence's first token (the BOS / attention sink, whose
             huge norm distorts SAE training).
-        bucket: sort items by length within windows of ``bucket`` batches before batching
-            (less padding, same items early in the stream; 1 = keep the input order).
+        bucket: tokenise ``bucket`` batches at a time and sort them by token count before
+            batching (no padding waste; 1 = keep the input order).
+        memory_limit_mb: also keep the rows in RAM while they fit in this many MiB
+            (0: never), so training needs no disk round trip.
+        autocast: run the forward under ``torch.autocast`` in bfloat16 (much faster on
+            CPUs with bf16 matmuls; activations then carry bf16 rounding).
     """
 
     layers: list[int]
     sites: list[str] = field(default_factory=lambda: ["resid_post"])
     positions: str = "all"
     max_tokens: int | None = None
-    batch_size: int = 8
+    batch_size: int = 32
     max_length: int = 256
-    rows_per_shard: int = 8192
-    dtype: str = "float32"
+    rows_per_shard: int = 16384
+    dtype: str = "bfloat16"
     skip_first: bool = True
-    bucket: int = 8
+    bucket: int = 32
+    memory_limit_mb: int = 1024
+    autocast: bool = False
 
 
 @dataclass
 class Harvest:
-    """A finished (or partial) harvest on disk."""
+    """A finished (or partial) harvest on disk, plus its rows in RAM when they were kept.
+
+    ``memory``: ``{(site, layer): [n_rows, d_model]}`` in the storage dtype, or None.
+    ``seconds``: wall time of the harvest call that produced it (None after a reload).
+    """
 
     folder: Path
     config: HarvestConfig
     n_rows: int
     complete: bool
     meta: dict[str, Any]
+    memory: dict[Key, torch.Tensor] | None = None
+    seconds: float | None = None
 
     def reader(self, site: str = "resid_post") -> ShardReader:
         if site not in self.config.sites:
             raise FormatError(f"{self.folder}: no site {site!r} harvested (have {self.config.sites})")
         return ShardReader(self.folder / site)
+
+    def rows(self, site: str, layer: int) -> torch.Tensor | None:
+        """The in-memory rows ``[n_rows, d_model]`` of ``(site, layer)``, or None."""
+        if self.memory is None:
+            return None
+        return self.memory.get((site, int(layer)))
 
     @property
     def d_model(self) -> int:
@@ -100,22 +133,85 @@ def _token_mask(batch: Any, positions: str, skip_first: bool) -> torch.Tensor:
     return mask
 
 
-def _length(item: Any) -> int:
-    if isinstance(item, str):
-        return len(item)
-    return sum(len(str(m.get("content", ""))) for m in item)
+def _rows_of(batch: ChatBatch, index: torch.Tensor) -> ChatBatch:
+    """Rows ``index`` of a right-padded batch, trimmed to their longest member."""
+    width = int(batch.attention_mask[index].sum(1).max())
+    return ChatBatch(batch.input_ids[index, :width], batch.attention_mask[index, :width],
+                     batch.response_mask[index, :width])
 
 
-def _chunks(items: Sequence[Any], size: int, bucket: int = 1) -> list[Sequence[Any]]:
-    """Batches of ``size``; within each window of ``bucket`` batches, items sorted by length
-    (a stable, deterministic order, so a resumed harvest sees the same batches)."""
-    if bucket <= 1:
-        return [items[i : i + size] for i in range(0, len(items), size)]
-    ordered: list[Any] = []
-    window = bucket * size
-    for i in range(0, len(items), window):
-        ordered.extend(sorted(items[i : i + window], key=_length))
-    return [ordered[i : i + size] for i in range(0, len(ordered), size)]
+def _batches(encode: Any, items: Sequence[Any], size: int, bucket: int) -> Iterator[ChatBatch]:
+    """Padded batches of ``size`` items; with ``bucket > 1`` each window of ``bucket`` batches is
+    tokenised once and sorted by token count (stable, so a resumed harvest sees the same
+    batches) before it is cut, so each batch is padded to a near-equal length."""
+    window = max(1, bucket) * size
+    for start in range(0, len(items), window):
+        enc = encode(items[start : start + window])
+        lengths = enc.attention_mask.sum(1)
+        order = (torch.sort(lengths, stable=True).indices if bucket > 1
+                 else torch.arange(len(lengths)))
+        for i in range(0, len(order), size):
+            yield _rows_of(enc, order[i : i + size])
+
+
+class _BackgroundWriter:
+    """Runs ``ShardWriter.add`` on a thread; at most ``max_pending`` batches wait (bounded RAM)."""
+
+    def __init__(self, writers: dict[str, ShardWriter], max_pending: int = 8) -> None:
+        self.writers = writers
+        self.jobs: queue.Queue[tuple[str, dict[int, torch.Tensor]] | None] = queue.Queue(max_pending)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="emprobe-shard-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                return
+            if self.error is not None:
+                continue  # drain after a failure so the producer never blocks
+            try:
+                self.writers[job[0]].add(job[1])
+            except BaseException as exc:  # re-raised on the caller's thread
+                self.error = exc
+
+    def add(self, site: str, rows: dict[int, torch.Tensor]) -> None:
+        if self.error is not None:
+            raise self.error
+        self.jobs.put((site, rows))
+
+    def close(self, flush: bool = True) -> None:
+        self.jobs.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        if flush:
+            for w in self.writers.values():
+                w.close()
+
+
+class _MemoryRows:
+    """Rows kept in RAM per ``(site, layer)`` until they pass ``limit_bytes`` (then dropped)."""
+
+    def __init__(self, limit_bytes: int) -> None:
+        self.parts: dict[Key, list[torch.Tensor]] | None = {} if limit_bytes > 0 else None
+        self.limit, self.used = limit_bytes, 0
+
+    def add(self, site: str, rows: dict[int, torch.Tensor]) -> None:
+        if self.parts is None:
+            return
+        self.used += sum(t.numel() * t.element_size() for t in rows.values())
+        if self.used > self.limit:
+            self.parts = None  # does not fit: training streams from the shards instead
+            return
+        for layer, t in rows.items():
+            self.parts.setdefault((site, layer), []).append(t)
+
+    def result(self) -> dict[Key, torch.Tensor] | None:
+        if self.parts is None:
+            return None
+        return {k: torch.cat(v) for k, v in self.parts.items()}
 
 
 def harvest(
@@ -133,14 +229,19 @@ def harvest(
     resumes (or returns at once when the harvest is complete); a folder made with another
     config or model raises ``FormatError``.
 
-    Returns a ``Harvest``; rows per site are ``[n_rows, d_model]`` per layer.
+    Returns a ``Harvest``; rows per site are ``[n_rows, d_model]`` per layer, also in
+    ``Harvest.memory`` when a fresh harvest fit in ``config.memory_limit_mb``.
     """
+    t_start = time.perf_counter()
     for s in config.sites:
         check_site(s)
     if config.positions not in POSITIONS:
         raise DataError(f"harvest positions {config.positions!r}: use one of {POSITIONS}")
     if config.dtype not in _DTYPES:
         raise DataError(f"harvest dtype {config.dtype!r}: use one of {sorted(_DTYPES)}")
+    if config.batch_size < 1 or config.rows_per_shard < 1:
+        raise DataError(f"harvest: batch_size and rows_per_shard must be >= 1 "
+                        f"(got {config.batch_size}, {config.rows_per_shard})")
     if not data:
         raise DataError("harvest: no data given")
     config.layers = sorted({subject.layers.check_layer(la) for la in config.layers})
@@ -169,29 +270,34 @@ def harvest(
             return load_harvest(folder)
     write_json(state_path, {**meta, "config": asdict(config), "complete": False, "n_rows": 0})
 
+    dtype = _DTYPES[config.dtype]
     writers = {
         s: ShardWriter(folder / s, config.layers, subject.d_model, site=s,
-                       rows_per_shard=config.rows_per_shard, dtype=_DTYPES[config.dtype],
+                       rows_per_shard=config.rows_per_shard, dtype=dtype,
                        meta={"model": subject.name, "positions": config.positions,
                              "layer_convention": LAYER_CONVENTION})
         for s in config.sites
     }
     already = {s: w.rows_written for s, w in writers.items()}
+    # a resumed harvest is only partly in RAM: train from the shards then
+    memory = _MemoryRows(0 if any(already.values()) else config.memory_limit_mb * 2**20)
     budget = config.max_tokens
     done_rows = 0  # rows of the dataset's token stream passed so far (kept or skipped)
 
-    def encode(chunk: Sequence[Any]) -> Any:
+    def encode(chunk: Sequence[Any]) -> ChatBatch:
         if is_text:
             return subject.encode_texts(list(chunk), max_length=config.max_length)
         return subject.encode_chats(list(chunk), max_length=config.max_length)
 
-    chunks = _chunks(list(data), config.batch_size, config.bucket)
+    amp = (torch.autocast(device_type=subject.device.type, dtype=torch.bfloat16)
+           if config.autocast else contextlib.nullcontext())
+    background = _BackgroundWriter(writers)
     bar = tqdm(total=budget or None, desc="harvest tokens", disable=not progress, leave=False)
+    finished = False
     try:
-        for chunk in chunks:
+        for batch in _batches(encode, list(data), config.batch_size, config.bucket):
             if budget is not None and done_rows >= budget:
                 break
-            batch = encode(chunk)
             mask = _token_mask(batch, config.positions, config.skip_first)
             n = int(mask.sum())
             take = n if budget is None else min(n, budget - done_rows)
@@ -200,28 +306,32 @@ def harvest(
                 done_rows += take
                 bar.update(take)
                 continue
-            with torch.no_grad(), use_batch(batch):
+            with torch.no_grad(), use_batch(batch), amp:
                 with capture(subject, config.layers, config.sites, early_exit=True) as cache:
                     subject.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-            for s, writer in writers.items():
+            for s in config.sites:
                 skip = max(0, min(take, already[s] - done_rows))
                 if skip >= take:
                     continue
-                rows = {la: cache[s, la][mask][skip:take] for la in config.layers}
-                writer.add(rows)
+                rows = {la: cache[s, la][mask][skip:take].to("cpu", dtype) for la in config.layers}
+                memory.add(s, rows)
+                background.add(s, rows)
             done_rows += take
             bar.update(take)
+        finished = True
     finally:
         bar.close()
-    for w in writers.values():
-        w.close()
+        background.close(flush=finished)
     n_rows = writers[config.sites[0]].rows_written
     write_json(state_path, {**meta, "config": asdict(config), "complete": True, "n_rows": n_rows})
-    return load_harvest(folder)
+    out = load_harvest(folder)
+    out.memory = memory.result()
+    out.seconds = time.perf_counter() - t_start
+    return out
 
 
 def load_harvest(folder: str | os.PathLike[str]) -> Harvest:
-    """Open a harvest folder written by ``harvest``."""
+    """Open a harvest folder written by ``harvest`` (rows on disk only)."""
     folder = Path(folder)
     state = read_json(folder / "harvest.json")
     try:
