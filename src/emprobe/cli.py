@@ -1,7 +1,10 @@
 """The ``emprobe`` command: thin wrappers over the public API.
 
 Each capability folder may define ``<area>/cli.py`` with ``register(subparsers)``;
-this module wires them in. Errors of emprobe's own become one-line messages.
+this module wires them in. Every failure ends in one line on stderr and a non-zero exit:
+emprobe's own errors and bad arguments (exit 2), file-system errors such as an ``--out``
+under a regular file (exit 2), and anything unexpected (exit 1, with a hint to rerun with
+``--debug`` for the traceback).
 """
 
 from __future__ import annotations
@@ -12,8 +15,10 @@ import importlib.metadata
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from emprobe.errors import EmprobeError
+from emprobe.validate import one_line, parse_layers
 
 AREAS = ("data", "evaluate", "train", "directions", "sae", "geometry", "recipes")
 
@@ -55,7 +60,7 @@ def _cmd_capture(args: argparse.Namespace) -> int:
     from emprobe.io import save_tensors
 
     subject = emprobe.load_model(args.model)
-    layers = [int(x) for x in args.layers.split(",")] if args.layers else [subject.n_layers // 2]
+    layers = args.layers if args.layers else [subject.n_layers // 2]
     texts = args.text or ["The quick brown fox jumps over the lazy dog."]
     got = emprobe.collect(subject, texts, layers=layers, site=args.site, positions="all")
     for layer, acts in got.acts.items():
@@ -66,18 +71,33 @@ def _cmd_capture(args: argparse.Namespace) -> int:
     return 0
 
 
+class ArgumentError(Exception):
+    """A bad command line (raised instead of argparse's usage-and-exit)."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors become one ``ArgumentError`` line (subcommand parsers
+    inherit the class)."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        raise ArgumentError(f"{self.prog}: {one_line(message, 300)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="emprobe",
         description="Study and prevent emergent misalignment: hooks, fine-tuning with "
         "interventions, directions, SAEs, LoRA geometry, figures.",
     )
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an unexpected error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("info", help="versions, cache folder, embedded model status")
     p.set_defaults(func=_cmd_info)
     p = sub.add_parser("capture", help="capture activations of texts at a site")
     p.add_argument("--model", default="smollm2-135m-instruct")
-    p.add_argument("--layers", default=None, help="comma-separated layers (default: middle)")
+    p.add_argument("--layers", default=None, type=parse_layers,
+                   help="comma-separated layers (default: middle)")
     p.add_argument("--site", default="resid_post")
     p.add_argument("--text", action="append", help="text to run (repeatable)")
     p.add_argument("--out", default=None, help="write activations as safetensors")
@@ -94,19 +114,43 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
+    """Run the ``emprobe`` command; returns the exit status (0 ok, 2 bad input, 1 unexpected)."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    # --debug is honoured anywhere before a bare "--"
+    cut = args_list.index("--") if "--" in args_list else len(args_list)
+    debug = "--debug" in args_list[:cut]
+    args_list = [a for i, a in enumerate(args_list) if i >= cut or a != "--debug"]
     try:
+        parser = build_parser()
+        args = parser.parse_args(args_list)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 0
         return int(args.func(args) or 0)
+    except ArgumentError as exc:
+        print(f"emprobe: error: {exc}", file=sys.stderr)
+        return 2
     except EmprobeError as exc:
         print(f"emprobe: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("emprobe: interrupted (finished artifacts were kept)", file=sys.stderr)
         return 130
+    except OSError as exc:
+        if debug:
+            raise
+        where = f"{one_line(exc.filename, 200)}: " if exc.filename else ""
+        what = exc.strerror or one_line(exc, 200)
+        if isinstance(exc, (FileExistsError, NotADirectoryError)):
+            what += " (a file stands where a folder is needed)"
+        print(f"emprobe: error: {where}{what}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        if debug:
+            raise
+        print(f"emprobe: unexpected error: {type(exc).__name__}: {one_line(exc, 200)} "
+              "(run with --debug for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
