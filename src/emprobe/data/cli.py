@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from emprobe.errors import DataError
+from emprobe.validate import parse_count_or_fraction
 
 
 def _cmd_make(args: argparse.Namespace) -> int:
@@ -78,8 +79,7 @@ def _cmd_split(args: argparse.Namespace) -> int:
     from emprobe.data.chat_io import read_chat_jsonl, write_chat_jsonl
     from emprobe.data.transforms import split
 
-    held = float(args.held_out) if "." in args.held_out else int(args.held_out)
-    train, test = split(read_chat_jsonl(args.input), held_out=held, seed=args.seed)
+    train, test = split(read_chat_jsonl(args.input), held_out=args.held_out, seed=args.seed)
     write_chat_jsonl(args.train, train)
     write_chat_jsonl(args.held, test)
     print(f"wrote {len(train)} train records to {args.train} and {len(test)} held-out to {args.held}")
@@ -175,7 +175,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = dsub.add_parser("split", help="seeded train / held-out split")
     p.add_argument("input")
-    p.add_argument("--held-out", default="0.1", help="fraction (0.1) or count (50)")
+    p.add_argument("--held-out", default="0.1", type=parse_count_or_fraction,
+                   help="fraction (0.1) or count (50)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train", required=True)
     p.add_argument("--held", required=True)
