@@ -178,3 +178,11 @@ def test_cuda_bf16_train_and_score(tmp_path):
     subject = lab.load(adapter)
     assert next(subject.model.parameters()).device.type == "cuda"
     assert math.isfinite(lab.score(subject).per_answer.mean)
+
+
+def test_demo_config_flag_checks_keys(tmp_path, capsys):
+    cfg = tmp_path / "demo.yaml"
+    cfg.write_text("n_trian: 3\n")
+    assert main(["demo", "--quick", "--config", str(cfg), "--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert "n_trian" in err and "demo.yaml" in err

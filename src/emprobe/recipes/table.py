@@ -62,7 +62,8 @@ def markdown(rows: list[dict[str, str]], note: str = "") -> str:
     head = ("| recipe | seed claim | what was measured on the embedded model | verdict | "
             "wall minutes on 2 cores |\n|---|---|---|---|---|\n")
     body = "".join(f"| `{r['recipe']}` | {_cell(r['claim'])} | {_cell(r['measured'])} | "
-                   f"**{_cell(r['verdict'])}** | {_cell(r['minutes'])} |\n" for r in rows)
+                   f"{'**' + _cell(r['verdict']) + '**' if r['verdict'] else ''} | "
+                   f"{_cell(r['minutes'])} |\n" for r in rows)
     return head + body + (f"\n{note}\n" if note else "")
 
 
