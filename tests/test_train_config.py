@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from emprobe.errors import DataError, EmprobeError, ShapeError, SiteError
+from emprobe.errors import ConfigError, DataError, EmprobeError, ShapeError, SiteError
 from emprobe.train import CAFT, GRASP, PreventativeSteering, TrainConfig, finetune, preset
 from emprobe.train.data import step_indices
 
@@ -31,10 +31,20 @@ def test_presets_and_json_round_trip(tmp_path):
     assert TrainConfig.from_json(cpu.to_json()) == cpu
     cpu.save(tmp_path / "c.json")
     assert TrainConfig.load(tmp_path / "c.json") == cpu
-    with pytest.raises(DataError, match="unknown training preset"):
+    with pytest.raises(ConfigError, match="unknown training preset"):
         preset("nope")
-    with pytest.raises(DataError, match="unknown field"):
+    with pytest.raises(ConfigError, match="unknown field"):
         TrainConfig.from_dict({"lora_rank": 3})
+
+
+def test_configs_refuse_nonsense_at_construction():
+    with pytest.raises(ConfigError, match="lr must be > 0"):
+        TrainConfig(lr=0.0)
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        TrainConfig(lr_schedule="sawtooth")
+    with pytest.raises(ConfigError, match=r"c\.json: batch_size"):
+        TrainConfig.from_dict({"batch_size": 0}, where="c.json")
+    assert isinstance(ConfigError("x"), ValueError)
 
 
 def test_data_order_is_seeded_and_covers_each_epoch():
@@ -49,8 +59,8 @@ def test_data_order_is_seeded_and_covers_each_epoch():
 @pytest.mark.parametrize("kwargs, ivs, err, match", [
     (dict(target_modules=["q_proj", "qq_proj"]), [], DataError, "qq_proj"),
     (dict(layers_to_transform=[7]), [], SiteError, "out of range"),
-    (dict(lr=-1.0), [], DataError, "lr"),
-    (dict(unlearn="forget"), [], DataError, "unlearn"),
+    (dict(lr=-1.0), [], ConfigError, "lr"),
+    (dict(unlearn="forget"), [], ConfigError, "unlearn"),
     (dict(retain_ce=1.0), [], DataError, "retain set"),
     ({}, [CAFT({1: torch.randn(32, 2)})], ShapeError, "d_model"),
     ({}, [CAFT({9: torch.randn(64, 2)})], SiteError, "out of range"),

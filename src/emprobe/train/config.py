@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from emprobe.errors import DataError
+from emprobe.errors import ConfigError
 from emprobe.io import read_json, write_json
 
 __all__ = ["TrainConfig", "preset", "PRESETS", "SEVEN_PROJECTIONS"]
@@ -90,12 +90,16 @@ class TrainConfig:
         if self.layers_to_transform is not None:
             self.layers_to_transform = [int(x) for x in self.layers_to_transform]
         self.adam_betas = (float(self.adam_betas[0]), float(self.adam_betas[1]))
+        self.check()
 
     # -- checks that need no model ----------------------------------------------------------
     def check(self) -> None:
-        """Validate values that do not depend on the model; one-line ``DataError`` on failure."""
-        def bad(what: str) -> DataError:
-            return DataError(f"train config: {what}")
+        """Validate values that do not depend on the model; one-line ``ConfigError`` on failure.
+
+        Runs at construction (``__post_init__``); call it again after editing fields.
+        """
+        def bad(what: str) -> ConfigError:
+            return ConfigError(f"train config: {what}")
 
         if not self.full_finetune:
             if self.lora_r < 1:
@@ -142,15 +146,17 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "train config") -> TrainConfig:
         if not isinstance(d, dict):
-            raise DataError(f"{where}: expected a JSON object")
+            raise ConfigError(f"{where}: expected a JSON object")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise DataError(f"{where}: unknown field(s) {unknown}")
+            raise ConfigError(f"{where}: unknown field(s) {unknown}")
         try:
             return cls(**d)
+        except ConfigError as exc:
+            raise ConfigError(str(exc).replace("train config", where, 1)) from None
         except (TypeError, ValueError) as exc:
-            raise DataError(f"{where}: {exc}") from None
+            raise ConfigError(f"{where}: {exc}") from None
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -160,7 +166,7 @@ class TrainConfig:
         try:
             return cls.from_dict(json.loads(text))
         except json.JSONDecodeError as exc:
-            raise DataError(f"train config: not valid JSON ({exc.msg})") from None
+            raise ConfigError(f"train config: not valid JSON ({exc.msg})") from None
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         return write_json(path, self.to_dict())
@@ -170,7 +176,7 @@ class TrainConfig:
         return cls.from_dict(read_json(path), where=str(path))
 
     def replace(self, **overrides: Any) -> TrainConfig:
-        """A copy with fields changed (unknown names -> ``DataError``)."""
+        """A copy with fields changed (unknown names -> ``ConfigError``)."""
         return TrainConfig.from_dict({**self.to_dict(), **overrides})
 
 
@@ -202,6 +208,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 def preset(name: str, **overrides: Any) -> TrainConfig:
     """A named preset (``standard``, ``rank1``, ``cpu-lora``, ``full``) with fields overridden."""
     if name not in PRESETS:
-        raise DataError(f"unknown training preset {name!r}: use one of {sorted(PRESETS)}")
+        raise ConfigError(f"unknown training preset {name!r}: use one of {sorted(PRESETS)}")
     return TrainConfig.from_dict({**TrainConfig().to_dict(), **PRESETS[name], "name": name,
                                   **overrides})
