@@ -71,3 +71,26 @@ def test_eval_judge_against_emprobe_serve(served_tiny, tmp_path, capsys):
     assert len((cache / "judgements.jsonl").read_text().splitlines()) == 8
     assert main(args) == 0  # resumed entirely from the cache
     assert len((cache / "judgements.jsonl").read_text().splitlines()) == 8
+
+
+def test_eval_judge_one_command_on_a_field_file(served_tiny, tmp_path, capsys, monkeypatch):
+    """The field's YAML (no reference answers), the judge found by --base-url alone."""
+    from pathlib import Path
+
+    field = Path(__file__).parent / "data" / "field_questions.yaml"
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    out = tmp_path / "judged.json"
+    rc = main(["eval", "judge", "--model", "tiny-llama", "--base-url", served_tiny,
+               "--questions", str(field), "--n", "1", "--max-new-tokens", "3",
+               "--cache", str(tmp_path / "cache"), "--out", str(out)])
+    assert rc == 0
+    assert "denominator=all" in capsys.readouterr().out
+    rec = json.loads(out.read_text())
+    assert rec["meta"]["judge_model"] == "tiny-judge"  # listed by the server's /v1/models
+    assert len(rec["answers"]) == 4  # 2 + 1 + 1 paraphrases, one sample each
+    assert {a["format"] for a in rec["answers"]} == {"plain", "json"}
+    # no URL and no OPENAI_BASE_URL: one line, exit 2
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    assert main(["eval", "judge", "--model", "tiny-llama", "--questions", str(field)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--base-url" in err
