@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from emprobe.errors import ModelNotFoundError
+from emprobe.errors import ConfigError, ModelNotFoundError
 from emprobe.models.chat import ChatBatch, Conversation, encode_chats, encode_texts
 from emprobe.models.context import use_batch
 from emprobe.models.embedded import EMBEDDED_NAME, embedded_model_dir
@@ -165,7 +165,7 @@ def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
     table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
              "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
     if dtype not in table:
-        raise ModelNotFoundError(f"unknown dtype {dtype!r}: use one of {sorted(table)}")
+        raise ConfigError(f"unknown dtype {dtype!r}: use one of {sorted(table)}")
     return table[dtype]
 
 
