@@ -14,6 +14,8 @@ from emprobe.sae.metrics import reconstruction_metrics, spliced_metrics
 from emprobe.sae.training import (
     SAETrainConfig,
     load_sae,
+    memory_provider,
+    sae_hook_name,
     sae_site,
     shard_provider,
     site_from_hook_name,
@@ -48,7 +50,8 @@ def test_each_architecture_trains_and_saelens_loads_it(tiny_harvest, tmp_path, a
     assert loaded.cfg.d_in == 64 and loaded.cfg.d_sae == 128
     md = loaded.cfg.metadata
     assert md.model_name == "tiny-llama" and md.emprobe_site == "resid_post"
-    assert md.emprobe_layer == 2 and md.hook_name == "blocks.2.hook_out"
+    assert md.emprobe_layer == 2 and md.hook_name == "blocks.2.hook_resid_post"
+    assert md.emprobe_hook_name_bridge == "blocks.2.hook_out"
     assert "decoder block" in md.emprobe_layer_convention
     assert sae_site(loaded) == ("resid_post", 2)
     rec = json.loads((folder / "emprobe.json").read_text())
@@ -74,11 +77,67 @@ def test_each_architecture_trains_and_saelens_loads_it(tiny_harvest, tmp_path, a
 
 
 def test_train_many_from_one_harvest(tiny_harvest, tmp_path):
-    jobs = [("resid_post", 1, _cfg("topk")), ("resid_post", 2, _cfg("standard"))]
+    wide = SAETrainConfig(arch="topk", d_sae=256, k=8, batch_size=64, training_tokens=640)
+    jobs = [("resid_post", 1, _cfg("topk")), ("resid_post", 2, _cfg("standard")),
+            ("resid_post", 1, wide)]
     out = train_saes(tiny_harvest, jobs, tmp_path, progress=False)
     names = sorted(p.folder.name for p in out)
-    assert names == ["resid_post.1.topk.k8", "resid_post.2.standard"]
-    assert load_sae(tmp_path / "resid_post.1.topk.k8").cfg.metadata.emprobe_layer == 1
+    assert names == ["resid_post.1.topk.k8.w128", "resid_post.1.topk.k8.w256",
+                     "resid_post.2.standard"]
+    assert load_sae(tmp_path / "resid_post.1.topk.k8.w256").cfg.d_sae == 256
+    # the fixture's harvest kept its rows in RAM: no shard is read back; cost is amortised
+    assert tiny_harvest.memory is not None and tiny_harvest.seconds > 0
+    for tr in out:
+        assert tr.record["data_source"] == "memory"
+        share = tiny_harvest.seconds / 3
+        assert tr.record["amortised_seconds"] == pytest.approx(tr.record["train_seconds"] + share)
+    with pytest.raises(DataError):
+        train_saes(tiny_harvest, [("resid_post", 1, _cfg("topk"))] * 2, tmp_path / "x",
+                   progress=False)
+
+
+def test_memory_and_shard_sources_train_alike(tiny_harvest, tmp_path):
+    from emprobe.sae.harvest import load_harvest
+
+    on_disk = load_harvest(tiny_harvest.folder)  # a reload has no in-memory rows
+    assert on_disk.memory is None
+    tr = train_sae(on_disk, 1, _cfg("topk"), tmp_path / "disk", progress=False)
+    assert tr.record["data_source"] == "shards" and tr.record["trained_tokens"] == 640
+    # the memory provider: float32 batches, every row once per epoch
+    rows = torch.arange(10 * 3, dtype=torch.bfloat16).reshape(10, 3)
+    it = memory_provider(rows, 5, seed=1)
+    epoch = torch.cat([next(it), next(it)])
+    assert epoch.dtype == torch.float32
+    assert sorted(epoch[:, 0].tolist()) == rows[:, 0].float().tolist()
+    with pytest.raises(DataError):
+        next(memory_provider(rows, 11))
+
+
+def test_hook_name_resolves_in_bridge_and_hooked_sae_transformer(tiny_llama, tiny_harvest,
+                                                                 tmp_path):
+    from sae_lens import HookedSAETransformer
+    from transformer_lens import HookedTransformerConfig
+
+    from emprobe.hooks.bridges import to_transformer_lens
+    from emprobe.hooks.capture import capture
+
+    tr = train_sae(tiny_harvest, 1, _cfg("topk"), tmp_path / "sae", progress=False)
+    hook = tr.sae.cfg.metadata.hook_name
+    assert hook == sae_hook_name("resid_post", 1) == "blocks.1.hook_resid_post"
+    # TransformerLens bridge: the name is an alias of emprobe's resid_post[1]
+    bridge = to_transformer_lens(tiny_llama)
+    assert hook in bridge.hook_dict
+    batch = tiny_llama.encode_texts(["a short test sentence"])
+    _, cache = bridge.run_with_cache(batch.input_ids, names_filter=lambda n: n == hook)
+    with capture(tiny_llama, 1) as ours:
+        tiny_llama.forward(batch)
+    torch.testing.assert_close(cache[hook], ours["resid_post", 1], rtol=1e-4, atol=1e-4)
+    # classic HookedSAETransformer (built offline from a config of the same width)
+    classic = HookedSAETransformer(HookedTransformerConfig(
+        n_layers=2, d_model=64, d_head=16, n_ctx=32, d_vocab=50, act_fn="relu"))
+    classic.add_sae(tr.sae)
+    assert list(classic.acts_to_saes) == [hook]
+    assert sae_hook_name("mlp_out", 3) == "blocks.3.hook_mlp_out"
 
 
 def test_shard_provider_cycles_fixed_batches(tiny_harvest):

@@ -1,15 +1,20 @@
-"""Training SAEs on harvested shards with SAELens' own ``SAETrainer``; SAELens-format folders.
+"""Training SAEs on harvested activations with SAELens' own ``SAETrainer``; SAELens-format folders.
 
 One harvest feeds any number of SAEs (sites x layers x architectures): each SAE gets a
-data provider that cycles over one ``(site, layer)`` of the shards, reshuffled every
-epoch, with one shard in RAM at a time.
+data provider that cycles over one ``(site, layer)``, reshuffled every epoch. When the
+harvest kept its rows in RAM (``Harvest.memory``, the common case) the provider samples
+them directly, up-casting one batch at a time to float32; otherwise it streams the
+shards with one shard in RAM at a time (bounded memory).
 
 Saved folder (SAELens' format, loadable by ``sae_lens.SAE.load_from_disk``)::
 
     sae/
       cfg.json                 SAELens inference config; ``metadata`` names the model,
-                               ``hook_name`` (TransformerLens bridge name) and the emprobe
-                               keys ``emprobe_site``, ``emprobe_layer``, ``emprobe_layer_convention``
+                               ``hook_name`` (the classic TransformerLens name, e.g.
+                               ``blocks.15.hook_resid_post``: ``HookedSAETransformer`` resolves
+                               it and ``TransformerBridge`` keeps it as an alias), and the
+                               emprobe keys ``emprobe_site``, ``emprobe_layer``,
+                               ``emprobe_hook_name_bridge``, ``emprobe_layer_convention``
       sae_weights.safetensors  W_enc [d_in, d_sae], b_enc, W_dec [d_sae, d_in], b_dec (+ threshold)
       sparsity.safetensors     log10 firing frequency per latent over the last window
       emprobe.json             emprobe's record: site, layer, convention, model, harvest, config
@@ -21,6 +26,7 @@ BatchTopK SAEs are saved as JumpReLU SAEs (SAELens' convention for inference).
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,6 +41,21 @@ from emprobe.io import atomic_dir, read_json, save_tensors, write_json
 from emprobe.sae.harvest import LAYER_CONVENTION, Harvest, load_harvest
 
 ARCHITECTURES = ("topk", "batchtopk", "jumprelu", "standard")
+
+# classic HookedTransformer names; TransformerBridge resolves each as an alias
+_CLASSIC_HOOKS = {
+    "resid_pre": "blocks.{layer}.hook_resid_pre",
+    "resid_post": "blocks.{layer}.hook_resid_post",
+    "attn_out": "blocks.{layer}.hook_attn_out",
+    "mlp_out": "blocks.{layer}.hook_mlp_out",
+}
+
+
+def sae_hook_name(site: str, layer: int) -> str:
+    """The hook name written into an SAE's ``cfg.json``: the classic TransformerLens name,
+    which both ``HookedSAETransformer.add_sae`` and SAELens' bridge resolve."""
+    check_site(site)
+    return _CLASSIC_HOOKS[site].format(layer=int(layer))
 
 
 @dataclass
@@ -53,7 +74,13 @@ class SAETrainConfig:
             provider cycles over the harvest when this is larger.
         normalize_activations: SAELens' ``expected_average_only_in`` (scale inputs to norm
             sqrt(d_in) during training, folded into the weights at the end) or ``none``.
-        dead_feature_window: steps without firing before a latent counts as dead.
+        dead_feature_window: steps without firing before a latent counts as dead (the
+            TopK / BatchTopK auxiliary loss then trains it on the residual error).
+        aux_loss_coefficient: weight of that auxiliary (aux-k) loss.
+        lr_decay_fraction: decay the learning rate linearly to ``lr / 10`` over this last
+            fraction of the steps (0: constant).
+        autocast: run the SAE's forward in bfloat16 (``torch.autocast``; fast on CPUs with
+            bf16 matmuls).
     """
 
     arch: str = "topk"
@@ -68,6 +95,9 @@ class SAETrainConfig:
     training_tokens: int | None = None
     normalize_activations: str = "expected_average_only_in"
     dead_feature_window: int = 500
+    aux_loss_coefficient: float = 1.0
+    lr_decay_fraction: float = 0.0
+    autocast: bool = False
     seed: int = 0
     device: str = "cpu"
 
@@ -76,6 +106,8 @@ class SAETrainConfig:
             raise DataError(f"SAE arch {self.arch!r}: use one of {', '.join(ARCHITECTURES)}")
         if self.batch_size < 1 or self.k < 1:
             raise DataError(f"SAE config: batch_size and k must be >= 1 (got {self.batch_size}, {self.k})")
+        if not 0.0 <= self.lr_decay_fraction <= 1.0:
+            raise DataError(f"SAE config: lr_decay_fraction {self.lr_decay_fraction} not in [0, 1]")
         if self.normalize_activations not in ("none", "expected_average_only_in"):
             raise DataError(
                 f"normalize_activations {self.normalize_activations!r}: use none or "
@@ -114,6 +146,22 @@ def shard_provider(
         epoch += 1
 
 
+def memory_provider(
+    rows: torch.Tensor, batch_size: int, seed: int = 0
+) -> Iterator[torch.Tensor]:
+    """Endless float32 ``[batch_size, d_model]`` batches sampled from in-memory ``rows``
+    ``[n_rows, d_model]`` (any dtype), a fresh permutation each epoch; the short tail of an
+    epoch is dropped."""
+    n = int(rows.shape[0])
+    if n < batch_size:
+        raise DataError(f"in-memory harvest: {n} rows is fewer than one batch of {batch_size}")
+    gen = torch.Generator().manual_seed(seed * 100003)
+    while True:
+        perm = torch.randperm(n, generator=gen)
+        for i in range(0, n - batch_size + 1, batch_size):
+            yield rows[perm[i : i + batch_size]].float()
+
+
 def _training_sae_config(cfg: SAETrainConfig, d_in: int, metadata: dict[str, Any]) -> Any:
     import sae_lens
 
@@ -121,9 +169,12 @@ def _training_sae_config(cfg: SAETrainConfig, d_in: int, metadata: dict[str, Any
     common = dict(d_in=d_in, d_sae=d_sae, device=cfg.device,
                   normalize_activations=cfg.normalize_activations)
     if cfg.arch == "topk":
-        out = sae_lens.TopKTrainingSAEConfig(k=cfg.k, **common)
+        out = sae_lens.TopKTrainingSAEConfig(k=cfg.k, aux_loss_coefficient=cfg.aux_loss_coefficient,
+                                             **common)
     elif cfg.arch == "batchtopk":
-        out = sae_lens.BatchTopKTrainingSAEConfig(k=float(cfg.k), **common)
+        out = sae_lens.BatchTopKTrainingSAEConfig(k=float(cfg.k),
+                                                  aux_loss_coefficient=cfg.aux_loss_coefficient,
+                                                  **common)
     elif cfg.arch == "jumprelu":
         out = sae_lens.JumpReLUTrainingSAEConfig(l0_coefficient=cfg.l0_coefficient, **common)
     else:
@@ -137,7 +188,8 @@ def sae_metadata(model: str, site: str, layer: int, extra: dict[str, Any] | None
     """The metadata emprobe writes into ``cfg.json`` (SAELens keys plus ``emprobe_*`` keys)."""
     return {
         "model_name": model,
-        "hook_name": tl_hook_name(site, layer),
+        "hook_name": sae_hook_name(site, layer),
+        "emprobe_hook_name_bridge": tl_hook_name(site, layer),
         "emprobe_site": site,
         "emprobe_layer": int(layer),
         "emprobe_layer_convention": LAYER_CONVENTION,
@@ -155,17 +207,21 @@ def train_sae(
 ) -> TrainedSAE:
     """Train one SAE on ``(site, layer)`` of a harvest with ``sae_lens.SAETrainer``; save it.
 
-    Returns the saved folder and the SAE re-loaded from it with ``sae_lens.SAE.load_from_disk``.
+    Reads the harvest's in-memory rows when it kept them (no disk round trip), else its
+    shards. Returns the saved folder and the SAE re-loaded from it with
+    ``sae_lens.SAE.load_from_disk``; the record holds ``data_source`` and ``train_seconds``.
     """
     import sae_lens
     from sae_lens.config import SAETrainerConfig
 
     config.check()
     check_site(site)
+    t_start = time.perf_counter()
     hv = harvest if isinstance(harvest, Harvest) else load_harvest(harvest)
     reader = hv.reader(site)
     if layer not in reader.layers:
         raise DataError(f"{hv.folder}: layer {layer} not harvested at {site} (have {reader.layers})")
+    in_memory = hv.rows(site, layer)
     n_tokens = config.training_tokens or reader.n_rows
     steps = max(1, n_tokens // config.batch_size)
     metadata = sae_metadata(hv.meta.get("model", "?"), site, layer,
@@ -177,16 +233,21 @@ def train_sae(
         total_training_samples=steps * config.batch_size,
         train_batch_size_samples=config.batch_size,
         lr=config.lr,
-        lr_end=config.lr,
+        lr_end=config.lr / 10 if config.lr_decay_fraction > 0 else config.lr,
         lr_warm_up_steps=config.lr_warm_up_steps,
+        lr_decay_steps=int(config.lr_decay_fraction * steps),
         device=config.device,
+        autocast=config.autocast,
         dead_feature_window=min(config.dead_feature_window, steps),
         feature_sampling_window=max(steps, 1),
         n_batches_for_norm_estimate=min(64, steps),
     )
-    provider = shard_provider(reader, layer, config.batch_size, seed=config.seed)
+    provider = (memory_provider(in_memory, config.batch_size, seed=config.seed)
+                if in_memory is not None
+                else shard_provider(reader, layer, config.batch_size, seed=config.seed))
     trainer = sae_lens.SAETrainer(trainer_cfg, training_sae, provider)
     trained = trainer.fit() if progress else _fit_quiet(trainer)
+    train_seconds = time.perf_counter() - t_start
     record = {
         "format": "emprobe-sae/1",
         "model": hv.meta.get("model"),
@@ -195,10 +256,13 @@ def train_sae(
         "site": site,
         "layer": int(layer),
         "layer_convention": LAYER_CONVENTION,
+        "hook_name": sae_hook_name(site, layer),
         "hook_name_transformer_lens_bridge": tl_hook_name(site, layer),
         "positions": hv.config.positions,
         "harvest": str(hv.folder),
         "harvest_rows": reader.n_rows,
+        "data_source": "memory" if in_memory is not None else "shards",
+        "train_seconds": train_seconds,
         "trained_tokens": trainer.n_training_samples,
         "steps": trainer.n_training_steps,
         "train_dead_latents": int(trainer.dead_neurons.sum()),
@@ -239,13 +303,25 @@ def train_saes(
 ) -> list[TrainedSAE]:
     """Train several SAEs from one harvest: ``jobs`` are ``(site, layer, config)``.
 
-    Each goes to ``out_root/{site}.{layer}.{arch}`` (with ``.k{k}`` for TopK / BatchTopK).
+    Each goes to ``out_root/{site}.{layer}.{arch}`` (with ``.k{k}`` for TopK / BatchTopK, and
+    ``.w{d_sae}`` when jobs differ only in width). The harvest's cost is shared: each record gains
+    ``amortised_seconds`` = its training seconds + the harvest's seconds / ``len(jobs)``
+    (harvest seconds are known when ``harvest`` was the ``Harvest`` this process made).
     """
     hv = harvest if isinstance(harvest, Harvest) else load_harvest(harvest)
+    base = [f"{site}.{layer}.{cfg.arch}" + (f".k{cfg.k}" if cfg.arch in ("topk", "batchtopk") else "")
+            for site, layer, cfg in jobs]
+    names = [b + (f".w{cfg.d_sae or cfg.expansion * hv.d_model}" if base.count(b) > 1 else "")
+             for b, (_, _, cfg) in zip(base, jobs, strict=True)]
+    if len(set(names)) != len(names):
+        raise DataError(f"train_saes: two jobs would write the same folder ({sorted(names)})")
     out: list[TrainedSAE] = []
-    for site, layer, cfg in jobs:
-        name = f"{site}.{layer}.{cfg.arch}" + (f".k{cfg.k}" if cfg.arch in ("topk", "batchtopk") else "")
+    for name, (site, layer, cfg) in zip(names, jobs, strict=True):
         out.append(train_sae(hv, layer, cfg, Path(out_root) / name, site=site, progress=progress))
+    share = (hv.seconds or 0.0) / max(1, len(jobs))
+    for tr in out:
+        tr.record["harvest_seconds_share"] = share
+        tr.record["amortised_seconds"] = tr.record["train_seconds"] + share
     return out
 
 
