@@ -59,3 +59,7 @@ class EndpointError(EmprobeError):
 
 class ConfigError(EmprobeError, ValueError):
     """A setting that is out of range or not one of its allowed values (configs, arguments)."""
+
+
+class QualityError(EmprobeError):
+    """A trained artifact below its quality gate (e.g. an SAE with low explained variance)."""
