@@ -129,8 +129,10 @@ class LocalScore:
 
 
 def _text_hash(prompt: list[dict[str, str]], aligned: str, misaligned: str) -> str:
-    """Short hash of what a pair scored, so comparisons refuse mismatched answers."""
-    raw = "\x1f".join([m["content"] for m in prompt] + [aligned, misaligned])
+    """Short hash of the question and answers a pair scored (not the system prompt, which a
+    comparison may vary on purpose), so comparisons refuse mismatched answers."""
+    user = [m["content"] for m in prompt if m["role"] == "user"]
+    raw = "\x1f".join(user + [aligned, misaligned])
     return hashlib.sha1(raw.encode("utf-8", "surrogatepass")).hexdigest()[:12]
 
 

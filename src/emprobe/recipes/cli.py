@@ -16,9 +16,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from emprobe.recipes.config import load_config
     from emprobe.recipes.demo import DemoConfig, run_demo
 
-    base = DemoConfig.quick_config() if args.quick else DemoConfig()
+    base = (DemoConfig.quick_config() if args.quick
+            else DemoConfig.frontier_config() if args.frontier else DemoConfig())
     fields = {f.name for f in dataclasses.fields(DemoConfig)}
-    overrides = {"model": args.model, "steps": args.steps, "seed": args.seed}
+    overrides = {"model": args.model, "steps": args.steps, "seed": args.seed,
+                 "seeds": args.seeds}
     for key in ("device", "dtype"):
         value = getattr(args, key)
         if value is not None and key not in fields:
@@ -63,6 +65,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=None, help="training steps per fine-tune")
     p.add_argument("--seed", type=int, default=None, help="seed (default: the config's, 0)")
     p.add_argument("--assets", default=None, help="also copy the figures into this folder")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="repeat every fine-tune and intervention over this many seeds")
+    p.add_argument("--frontier", action="store_true",
+                   help="sweep each intervention's knob at three values (the frontier)")
     _size_flags(p, "DemoConfig")
     p.set_defaults(func=_cmd_demo)
 
