@@ -133,3 +133,38 @@ def test_embedded_local_score_and_prompted_direction(embedded):
     diff = compare(kind, evil, n_boot=200)
     assert diff.per_answer.mean > 0
     assert diff.per_token.mean > 0
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2"])
+def test_shared_prefix_scoring_is_exact(fixture, request):
+    """Answers to one prompt share its KV cache: same numbers as whole sequences."""
+    subject = request.getfixturevalue(fixture)
+    convs = [q.messages(0) + [{"role": "assistant", "content": a}]
+             for q in SMALL for p in q.reference_pairs for a in (p.aligned, p.misaligned)]
+    convs.append([{"role": "user", "content": "lonely prompt"},
+                  {"role": "assistant", "content": "one answer"}])
+    shared = answer_logprobs(subject, convs, share_prefix=True)
+    whole = answer_logprobs(subject, convs, share_prefix=False)
+    assert [n for _, n in shared] == [n for _, n in whole]
+    assert [lp for lp, _ in shared] == pytest.approx([lp for lp, _ in whole], abs=2e-3)
+
+
+def test_shared_prefix_off_under_hooks(tiny_llama):
+    from emprobe.evaluate.local import _site_hooks_active
+    from emprobe.hooks import steer
+
+    assert not _site_hooks_active(tiny_llama)
+    with steer(tiny_llama, torch.ones(64), coeff=1.0, layers=1, positions="response"):
+        assert _site_hooks_active(tiny_llama)
+    assert not _site_hooks_active(tiny_llama)
+
+
+@pytest.mark.integration
+def test_shared_prefix_exact_on_embedded(embedded):
+    qs = [q for q in default_questions() if q.reference_pairs][:2]
+    convs = [q.messages(0) + [{"role": "assistant", "content": a}]
+             for q in qs for p in q.reference_pairs for a in (p.aligned, p.misaligned)]
+    shared = answer_logprobs(embedded, convs, share_prefix=True)
+    whole = answer_logprobs(embedded, convs, share_prefix=False)
+    assert [n for _, n in shared] == [n for _, n in whole]
+    assert [lp for lp, _ in shared] == pytest.approx([lp for lp, _ in whole], abs=0.05)
