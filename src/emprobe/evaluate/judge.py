@@ -78,7 +78,10 @@ def score_from_logprobs(
         if isinstance(logprob, bool) or not isinstance(logprob, (int, float)):
             raise DataError(f"log-prob of token {excerpt(token, 20)} is "
                             f"{type(logprob).__name__} {excerpt(logprob, 30)}, not a number")
-        lp = float(logprob)
+        try:
+            lp = float(logprob)
+        except OverflowError:
+            lp = math.nan
         if math.isnan(lp) or lp > LOGPROB_SLACK:
             raise DataError(f"log-prob of token {excerpt(token, 20)} is {excerpt(logprob, 30)}; "
                             "log-probabilities must be <= 0")
