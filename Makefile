@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.emprobe-installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test test-fast demo demo-quick bench assets lint clean-venv reproduce
+.PHONY: install test test-fast demo demo-quick bench assets lint clean-venv fuzz reproduce
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,10 @@ reproduce: $(STAMP)
 
 assets: $(STAMP)
 	$(BIN)/emprobe demo --out demo-out --assets assets
+
+# >= 10,000 mutated inputs across every loader; prints the counts, fails unless 0/0/0
+fuzz: $(STAMP)
+	$(BIN)/python tests/fuzz_driver.py --n 10000
 
 lint: $(STAMP)
 	$(BIN)/python -m ruff check src tests benchmarks
