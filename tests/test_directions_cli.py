@@ -7,7 +7,7 @@ import pytest
 from emprobe.cli import main
 from emprobe.directions import Direction
 from emprobe.directions.cli import parse_layers
-from emprobe.errors import DataError
+from emprobe.errors import ConfigError, DataError
 
 
 def _write(path, convs):
@@ -22,9 +22,10 @@ def _convs(prefix):
 
 def test_parse_layers():
     assert parse_layers("all") is None and parse_layers(None) is None
-    assert parse_layers("1,3-5") == [1, 3, 4, 5]
-    with pytest.raises(DataError):
-        parse_layers("a-b")
+    assert parse_layers("1,3,5") == [1, 3, 5]
+    for bad in ("a-b", "3-5", "1,1"):
+        with pytest.raises(ConfigError):
+            parse_layers(bad)
 
 
 def test_cli_extract_export_steer(tmp_path, capsys):

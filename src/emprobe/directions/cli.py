@@ -4,45 +4,31 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 from typing import Any
 
-from emprobe.errors import DataError, EmprobeError
+from emprobe import validate
+from emprobe.errors import ConfigError, DataError, EmprobeError
 
 EXPORTS = ("gguf", "persona-pt", "persona-safetensors", "caft-npy", "numpy")
 IMPORTS = ("gguf", "persona", "caft-npy", "numpy")
 
 
-def parse_layers(text: str | None, n_layers: int | None = None) -> list[int] | None:
-    """``None``/``all`` -> None (all layers); ``3,5,7``; ``10-20`` (inclusive); mixes of both."""
+def parse_layers(text: str | None) -> list[int] | None:
+    """``None`` / ``all`` -> None (all layers); else ``emprobe.validate.parse_layers``
+    (``3`` or ``3,5,7``: distinct non-negative block indices)."""
     if text is None or text.strip().lower() == "all":
         return None
-    out: list[int] = []
-    for part in (x.strip() for x in text.split(",")):
-        m = re.fullmatch(r"(\d+)-(\d+)", part)
-        if m:
-            out.extend(range(int(m.group(1)), int(m.group(2)) + 1))
-        elif re.fullmatch(r"-?\d+", part):
-            out.append(int(part))
-        elif part:
-            raise DataError(f"--layers {text!r}: use 'all', '3,5,7' or '10-20'")
-    return out
+    try:
+        return validate.parse_layers(text)
+    except argparse.ArgumentTypeError as exc:
+        raise ConfigError(f"--layers: {exc}") from None
 
 
 def _read_chats(path: str) -> list[Any]:
-    try:
-        from emprobe.data.chat_io import read_chat_jsonl
-    except ImportError:
-        read_chat_jsonl = None
-    if read_chat_jsonl is not None:
-        recs = read_chat_jsonl(path)
-    else:
-        from emprobe.io import read_jsonl
+    from emprobe.data.chat_io import read_chat_jsonl
 
-        if not Path(path).is_file():
-            raise DataError(f"{path}: no such file")
-        recs = read_jsonl(path)
+    recs = read_chat_jsonl(path)
     convs = [r["messages"] if isinstance(r, dict) and "messages" in r else r for r in recs]
     if not convs:
         raise DataError(f"{path}: no conversations")

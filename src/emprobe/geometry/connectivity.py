@@ -18,7 +18,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -26,6 +26,9 @@ from emprobe.errors import DataError, EmprobeError, ShapeError, SiteError
 from emprobe.evaluate.stats import bootstrap_mean
 from emprobe.geometry.adapter import LoraAdapter, read_adapter
 from emprobe.models.logprobs import response_logprobs
+
+if TYPE_CHECKING:
+    from emprobe.models.subject import Subject
 
 __all__ = [
     "WeightPath",
@@ -185,7 +188,7 @@ def _conversations(records: Sequence[Any], where: str) -> list[list[dict[str, st
 
 @torch.no_grad()
 def response_loss(
-    subject: Any, records: Sequence[Any], batch_size: int = 8, n_boot: int = 200, seed: int = 0,
+    subject: Subject, records: Sequence[Any], batch_size: int = 8, n_boot: int = 200, seed: int = 0,
     where: str = "held-out data",
 ) -> dict[str, float]:
     """Mean cross-entropy (nats) over response tokens, with a bootstrap 95 % interval.
@@ -223,7 +226,7 @@ def local_score_evaluator(**kwargs: Any) -> Evaluator:
     """An evaluator from ``emprobe.evaluate.local.local_score`` (per-answer margin, nats)."""
     from emprobe.evaluate.local import local_score
 
-    def run(subject: Any) -> dict[str, float]:
+    def run(subject: Subject) -> dict[str, float]:
         return local_score(subject, **kwargs).per_answer.to_record()
 
     return run
@@ -291,7 +294,7 @@ class ConnectivityResult:
 
 
 def run_connectivity(
-    subject: Any,
+    subject: Subject,
     adapters: Sequence[LoraAdapter | str | Path],
     evaluators: Mapping[str, Evaluator],
     mode: str | None = None,

@@ -26,7 +26,7 @@ from typing import Literal
 
 import torch
 
-from emprobe.errors import ShapeError
+from emprobe.errors import ConfigError, ShapeError
 from emprobe.models.lora import factor_svd_parts
 
 __all__ = [
@@ -83,7 +83,7 @@ class LowRankSVD:
             return self.V
         if side == "left":
             return self.U
-        raise ValueError(f"side must be 'right' or 'left', got {side!r}")
+        raise ConfigError(f"side must be 'right' or 'left', got {side!r}")
 
 
 def _check_factors(B: torch.Tensor, A: torch.Tensor) -> None:
@@ -157,7 +157,7 @@ def top_subspace(svd: LowRankSVD, k: int, side: Side = "right") -> torch.Tensor:
         return svd.Q_right @ svd.V_core[:, :kk]
     if side == "left":
         return svd.Q_left @ svd.U_core[:, :kk]
-    raise ValueError(f"side must be 'right' or 'left', got {side!r}")
+    raise ConfigError(f"side must be 'right' or 'left', got {side!r}")
 
 
 def paired_abs_cosines(V1: torch.Tensor, V2: torch.Tensor, k: int | None = None) -> torch.Tensor:

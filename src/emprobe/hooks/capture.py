@@ -5,15 +5,20 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
 
+from emprobe.errors import ConfigError, SiteError
 from emprobe.hooks.convention import check_site
 from emprobe.hooks.core import StopForward, add_site_hook
+from emprobe.hooks.types import check_positions
 from emprobe.models.chat import ChatBatch, Conversation
 from emprobe.models.context import use_batch
+
+if TYPE_CHECKING:
+    from emprobe.models.subject import Subject
 
 Key = tuple[str, int]
 
@@ -32,7 +37,7 @@ class ActivationCache:
         if isinstance(key, int):
             key = ("resid_post", key)
         if key not in self.calls or not self.calls[key]:
-            raise KeyError(f"nothing captured at {key}; captured: {sorted(self.calls)}")
+            raise SiteError(f"nothing captured at {key}; captured: {sorted(self.calls)}")
         return self.calls[key][-1]
 
     def keys(self) -> list[Key]:
@@ -42,7 +47,7 @@ class ActivationCache:
         return key in self.calls
 
 
-def _normalise_layers(subject: Any, layers: int | Iterable[int]) -> list[int]:
+def _normalise_layers(subject: Subject, layers: int | Iterable[int]) -> list[int]:
     if isinstance(layers, int):
         layers = [layers]
     return sorted({subject.layers.check_layer(layer) for layer in layers})
@@ -50,7 +55,7 @@ def _normalise_layers(subject: Any, layers: int | Iterable[int]) -> list[int]:
 
 @contextlib.contextmanager
 def capture(
-    subject: Any,
+    subject: Subject,
     layers: int | Iterable[int],
     sites: str | Sequence[str] = "resid_post",
     early_exit: bool = False,
@@ -131,7 +136,7 @@ class Collected:
 
 @torch.no_grad()
 def collect(
-    subject: Any,
+    subject: Subject,
     data: Sequence[Conversation] | Sequence[str] | ChatBatch,
     layers: int | Iterable[int],
     site: str = "resid_post",
@@ -152,7 +157,8 @@ def collect(
     selected token give NaN rows). Activations are returned in float32 on CPU.
     """
     if reduce not in ("tokens", "mean"):
-        raise ValueError(f"reduce must be 'tokens' or 'mean', not {reduce!r}")
+        raise ConfigError(f"reduce must be 'tokens' or 'mean', not {reduce!r}")
+    check_positions(positions)
     layer_list = _normalise_layers(subject, layers)
     if isinstance(data, ChatBatch):
         chunks = [data.slice(i, i + batch_size) for i in range(0, len(data), batch_size)]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.hooks import RemovableHandle
@@ -13,6 +13,9 @@ from emprobe.hooks.convention import check_site
 from emprobe.models.chat import ChatBatch
 from emprobe.models.context import active_batch
 
+if TYPE_CHECKING:
+    from emprobe.models.subject import Subject
+
 # fn(hidden [batch, pos, d_model]) -> replacement tensor or None (observe only)
 SiteFn = Callable[[torch.Tensor], torch.Tensor | None]
 
@@ -21,7 +24,7 @@ class StopForward(Exception):
     """Raised by a capture hook to end the forward pass early (caught by ``capture``)."""
 
 
-def site_module(subject: Any, site: str, layer: int) -> tuple[torch.nn.Module, bool]:
+def site_module(subject: Subject, site: str, layer: int) -> tuple[torch.nn.Module, bool]:
     """The module to hook for a site, and whether it is a pre-hook (module input)."""
     check_site(site)
     layer = subject.layers.check_layer(layer)
@@ -35,7 +38,7 @@ def site_module(subject: Any, site: str, layer: int) -> tuple[torch.nn.Module, b
     return mod, False
 
 
-def add_site_hook(subject: Any, site: str, layer: int, fn: SiteFn) -> RemovableHandle:
+def add_site_hook(subject: Subject, site: str, layer: int, fn: SiteFn) -> RemovableHandle:
     """Register ``fn`` on ``(site, layer)``; returns the handle (remove it!)."""
     module, is_pre = site_module(subject, site, layer)
     if is_pre:

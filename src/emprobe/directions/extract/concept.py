@@ -7,7 +7,7 @@ Concept vector ``c_l = mean(h_l at the last prompt token | concept prompts)
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -16,13 +16,16 @@ from emprobe.directions.direction import Direction, data_provenance
 from emprobe.directions.prompts import NEUTRAL_PROMPTS
 from emprobe.errors import DataError, ShapeError
 
+if TYPE_CHECKING:
+    from emprobe.models.subject import Subject
+
 
 def _as_prompts(prompts: Sequence[Any]) -> list[Any]:
     return [[{"role": "user", "content": p}] if isinstance(p, str) else p for p in prompts]
 
 
 def concept_vectors(
-    subject: Any,
+    subject: Subject,
     concepts: Mapping[str, Sequence[Any]],
     neutral: Sequence[Any] | None = None,
     layers: Sequence[int] | int | None = None,

@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 from emprobe.directions.direction import Direction
-from emprobe.errors import FormatError, ShapeError
+from emprobe.errors import ConfigError, FormatError, ShapeError
 from emprobe.geometry.adapter import LoraModule
 from emprobe.geometry.adapter import read_adapter as read_lora_adapter
 from emprobe.models.lora import factor_svd
@@ -44,7 +44,7 @@ def lora_direction(
     ``[d]`` for k = 1 else ``[d, k]``; singular values go to ``stats``.
     """
     if side not in ("auto", "left", "right"):
-        raise FormatError(f"side must be auto, left or right, not {side!r}")
+        raise ConfigError(f"side must be auto, left or right, not {side!r}")
     cfg, modules = read_adapter(adapter_dir)
     chosen = [m for m in modules if m.module_type == module and m.layer is not None
               and (layers is None or m.layer in layers)]

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from emprobe.directions.activations import all_layers, layer_means
 from emprobe.directions.direction import Direction, data_provenance
 from emprobe.errors import DataError
 
+if TYPE_CHECKING:
+    from emprobe.models.subject import Subject
+
 
 def mean_difference(
-    subject: Any,
+    subject: Subject,
     positive: Sequence[Any],
     negative: Sequence[Any],
     layers: Sequence[int] | int | None = None,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
@@ -20,6 +20,9 @@ from emprobe.errors import DataError
 from emprobe.models.chat import validate_conversation
 from emprobe.models.context import use_batch
 from emprobe.models.logprobs import sequence_logprobs
+
+if TYPE_CHECKING:
+    from emprobe.models.subject import Subject
 
 # scorer(questions, answers) -> trait expression per answer (higher = more of the trait)
 Scorer = Callable[[list[str], list[str]], list[float]]
@@ -34,7 +37,7 @@ class PersonaResult:
 
 
 @torch.no_grad()
-def response_logprob(subject: Any, conversations: Sequence[Any], batch_size: int = 8) -> torch.Tensor:
+def response_logprob(subject: Subject, conversations: Sequence[Any], batch_size: int = 8) -> torch.Tensor:
     """Mean log-probability per response token of each conversation, ``[n]`` (nats)."""
     out = []
     for i in range(0, len(conversations), batch_size):
@@ -46,7 +49,7 @@ def response_logprob(subject: Any, conversations: Sequence[Any], batch_size: int
     return torch.cat(out)
 
 
-def self_contrast_scorer(subject: Any, trait_prompt: str, anti_prompt: str,
+def self_contrast_scorer(subject: Subject, trait_prompt: str, anti_prompt: str,
                          batch_size: int = 8) -> Scorer:
     """A judge-free trait scorer [inferred]: how much likelier an answer is under the trait prompt.
 
@@ -74,7 +77,7 @@ def _chat(system: str, question: str, answer: str | None = None) -> list[dict[st
 
 
 def persona_vector(
-    subject: Any,
+    subject: Subject,
     trait: str = "misaligned",
     pairs: Sequence[tuple[str, str]] | None = None,
     questions: Sequence[str] | None = None,
@@ -143,7 +146,7 @@ def persona_vector(
 
 
 def projection(
-    subject: Any,
+    subject: Subject,
     direction: Direction,
     conversations: Sequence[Any],
     layers: Sequence[int] | None = None,

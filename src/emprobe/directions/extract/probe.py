@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from emprobe.directions.activations import all_layers, layer_means
 from emprobe.directions.direction import Direction, data_provenance
 from emprobe.errors import DataError, ShapeError
+
+if TYPE_CHECKING:
+    from emprobe.models.subject import Subject
 
 
 @dataclass
@@ -60,7 +63,7 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, l2: float = 1e-3, steps: int 
 
 
 def probe_direction(
-    subject: Any,
+    subject: Subject,
     positive: Sequence[Any],
     negative: Sequence[Any],
     layers: Sequence[int] | int | None = None,
