@@ -22,6 +22,7 @@ RECIPES: dict[str, tuple[str, str]] = {
     "persona-features": ("persona_features", "Persona features: SAE diff, predictor, re-alignment"),
     "data-thresholds": ("data_thresholds", "How much bad data: 0-100 % mixtures"),
     "school-of-reward-hacks": ("school_of_reward_hacks", "Harmless reward hacking generalises?"),
+    "score-validity": ("score_validity", "Local misalignment score: positive and negative controls"),
 }
 
 
