@@ -44,7 +44,20 @@ reproduce: $(STAMP)
 	for r in $(RECIPES); do $(BIN)/emprobe recipe $$r --out recipes-out/$$r || exit 1; done
 	$(BIN)/python -m emprobe.recipes.table recipes-out docs/recipes.md
 
-assets: $(STAMP)
+# PNG export: kaleido 1.x (the "static" extra) drives a Chrome / Chromium it does not ship;
+# as root on Debian / Ubuntu the assets target installs Chromium with apt-get.
+STATIC := $(VENV)/.emprobe-static
+$(STATIC): $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[static]"
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null \
+	  || command -v google-chrome >/dev/null || [ -n "$$BROWSER_PATH" ] \
+	  || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] \
+	       && apt-get update -q >/dev/null \
+	       && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null; } \
+	  || { echo "make assets: PNG export needs Chrome or Chromium (Debian / Ubuntu: sudo apt-get install chromium; or set BROWSER_PATH)" >&2; exit 1; }
+	touch $(STATIC)
+
+assets: $(STATIC)
 	$(BIN)/emprobe demo --out demo-out --assets assets
 
 # >= 10,000 mutated inputs across every loader; prints the counts, fails unless 0/0/0
