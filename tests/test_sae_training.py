@@ -205,3 +205,20 @@ def test_spliced_metrics_identity_recovers_all_loss(tiny_llama):
     assert m["kl_sae"] == pytest.approx(0.0, abs=1e-4)
     assert m["ce_zero"] != pytest.approx(m["ce_clean"])
     assert m["explained_variance"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_quality_gate_flags_low_negative_and_dead():
+    from emprobe.errors import QualityError
+    from emprobe.sae.metrics import check_quality
+
+    good = check_quality({"explained_variance": 0.82, "frac_alive": 0.95})
+    assert good["ok"] and good["dead_fraction"] == pytest.approx(0.05) and not good["problems"]
+    with pytest.raises(QualityError, match="negative explained variance"):
+        check_quality({"explained_variance": -0.036, "frac_alive": 0.9})
+    flagged = check_quality({"explained_variance": 0.5, "frac_alive": 1 - 766 / 1152},
+                            raise_error=False)
+    assert not flagged["ok"] and len(flagged["problems"]) == 2
+    assert not check_quality({"explained_variance": float("nan"), "frac_alive": 1.0},
+                             raise_error=False)["ok"]
+    with pytest.raises(DataError):
+        check_quality({"l0": 3.0})

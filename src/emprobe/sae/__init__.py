@@ -32,13 +32,20 @@ from emprobe.sae.diff import (
     write_diff,
 )
 from emprobe.sae.harvest import Harvest, HarvestConfig, harvest, load_harvest
-from emprobe.sae.metrics import evaluate_sae, reconstruction_metrics, spliced_metrics
+from emprobe.sae.metrics import (
+    check_quality,
+    evaluate_sae,
+    reconstruction_metrics,
+    spliced_metrics,
+)
 from emprobe.sae.predict import auroc, bootstrap_ci, pearson, predictor_stats, spearman
 from emprobe.sae.training import (
     ARCHITECTURES,
     SAETrainConfig,
     TrainedSAE,
     load_sae,
+    memory_provider,
+    sae_hook_name,
     sae_site,
     train_sae,
     train_saes,
@@ -57,6 +64,7 @@ __all__ = [
     "as_interval",
     "auroc",
     "bootstrap_ci",
+    "check_quality",
     "classify",
     "context_corpus",
     "decoder_direction",
@@ -72,11 +80,13 @@ __all__ = [
     "load_crosscoder",
     "load_harvest",
     "load_sae",
+    "memory_provider",
     "pearson",
     "pick_candidates",
     "predictor_stats",
     "realignment_curve",
     "reconstruction_metrics",
+    "sae_hook_name",
     "sae_site",
     "spearman",
     "spliced_metrics",

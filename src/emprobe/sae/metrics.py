@@ -12,6 +12,9 @@ Definitions (``x`` an activation row, ``x_hat`` its reconstruction, over the eva
 
 The splice and the zero-ablation act on the harvested token selection (all tokens but
 the first by default: the SAE is not trained on the attention-sink token).
+
+``check_quality`` is the gate: an SAE whose explained variance is low (or negative: worse
+than predicting the mean) or whose latents are mostly dead is not worth diffing.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from emprobe.errors import DataError
+from emprobe.errors import DataError, QualityError
 from emprobe.hooks.core import add_site_hook
 from emprobe.io import write_json
 from emprobe.models.chat import Conversation
@@ -198,3 +201,33 @@ def evaluate_sae(
     if out_dir is not None:
         write_json(Path(out_dir) / "metrics.json", record)
     return record
+
+
+def check_quality(
+    metrics: dict[str, Any],
+    min_ev: float = 0.7,
+    max_dead: float = 0.1,
+    raise_error: bool = True,
+) -> dict[str, Any]:
+    """Gate an SAE on its metrics (``reconstruction_metrics`` / ``spliced_metrics`` output).
+
+    ``dead_fraction`` is ``1 - frac_alive``. Returns ``{"ok", "explained_variance",
+    "dead_fraction", "min_ev", "max_dead", "problems"}``; with ``raise_error`` (default) a
+    failing SAE raises ``QualityError`` naming every problem instead.
+    """
+    for key in ("explained_variance", "frac_alive"):
+        if key not in metrics:
+            raise DataError(f"SAE quality check: metrics lack {key!r} (have {sorted(metrics)[:8]})")
+    ev = float(metrics["explained_variance"])
+    dead = 1.0 - float(metrics["frac_alive"])
+    problems = []
+    if not ev >= min_ev:  # also catches NaN
+        kind = "negative" if ev < 0 else "low"
+        problems.append(f"{kind} explained variance {ev:.3f} (< {min_ev})")
+    if not dead <= max_dead:
+        problems.append(f"{dead:.1%} dead latents (> {max_dead:.0%})")
+    result = {"ok": not problems, "explained_variance": ev, "dead_fraction": dead,
+              "min_ev": min_ev, "max_dead": max_dead, "problems": problems}
+    if problems and raise_error:
+        raise QualityError("SAE below the quality gate: " + "; ".join(problems))
+    return result
