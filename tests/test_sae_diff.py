@@ -78,6 +78,32 @@ def test_diff_recovers_planted_latent(planted, tmp_path):
         res.top("attribution")  # not computed yet
 
 
+def test_diff_ranks_response_tokens_only(planted):
+    """A change confined to prompt (template / system) tokens must not rank over responses."""
+    from emprobe.models.context import active_batch
+
+    base, _, sae = planted
+    prompt_only = load_model("tiny-llama")
+    vec = sae.W_dec[PLANTED].detach() * 4.0
+
+    def on_prompt(h):
+        batch = active_batch()
+        mask = batch.prompt_mask.to(h.device).unsqueeze(-1)
+        return h + mask * vec.to(h.dtype)
+
+    handle = add_site_hook(prompt_only, "resid_post", LAYER, on_prompt)
+    try:
+        data = generic_chats(8, seed=4)
+        assert diff_latents(base, prompt_only, sae, "resid_post", LAYER, data,
+                            positions="all").top("mean_diff", 1) == [PLANTED]
+        resp = diff_latents(base, prompt_only, sae, "resid_post", LAYER, data)
+        assert resp.meta["positions"] == "response"
+        assert resp.top("mean_diff", 1) != [PLANTED]
+        assert float(resp.mean_diff.abs().max()) < 1e-4  # nothing changed on responses
+    finally:
+        handle.remove()
+
+
 def test_attribution_is_first_order_loss_change(tiny_llama):
     """Removing eps * f_i * W_dec[i] at the scored positions changes the loss by ~ -eps * attr_i."""
     sae = _tied_sae(seed=1, bias=0.0)
@@ -127,13 +153,29 @@ def test_steering_check_ranks_the_aligned_latent_first(planted):
         return (float(proj.mean()), float(proj.mean()) - 0.1, float(proj.mean()) + 0.1)
 
     check = steering_check(base, sae, [5, PLANTED, 60], "resid_post", LAYER, scorer,
-                           coeffs=(0.5, 1.0), scale=2.0, random_controls=2, progress=False)
+                           coeffs=(0.5, 1.0), scale=2.0, random_controls=2, progress=False,
+                           control_kind="gaussian")
     assert check["latents"][0]["latent"] == PLANTED
     assert len(check["controls"]) == 2 and check["controls"][0]["latent"] is None
     assert all(c["max_delta"] < check["latents"][0]["max_delta"] for c in check["controls"])
     top = check["latents"][0]["scores"]
     assert top[1]["delta"] == pytest.approx(2.0, rel=1e-3)  # coeff 1 x scale 2 x unit row
     assert top[0]["lo"] < top[0]["mean"] < top[0]["hi"]
+    # default controls: other latents' decoder rows, steered with the candidates' exact norm
+    by_latent = steering_check(base, sae, [5, PLANTED], "resid_post", LAYER, scorer,
+                               coeffs=(1.0,), scale=2.0, random_controls=6, progress=False)
+    ctrl = by_latent["controls"]
+    assert len(ctrl) == 6 and all(c["control"] for c in ctrl)
+    assert {c["latent"] for c in ctrl}.isdisjoint({5, PLANTED})
+    assert all(c["norm"] == pytest.approx(2.0, rel=1e-5) for c in ctrl + by_latent["latents"])
+    best, other = by_latent["latents"]
+    assert best["latent"] == PLANTED and best["beats_controls"] and best["control_p"] == 1 / 7
+    worse = sum(c["max_delta"] >= other["max_delta"] for c in ctrl)
+    assert other["control_p"] == pytest.approx((1 + worse) / 7)
+    assert other["beats_controls"] == (worse == 0)
+    with pytest.raises(EmprobeError):
+        steering_check(base, sae, [5], "resid_post", LAYER, scorer, scale=1.0,
+                       random_controls=1, control_kind="nope", progress=False)
 
 
 def test_intervals_and_realignment_driver():

@@ -85,12 +85,19 @@ def steering_check(
     random_controls: int = 0,
     seed: int = 0,
     progress: bool = True,
+    control_kind: str = "latents",
 ) -> dict[str, Any]:
     """Steer ``subject`` with each latent's decoder row at each coefficient; score each.
 
-    ``random_controls`` adds that many random unit directions, steered at the same scale
-    (entries with ``"latent": None`` under ``"controls"``): a large push in any direction
-    can move a log-probability score, so a candidate is specific only if it beats them.
+    ``random_controls`` adds that many control directions steered with exactly the same
+    norm (``coeff * scale``, every direction is unit before scaling), listed under
+    ``"controls"``: a large push in any direction can move a log-probability score, so a
+    candidate is specific only if it beats them. ``control_kind="latents"`` draws the
+    unit decoder rows of random other latents of the same SAE (``"latent"`` set to their
+    id, ``"control": True``); ``"gaussian"`` draws random unit directions (``"latent": None``).
+    Each candidate then gets ``control_p`` = (1 + #controls whose ``max_delta`` >= its own)
+    / (1 + #controls), an empirical one-sided p-value, and ``beats_controls`` (its
+    ``max_delta`` exceeds every control's).
 
     Returns ``{"baseline": {mean, lo, hi}, "scale", "coeffs", "latents": [...]}``; each latent
     entry holds per-coefficient scores and ``delta`` (steered minus unsteered mean; with
@@ -105,14 +112,23 @@ def steering_check(
         scale = mean_resid_norm(subject, site, layer)
     raw_base = scorer(subject)
     baseline = as_interval(raw_base)
+    if control_kind not in ("latents", "gaussian"):
+        raise EmprobeError(f"steering check: control_kind {control_kind!r}: use latents or gaussian")
     gen = torch.Generator().manual_seed(seed)
     d_in = int(sae.cfg.d_in)
-    randoms = [torch.nn.functional.normalize(torch.randn(d_in, generator=gen), dim=0)
-               for _ in range(random_controls)]
-    jobs: list[tuple[int | None, torch.Tensor]] = [
-        (int(la), decoder_direction(sae, la)) for la in latents] + [(None, r) for r in randoms]
+    jobs: list[tuple[int | None, torch.Tensor, bool]] = [
+        (int(la), decoder_direction(sae, la), False) for la in latents]
+    if control_kind == "latents":
+        taken = {int(la) for la in latents}
+        pool = [i for i in torch.randperm(int(sae.cfg.d_sae), generator=gen).tolist()
+                if i not in taken][:random_controls]
+        jobs += [(i, decoder_direction(sae, i), True) for i in pool]
+    else:
+        jobs += [(None, torch.nn.functional.normalize(torch.randn(d_in, generator=gen), dim=0),
+                  True) for _ in range(random_controls)]
     rows, controls = [], []
-    for latent, unit in tqdm(jobs, desc="steering check", disable=not progress, leave=False):
+    for latent, unit, is_control in tqdm(jobs, desc="steering check", disable=not progress,
+                                         leave=False):
         vec = unit * scale
         per = []
         for c in coeffs:
@@ -123,11 +139,21 @@ def steering_check(
             if isinstance(raw, LocalEstimate) and isinstance(raw_base, LocalEstimate):
                 entry.update(raw.paired_delta(raw_base))
             per.append(entry)
-        row = {"latent": latent, "scores": per, "max_delta": max(p["delta"] for p in per)}
-        (rows if latent is not None else controls).append(row)
+        row = {"latent": latent, "scores": per, "max_delta": max(p["delta"] for p in per),
+               "norm": float((vec * max(abs(float(c)) for c in coeffs)).norm())}
+        if is_control:
+            row["control"] = True
+        (controls if is_control else rows).append(row)
     rows.sort(key=lambda r: r["max_delta"], reverse=True)
+    control_deltas = [c["max_delta"] for c in controls]
+    for row in rows:
+        if control_deltas:
+            row["control_p"] = (1 + sum(d >= row["max_delta"] for d in control_deltas)) / (
+                1 + len(control_deltas))
+            row["beats_controls"] = row["max_delta"] > max(control_deltas)
     return {"baseline": baseline, "scale": float(scale), "coeffs": [float(c) for c in coeffs],
-            "site": site, "layer": int(layer), "latents": rows, "controls": controls}
+            "site": site, "layer": int(layer), "latents": rows, "controls": controls,
+            "control_kind": control_kind if controls else None}
 
 
 def mean_resid_norm(subject: Any, site: str, layer: int) -> float:

@@ -179,9 +179,16 @@ def _cmd_diff(args: argparse.Namespace) -> int:
             best = max(row["scores"], key=lambda s: s["delta"])
             ci = (f" [{best['delta_lo']:+.3f}, {best['delta_hi']:+.3f}]"
                   if "delta_lo" in best else "")
-            name = f"latent {row['latent']}" if row["latent"] is not None else "random dir"
+            name = (f"latent {row['latent']}" if not row.get("control")
+                    else "random dir" if row["latent"] is None
+                    else f"control latent {row['latent']}")
+            verdict = ""
+            if "control_p" in row:
+                verdict = (f"; {'beats' if row['beats_controls'] else 'does not beat'} the "
+                           f"{len(check['controls'])} equal-norm controls (p = {row['control_p']:.2f})")
             print(f"  {name}: best delta {best['delta']:+.3f}{ci} at coeff "
-                  f"{best['coeff']} (score {best['mean']:+.3f} [{best['lo']:+.3f}, {best['hi']:+.3f}])")
+                  f"{best['coeff']} (score {best['mean']:+.3f} [{best['lo']:+.3f}, "
+                  f"{best['hi']:+.3f}]){verdict}")
     return 0
 
 
@@ -268,15 +275,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="chat JSONL of the fine-tune's answers for attribution "
                         "(default: its greedy replies to the eval questions)")
     p.add_argument("--max-answers", type=int, default=16)
-    p.add_argument("--positions", default="all", choices=["all", "response", "prompt"])
+    p.add_argument("--positions", default="response", choices=["all", "response", "prompt"],
+                   help="tokens the diff ranks over (default: assistant tokens only)")
     p.add_argument("--top", type=int, default=5, help="candidates per ranking")
     p.add_argument("--contexts", type=int, default=5, help="top contexts per candidate")
     p.add_argument("--steer", type=int, default=3, help="candidates to steer with (0: skip)")
     p.add_argument("--coeffs", default="0.5,1.0", help="steering coefficients (x residual norm)")
     p.add_argument("--questions", type=int, default=None, help="score on the first N questions")
     p.add_argument("--n-boot", type=int, default=200)
-    p.add_argument("--random-controls", type=int, default=1,
-                   help="random directions steered at the same scale, as a control")
+    p.add_argument("--random-controls", type=int, default=4,
+                   help="random other latents steered with the same norm, as controls")
     p.set_defaults(func=_cmd_diff)
 
     cc = sub.add_parser("crosscoder", help="crosscoders over base and fine-tuned activations")

@@ -1,7 +1,10 @@
 """SAE model diffing: which latents change between a base model and its fine-tune.
 
 Three rankings over the latents ``i`` of one SAE at ``(site, layer)``, on the same
-conversations run through both models (same tokens, so rows pair up):
+conversations run through both models (same tokens, so rows pair up). By default only
+response (assistant) tokens ``t`` count: template and system-prompt tokens are the same
+text in every conversation, and latents that fire on them (e.g. on SmolLM2's default
+system prompt) would otherwise dominate the ranking.
 
 - ``mean_diff[i] = mean_t f_i(h_ft[t]) - mean_t f_i(h_base[t])``
 - ``encoded_diff[i] = (mean_t (h_ft[t] - h_base[t])) . W_enc[:, i]`` (the linear part of the
@@ -111,11 +114,15 @@ def diff_latents(
     site: str,
     layer: int,
     data: Sequence[Conversation] | Sequence[str],
-    positions: str = "all",
+    positions: str = "response",
     batch_size: int = 8,
     max_length: int = 256,
 ) -> DiffResult:
-    """Encode the same ``data`` through ``base`` and ``ft`` with one SAE; score every latent."""
+    """Encode the same ``data`` through ``base`` and ``ft`` with one SAE; score every latent.
+
+    ``positions``: ``"response"`` (default: assistant tokens of conversations, every token
+    of plain strings), ``"prompt"`` or ``"all"``; each sequence's first token is dropped.
+    """
     check_sae_fits(base, sae, "the base model")
     check_sae_fits(ft, sae, "the fine-tuned model")
     if not data:
@@ -218,13 +225,17 @@ def top_contexts(
     window: int = 10,
     batch_size: int = 8,
     max_length: int = 256,
+    positions: str = "all",
 ) -> dict[int, list[dict[str, Any]]]:
     """The ``n`` highest activations of each latent over ``corpus``'s tokens, with context.
+
+    ``positions`` limits the firing tokens (e.g. ``"response"``); the context window shows
+    the surrounding tokens whatever their role.
 
     Each context: ``{"activation", "item", "pos", "token", "text"}`` where ``text`` shows up
     to ``window`` tokens either side with the firing token marked ``[[token]]``.
     """
-    h, got = _acts(subject, corpus, site, layer, "all", batch_size, max_length)
+    h, got = _acts(subject, corpus, site, layer, positions, batch_size, max_length)
     index = got.token_index[got.token_index[:, 1] > 0]
     feats = encode_rows(sae, h)[:, list(latents)]  # [rows, n_latents]
     tok = subject.tokenizer

@@ -50,10 +50,12 @@ def steering_figure(check: dict[str, Any], title: str = "Steering with candidate
     for row in rows:
         xs = [s["coeff"] for s in row["scores"]]
         ys = [s["mean"] for s in row["scores"]]
-        control = row["latent"] is None
+        control = row.get("control", False) or row["latent"] is None
+        name = (f"latent {row['latent']}" if not control
+                else "random direction" if row["latent"] is None
+                else f"control latent {row['latent']}")
         fig.add_trace(go.Scatter(
-            x=xs, y=ys, mode="lines+markers",
-            name="random direction" if control else f"latent {row['latent']}",
+            x=xs, y=ys, mode="lines+markers", name=name,
             line={"dash": "dash", "color": "#999999"} if control else None,
             error_y={"type": "data", "symmetric": False,
                      "array": [s["hi"] - s["mean"] for s in row["scores"]],
