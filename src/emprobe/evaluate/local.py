@@ -118,10 +118,10 @@ def _score_shared_prefixes(subject: Any, conversations: Sequence[Sequence[dict[s
         ids, att = batch.input_ids, batch.attention_mask
         prompt = ids[:1, :n_prompt]
         first = model(input_ids=prompt, attention_mask=att[:1, :n_prompt], use_cache=True)
-        cache = first.past_key_values
+        cache = _returned_cache(first)
         cache.batch_repeat_interleave(len(idx))
-        rest_out = model(input_ids=ids[:, n_prompt:], attention_mask=att, past_key_values=cache,
-                         use_cache=True)
+        rest_out = model(input_ids=ids[:, n_prompt:], attention_mask=att, use_cache=True,
+                         **{_cache_kwarg(model): cache})
         # the prediction of token t comes from position t - 1: the prompt's last position
         # predicts the first answer token
         logits = torch.cat([first.logits[:, -1:].expand(len(idx), -1, -1),
@@ -136,6 +136,21 @@ def _score_shared_prefixes(subject: Any, conversations: Sequence[Sequence[dict[s
             out[i] = (float(sums[j]), int(counts[j]))
             rest.discard(i)
     return sorted(rest)
+
+
+def _cache_kwarg(model: Any) -> str:
+    """transformers >= 5.2x names the key/value cache argument ``cache``; older ones
+    ``past_key_values``."""
+    import inspect
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT
+    params = inspect.signature(type(inner).forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _returned_cache(output: Any) -> Any:
+    cache = output.get("cache") if hasattr(output, "get") else None
+    return cache if cache is not None else output.past_key_values
 
 
 def _common_prompt_length(batch: ChatBatch) -> int:
