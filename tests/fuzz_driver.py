@@ -82,6 +82,7 @@ class Counts:
     by_target: Counter = field(default_factory=Counter)
     examples: list[str] = field(default_factory=list)
     timing: dict[str, float] = field(default_factory=dict)
+    generator_errors: int = 0
 
     def add(self, target: str, case: Case, out: Outcome) -> None:
         self.inputs += 1
@@ -108,6 +109,14 @@ def hostile_values(rng: random.Random) -> Any:
         lambda: {"k\ud800": 1}, lambda: [[1.0, 2.0], [3.0, 4.0]], lambda: -0.0,
     ]
     return rng.choice(choices)()
+
+
+def _dump(obj: Any) -> str:
+    """JSON text of ``obj``; a tree too deep for the encoder becomes deep brackets."""
+    try:
+        return json.dumps(obj)
+    except (ValueError, RecursionError):
+        return "[" * 5000
 
 
 def _nested(depth: int) -> Any:
@@ -626,7 +635,7 @@ class Fuzzer:
                                   "fan_in_fan_out", "use_dora"])
                 cfg[key] = rng.choice([hostile_values(rng), {"(": 2}, {"q_proj": 4.5},
                                        {"v_proj": math.nan}, "[a-", ["q_proj", 3], "all-linear"])
-                cfg_path.write_text(json.dumps(cfg))
+                cfg_path.write_text(_dump(cfg))
                 must, label = has_nonfinite(cfg), "adapter-field"
             else:
                 must, label = self._mutate_json_file(rng, cfg_path)
@@ -644,7 +653,7 @@ class Fuzzer:
                 cfg = json.loads(cfg_path.read_text())
                 key = rng.choice(["d_in", "d_sae", "k", "dtype", "architecture", "metadata"])
                 cfg[key] = rng.choice([hostile_values(rng), 0, 4.5, 9, 17, 4.0, "float8", "int32"])
-                cfg_path.write_text(json.dumps(cfg))
+                cfg_path.write_text(_dump(cfg))
                 must, label = has_nonfinite(cfg), "sae-field"
             else:
                 must, label = self._mutate_json_file(rng, cfg_path)
@@ -881,7 +890,13 @@ def run(n: int, seed: int = 0, time_limit: float = 1.0, targets: tuple[str, ...]
         for i in range(n):
             target = names[i % len(names)]
             case_rng = random.Random(rng.getrandbits(64))
-            case = fz.case(target, case_rng)
+            try:
+                case = fz.case(target, case_rng)
+            except Exception as exc:  # the driver's own bug, not the loader's: count apart
+                counts.generator_errors += 1
+                if len(counts.examples) < 20:
+                    counts.examples.append(f"{target}: generator {type(exc).__name__}: {exc}"[:300])
+                continue
             counts.add(target, case, run_case(case, time_limit, counts.timing))
     return counts
 
@@ -910,6 +925,8 @@ def main(argv: list[str] | None = None) -> int:
           f"per input; slowest input {c.timing.get('max_cpu_s', 0):.2f} s CPU, "
           f"{c.timing.get('max_wall_s', 0):.2f} s wall)")
     print(f"accepted-invalid:               {c.by_kind['accepted_invalid']}")
+    if c.generator_errors:
+        print(f"inputs the driver failed to build (not run): {c.generator_errors}")
     for ex in c.examples:
         print(f"  ! {ex}")
     return 1 if c.bad else 0
