@@ -245,6 +245,7 @@ def local_score(
     n_boot: int = 1000,
     seed: int = 0,
     system: str | None = None,
+    share_prefix: bool | None = None,
 ) -> LocalScore:
     """Score a subject on reference answer pairs (see the module docstring).
 
@@ -257,6 +258,8 @@ def local_score(
         n_boot: bootstrap resamples of questions for the 95 % intervals.
         system: replace every question's system prompt with this one (e.g. to test how a
             "be malicious" prompt moves the score); ``None`` keeps the questions' own.
+        share_prefix: reuse each prompt's key/value cache for its answers (exact; default:
+            on unless an emprobe hook is active, see ``answer_logprobs``).
     """
     qs = [q for q in (questions if questions is not None else default_questions())
           if q.reference_pairs]
@@ -268,7 +271,7 @@ def local_score(
         for p in q.reference_pairs:
             convs.append(prompt + [{"role": "assistant", "content": p.aligned}])
             convs.append(prompt + [{"role": "assistant", "content": p.misaligned}])
-    scored = answer_logprobs(subject, convs, batch_size=batch_size)
+    scored = answer_logprobs(subject, convs, batch_size=batch_size, share_prefix=share_prefix)
     pairs: list[dict[str, Any]] = []
     k = 0
     for q in qs:
