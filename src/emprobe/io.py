@@ -238,8 +238,9 @@ def resume_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     Use this where a run resumes and appends: the file is left ending on a whole line, so
     the next append starts a new record instead of joining a partial one.
     """
+    records = read_jsonl(path, skip_partial_last=True)  # raises, untouched, on a bad file
     repair_jsonl_tail(path)
-    return read_jsonl(path, skip_partial_last=False)
+    return records
 
 
 def save_tensors(
