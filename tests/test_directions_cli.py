@@ -7,7 +7,7 @@ import pytest
 from emprobe.cli import main
 from emprobe.directions import Direction
 from emprobe.directions.cli import parse_layers
-from emprobe.errors import ConfigError, DataError
+from emprobe.errors import ConfigError
 
 
 def _write(path, convs):

@@ -372,7 +372,7 @@ def compare_adapters(
                 vals = pair_metrics(svds[i], lowrank_svd(gB, gA, gs), cfg.k)
                 for name, v in vals.items():
                     gaussian[name][i, mi] = v
-        if base:
+        if base and lookup is not None:
             W0 = lookup(mods[0].name)
             if W0 is not None:
                 W0 = W0.detach().to(torch.float64)

@@ -113,7 +113,7 @@ class WeightPath:
         if not self.adapters:
             raise DataError("WeightPath needs at least one adapter")
         named = dict(self.model.named_modules())
-        self._weights: dict[str, torch.nn.Parameter] = {}
+        self._weights: dict[str, torch.Tensor] = {}
         self._originals: dict[str, torch.Tensor] = {}
         self._updates: dict[str, list[tuple[int, Any]]] = {}
         for ai, ad in enumerate(self.adapters):

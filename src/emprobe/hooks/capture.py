@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
@@ -164,8 +164,8 @@ def collect(
         chunks = [data.slice(i, i + batch_size) for i in range(0, len(data), batch_size)]
         encode = None
     else:
-        items = list(data)
-        chunks = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
+        items: list[Any] = list(data)
+        chunks: list[Any] = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
         encode = "text" if items and isinstance(items[0], str) else "chat"
     out: dict[int, list[torch.Tensor]] = {layer: [] for layer in layer_list}
     index_rows: list[torch.Tensor] = []

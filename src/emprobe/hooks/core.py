@@ -69,7 +69,7 @@ def add_site_hook(subject: Subject, site: str, layer: int, fn: SiteFn) -> Remova
         if isinstance(hidden, torch.Tensor):
             new = fn(hidden)
             if new is not None:
-                output.last_hidden_state = new
+                setattr(output, "last_hidden_state", new)  # noqa: B010 (ModelOutput, untyped)
             return output
         raise SiteError(f"cannot read the output of {type(mod).__name__} ({type(output).__name__})")
 

@@ -259,7 +259,7 @@ def connectivity_curves(
                            showlegend=False, legendgroup=label, dash="dot", markers=False,
                            hovertemplate="straight line between end points<extra></extra>")
                 ref.meta = {"role": "reference"}
-                ref.line.width = 1
+                ref.update(line_width=1)
                 fig.add_trace(ref, row=p, col=1)
                 prefix = f"{label}: " if group else ""
                 notes.append(f"{prefix}barrier {height:+.3g} at t={t_at:.2g}" if height > 0

@@ -14,6 +14,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 import plotly.io as pio
+from plotly.basedatatypes import BaseFigure
 from plotly.offline import get_plotlyjs
 
 from emprobe.errors import EmprobeError
@@ -48,10 +49,11 @@ def default_formats() -> tuple[str, ...]:
     return ("html", "png", "svg") if static_export_available() else ("html",)
 
 
-def figure_html(fig: go.Figure, include_plotlyjs: bool | str = True, full_html: bool = True,
+def figure_html(fig: BaseFigure, include_plotlyjs: bool | str = True, full_html: bool = True,
                 div_id: str | None = None) -> str:
     """The figure as HTML (see :func:`save_figure` for ``include_plotlyjs``)."""
-    return pio.to_html(fig, include_plotlyjs=include_plotlyjs, full_html=full_html,
+    js: Any = include_plotlyjs  # plotly accepts True/False or "cdn" / "directory" / a URL
+    return pio.to_html(fig, include_plotlyjs=js, full_html=full_html,
                        div_id=div_id, config=PLOTLY_CONFIG)
 
 

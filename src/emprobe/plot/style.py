@@ -56,7 +56,8 @@ BAND_ALPHA = 0.18
 def _build_template() -> go.layout.Template:
     base = pio.templates["plotly_white"]
     template = go.layout.Template(base)
-    template.layout.update(
+    layout: Any = template.layout  # plotly's stubs type it loosely
+    layout.update(
         font={"family": FONT_FAMILY, "size": FONT_SIZE, "color": TEXT_COLOR},
         title={"font": {"size": FONT_SIZE + 4}, "x": 0.0, "xanchor": "left", "xref": "paper"},
         colorway=list(PALETTE),
@@ -86,8 +87,8 @@ def _build_template() -> go.layout.Template:
         "title": {"standoff": 8},
         "automargin": True,
     }
-    template.layout.xaxis.update(axis)
-    template.layout.yaxis.update(axis)
+    layout.xaxis.update(axis)
+    layout.yaxis.update(axis)
     return template
 
 

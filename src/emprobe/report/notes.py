@@ -43,8 +43,9 @@ def _bounds(estimate_lo: Any, estimate_hi: Any) -> tuple[float, float]:
         # One object carrying both bounds: an Estimate-like (.lo/.hi) or a dict.
         if isinstance(estimate_lo, Mapping) and "lo" in estimate_lo and "hi" in estimate_lo:
             return _float(estimate_lo["lo"]), _float(estimate_lo["hi"])
-        if hasattr(estimate_lo, "lo") and hasattr(estimate_lo, "hi"):
-            return _float(estimate_lo.lo), _float(estimate_lo.hi)
+        est: Any = estimate_lo
+        if hasattr(est, "lo") and hasattr(est, "hi"):
+            return _float(est.lo), _float(est.hi)
         raise DataError("significance_note: give (lo, hi), or one object with .lo and .hi")
     return _float(estimate_lo), _float(estimate_hi)
 

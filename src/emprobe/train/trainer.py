@@ -307,7 +307,8 @@ class Trainer:
             if targets == ["all-linear"]:
                 targets = "all-linear"
             lcfg = LoraConfig(
-                r=cfg.lora_r, lora_alpha=cfg.lora_alpha, use_rslora=cfg.use_rslora,
+                r=cfg.lora_r, lora_alpha=cfg.lora_alpha,  # pyright: ignore[reportArgumentType]
+                use_rslora=cfg.use_rslora,
                 lora_dropout=cfg.lora_dropout, target_modules=targets, bias="none",
                 layers_to_transform=cfg.layers_to_transform,
                 layers_pattern=(subject.layers.blocks_path.rsplit(".", 1)[-1]

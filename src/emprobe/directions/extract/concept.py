@@ -40,7 +40,7 @@ def concept_vectors(
         raise DataError("concept_vectors: no concepts given")
     neutral_list = _as_prompts(neutral if neutral is not None else NEUTRAL_PROMPTS)
     layer_list = all_layers(subject, layers)
-    kw = dict(layers=layer_list, positions="last", batch_size=batch_size, add_generation_prompt=True)
+    kw: dict[str, Any] = dict(layers=layer_list, positions="last", batch_size=batch_size, add_generation_prompt=True)
     base = layer_means(subject, neutral_list, **kw)
     out = {}
     for name, prompts in concepts.items():

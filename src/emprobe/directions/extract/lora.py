@@ -25,7 +25,7 @@ _KEY_RE = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
 
 def read_adapter(adapter_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], list[LoraModule]]:
     """Adapter config and its LoRA modules (``emprobe.geometry.adapter.read_adapter``)."""
-    adapter = read_lora_adapter(adapter_dir)
+    adapter = read_lora_adapter(os.fspath(adapter_dir))
     return adapter.config, list(adapter)
 
 

@@ -38,7 +38,7 @@ def mean_difference(
     if not positive or not negative:
         raise DataError("mean_difference: both sets need at least one conversation")
     layer_list = all_layers(subject, layers)
-    kw = dict(layers=layer_list, positions=positions, site=site, batch_size=batch_size,
+    kw: dict[str, Any] = dict(layers=layer_list, positions=positions, site=site, batch_size=batch_size,
               max_length=max_length, progress=progress)
     pos = layer_means(subject, positive, **kw)
     neg = layer_means(subject, negative, **kw)
@@ -81,7 +81,7 @@ def model_mean_difference(
     if not conversations:
         raise DataError("model_mean_difference: no conversations")
     layer_list = all_layers(base, layers)
-    kw = dict(layers=layer_list, positions=positions, site=site, batch_size=batch_size,
+    kw: dict[str, Any] = dict(layers=layer_list, positions=positions, site=site, batch_size=batch_size,
               max_length=max_length, progress=progress)
     ft = layer_means(finetuned, conversations, **kw)
     bs = layer_means(base, conversations, **kw)

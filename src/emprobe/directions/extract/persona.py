@@ -126,7 +126,7 @@ def persona_vector(
         )
     pos_convs = [_chat(pairs[r["pair"]][0], r["question"], r["pos_answer"]) for r in kept]
     neg_convs = [_chat(pairs[r["pair"]][1], r["question"], r["neg_answer"]) for r in kept]
-    kw = dict(layers=layers, positions="response", batch_size=batch_size)
+    kw: dict[str, Any] = dict(layers=layers, positions="response", batch_size=batch_size)
     pos = layer_means(subject, pos_convs, **kw)
     neg = layer_means(subject, neg_convs, **kw)
     vectors = {la: pos.per_seq[la].nanmean(0) - neg.per_seq[la].nanmean(0) for la in pos.per_seq}
@@ -179,7 +179,7 @@ def finetuning_shift(
 
     Returns ``{layer: {"shift", "base", "finetuned", "per_sample": [n]}}``.
     """
-    kw = dict(layers=layers, positions=positions, batch_size=batch_size, allow_other_model=False)
+    kw: dict[str, Any] = dict(layers=layers, positions=positions, batch_size=batch_size, allow_other_model=False)
     pb = projection(base, direction, conversations, **kw)
     pf = projection(finetuned, direction, conversations, **kw)
     return {la: {"shift": float((pf[la] - pb[la]).nanmean()), "base": float(pb[la].nanmean()),

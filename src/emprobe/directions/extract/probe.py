@@ -82,7 +82,7 @@ def probe_direction(
     if len(positive) < 2 or len(negative) < 2:
         raise DataError("probe_direction: need at least 2 examples per class")
     layer_list = all_layers(subject, layers)
-    kw = dict(layers=layer_list, positions=positions, batch_size=batch_size)
+    kw: dict[str, Any] = dict(layers=layer_list, positions=positions, batch_size=batch_size)
     pos = layer_means(subject, positive, **kw)
     neg = layer_means(subject, negative, **kw)
     y = torch.cat([torch.ones(len(positive)), torch.zeros(len(negative))])
