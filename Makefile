@@ -66,6 +66,7 @@ fuzz: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/python -m ruff check src tests benchmarks
+	$(BIN)/pyright
 
 clean-venv:
 	rm -rf $(VENV)
