@@ -27,7 +27,17 @@ def main() -> int:
     parser.add_argument("--only", default=None, help="run one module, e.g. hooks")
     parser.add_argument("--quick", action="store_true", help="smaller sizes (smoke run)")
     parser.add_argument("--json", default=None, help="write all results to this file")
+    parser.add_argument("--sae-tokens", default=None,
+                        help="comma-separated token budgets for bench_sae (default 16384; "
+                             "with --only sae: 16384,262144)")
+    parser.add_argument("--sae-precision", default="fp32", choices=["fp32", "bf16"],
+                        help="bench_sae: both sides in float32 (default) or bf16 autocast")
     args = parser.parse_args()
+    sae_sizes = None
+    if args.sae_tokens:
+        sae_sizes = [int(x) for x in args.sae_tokens.split(",") if x.strip()]
+    elif args.only == "sae" and not args.quick:
+        sae_sizes = [16384, 262144]
     here = Path(__file__).parent
     names = sorted(m.name for m in pkgutil.iter_modules([str(here)]) if m.name.startswith("bench_"))
     if args.only:
@@ -40,7 +50,10 @@ def main() -> int:
     for name in names:
         mod = importlib.import_module(f"benchmarks.{name}")
         t0 = time.perf_counter()
-        for res in mod.run(quick=args.quick):
+        kwargs: dict = {}
+        if name == "bench_sae":
+            kwargs = {"sizes": sae_sizes, "precision": args.sae_precision}
+        for res in mod.run(quick=args.quick, **kwargs):
             res.setdefault("module", name)
             results.append(res)
             ratio = res.get("ratio")
