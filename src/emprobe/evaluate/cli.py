@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from emprobe.errors import DataError, EndpointError
+from emprobe.validate import parse_port
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -192,7 +193,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve a model as an OpenAI-compatible endpoint")
     _model_args(p)
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=parse_port, default=8000)
     p.add_argument("--name", default=None, help="model name reported by /v1/models")
     p.add_argument("--api-key-env", default=None,
                    help="require the key in this environment variable (default: no key)")
