@@ -101,6 +101,7 @@ def test_claim_block_and_null(tmp_path):
     lab.finish()
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["claim"]["verdict"] == "reproduced"
+    assert res["wall_s"] >= 0 and "end" in res["load_average"]
     html = (tmp_path / "report.html").read_text()
     assert html.index("Verdict: reproduced") < html.index("<section")
 

@@ -26,6 +26,9 @@ def test_row_reads_the_claim():
     ns = row("caft", _results("not significant", -0.5, 0.3))
     assert "--preset gpu" in ns["measured"]  # says what a bigger budget would run
     assert row("caft", None)["measured"] == "not run yet"
+    shared = {**_results("partial", 0.1, 0.2), "load_average": {"start": 7.9, "end": 11.2,
+                                                                "cpus": 2}}
+    assert row("caft", shared)["minutes"] == "6.5 (load average 8-11 on 2 cores)"
     with pytest.raises(FormatError, match="claim"):
         row("caft", {"config": {}})
 

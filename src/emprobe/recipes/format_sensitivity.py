@@ -54,6 +54,11 @@ def run(lab: Any) -> None:
 
         subjects[str(spec)] = emprobe.load_model(spec, seed=lab.cfg.seed)
     sets = format_sets()
+    if lab.cfg.score_questions is not None:  # the same first N groups in every format
+        common = [q.id for q in sets["plain"] if all(any(x.id == q.id for x in sets[f])
+                                                      for f in FORMATS)]
+        keep = set(common[: lab.cfg.score_questions])
+        sets = {f: [q for q in qs if q.id in keep] for f, qs in sets.items()}
 
     rows, scores = [], {}
     for name, subject in subjects.items():

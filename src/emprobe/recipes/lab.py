@@ -42,6 +42,9 @@ class LabConfig:
     grad_accum`` sequences of at most ``max_length`` tokens; LoRA rank ``lora_r`` with
     ``lora_alpha`` (``None``: ``2 * lora_r``), rsLoRA when ``use_rslora``; ``lr`` with
     ``warmup_steps`` and ``lr_schedule``; ``n_boot`` bootstrap resamples of every interval;
+    ``score_questions``: score on the first N questions of the local score's set (``None``:
+    all). The CPU default, 12 questions (72 reference pairs), keeps one score near 1.5 min
+    on 2 cores so a recipe fits in about 15 min; the GPU preset scores all of them;
     ``device`` / ``dtype`` (``"auto"``: CUDA + bfloat16 when a GPU is visible, else CPU +
     float32) for training AND evaluation; ``gradient_checkpointing`` trades compute for
     memory on big models; ``extra`` holds recipe-specific knobs (see each recipe).
@@ -62,6 +65,7 @@ class LabConfig:
     lr_schedule: str = "constant"
     seed: int = 0
     n_boot: int = 1000
+    score_questions: int | None = 12
     device: str = "auto"
     dtype: str = "auto"
     gradient_checkpointing: bool = False
@@ -89,6 +93,9 @@ class LabConfig:
             raise bad(f"lr must be > 0, got {self.lr}")
         if self.lora_alpha is not None and not self.lora_alpha > 0:
             raise bad(f"lora_alpha must be > 0, got {self.lora_alpha}")
+        if self.score_questions is not None and self.score_questions < 2:
+            raise bad(f"score_questions must be >= 2 (or null for all), got "
+                      f"{self.score_questions}")
         if self.warmup_steps < 0 or self.n_boot < 0:
             raise bad("warmup_steps and n_boot must be >= 0")
         if self.lr_schedule not in LR_SCHEDULES:
@@ -114,15 +121,16 @@ class LabConfig:
 
         LoRA r 32, alpha 64, rsLoRA on all seven projections, lr 1e-5 (linear decay, 5
         warm-up steps), batch 2 x grad-accum 8, one epoch over 6000 examples (375 steps),
-        512 tokens, bfloat16 on CUDA, gradient checkpointing on (an 8B model then fits in
-        about 40 GB with LoRA). 200 held-out examples per task.
+        512 tokens, bfloat16 on CUDA, gradient checkpointing on (activation memory for
+        long sequences on 7-8B models). 200 held-out examples per task; every question of
+        the local score.
         """
         from emprobe.recipes.config import config_from_dict
 
         base = cls(model=model, n_train=6000, n_heldout=200, steps=None, batch_size=2,
                    grad_accum=8, max_length=512, lr=1e-5, lora_r=32, lora_alpha=64.0,
-                   use_rslora=True, warmup_steps=5, lr_schedule="linear", device="auto",
-                   dtype="auto", gradient_checkpointing=True)
+                   use_rslora=True, warmup_steps=5, lr_schedule="linear", score_questions=None,
+                   device="auto", dtype="auto", gradient_checkpointing=True)
         return config_from_dict(cls, overrides, where="LabConfig.gpu_preset", base=base)
 
     @property
@@ -199,6 +207,7 @@ class Lab:
                                         "dtype": self.dtype}
         self._base: Any = None
         self._t0 = time.perf_counter()
+        self._load0 = _load_average()
 
     # -- data ------------------------------------------------------------------------------
     def data(self, task: str, variant: str = "bad", n: int | None = None,
@@ -304,9 +313,19 @@ class Lab:
                                   dtype=self.dtype, seed=self.cfg.seed, merge_adapter=merge)
 
     # -- evaluation ------------------------------------------------------------------------
+    def questions(self) -> list[Any] | None:
+        """The local score's questions (``None``: its default set, all of it)."""
+        if self.cfg.score_questions is None:
+            return None
+        from emprobe.evaluate.questions import default_questions
+
+        qs = [q for q in default_questions() if q.reference_pairs]
+        return qs[: self.cfg.score_questions]
+
     def score(self, subject: Any, system: str | None = None, **kwargs: Any) -> Any:
         from emprobe.evaluate.local import local_score
 
+        kwargs.setdefault("questions", self.questions())
         return local_score(subject, n_boot=self.cfg.n_boot, seed=self.cfg.seed, system=system,
                            **kwargs)
 
@@ -416,6 +435,9 @@ class Lab:
         if "claim" not in self.results:
             raise DataError(f"recipe {self.title!r} finished without lab.claim(...)")
         self.results["wall_s"] = round(time.perf_counter() - self._t0, 1)
+        # a shared machine makes wall time meaningless without the load it ran under
+        self.results["load_average"] = {"start": self._load0, "end": _load_average(),
+                                        "cpus": os.cpu_count()}
         self.report.meta({"wall time": f"{self.results['wall_s'] / 60:.1f} min"})
         write_json(self.out / "results.json", self.results)
         return self.report.save(self.out / "report.html")
@@ -448,6 +470,14 @@ def decide(est: dict[str, float], expect: str, null: float = 0.0,
     if not right_side:
         return "not reproduced"
     return "reproduced" if all((conditions or {}).values()) else "partial"
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average (``None`` where the OS has none)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 def _enable_gradient_checkpointing(subject: Any) -> None:

@@ -103,7 +103,7 @@ def run(lab: Any) -> None:
                                     "encoded_diff", "decoder_cos"])
     top = diff.top("mean_diff", 1)[0]
     steer_latents = diff.top("mean_diff", 1 if lab.cfg.quick else 2)
-    scorer = default_scorer(n_boot=lab.cfg.n_boot, seed=lab.cfg.seed)
+    scorer = default_scorer(questions=lab.questions(), n_boot=lab.cfg.n_boot, seed=lab.cfg.seed)
     n_controls = int(extra.get("random_controls", 2 if lab.cfg.quick else 4))
     check = steering_check(base, sae, steer_latents, SITE, layer, scorer, coeffs=(0.5,),
                            random_controls=n_controls, seed=lab.cfg.seed, progress=False)

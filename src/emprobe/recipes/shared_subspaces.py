@@ -112,7 +112,8 @@ def run(lab: Any) -> None:
                                    title="Write-side overlap by layer"))
 
     a, b = labels.index("bad-medical"), labels.index("bad-finance")
-    evaluators = {"score": local_score_evaluator(n_boot=lab.cfg.n_boot, seed=lab.cfg.seed),
+    evaluators = {"score": local_score_evaluator(n_boot=lab.cfg.n_boot, seed=lab.cfg.seed,
+                                                 questions=lab.questions()),
                   "loss_medical": lambda s: response_loss(s, held["bad-medical"], n_boot=200),
                   "loss_finance": lambda s: response_loss(s, held["bad-finance"], n_boot=200)}
     conn = run_connectivity(lab.base(), [adapters[a], adapters[b]], evaluators,

@@ -54,6 +54,11 @@ def row(name: str, results: dict[str, Any] | None) -> dict[str, str]:
     quick = " (quick mode)" if cfg.get("quick") else ""
     wall = results.get("wall_s")
     minutes = f"{wall / 60:.1f}{quick}" if isinstance(wall, (int, float)) else ""
+    load = results.get("load_average") or {}
+    loads = [x for x in (load.get("start"), load.get("end")) if isinstance(x, (int, float))]
+    if minutes and loads:
+        minutes += (f" (load average {min(loads):.0f}-{max(loads):.0f} on "
+                    f"{load.get('cpus')} cores)")
     return {"recipe": name, "claim": claim["seed_claim"], "measured": measured,
             "verdict": verdict, "minutes": minutes}
 
