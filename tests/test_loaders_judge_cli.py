@@ -154,6 +154,7 @@ def _run(argv: list[str]) -> tuple[int, str]:
     ["data", "split", "missing.jsonl", "--held-out", "abc", "--train", "a", "--held", "b"],
     ["no-such-command"],
     ["capture", "--no-such-flag"],
+    ["serve", "--port", "99999"],
 ])
 def test_bad_arguments_are_one_line(argv):
     rc, err = _run(argv)
