@@ -37,7 +37,7 @@ demo-quick: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
 
-# All ten recipes in full mode on the embedded model, then the table in docs/recipes.md
+# Every registered recipe in full mode on the embedded model, then the table in docs/recipes.md
 # is rewritten from their results.json (RECIPES=... to run a subset).
 RECIPES ?= $(shell $(BIN)/python -c "from emprobe.recipes.registry import RECIPES; print(' '.join(RECIPES))" 2>/dev/null)
 reproduce: $(STAMP)
