@@ -424,3 +424,13 @@ def test_parse_layers():
     for bad in ("abc", "-1", "1.5", "1,1", ""):
         with pytest.raises(argparse.ArgumentTypeError):
             parse_layers(bad)
+
+
+def test_deep_yaml_flow_nesting_fails_fast(tmp_path):
+    p = tmp_path / "q.yaml"
+    p.write_text("[" * 50_000)  # PyYAML's scanner is quadratic here: about a minute unchecked
+    t0 = time.process_time()
+    with pytest.raises(LimitError) as exc:
+        load_questions(p)
+    assert time.process_time() - t0 < 1.0
+    one_line_naming(exc, p)
