@@ -27,21 +27,16 @@ METRIC_TITLES = {
     "overlap_right": "projection overlap, right / read side",
     "overlap_left": "projection overlap, left / write side",
 }
-_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf"]
-
-
-def _rgba(hex_color: str, alpha: float) -> str:
-    h = hex_color.lstrip("#")
-    r, g, b = (int(h[i : i + 2], 16) for i in (0, 2, 4))
-    return f"rgba({r},{g},{b},{alpha})"
 
 
 def _band(fig: Any, x: list[Any], mean: list[float], lo: list[float], hi: list[float],
           name: str, color: str, dash: str | None = None) -> None:
     import plotly.graph_objects as go
 
+    from emprobe.plot import style
+
     fig.add_trace(go.Scatter(x=x + x[::-1], y=hi + lo[::-1], fill="toself",
-                             fillcolor=_rgba(color, 0.18), line={"width": 0},
+                             fillcolor=style.rgba(color, style.BAND_ALPHA), line={"width": 0},
                              hoverinfo="skip", showlegend=False, legendgroup=name))
     fig.add_trace(go.Scatter(x=x, y=mean, mode="lines+markers", name=name, legendgroup=name,
                              line={"color": color, "dash": dash}))
@@ -72,6 +67,8 @@ def layer_figure(result: Any, metric: str = "overlap_right",
     """Per-layer curves of a pairwise metric (a :class:`GeometryResult`), with baselines."""
     import plotly.graph_objects as go
 
+    from emprobe.plot import style
+
     layers = result.layers()
     per_layer = result.per_layer(metric, module_type=module_type)  # [n, n, L]
     fig = go.Figure()
@@ -82,20 +79,20 @@ def layer_figure(result: Any, metric: str = "overlap_right",
         mean = vals.mean(0)
         sd = vals.std(0) if len(pairs) > 1 else torch.zeros_like(mean)
         _band(fig, layers, mean.tolist(), (mean - sd).tolist(), (mean + sd).tolist(),
-              f"{name} (n={len(pairs)})", _COLORS[ci % len(_COLORS)])
+              f"{name} (n={len(pairs)})", style.color(ci))
     for which, dash in (("gaussian", "dot"), ("base", "dash")):
         table = result.gaussian if which == "gaussian" else result.base
         if metric in table:
             vals = result.baseline_per_layer(which, metric)  # [n, L]
             fig.add_trace(go.Scatter(x=layers, y=vals.mean(0).tolist(), mode="lines",
-                                     name=f"{which} baseline", line={"color": "gray", "dash": dash}))
+                                     name=f"{which} baseline", line={"color": style.NEUTRAL, "dash": dash}))
     side = metric.rsplit("_", 1)[-1]
     if metric.startswith("overlap") and side in result.random_overlap:
         fig.add_hline(y=float(result.random_overlap[side].mean()), line_dash="dashdot",
-                      line_color="black", annotation_text="random k/d")
+                      line_color=style.TEXT_COLOR, annotation_text="random k/d")
     title = METRIC_TITLES.get(metric, metric)
-    fig.update_layout(title=title + (f" ({module_type})" if module_type else ""),
-                      xaxis_title="layer", yaxis_title=metric, template="plotly_white")
+    style.apply_style(fig, title=title + (f" ({module_type})" if module_type else ""),
+                      x_title="layer", y_title=metric)
     return fig
 
 
@@ -104,14 +101,16 @@ def heatmap_figure(result: Any, metric: str = "overlap_right", layer: int | None
     """Adapter-by-adapter heatmap of a metric averaged over the selected modules."""
     import plotly.graph_objects as go
 
+    from emprobe.plot import style
+
     mat = result.matrix(metric, layer=layer, module_type=module_type)
     text = [[f"{v:.3f}" for v in row] for row in mat.tolist()]
     fig = go.Figure(go.Heatmap(z=mat.tolist(), x=result.labels, y=result.labels, text=text,
-                               texttemplate="%{text}", colorscale="Viridis"))
+                               texttemplate="%{text}", colorscale=style.SEQUENTIAL_SCALE))
     where = ", ".join(x for x in (f"layer {layer}" if layer is not None else "",
                                   module_type or "") if x) or "all modules"
-    fig.update_layout(title=f"{METRIC_TITLES.get(metric, metric)} ({where})",
-                      template="plotly_white", yaxis_autorange="reversed")
+    style.apply_style(fig, title=f"{METRIC_TITLES.get(metric, metric)} ({where})",
+                      yaxis_autorange="reversed")
     return fig
 
 
@@ -120,45 +119,42 @@ def connectivity_figure(result: Any) -> Any:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
+    from emprobe.plot import style
+
     metrics = list(result.metrics)
     fig = make_subplots(rows=len(metrics), cols=1, shared_xaxes=True,
                         subplot_titles=[f"{m} (barrier {result.barriers.get(m, float('nan')):.3g})"
                                         for m in metrics])
     ts = [r["t"] for r in result.records]
     for mi, metric in enumerate(metrics, start=1):
-        color = _COLORS[(mi - 1) % len(_COLORS)]
+        color = style.color(mi - 1)
         ys = [r[metric] for r in result.records]
         if all(f"{metric}_lo" in r for r in result.records):
             lo = [r[f"{metric}_lo"] for r in result.records]
             hi = [r[f"{metric}_hi"] for r in result.records]
             fig.add_trace(go.Scatter(x=ts + ts[::-1], y=hi + lo[::-1], fill="toself",
-                                     fillcolor=_rgba(color, 0.18), line={"width": 0},
+                                     fillcolor=style.rgba(color, style.BAND_ALPHA), line={"width": 0},
                                      hoverinfo="skip", showlegend=False), row=mi, col=1)
         fig.add_trace(go.Scatter(x=ts, y=ys, mode="lines+markers", name=metric,
                                  line={"color": color}), row=mi, col=1)
         one = min(range(len(ts)), key=lambda i: abs(ts[i] - 1.0))
         fig.add_trace(go.Scatter(x=[ts[0], ts[one]], y=[ys[0], ys[one]], mode="lines",
-                                 line={"color": "gray", "dash": "dot"}, showlegend=False),
+                                 line={"color": style.NEUTRAL, "dash": "dot"}, showlegend=False),
                       row=mi, col=1)
     xlabel = {"base": "t  (W0 + t dW)", "pair": f"t  (W0 + (1-t) dW_{result.labels[0]} + "
               f"t dW_{result.labels[-1]})"}.get(result.mode, "point")
     fig.update_xaxes(title_text=xlabel, row=len(metrics), col=1)
-    fig.update_layout(title=f"linear mode connectivity ({result.mode}: {', '.join(result.labels)})",
-                      template="plotly_white", height=280 * len(metrics) + 120)
+    style.apply_style(fig, title=f"linear mode connectivity ({result.mode}: "
+                      f"{', '.join(result.labels)})", height=280 * len(metrics) + 120)
     return fig
 
 
 def write_html(fig: Any, path: str | os.PathLike[str]) -> Path:
-    """Write a figure as standalone HTML, atomically, with plotly.js beside it (offline)."""
-    from plotly.offline import get_plotlyjs
-
-    from emprobe.io import atomic_path
+    """Write a figure as standalone HTML, atomically, with plotly.js beside it (offline):
+    ``emprobe.plot.save.save_figure`` with ``include_plotlyjs="directory"``."""
+    from emprobe.plot.save import save_figure
 
     target = Path(path)
-    js = target.parent / "plotly.min.js"
-    if not js.exists():
-        with atomic_path(js) as tmp:
-            tmp.write_text(get_plotlyjs(), encoding="utf-8")
-    with atomic_path(target) as tmp:
-        tmp.write_text(fig.to_html(include_plotlyjs="directory", full_html=True), encoding="utf-8")
-    return target
+    (written,) = save_figure(fig, target.with_suffix(""), formats=("html",),
+                             include_plotlyjs="directory")
+    return written
