@@ -1,7 +1,7 @@
 """Plotly figures for SAEs, diffs and crosscoders (built from tensors or saved records).
 
 Each function returns a ``plotly.graph_objects.Figure``; ``save_figure`` writes HTML
-(self-contained apart from plotly.js from the CDN) and the figure JSON.
+(with ``emprobe.plot.save``: plotly.js beside it, so it works offline) and the figure JSON.
 """
 
 from __future__ import annotations
@@ -82,9 +82,10 @@ def diff_scores_figure(mean_diff: torch.Tensor, top: int = 30,
 
 def save_figure(fig: Any, path: str | os.PathLike[str]) -> Path:
     """Write ``path`` (.html) and the figure JSON beside it (``.fig.json``), atomically."""
+    from emprobe.plot.save import save_figure as save_plot
+
     p = Path(path)
-    with atomic_path(p) as tmp:
-        fig.write_html(str(tmp), include_plotlyjs="cdn")
+    save_plot(fig, p.with_suffix(""), formats=("html",), include_plotlyjs="directory")
     with atomic_path(p.with_suffix(".fig.json")) as tmp:
         tmp.write_text(fig.to_json(), encoding="utf-8")
     return p
