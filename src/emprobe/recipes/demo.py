@@ -55,13 +55,17 @@ class DemoConfig(LabConfig):
 
     Inherits every ``LabConfig`` field (model, data sizes, LoRA, lr, seed, device, dtype).
     ``seeds``: fine-tunes and interventions repeated with seeds ``seed .. seed + seeds - 1``.
-    Mitigation knobs are lists: each value is one point on the trade-off frontier.
+    Mitigation knobs are lists: each value is one point on the trade-off frontier; an empty
+    list leaves that intervention out. The default run (sized for 15 minutes on 2 cores)
+    retrains with CAFT (mean ablation), preventative steering, GRASP and inoculation;
+    ``frontier_config()`` (``emprobe demo --frontier``) adds CAFT zero ablation and the KL
+    retain term and sweeps every knob at three values.
     """
 
     n_train: int = 96
     n_heldout: int = 16
     steps: int | None = 24
-    lr: float = 2e-3
+    lr: float = 1e-3
     lora_r: int = 8
     max_length: int = 160
     lr_schedule: str = "constant"
@@ -70,17 +74,20 @@ class DemoConfig(LabConfig):
     n_generic: int = 24
     caft_layers: list[int] = field(default_factory=lambda: [8, 15])
     caft_k: list[int] = field(default_factory=lambda: [3])
-    caft_modes: list[str] = field(default_factory=lambda: ["zero", "mean"])
+    caft_modes: list[str] = field(default_factory=lambda: ["mean"])
     steer_layer: int = 15
     steer_coeff: list[float] = field(default_factory=lambda: [-1.0])
     grasp_k: list[int] = field(default_factory=lambda: [2])
     inoculation: str = "malicious"
-    retain_kl: list[float] = field(default_factory=lambda: [1.0])
+    retain_kl: list[float] = field(default_factory=list)
     sae_layer: int = 15
     sae_tokens: int = 40_000
     sae_latents: int = 1152
     sae_k: int = 32
-    connectivity_points: int = 5
+    sae_steer: int = 1
+    sae_controls: int = 3
+    sae_steer_questions: int = 12
+    connectivity_points: int = 3
     positive_control: bool = True
     gate: bool = True
 
@@ -103,6 +110,7 @@ class DemoConfig(LabConfig):
                    batch_size=4, max_length=512, lr=1e-3, caft_layers=[1, 2], caft_k=[2],
                    steer_layer=2, sae_layer=2, sae_tokens=600, sae_latents=128, sae_k=8,
                    connectivity_points=3, n_boot=200, device="cpu", dtype="float32",
+                   caft_modes=["zero", "mean"], retain_kl=[1.0],
                    positive_control=False, gate=False, quick=True)
         return config_from_dict(cls, overrides, where="DemoConfig.quick_config", base=base)
 
@@ -111,8 +119,8 @@ class DemoConfig(LabConfig):
         """Every knob swept at three values (about 3x the default run's mitigation stage)."""
         from emprobe.recipes.config import config_from_dict
 
-        base = cls(caft_k=[1, 3, 6], steer_coeff=[-0.5, -1.0, -2.0], grasp_k=[1, 2, 4],
-                   retain_kl=[0.3, 1.0, 3.0])
+        base = cls(caft_k=[1, 3, 6], caft_modes=["zero", "mean"],
+                   steer_coeff=[-0.5, -1.0, -2.0], grasp_k=[1, 2, 4], retain_kl=[0.3, 1.0, 3.0])
         return config_from_dict(cls, overrides, where="DemoConfig.frontier_config", base=base)
 
 
@@ -174,22 +182,18 @@ class Demo:
             if stable.exists():
                 shutil.rmtree(stable)
             shutil.copytree(self.adapters["bad-medical"][0], stable)
-        with r.stage("score"):
-            self.score_stage()
-        with r.stage("directions"):
-            self.directions_stage()
-        with r.stage("mitigation"):
-            self.mitigation_stage()
-        with r.stage("geometry"):
-            self.geometry_stage()
-        with r.stage("sae"):
-            self.sae_stage()
-        with r.stage("export"):
-            self.export_stage()
+        for name, stage in (("score", self.score_stage), ("directions", self.directions_stage),
+                            ("mitigation", self.mitigation_stage),
+                            ("geometry", self.geometry_stage), ("sae", self.sae_stage),
+                            ("export", self.export_stage)):
+            with r.stage(name):
+                stage()
+            self.checkpoint()
         with r.stage("report"):
             self.results["timings"] = r.records()
             self.results["headline"] = self.headline()
             self.results["runs"] = self.lab.results.get("runs", {})
+            self.results["complete"] = True
             write_json(self.out / "results.json", _jsonable(self.results))
             from emprobe.recipes.demo_report import build_demo_report
 
@@ -199,6 +203,12 @@ class Demo:
         write_json(self.out / "results.json", _jsonable(self.results))
         print(f"demo finished in {self.results['headline']['seconds']:.0f} s; report: {path}")
         return path
+
+    def checkpoint(self) -> None:
+        """Write what is known so far (``"complete": false``): a long run that dies still
+        leaves its numbers, and a re-run reuses every finished fine-tune (``Lab.train``)."""
+        partial = {**self.results, "complete": False, "timings": self.runner.records()}
+        write_json(self.out / "results.json", _jsonable(partial))
 
     def data(self) -> None:
         from emprobe.io import write_jsonl
@@ -279,8 +289,10 @@ class Demo:
         under: dict[str, Any] = {}
         for label, d in (("mean difference", self.mean_diff),
                          ("random (equal norm)", random_like(self.mean_diff, cfg.seed))):
+            # an all-token ablation does not depend on token positions, so the prompts'
+            # key/value caches can be shared exactly (as without hooks)
             with ablation(ft, d, [cfg.steer_layer], "zero", positions="all"):
-                under[label] = lab.score(ft)
+                under[label] = lab.score(ft, share_prefix=True)
         self.results["directions"] = {
             "mean_diff_norms": self.mean_diff.stats.get("norms"),
             "pca_layers": cfg.caft_layers,
@@ -311,8 +323,9 @@ class Demo:
             out.append((f"GRASP k={k}", "GRASP", "rank of projection", k,
                         lambda s, k=k: {"interventions": [GRASP.from_adapter(
                             self.adapters["bad-medical"][self.seeds.index(s)], k=k)]}))
-        out.append(("inoculation", "inoculation", "prompt", cfg.inoculation,
-                    lambda s: {"inoculate": cfg.inoculation}))
+        if cfg.inoculation:
+            out.append(("inoculation", "inoculation", "prompt", cfg.inoculation,
+                        lambda s: {"inoculate": cfg.inoculation}))
         for lam in cfg.retain_kl:
             out.append((f"KL retain λ={lam:g}", "KL retain", "lambda", lam,
                         lambda s, lam=lam: {"retain": self.retain, "retain_kl": lam}))

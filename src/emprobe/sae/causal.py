@@ -35,8 +35,11 @@ def as_interval(est: Any) -> dict[str, float]:
 
 
 def default_scorer(questions: Any = None, n_boot: int = 200, seed: int = 0,
-                   measure: str = "per_answer") -> Scorer:
-    """``emprobe.evaluate.local.local_score`` as a scorer (its ``measure`` estimate)."""
+                   measure: str = "per_answer", share_prefix: bool | None = None) -> Scorer:
+    """``emprobe.evaluate.local.local_score`` as a scorer (its ``measure`` estimate).
+
+    ``share_prefix=True`` reuses each prompt's key/value cache across its answers; exact
+    for interventions on all token positions (as ``steering_check`` applies them)."""
     try:
         from emprobe.evaluate.local import local_score
     except ImportError:
@@ -45,7 +48,8 @@ def default_scorer(questions: Any = None, n_boot: int = 200, seed: int = 0,
         ) from None
 
     def scorer(subject: Any) -> Any:
-        res = local_score(subject, questions=questions, n_boot=n_boot, seed=seed)
+        res = local_score(subject, questions=questions, n_boot=n_boot, seed=seed,
+                          share_prefix=share_prefix)
         return LocalEstimate(getattr(res, measure), res, measure, n_boot, seed)
 
     return scorer
