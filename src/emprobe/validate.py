@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import numbers
 import os
 import re
 from collections.abc import Mapping
@@ -388,14 +389,22 @@ _LAYER_KEY = re.compile(r"^(0|[1-9][0-9]{0,5})$")
 
 
 def layer_key(value: Any, where: str, error: ErrorType = FormatError) -> int:
-    """A layer index key: a non-negative int, or a string of decimal digits ("1.5" refused)."""
-    if _is_int(value):
+    """A layer index key: a non-negative integer (numpy integers too), or a string of decimal
+    digits ("1.5", 1.5 and True are refused)."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np_bool())):
         if value < 0:
             raise error(f"{where}: layer {value} is negative")
         return int(value)
     if isinstance(value, str) and _LAYER_KEY.match(value):
         return int(value)
     raise error(f"{where}: layer key {excerpt(value)} is not a non-negative integer")
+
+
+def np_bool() -> type:
+    """numpy's bool scalar type (numpy is imported lazily)."""
+    import numpy as np
+
+    return np.bool_
 
 
 FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
