@@ -21,6 +21,7 @@ from emprobe.errors import EmprobeError
 from emprobe.hooks import (
     SITES,
     ablate,
+    as_layer_table,
     capture,
     collect,
     record_projections,
@@ -38,6 +39,7 @@ __all__ = [
     "Subject",
     "__version__",
     "ablate",
+    "as_layer_table",
     "capture",
     "collect",
     "load_model",
