@@ -1,49 +1,130 @@
-"""The demo's SAE stage: harvest base activations, train a small TopK SAE, diff the fine-tune."""
+"""The demo's SAE stage: harvest base activations, train a TopK SAE, gate it, diff the fine-tune.
+
+Reads these ``DemoConfig`` fields (``getattr`` defaults for the optional ones):
+
+- ``sae_layer``, ``sae_tokens`` (harvest budget, response tokens), ``sae_latents``,
+  ``sae_k``, ``n_generic``, ``seed``, ``quick``;
+- ``sae_epochs`` (default 4): passes over the harvest during training;
+- ``sae_steer`` (default 2): the candidates whose mean rose most, added to the base model;
+  ``sae_controls`` (default 4): random other latents steered with the same norm as
+  controls; ``sae_coeff`` (default 0.5). Each steered direction costs one local score.
+
+The harvest (and the SAE's training step) run under bf16 autocast outside quick mode.
+
+The SAE is trained on response (assistant) tokens, so the harvest holds no copies of the
+chat template's fixed system prompt, and the diff ranks latents over the same kind of
+token. ``check_quality`` marks the result; the demo decides whether to stop on it.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+SITE = "resid_post"
+
 
 def sae_stage(base: Any, ft: Any, generic: list[dict[str, Any]], cfg: Any,
               folder: Path) -> dict[str, Any]:
-    from emprobe.sae.corpus import context_corpus, eval_question_chats
+    """Run the SAE part of the demo; returns the ``results["sae"]`` record.
+
+    Record keys: ``text``, ``metrics`` (EV, dead fraction, L0, loss recovered, timings),
+    ``quality`` (``check_quality`` output), ``latents`` (top candidates with contexts and,
+    when steered, their causal check against equal-norm random latents), ``folder``.
+    """
+    import time
+
+    from emprobe.sae.causal import default_scorer, steering_check
+    from emprobe.sae.corpus import context_corpus, eval_question_chats, generic_chats
     from emprobe.sae.diff import diff_latents, top_contexts
     from emprobe.sae.harvest import HarvestConfig, harvest
-    from emprobe.sae.metrics import evaluate_sae
+    from emprobe.sae.metrics import check_quality, evaluate_sae
     from emprobe.sae.training import SAETrainConfig, train_sae
 
-    corpus = context_corpus(n_generic=max(8, cfg.n_generic * 2), seed=cfg.seed)
-    generic_chats = [r["messages"] for r in generic]
-    hv = harvest(base, corpus + generic_chats, folder / "harvest",
-                 HarvestConfig(layers=[cfg.sae_layer], max_tokens=cfg.sae_tokens, max_length=128),
+    layer, seed = cfg.sae_layer, cfg.seed
+    quick = bool(getattr(cfg, "quick", False))
+    epochs = int(getattr(cfg, "sae_epochs", 4))
+    n_steer = int(getattr(cfg, "sae_steer", 1 if quick else 2))
+    n_controls = int(getattr(cfg, "sae_controls", 2 if quick else 4))
+    coeff = float(getattr(cfg, "sae_coeff", 0.5))
+
+    corpus = context_corpus(n_generic=max(8, cfg.n_generic * 2), seed=seed)
+    demo_chats = [r["messages"] for r in generic]
+    # generic answers are ~20 response tokens: enough of them to fill the budget
+    filler = generic_chats(max(64, cfg.sae_tokens // 12), seed=seed + 1)
+    t0 = time.perf_counter()
+    hv = harvest(base, corpus + demo_chats + filler, folder / "harvest",
+                 HarvestConfig(layers=[layer], positions="response", max_tokens=cfg.sae_tokens,
+                               max_length=256, autocast=not quick),
                  progress=False)
-    trained = train_sae(hv, cfg.sae_layer,
-                        SAETrainConfig(arch="topk", d_sae=cfg.sae_latents, k=cfg.sae_k,
-                                       batch_size=256, lr=1e-3,
-                                       training_tokens=cfg.sae_tokens * 3, seed=cfg.seed),
-                        folder / "sae", progress=False)
+    t1 = time.perf_counter()
+    batch_size = 256 if hv.n_rows >= 4096 else 64
+    train_cfg = SAETrainConfig(
+        arch="topk", d_sae=cfg.sae_latents, k=cfg.sae_k, batch_size=batch_size, lr=2e-3,
+        lr_decay_fraction=0.3, training_tokens=epochs * hv.n_rows,
+        # a latent silent for ~10 % of training is dead: the aux-k loss then revives it
+        dead_feature_window=max(10, epochs * hv.n_rows // batch_size // 10),
+        autocast=not quick, seed=seed)
+    trained = train_sae(hv, layer, train_cfg, folder / "sae", progress=False)
+    t2 = time.perf_counter()
     sae = trained.sae
-    metrics = evaluate_sae(base, sae, "resid_post", cfg.sae_layer, generic_chats[:8],
-                           out_dir=folder / "sae")
+    held_out = generic_chats(16 if not quick else 4, seed=seed + 7)
+    metrics = evaluate_sae(base, sae, SITE, layer, held_out, out_dir=folder / "sae",
+                           positions="response")
+    metrics["dead_fraction"] = 1.0 - float(metrics["frac_alive"])
+    quality = check_quality(metrics, raise_error=False)
+
     prompts = eval_question_chats()
-    diff = diff_latents(base, ft, sae, "resid_post", cfg.sae_layer, prompts)
+    diff = diff_latents(base, ft, sae, SITE, layer, prompts, positions="response")
     top = diff.top("mean_diff", n=10, absolute=True)
-    contexts = top_contexts(base, sae, "resid_post", cfg.sae_layer, corpus, top, n=3)
+    contexts = top_contexts(base, sae, SITE, layer, corpus, top, n=3, positions="response")
+    steering = None
+    if n_steer > 0:  # the latents the fine-tune turned up, added to the base model
+        steering = steering_check(base, sae, diff.top("mean_diff", n=n_steer), SITE, layer,
+                                  default_scorer(questions=_steer_questions(cfg),
+                                                 n_boot=200, seed=seed, share_prefix=True),
+                                  coeffs=(coeff,),
+                                  random_controls=n_controls, seed=seed, progress=False)
+    causal = {row["latent"]: row for row in (steering or {}).get("latents", [])}
     latents = []
     for i in top:
         rec = diff.latent_record(i)
-        latents.append({"latent": i, "diff": rec["mean_diff"],
-                        "contexts": [c["text"] for c in contexts.get(i, [])]})
-    keep = {k: metrics[k] for k in ("l0", "explained_variance", "loss_recovered",
-                                    "kl_sae", "dead_latents", "frac_alive") if k in metrics}
+        entry: dict[str, Any] = {"latent": i, "diff": rec["mean_diff"],
+                                 "contexts": [c["text"] for c in contexts.get(i, [])]}
+        if i in causal:
+            entry.update(steer_delta=causal[i]["max_delta"],
+                         control_p=causal[i].get("control_p"),
+                         beats_controls=causal[i].get("beats_controls"))
+        latents.append(entry)
+    keep = {k: metrics[k] for k in ("l0", "explained_variance", "dead_fraction", "loss_recovered",
+                                    "kl_sae", "dead_latents", "frac_alive", "n_tokens")
+            if k in metrics}
+    keep.update(harvest_rows=hv.n_rows, harvest_seconds=round(t1 - t0, 1),
+                train_seconds=round(t2 - t1, 1), epochs=epochs)
+    verdict = ("passes" if quality["ok"] else "FAILS") + " the quality gate"
     return {
-        "text": (f"A TopK SAE ({cfg.sae_latents} latents, k={cfg.sae_k}) trained on "
-                 f"{hv.n_rows if hasattr(hv, 'n_rows') else cfg.sae_tokens} base-model "
-                 f"tokens at resid_post[{cfg.sae_layer}]; latents ranked by the change of their "
-                 "mean activation on the evaluation questions (fine-tune minus base)."),
+        "text": (f"A TopK SAE ({cfg.sae_latents} latents, k={cfg.sae_k}) trained for {epochs} "
+                 f"epochs on {hv.n_rows} base-model response tokens at resid_post[{layer}] "
+                 f"(explained variance {quality['explained_variance']:.3f}, "
+                 f"{quality['dead_fraction']:.1%} dead latents on held-out chats: {verdict}). "
+                 "Latents are ranked by the change of their mean activation over the answer "
+                 "tokens of the evaluation questions (fine-tune minus base); the "
+                 f"{n_steer} that rose most are added to the base model and their effect on "
+                 f"the misalignment score compared with {n_controls} random latents added "
+                 "with the same norm."),
         "metrics": keep,
+        "quality": quality,
         "latents": latents,
+        "steering": steering,
         "folder": str(folder / "sae"),
     }
+
+
+def _steer_questions(cfg: Any) -> Any:
+    """The first ``sae_steer_questions`` scored questions (all when 0): each steered latent
+    costs one local score, so the demo checks candidates on a subset."""
+    from emprobe.evaluate.questions import default_questions
+
+    qs = [q for q in default_questions() if q.reference_pairs]
+    n = int(getattr(cfg, "sae_steer_questions", 0))
+    return qs[:n] if n > 0 else qs
