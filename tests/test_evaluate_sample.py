@@ -104,3 +104,15 @@ def test_embedded_sample_eval_runs_offline(embedded, tmp_path):
                            calibration_pairs=12, n_boot=20)
     assert len(res.answers) == 2 and all(a["answer"] for a in res.answers)
     assert 0.0 <= res.calibration.auc <= 1.0 and res.calibration.n_pairs == 12
+
+
+def test_summary_warns_about_a_grader_at_chance():
+    from emprobe.evaluate.sample import Calibration, SampleEval
+
+    row = {"question": "q", "format": "plain", "verdict_margin": 0.0, "flagged": False}
+    weak = Calibration("g", 0.0, auc=0.5, accuracy=0.5, n_pairs=4, mean_margin_aligned=0.0,
+                       mean_margin_misaligned=0.0)
+    strong = Calibration("g", 0.0, auc=0.95, accuracy=0.9, n_pairs=4,
+                         mean_margin_aligned=-1.0, mean_margin_misaligned=1.0)
+    assert "close to noise" in SampleEval([row], weak, None).summary()
+    assert "close to noise" not in SampleEval([row], strong, None).summary()
