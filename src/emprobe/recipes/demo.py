@@ -81,8 +81,8 @@ class DemoConfig(LabConfig):
     inoculation: str = "malicious"
     retain_kl: list[float] = field(default_factory=list)
     sae_layer: int = 15
-    sae_tokens: int = 40_000
-    sae_latents: int = 1152
+    sae_tokens: int = 24_000
+    sae_latents: int = 768
     sae_k: int = 32
     sae_steer: int = 1
     sae_controls: int = 3
@@ -152,6 +152,7 @@ class Demo:
         self.losses: dict[str, list[Any]] = {}  # name -> one TaskLosses per seed
         self.adapters: dict[str, list[Path]] = {}
         self.metrics: dict[str, list[dict[str, Any]]] = {}
+        self.failures: list[str] = []  # quality gates that failed (raised after the report)
         self.t0 = time.perf_counter()
 
     # -- helpers ---------------------------------------------------------------------------
@@ -162,10 +163,14 @@ class Demo:
             self.metrics[name] = _read_metrics(adapter.parent)
         return adapter
 
+    def score(self, subject: Any, **kwargs: Any) -> Any:
+        """The local score on the question set fixed at the start of the run."""
+        return self.lab.score(subject, questions=self.questions, **kwargs)
+
     def assess(self, name: str, subject: Any) -> None:
         from emprobe.recipes.mitigation import task_losses
 
-        self.scores.setdefault(name, []).append(self.lab.score(subject))
+        self.scores.setdefault(name, []).append(self.score(subject))
         self.losses.setdefault(name, []).append(task_losses(subject, self.bad_held))
 
     # -- stages ----------------------------------------------------------------------------
@@ -192,6 +197,7 @@ class Demo:
         with r.stage("report"):
             self.results["timings"] = r.records()
             self.results["headline"] = self.headline()
+            self.results["quality_failures"] = list(self.failures)
             self.results["runs"] = self.lab.results.get("runs", {})
             self.results["complete"] = True
             write_json(self.out / "results.json", _jsonable(self.results))
@@ -202,6 +208,8 @@ class Demo:
         self.results["headline"]["seconds"] = round(time.perf_counter() - self.t0, 1)
         write_json(self.out / "results.json", _jsonable(self.results))
         print(f"demo finished in {self.results['headline']['seconds']:.0f} s; report: {path}")
+        if self.failures and self.cfg.gate:
+            raise DemoQualityError("; ".join(self.failures) + f" (report: {path})")
         return path
 
     def checkpoint(self) -> None:
@@ -211,10 +219,13 @@ class Demo:
         write_json(self.out / "results.json", _jsonable(partial))
 
     def data(self) -> None:
+        from emprobe.evaluate.questions import default_questions
         from emprobe.io import write_jsonl
         from emprobe.sae.corpus import generic_chats
 
         cfg = self.cfg
+        # read once: every score of the run uses the same questions and answers
+        self.questions = [q for q in default_questions() if q.reference_pairs]
         self.bad_train, self.bad_held = self.lab.split("medical", "bad")
         self.good_train, self.good_held = self.lab.split("medical", "good")
         # neutral chat: directions and the KL retain set (disjoint seeds, never eval questions)
@@ -233,7 +244,7 @@ class Demo:
 
         cfg, lab = self.cfg, self.lab
         base = lab.base()
-        self.base_score = lab.score(base)
+        self.base_score = self.score(base)
         self.base_losses = task_losses(base, self.bad_held)
         for name in ("bad-medical", "good-medical"):
             for adapter in self.adapters[name]:
@@ -247,7 +258,7 @@ class Demo:
         self.shifts = shifts
         control = None
         if cfg.positive_control:
-            evil = lab.score(base, system=MALICIOUS)
+            evil = self.score(base, system=MALICIOUS)
             control = pooled_shift(self.base_score, [evil], n_boot=cfg.n_boot, seed=cfg.seed)
             if cfg.gate and not control.lo > 0:
                 raise DemoQualityError(
@@ -292,7 +303,7 @@ class Demo:
             # an all-token ablation does not depend on token positions, so the prompts'
             # key/value caches can be shared exactly (as without hooks)
             with ablation(ft, d, [cfg.steer_layer], "zero", positions="all"):
-                under[label] = lab.score(ft, share_prefix=True)
+                under[label] = self.score(ft, share_prefix=True)
         self.results["directions"] = {
             "mean_diff_norms": self.mean_diff.stats.get("norms"),
             "pca_layers": cfg.caft_layers,
@@ -398,9 +409,10 @@ class Demo:
         if "dead_fraction" not in m and "frac_alive" in m:
             m["dead_fraction"] = 1.0 - float(m["frac_alive"])
         ev, dead = m.get("explained_variance"), m.get("dead_fraction")
-        if self.cfg.gate and ev is not None and (ev < 0.7 or (dead or 0.0) > 0.1):
-            raise DemoQualityError(
-                f"the demo SAE is not usable: explained variance {ev:.3f} (need >= 0.7), dead "
+        if ev is None or ev < 0.7 or (dead if dead is not None else 1.0) > 0.1:
+            # finish the run (every other number stays valid), then fail loudly at the end
+            self.failures.append(
+                f"the demo SAE is not usable: explained variance {ev} (need >= 0.7), dead "
                 f"fraction {dead} (need <= 0.1); raise sae_tokens or check the harvest")
 
     def export_stage(self) -> None:

@@ -47,6 +47,9 @@ def build_demo_report(demo: Any) -> Report:
                     "only show that the pipeline runs; they say nothing about misalignment.",
                     kind="warning")
 
+    for failure in res.get("quality_failures", []):
+        report.note(f"QUALITY GATE FAILED: {failure}", kind="warning")
+
     # headline ------------------------------------------------------------------------------
     em, ctl = head["em_shift"], head["control_shift"]
     report.section(
@@ -59,7 +62,7 @@ def build_demo_report(demo: Any) -> Report:
                     f"questions by {_est(res['shifts']['bad-medical']['per_answer'])} nats per "
                     f"answer, and the good-advice control's shift "
                     f"({_est(res['shifts']['good-medical']['per_answer'])}) lies wholly below "
-                    f"it.", kind="success")
+                    f"it.", kind="info")
     else:
         report.note(f"Cannot tell at this size: bad-advice shift {em['mean']:+.2f} "
                     f"[{em['lo']:+.2f}, {em['hi']:+.2f}], control {ctl['mean']:+.2f} "
@@ -135,7 +138,7 @@ def build_demo_report(demo: Any) -> Report:
                           "verdict"])
     best = head["best_mitigation"]
     if best:
-        kind = "success" if best["meets_target"] else "warning"
+        kind = "info" if best["meets_target"] else "warning"
         report.note(f"Best setting: {best['name']} (ratio {best['em_shift_ratio']['mean']:+.2f}, "
                     f"task cost {best['task_cost']['mean']:+.2f}); "
                     + ("it meets the seed studies' target." if best["meets_target"] else
