@@ -161,9 +161,10 @@ def test_steering_check_ranks_the_aligned_latent_first(planted):
     top = check["latents"][0]["scores"]
     assert top[1]["delta"] == pytest.approx(2.0, rel=1e-3)  # coeff 1 x scale 2 x unit row
     assert top[0]["lo"] < top[0]["mean"] < top[0]["hi"]
-    # default controls: other latents' decoder rows, steered with the candidates' exact norm
+    # latent controls: other latents' decoder rows, steered with the candidates' exact norm
     by_latent = steering_check(base, sae, [5, PLANTED], "resid_post", LAYER, scorer,
-                               coeffs=(1.0,), scale=2.0, random_controls=6, progress=False)
+                               coeffs=(1.0,), scale=2.0, random_controls=6, progress=False,
+                               control_kind="latents")
     ctrl = by_latent["controls"]
     assert len(ctrl) == 6 and all(c["control"] for c in ctrl)
     assert {c["latent"] for c in ctrl}.isdisjoint({5, PLANTED})

@@ -84,7 +84,8 @@ def sae_stage(base: Any, ft: Any, generic: list[dict[str, Any]], cfg: Any,
                                   default_scorer(questions=_steer_questions(cfg),
                                                  n_boot=200, seed=seed, share_prefix=True),
                                   coeffs=(coeff,),
-                                  random_controls=n_controls, seed=seed, progress=False)
+                                  random_controls=n_controls, control_kind="latents",
+                                  seed=seed, progress=False)
     causal = {row["latent"]: row for row in (steering or {}).get("latents", [])}
     latents = []
     for i in top:

@@ -89,16 +89,18 @@ def steering_check(
     random_controls: int = 0,
     seed: int = 0,
     progress: bool = True,
-    control_kind: str = "latents",
+    control_kind: str = "gaussian",
 ) -> dict[str, Any]:
     """Steer ``subject`` with each latent's decoder row at each coefficient; score each.
 
     ``random_controls`` adds that many control directions steered with exactly the same
     norm (``coeff * scale``, every direction is unit before scaling), listed under
     ``"controls"``: a large push in any direction can move a log-probability score, so a
-    candidate is specific only if it beats them. ``control_kind="latents"`` draws the
+    candidate is specific only if it beats them. ``control_kind="latents"`` (what the demo and
+    the CLI use) draws the
     unit decoder rows of random other latents of the same SAE (``"latent"`` set to their
-    id, ``"control": True``); ``"gaussian"`` draws random unit directions (``"latent": None``).
+    id, ``"control": True``); ``"gaussian"`` (default) draws random unit directions
+    (``"latent": None``).
     Each candidate then gets ``control_p`` = (1 + #controls whose ``max_delta`` >= its own)
     / (1 + #controls), an empirical one-sided p-value, and ``beats_controls`` (its
     ``max_delta`` exceeds every control's).

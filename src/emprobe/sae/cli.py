@@ -170,7 +170,7 @@ def _cmd_diff(args: argparse.Namespace) -> int:
         check = steering_check(base, sae, candidates[: args.steer], site, layer,
                                default_scorer(questions=questions, n_boot=args.n_boot),
                                coeffs=_floats(args.coeffs, "--coeffs"),
-                               random_controls=args.random_controls)
+                               random_controls=args.random_controls, control_kind="latents")
         write_json(out / "steering.json", check)
         save_figure(steering_figure(check), out / "steering.html")
         b = check["baseline"]
