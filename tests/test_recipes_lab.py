@@ -187,3 +187,21 @@ def test_demo_config_flag_checks_keys(tmp_path, capsys):
     assert main(["demo", "--quick", "--config", str(cfg), "--out", str(tmp_path / "d")]) == 2
     err = capsys.readouterr().err
     assert "n_trian" in err and "demo.yaml" in err
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_embedded_model_train_reuse_and_score(tmp_path):
+    """The embedded model through the lab: one LoRA step, reuse, a small scored subset."""
+    from emprobe.data.generators import generate
+
+    cfg = LabConfig(n_train=2, steps=1, batch_size=2, score_questions=2, n_boot=50,
+                    device="cpu", dtype="float32")
+    lab = Lab(tmp_path, cfg, "t")
+    recs = generate("medical", 2, seed=0, variant="bad")
+    adapter = lab.train("one-step", recs)
+    assert lab.train("one-step", recs) == adapter
+    assert lab.results["runs"]["one-step"]["reused"] is True
+    score = lab.score(lab.load(adapter))
+    assert score.meta["n_questions"] == 2
+    assert math.isfinite(score.per_answer.mean)

@@ -34,6 +34,7 @@ EXPECTED = {
     "data-thresholds": (["share of incorrect data"], ["sweep", "vs_clean", "spearman"]),
     "school-of-reward-hacks": (["held-out tasks", "everyday questions"],
                                ["hack_preference", "scores", "vs_honest"]),
+    "score-validity": (["Positive and negative controls"], ["controls"]),
 }
 
 
