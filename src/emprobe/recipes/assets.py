@@ -14,21 +14,41 @@ from emprobe.io import read_json
 
 
 def export_assets(demo_out: str | os.PathLike[str], assets: str | os.PathLike[str]) -> list[Path]:
+    """Write ``demo_frontier`` (mitigation), ``demo_shifts`` (paired shifts over base) and
+    ``demo_connectivity`` into ``assets`` from ``demo_out/results.json``."""
     from emprobe.plot import connectivity_curves, save_figure, score_bars, tradeoff_scatter
 
     results = read_json(Path(demo_out) / "results.json")
-    for key in ("tradeoff", "scores", "config"):
+    for key in ("mitigation", "shifts", "config"):
         if key not in results:
-            raise FormatError(f"{demo_out}/results.json: missing {key!r}; is it a demo output?")
+            raise FormatError(f"{demo_out}/results.json: missing {key!r}; is it a finished "
+                              "demo output?")
     model = results["config"]["model"]
+    seeds = results["config"].get("seeds", 1)
     out = Path(assets)
     written: list[Path] = []
-    fig = tradeoff_scatter(results["tradeoff"], group="kind", reference="base",
-                           title=f"Misalignment vs task loss ({model})")
-    written += _save(save_figure, fig, out / "demo_tradeoff")
-    rows = [{"model": name, **rec["score"]["per_answer"]} for name, rec in results["scores"].items()]
-    fig = score_bars(rows, title=f"Local misalignment score ({model})")
-    written += _save(save_figure, fig, out / "demo_scores")
+    frontier = [{"name": r["name"], "kind": r["intervention"],
+                 **{f"task_cost{s}": r["task_cost"][k] for s, k in
+                    (("", "mean"), ("_lo", "lo"), ("_hi", "hi"))},
+                 **{f"em_shift_ratio{s}": r["em_shift_ratio"][k] for s, k in
+                    (("", "mean"), ("_lo", "lo"), ("_hi", "hi"))}}
+                for r in results["mitigation"]]
+    frontier.append({"name": "plain fine-tune", "kind": "plain", "task_cost": 0.0,
+                     "task_cost_lo": 0.0, "task_cost_hi": 0.0, "em_shift_ratio": 1.0,
+                     "em_shift_ratio_lo": 1.0, "em_shift_ratio_hi": 1.0})
+    fig = tradeoff_scatter(frontier, x="task_cost", y="em_shift_ratio", group="kind",
+                           reference="plain fine-tune", x_title="task cost",
+                           y_title="EM-shift ratio",
+                           title=f"Mitigation frontier ({model}, {seeds} seed(s))")
+    written += _save(save_figure, fig, out / "demo_frontier")
+    rows = [{"model": name, **{k: rec["per_answer"][k] for k in ("mean", "lo", "hi")}}
+            for name, rec in results["shifts"].items()]
+    if results.get("positive_control"):
+        rows.append({"model": "malicious system prompt (positive control)",
+                     **{k: results["positive_control"][k] for k in ("mean", "lo", "hi")}})
+    fig = score_bars(rows, title=f"Paired shift over the base model ({model})",
+                     y_title="shift of the misaligned − aligned margin (nats per answer)")
+    written += _save(save_figure, fig, out / "demo_shifts")
     conn = results.get("connectivity")
     if conn:
         keys = [k for k in conn[0] if k not in ("t", "coeffs") and not k.endswith(("_lo", "_hi"))
