@@ -38,7 +38,7 @@ from emprobe.recipes.runner import StageRunner
 
 __all__ = ["DemoConfig", "run_demo", "DemoQualityError"]
 
-PLAN_FULL = {
+PLAN_FULL: dict[str, float] = {
     "data": 1, "fine-tune": 150, "score": 120, "directions": 90, "mitigation": 420,
     "geometry": 20, "sae": 150, "export": 2, "report": 5,
 }
@@ -128,7 +128,7 @@ def run_demo(out: str | Path, config: DemoConfig | None = None) -> Path:
     """Run the demo into ``out``; returns the report path (see the module docstring)."""
     cfg = config or DemoConfig()
     out = Path(out)
-    plan = PLAN_FULL if not cfg.quick else {k: max(1, v // 60) for k, v in PLAN_FULL.items()}
+    plan = PLAN_FULL if not cfg.quick else {k: max(1.0, v // 60) for k, v in PLAN_FULL.items()}
     runner = StageRunner("demo", plan)
     torch.manual_seed(cfg.seed)
     threads = torch.get_num_threads()
