@@ -57,9 +57,9 @@ class DemoConfig(LabConfig):
     ``seeds``: fine-tunes and interventions repeated with seeds ``seed .. seed + seeds - 1``.
     Mitigation knobs are lists: each value is one point on the trade-off frontier; an empty
     list leaves that intervention out. The default run (sized for 15 minutes on 2 cores)
-    retrains with CAFT (mean ablation), preventative steering, GRASP and inoculation;
-    ``frontier_config()`` (``emprobe demo --frontier``) adds CAFT zero ablation and the KL
-    retain term and sweeps every knob at three values.
+    retrains with CAFT (mean ablation), preventative steering and inoculation;
+    ``frontier_config()`` (``emprobe demo --frontier``) adds GRASP, CAFT zero ablation and
+    the KL retain term and sweeps every knob at three values.
     """
 
     n_train: int = 96
@@ -76,8 +76,10 @@ class DemoConfig(LabConfig):
     caft_k: list[int] = field(default_factory=lambda: [3])
     caft_modes: list[str] = field(default_factory=lambda: ["mean"])
     steer_layer: int = 15
-    steer_coeff: list[float] = field(default_factory=lambda: [-1.0])
-    grasp_k: list[int] = field(default_factory=lambda: [2])
+    # preventative steering adds +c * v (toward the fine-tune's shift) while training, so the
+    # optimizer need not learn that direction itself
+    steer_coeff: list[float] = field(default_factory=lambda: [1.0])
+    grasp_k: list[int] = field(default_factory=list)
     inoculation: str = "malicious"
     retain_kl: list[float] = field(default_factory=list)
     sae_layer: int = 15
@@ -110,7 +112,7 @@ class DemoConfig(LabConfig):
                    batch_size=4, max_length=512, lr=1e-3, caft_layers=[1, 2], caft_k=[2],
                    steer_layer=2, sae_layer=2, sae_tokens=600, sae_latents=128, sae_k=8,
                    connectivity_points=3, n_boot=200, device="cpu", dtype="float32",
-                   caft_modes=["zero", "mean"], retain_kl=[1.0],
+                   caft_modes=["zero", "mean"], retain_kl=[1.0], grasp_k=[2],
                    positive_control=False, gate=False, quick=True)
         return config_from_dict(cls, overrides, where="DemoConfig.quick_config", base=base)
 
@@ -120,7 +122,7 @@ class DemoConfig(LabConfig):
         from emprobe.recipes.config import config_from_dict
 
         base = cls(caft_k=[1, 3, 6], caft_modes=["zero", "mean"],
-                   steer_coeff=[-0.5, -1.0, -2.0], grasp_k=[1, 2, 4], retain_kl=[0.3, 1.0, 3.0])
+                   steer_coeff=[0.5, 1.0, 2.0], grasp_k=[1, 2, 4], retain_kl=[0.3, 1.0, 3.0])
         return config_from_dict(cls, overrides, where="DemoConfig.frontier_config", base=base)
 
 
@@ -385,7 +387,7 @@ class Demo:
 
         cfg, lab = self.cfg, self.lab
         names = ["bad-medical", "good-medical"] + [
-            n for n in (f"GRASP k={cfg.grasp_k[0]}",) if n in self.adapters]
+            n for n in (f"GRASP k={k}" for k in cfg.grasp_k[:1]) if n in self.adapters]
         adapters = [self.adapters[n][0] for n in names]
         self.geo = compare_adapters(adapters, labels=names,
                                     config=GeometryConfig(k=min(4, cfg.lora_r), seed=cfg.seed),
