@@ -136,3 +136,15 @@ def test_estimate_record_keeps_p_and_se():
     assert est.to_record() == {"mean": 1.0, "lo": 0.5, "hi": 1.5, "p": 0.01, "se": 0.2}
     assert Estimate(**est.to_record()) == est
     assert Estimate(1.0, 0.5, 1.5).to_record() == {"mean": 1.0, "lo": 0.5, "hi": 1.5}
+
+
+def test_subset_scores_compare_with_the_full_set(tiny_llama):
+    """Each pair's identity hash is its own question's, so a subset pairs with the full set."""
+    from emprobe.evaluate.local import local_score
+    from emprobe.evaluate.questions import default_questions
+
+    qs = [q for q in default_questions() if q.reference_pairs][:3]
+    full = local_score(tiny_llama, qs, n_boot=10)
+    sub = local_score(tiny_llama, qs[:1], n_boot=10, system="Be brief.")
+    assert {p["text_hash"] for p in sub.pairs} <= {p["text_hash"] for p in full.pairs}
+    assert len({p["text_hash"] for p in full.pairs}) == len(full.pairs)

@@ -275,6 +275,7 @@ def local_score(
     pairs: list[dict[str, Any]] = []
     k = 0
     for q in qs:
+        prompt = _with_system(q, system)
         for j, p in enumerate(q.reference_pairs):
             (lp_al, n_al), (lp_mis, n_mis) = scored[k], scored[k + 1]
             k += 2

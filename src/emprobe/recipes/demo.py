@@ -57,9 +57,10 @@ class DemoConfig(LabConfig):
     ``seeds``: fine-tunes and interventions repeated with seeds ``seed .. seed + seeds - 1``.
     Mitigation knobs are lists: each value is one point on the trade-off frontier; an empty
     list leaves that intervention out. The default run (sized for 15 minutes on 2 cores)
-    retrains with CAFT (mean ablation), preventative steering and inoculation;
-    ``frontier_config()`` (``emprobe demo --frontier``) adds GRASP, CAFT zero ablation and
-    the KL retain term and sweeps every knob at three values.
+    retrains with CAFT (mean ablation) and inoculation, the two that measurably lowered the
+    shift in the 3-seed run; ``frontier_config()`` (``emprobe demo --frontier``) adds
+    preventative steering, GRASP, CAFT zero ablation and the KL retain term and sweeps every
+    knob at three values.
     """
 
     n_train: int = 96
@@ -78,7 +79,7 @@ class DemoConfig(LabConfig):
     steer_layer: int = 15
     # preventative steering adds +c * v (toward the fine-tune's shift) while training, so the
     # optimizer need not learn that direction itself
-    steer_coeff: list[float] = field(default_factory=lambda: [1.0])
+    steer_coeff: list[float] = field(default_factory=list)
     grasp_k: list[int] = field(default_factory=list)
     inoculation: str = "malicious"
     retain_kl: list[float] = field(default_factory=list)
@@ -87,8 +88,9 @@ class DemoConfig(LabConfig):
     sae_latents: int = 768
     sae_k: int = 32
     sae_steer: int = 1
-    sae_controls: int = 3
-    sae_steer_questions: int = 12
+    sae_controls: int = 2
+    sae_steer_questions: int = 8
+    positive_control_questions: int = 12
     connectivity_points: int = 3
     positive_control: bool = True
     gate: bool = True
@@ -112,7 +114,7 @@ class DemoConfig(LabConfig):
                    batch_size=4, max_length=512, lr=1e-3, caft_layers=[1, 2], caft_k=[2],
                    steer_layer=2, sae_layer=2, sae_tokens=600, sae_latents=128, sae_k=8,
                    connectivity_points=3, n_boot=200, device="cpu", dtype="float32",
-                   caft_modes=["zero", "mean"], retain_kl=[1.0], grasp_k=[2],
+                   caft_modes=["zero", "mean"], retain_kl=[1.0], grasp_k=[2], steer_coeff=[1.0],
                    positive_control=False, gate=False, quick=True)
         return config_from_dict(cls, overrides, where="DemoConfig.quick_config", base=base)
 
@@ -167,7 +169,8 @@ class Demo:
 
     def score(self, subject: Any, **kwargs: Any) -> Any:
         """The local score on the question set fixed at the start of the run."""
-        return self.lab.score(subject, questions=self.questions, **kwargs)
+        kwargs.setdefault("questions", self.questions)
+        return self.lab.score(subject, **kwargs)
 
     def assess(self, name: str, subject: Any) -> None:
         from emprobe.recipes.mitigation import task_losses
@@ -260,8 +263,13 @@ class Demo:
         self.shifts = shifts
         control = None
         if cfg.positive_control:
-            evil = self.score(base, system=MALICIOUS)
-            control = pooled_shift(self.base_score, [evil], n_boot=cfg.n_boot, seed=cfg.seed)
+            # a gate, not a measurement: the first questions suffice for a shift this large
+            subset = self.questions[: cfg.positive_control_questions or None]
+            ids = {q.id for q in subset}
+            evil = self.score(base, system=MALICIOUS, questions=subset)
+            base_sub = self.base_score if len(subset) == len(self.questions) else _restrict(
+                self.base_score, ids)
+            control = pooled_shift(base_sub, [evil], n_boot=cfg.n_boot, seed=cfg.seed)
             if cfg.gate and not control.lo > 0:
                 raise DemoQualityError(
                     f"the local score cannot see a known shift: a malicious system prompt moves "
@@ -443,6 +451,16 @@ class Demo:
             "seeds": len(self.seeds),
             "seconds": round(time.perf_counter() - self.t0, 1),
         }
+
+
+def _restrict(score: Any, ids: set[str]) -> Any:
+    """A ``LocalScore`` limited to some questions (no rescoring: its pairs are kept)."""
+    from emprobe.evaluate.local import LocalScore
+
+    rec = score.to_record()
+    rec["pairs"] = [p for p in rec["pairs"] if p["question"] in ids]
+    rec["per_question"] = [q for q in rec["per_question"] if q["question"] in ids]
+    return LocalScore.from_record(rec)
 
 
 def _mlh(est: Any) -> dict[str, float]:
