@@ -91,6 +91,14 @@ def run(lab: Any) -> None:
         "Paired shift over the base model (nats per answer and per token), two-stage bootstrap "
         "over questions and pairs; 'detectable' is the smallest per-answer shift this set finds "
         "with 80 % power at that comparison's spread.")
+    from emprobe.plot import score_bars
+
+    lab.report.figure(score_bars([{"model": r["control"], **{k: r["per_answer"][k]
+                                                               for k in ("mean", "lo", "hi")}}
+                                  for r in rows],
+                                 title="Paired shift over base (nats per answer)",
+                                 y_title="shift of the misaligned − aligned margin"),
+                      caption="Positive controls should lie above 0, negative ones at or below.")
     lab.report.table([{"control": r["control"], "kind": r["kind"], "scored on": r["scored on"],
                        "per answer": fmt(r, "per_answer"), "per token": fmt(r, "per_token"),
                        "detectable (80 %)": f"{r['detectable_80']:.2f}"} for r in rows],
