@@ -23,7 +23,8 @@ def _convs(prefix):
 def test_parse_layers():
     assert parse_layers("all") is None and parse_layers(None) is None
     assert parse_layers("1,3,5") == [1, 3, 5]
-    for bad in ("a-b", "3-5", "1,1"):
+    assert parse_layers("3-5") == [3, 4, 5]  # inclusive ranges, as documented
+    for bad in ("a-b", "5-3", "1,1"):
         with pytest.raises(ConfigError):
             parse_layers(bad)
 

@@ -435,18 +435,26 @@ def check_tensor(t: Any, where: str, ndims: tuple[int, ...] = (1, 2), finite: bo
 
 # -- CLI parsers (argparse ``type=``) -------------------------------------------------------
 def parse_layers(text: str) -> list[int]:
-    """``"3"`` / ``"2,5,7"`` -> ``[2, 5, 7]``: non-negative, distinct block indices (argparse
-    ``type=``; a bad value is an ``ArgumentTypeError`` that argparse reports in one line)."""
+    """``"3"`` / ``"2,5,7"`` / ``"10-12,15"`` -> ``[10, 11, 12, 15]``: non-negative, distinct
+    block indices; ``A-B`` is the inclusive range (``A <= B``). For argparse ``type=``: a bad
+    value is an ``ArgumentTypeError`` that argparse reports in one line."""
     parts = [p.strip() for p in str(text).split(",")]
     out: list[int] = []
     for part in parts:
-        if not re.fullmatch(r"[0-9]{1,6}", part):
+        span = re.fullmatch(r"([0-9]{1,6})-([0-9]{1,6})", part)
+        if span and int(span.group(1)) <= int(span.group(2)):
+            layers = list(range(int(span.group(1)), int(span.group(2)) + 1))
+        elif re.fullmatch(r"[0-9]{1,6}", part):
+            layers = [int(part)]
+        else:
             raise argparse.ArgumentTypeError(
-                f"layers must be comma-separated non-negative integers, got {excerpt(text, 40)}")
-        layer = int(part)
-        if layer in out:
-            raise argparse.ArgumentTypeError(f"layer {layer} given twice in {excerpt(text, 40)}")
-        out.append(layer)
+                f"layers must be comma-separated non-negative integers or ranges A-B (A <= B), "
+                f"got {excerpt(text, 40)}")
+        for layer in layers:
+            if layer in out:
+                raise argparse.ArgumentTypeError(
+                    f"layer {layer} given twice in {excerpt(text, 40)}")
+            out.append(layer)
     return out
 
 
