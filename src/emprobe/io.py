@@ -90,6 +90,8 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
 def _default(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
         return obj.tolist()
+    if callable(getattr(obj, "to_record", None)):  # emprobe result objects (Estimate, ...)
+        return obj.to_record()
     if isinstance(obj, Path):
         return str(obj)
     if hasattr(obj, "tolist"):

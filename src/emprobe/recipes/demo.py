@@ -205,13 +205,13 @@ class Demo:
             self.results["quality_failures"] = list(self.failures)
             self.results["runs"] = self.lab.results.get("runs", {})
             self.results["complete"] = True
-            write_json(self.out / "results.json", _jsonable(self.results))
+            write_json(self.out / "results.json", self.results)
             from emprobe.recipes.demo_report import build_demo_report
 
             path = build_demo_report(self).save(self.out / "report.html")
         # seconds include the report itself; rewrite the headline's figure at the very end
         self.results["headline"]["seconds"] = round(time.perf_counter() - self.t0, 1)
-        write_json(self.out / "results.json", _jsonable(self.results))
+        write_json(self.out / "results.json", self.results)
         print(f"demo finished in {self.results['headline']['seconds']:.0f} s; report: {path}")
         if self.failures and self.cfg.gate:
             raise DemoQualityError("; ".join(self.failures) + f" (report: {path})")
@@ -221,7 +221,7 @@ class Demo:
         """Write what is known so far (``"complete": false``): a long run that dies still
         leaves its numbers, and a re-run reuses every finished fine-tune (``Lab.train``)."""
         partial = {**self.results, "complete": False, "timings": self.runner.records()}
-        write_json(self.out / "results.json", _jsonable(partial))
+        write_json(self.out / "results.json", partial)
 
     def data(self) -> None:
         from emprobe.evaluate.questions import default_questions
@@ -490,20 +490,3 @@ def _read_metrics(run_dir: Path) -> list[dict[str, Any]]:
 
     path = run_dir / "metrics.jsonl"
     return read_jsonl(path) if path.is_file() else []
-
-
-def _jsonable(obj: Any) -> Any:
-    import json
-
-    def default(o: Any) -> Any:
-        if isinstance(o, torch.Tensor):
-            return o.tolist()
-        if isinstance(o, Path):
-            return str(o)
-        if hasattr(o, "to_record"):
-            return o.to_record()
-        if hasattr(o, "__dataclass_fields__"):
-            return asdict(o)
-        raise TypeError(f"results.json: cannot store {type(o).__name__}")
-
-    return json.loads(json.dumps(obj, default=default))
