@@ -91,6 +91,9 @@ class DemoConfig(LabConfig):
     sae_controls: int = 2
     sae_steer_questions: int = 8
     positive_control_questions: int = 12
+    # the ablation check scores the ablated fine-tune twice (direction, random control): on
+    # the first N questions (0 = all) it costs half as much
+    ablation_questions: int = 12
     connectivity_points: int = 3
     positive_control: bool = True
     gate: bool = True
@@ -306,18 +309,22 @@ class Demo:
         self.mean_diff = model_mean_difference(base, ft, convs, layers=None)
         self.pca = pca_difference(base, ft, convs, layers=cfg.caft_layers,
                                   k=max(cfg.caft_k), seed=cfg.seed)
+        subset = self.questions[: cfg.ablation_questions or None]
         plain = self.scores["bad-medical"][0]
+        if len(subset) < len(self.questions):
+            plain = _restrict(plain, {q.id for q in subset})
         under: dict[str, Any] = {}
         for label, d in (("mean difference", self.mean_diff),
                          ("random (equal norm)", random_like(self.mean_diff, cfg.seed))):
             # an all-token ablation does not depend on token positions, so the prompts'
             # key/value caches can be shared exactly (as without hooks)
             with ablation(ft, d, [cfg.steer_layer], "zero", positions="all"):
-                under[label] = self.score(ft, share_prefix=True)
+                under[label] = self.score(ft, share_prefix=True, questions=subset)
         self.results["directions"] = {
             "mean_diff_norms": self.mean_diff.stats.get("norms"),
             "pca_layers": cfg.caft_layers,
             "ablation_layer": cfg.steer_layer,
+            "ablation_questions": len(subset),
             "ablation": {label: pooled_shift(plain, [s], n_boot=cfg.n_boot,
                                              seed=cfg.seed).to_record()
                          for label, s in under.items()},

@@ -99,7 +99,8 @@ def build_demo_report(demo: Any) -> Report:
         "Mean difference of bad-advice fine-tune minus base activations on neutral chat (not the "
         "training data, not the evaluation questions), and the top principal components of the "
         "per-token difference (CAFT's directions). Ablating the mean difference at layer "
-        f"{d['ablation_layer']} during scoring, paired against the un-ablated fine-tune:")
+        f"{d['ablation_layer']} during scoring (on {d.get('ablation_questions', 'all')} "
+        "questions), paired against the un-ablated fine-tune:")
     ab_rows = [{"ablated": k, "shift per answer": _est(v)} for k, v in d["ablation"].items()]
     report.table(ab_rows, columns=["ablated", "shift per answer"])
     for k, v in d["ablation"].items():
