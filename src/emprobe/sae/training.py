@@ -166,8 +166,8 @@ def _training_sae_config(cfg: SAETrainConfig, d_in: int, metadata: dict[str, Any
     import sae_lens
 
     d_sae = cfg.d_sae or cfg.expansion * d_in
-    common = dict(d_in=d_in, d_sae=d_sae, device=cfg.device,
-                  normalize_activations=cfg.normalize_activations)
+    common: dict[str, Any] = dict(d_in=d_in, d_sae=d_sae, device=cfg.device,
+                                  normalize_activations=cfg.normalize_activations)
     if cfg.arch == "topk":
         out = sae_lens.TopKTrainingSAEConfig(k=cfg.k, aux_loss_coefficient=cfg.aux_loss_coefficient,
                                              **common)
