@@ -442,7 +442,7 @@ def judge_answers(
         for metric in metrics:
             key = (ans["question"], ans["paraphrase"], ans["sample"], ans["model"],
                    client.model, metric)
-            rec = cached.get(key)
+            rec: dict[str, Any] | None = cached.get(key)
             if rec is None:
                 rating = client.rate(q.judge_prompt(metric, ans["paraphrase"], ans["answer"]))
                 rec = dict(zip(JUDGE_KEY, key))

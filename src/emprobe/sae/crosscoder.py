@@ -74,6 +74,8 @@ class CrosscoderConfig:
 class Crosscoder(nn.Module):
     """Two-model crosscoder; inputs ``[batch, 2, d]`` (already scaled)."""
 
+    threshold: torch.Tensor  # a buffer (BatchTopK inference threshold)
+
     def __init__(self, d_in: int, d_sae: int, arch: str = "batchtopk", k: int = 16) -> None:
         super().__init__()
         self.d_in, self.d_sae, self.arch, self.k = d_in, d_sae, arch, k

@@ -30,7 +30,7 @@ def save_npz(direction: Direction, path: str | os.PathLike[str]) -> Path:
     arrays = {f"layer_{la}": a for la, a in to_numpy(direction).items()}
     arrays["metadata"] = np.array(json.dumps(direction.metadata()))
     with atomic_path(path) as tmp, tmp.open("wb") as fh:
-        np.savez(fh, **arrays)
+        np.savez(fh, allow_pickle=False, **arrays)
     return Path(path)
 
 

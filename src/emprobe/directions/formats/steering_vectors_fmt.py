@@ -10,14 +10,15 @@ imported the same data is returned as a plain dict
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from emprobe.directions.direction import Direction
 from emprobe.directions.formats._checks import real_tensor
 from emprobe.errors import FormatError
 from emprobe.validate import excerpt, layer_key
 
-SITE_TO_TYPE = {"resid_post": "decoder_block", "attn_out": "self_attn", "mlp_out": "mlp"}
+LayerType = Literal["decoder_block", "self_attn", "mlp"]
+SITE_TO_TYPE: dict[str, LayerType] = {"resid_post": "decoder_block", "attn_out": "self_attn", "mlp_out": "mlp"}
 TYPE_TO_SITE = {v: k for k, v in SITE_TO_TYPE.items()}
 
 
