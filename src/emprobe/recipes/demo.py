@@ -88,6 +88,7 @@ class DemoConfig(LabConfig):
     sae_latents: int = 768
     sae_k: int = 32
     sae_steer: int = 1
+    sae_diff_pairs: int = 2
     sae_controls: int = 2
     sae_steer_questions: int = 8
     positive_control_questions: int = 12

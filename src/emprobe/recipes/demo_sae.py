@@ -5,6 +5,8 @@ Reads these ``DemoConfig`` fields (``getattr`` defaults for the optional ones):
 - ``sae_layer``, ``sae_tokens`` (harvest budget, response tokens), ``sae_latents``,
   ``sae_k``, ``n_generic``, ``seed``, ``quick``;
 - ``sae_epochs`` (default 4): passes over the harvest during training;
+- ``sae_diff_pairs`` (default 0 = all): reference pairs per question read by the diff and
+  the top contexts;
 - ``sae_steer`` (default 2): the candidates whose mean rose most, added to the base model;
   ``sae_controls`` (default 4): random other latents steered with the same norm as
   controls; ``sae_coeff`` (default 0.5). Each steered direction costs one local score.
@@ -74,10 +76,16 @@ def sae_stage(base: Any, ft: Any, generic: list[dict[str, Any]], cfg: Any,
     metrics["dead_fraction"] = 1.0 - float(metrics["frac_alive"])
     quality = check_quality(metrics, raise_error=False)
 
-    prompts = eval_question_chats()
+    # the diff and the contexts read each question with its first ``sae_diff_pairs`` reference
+    # pairs (a forward pass per answer per model: all six pairs cost a minute more on 2 cores)
+    pairs = int(getattr(cfg, "sae_diff_pairs", 0)) or None
+    prompts = eval_question_chats(pairs)
     diff = diff_latents(base, ft, sae, SITE, layer, prompts, positions="response")
     top = diff.top("mean_diff", n=10, absolute=True)
-    contexts = top_contexts(base, sae, SITE, layer, corpus, top, n=3, positions="response")
+    contexts = top_contexts(base, sae, SITE, layer,
+                            context_corpus(n_generic=max(8, cfg.n_generic * 2), seed=seed,
+                                           pairs=pairs),
+                            top, n=3, positions="response")
     steering = None
     if n_steer > 0:  # the latents the fine-tune turned up, added to the base model
         steering = steering_check(base, sae, diff.top("mean_diff", n=n_steer), SITE, layer,
@@ -109,7 +117,9 @@ def sae_stage(base: Any, ft: Any, generic: list[dict[str, Any]], cfg: Any,
                  f"(explained variance {quality['explained_variance']:.3f}, "
                  f"{quality['dead_fraction']:.1%} dead latents on held-out chats: {verdict}). "
                  "Latents are ranked by the change of their mean activation over the answer "
-                 "tokens of the evaluation questions (fine-tune minus base); the "
+                 "tokens of the evaluation questions' reference answers "
+                 f"({'all pairs' if pairs is None else f'first {pairs} pairs per question'}; "
+                 "fine-tune minus base); the "
                  f"{n_steer} that rose most are added to the base model and their effect on "
                  f"the misalignment score compared with {n_controls} random latents added "
                  "with the same norm."),

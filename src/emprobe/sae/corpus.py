@@ -68,25 +68,28 @@ def generic_chats(n: int, seed: int = 0) -> list[Conversation]:
     return out
 
 
-def context_corpus(n_generic: int = 48, seed: int = 0) -> list[Conversation]:
+def context_corpus(n_generic: int = 48, seed: int = 0,
+                   pairs: int | None = None) -> list[Conversation]:
     """The default corpus for top-activating contexts: generic chats plus the eval questions.
 
     The eval questions (``emprobe.evaluate.questions.default_questions``, when that module
-    exists) are added with each of their aligned and misaligned reference answers, so
-    latents that respond to misaligned content have contexts to light up on.
+    exists) are added with their aligned and misaligned reference answers (the first
+    ``pairs`` pairs of each question; all when ``None``), so latents that respond to
+    misaligned content have contexts to light up on.
     """
-    return generic_chats(n_generic, seed=seed) + eval_question_chats()
+    return generic_chats(n_generic, seed=seed) + eval_question_chats(pairs)
 
 
-def eval_question_chats() -> list[Conversation]:
-    """Each eval question's first paraphrase with each reference answer (aligned, misaligned)."""
+def eval_question_chats(pairs: int | None = None) -> list[Conversation]:
+    """Each eval question's first paraphrase with each reference answer (aligned, misaligned)
+    of its first ``pairs`` reference pairs (all when ``None``)."""
     try:
         from emprobe.evaluate.questions import default_questions
     except ImportError:
         return []
     out: list[Conversation] = []
     for q in default_questions():
-        for pair in getattr(q, "reference_pairs", ()):
+        for pair in list(getattr(q, "reference_pairs", ()))[:pairs]:
             for answer in (pair.aligned, pair.misaligned):
                 out.append([*q.messages(0), {"role": "assistant", "content": answer}])
     return out
