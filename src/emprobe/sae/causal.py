@@ -164,24 +164,21 @@ def steering_check(
 
 def mean_resid_norm(subject: Any, site: str, layer: int) -> float:
     """Mean activation norm at ``(site, layer)`` over a few neutral chats (first token dropped)."""
-    from emprobe.hooks.capture import collect
     from emprobe.sae.corpus import generic_chats
+    from emprobe.sae.diff import token_acts
 
-    got = collect(subject, generic_chats(8, seed=11), layers=[layer], site=site, positions="all")
-    keep = got.token_index[:, 1] > 0
-    return float(got.acts[layer][keep].norm(dim=-1).mean())
+    rows, _, _ = token_acts(subject, generic_chats(8, seed=11), site, layer, positions="all")
+    return float(rows.norm(dim=-1).mean())
 
 
 @torch.no_grad()
 def latent_mean(subject: Any, sae: Any, latent: int, site: str, layer: int,
                 data: Sequence[Any], positions: str = "all") -> float:
     """Mean activation of one latent over ``data``'s selected tokens (first token dropped)."""
-    from emprobe.hooks.capture import collect
-    from emprobe.sae.diff import encode_rows
+    from emprobe.sae.diff import encode_rows, token_acts
 
-    got = collect(subject, data, layers=[layer], site=site, positions=positions)
-    keep = got.token_index[:, 1] > 0
-    return float(encode_rows(sae, got.acts[layer][keep])[:, int(latent)].mean())
+    rows, _, _ = token_acts(subject, data, site, layer, positions=positions)
+    return float(encode_rows(sae, rows)[:, int(latent)].mean())
 
 
 def realignment_curve(

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from emprobe.errors import DataError, ShapeError
-from emprobe.hooks.capture import collect
+from emprobe.hooks.capture import Collected, collect
 from emprobe.hooks.core import add_site_hook
 from emprobe.io import write_json
 from emprobe.models.chat import Conversation
@@ -48,12 +48,18 @@ def encode_rows(sae: Any, h: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
     return torch.cat(out) if out else torch.zeros(0, int(sae.cfg.d_sae))
 
 
-def _acts(subject: Any, data: Sequence[Any], site: str, layer: int, positions: str,
-          batch_size: int, max_length: int) -> tuple[torch.Tensor, Any]:
+def token_acts(subject: Any, data: Sequence[Any], site: str, layer: int, positions: str = "all",
+               batch_size: int = 8, max_length: int = 512,
+               ) -> tuple[torch.Tensor, torch.Tensor, Collected]:
+    """Activation rows ``[n, d]`` of ``data``'s selected tokens at ``(site, layer)``, each
+    sequence's first token (an attention sink) dropped, with their ``[n, 2]`` (sequence,
+    position) index and the whole ``Collected`` (for its token ids)."""
     got = collect(subject, data, layers=[layer], site=site, positions=positions,
                   batch_size=batch_size, max_length=max_length)
-    keep = got.token_index[:, 1] > 0  # drop each sequence's first token (attention sink)
-    return got.acts[layer][keep], got
+    if got.token_index is None:
+        raise DataError("SAE activations: no tokens collected")
+    keep = got.token_index[:, 1] > 0
+    return got.acts[layer][keep], got.token_index[keep], got
 
 
 def check_sae_fits(subject: Any, sae: Any, what: str) -> None:
@@ -127,8 +133,8 @@ def diff_latents(
     check_sae_fits(ft, sae, "the fine-tuned model")
     if not data:
         raise DataError("diff: no prompts given")
-    h_base, _ = _acts(base, data, site, layer, positions, batch_size, max_length)
-    h_ft, _ = _acts(ft, data, site, layer, positions, batch_size, max_length)
+    h_base, _, _ = token_acts(base, data, site, layer, positions, batch_size, max_length)
+    h_ft, _, _ = token_acts(ft, data, site, layer, positions, batch_size, max_length)
     if h_base.shape != h_ft.shape or h_base.shape[0] == 0:
         raise DataError(
             f"diff: base and fine-tune gave {tuple(h_base.shape)} vs {tuple(h_ft.shape)} rows; "
@@ -235,8 +241,7 @@ def top_contexts(
     Each context: ``{"activation", "item", "pos", "token", "text"}`` where ``text`` shows up
     to ``window`` tokens either side with the firing token marked ``[[token]]``.
     """
-    h, got = _acts(subject, corpus, site, layer, positions, batch_size, max_length)
-    index = got.token_index[got.token_index[:, 1] > 0]
+    h, index, got = token_acts(subject, corpus, site, layer, positions, batch_size, max_length)
     feats = encode_rows(sae, h)[:, list(latents)]  # [rows, n_latents]
     tok = subject.tokenizer
     pad_id = tok.pad_token_id
