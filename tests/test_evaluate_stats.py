@@ -11,7 +11,10 @@ from emprobe.errors import DataError
 from emprobe.evaluate.local import LocalScore, compare, paired_differences, shift_ratio
 from emprobe.evaluate.stats import (
     Estimate,
+    as_estimate,
+    bootstrap_mean,
     bootstrap_p,
+    bootstrap_stat,
     detectable_shift,
     hierarchical_bootstrap,
     hierarchical_means,
@@ -148,3 +151,40 @@ def test_subset_scores_compare_with_the_full_set(tiny_llama):
     sub = local_score(tiny_llama, qs[:1], n_boot=10, system="Be brief.")
     assert {p["text_hash"] for p in sub.pairs} <= {p["text_hash"] for p in full.pairs}
     assert len({p["text_hash"] for p in full.pairs}) == len(full.pairs)
+
+
+def test_bootstrap_stat_matches_bootstrap_mean_and_skips_undefined():
+    values = np.array([0.5, 1.0, 4.0, 2.0, 3.5, 0.0, 1.5])
+    est = bootstrap_stat(lambda i: float(values[i].mean()), len(values), n_boot=400, seed=3)
+    ref = bootstrap_mean([[v] for v in values], n_boot=400, seed=3)
+    assert est.mean == pytest.approx(values.mean())
+    assert (est.lo, est.hi) == pytest.approx((ref.lo, ref.hi))  # same resamples
+    assert est.se is not None and est.se > 0
+
+    def needs_two_values(i):
+        if len(set(values[i].tolist())) < 2:
+            raise DataError("constant")
+        return float(np.ptp(values[i]))
+
+    two = bootstrap_stat(needs_two_values, 2, n_boot=50)
+    assert two.mean == two.lo == two.hi == 0.5  # one-value resamples skipped
+    never = bootstrap_stat(lambda i: float("nan"), 3, n_boot=20)
+    assert never.mean != never.mean and never.lo != never.lo
+    assert bootstrap_stat(lambda i: 1.0, 3, n_boot=0) == Estimate(1.0, 1.0, 1.0)
+
+
+def test_as_estimate_accepts_each_interval_shape():
+    e = Estimate(1.0, 0.5, 2.0, p=0.01)
+    assert as_estimate(e) is e
+    assert as_estimate(0.5) == Estimate(0.5, 0.5, 0.5)
+    assert as_estimate((1, 0, 2)) == Estimate(1.0, 0.0, 2.0)
+    assert as_estimate({"mean": 1, "lo": 0, "hi": 2}) == Estimate(1.0, 0.0, 2.0)
+    assert as_estimate({"delta": -1, "lo": -2, "hi": 0}) == Estimate(-1.0, -2.0, 0.0)
+
+    class Obj:
+        mean, lo, hi = 3.0, 2.0, 4.0
+
+    assert as_estimate(Obj()) == Estimate(3.0, 2.0, 4.0)
+    for bad in ("x", None, True, {"mean": 1.0}, (1, 2)):
+        with pytest.raises(DataError):
+            as_estimate(bad)

@@ -130,7 +130,9 @@ def test_result_shapes(ran):
     assert sorted((p["bad_fraction"], p["seed"]) for p in pf["population"]) == sorted(
         (f, s) for f in fracs for s in (0, 1))
     assert pf["predictor"]["n_models"] == 12
-    assert "auroc_lo" in pf["predictor"] and "pearson_lo" in pf["predictor"]
+    assert {"mean", "lo", "hi"} <= set(pf["predictor"]["pearson"])
+    auc = pf["predictor"]["auroc"]
+    assert auc is None or auc["lo"] <= auc["mean"] <= auc["hi"]
     assert [r["n_benign"] for r in pf["realignment"]] == [0, 2, 4, 8, 16]
     assert len(pf["steering"]["controls"]) == 2  # random directions of the same norm
     assert pf["steering"]["controls"][0]["latent"] is None

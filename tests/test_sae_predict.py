@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from emprobe.errors import DataError
+from emprobe.evaluate.stats import Estimate
 from emprobe.sae.predict import auroc, pearson, predictor_stats, spearman
 
 
@@ -45,11 +46,14 @@ def test_predictor_stats_intervals():
     scores = [-5.0, -4.0, -4.5, 2.0, 3.0, 1.0, -3.0, 2.5]
     out = predictor_stats(latent, scores, threshold=0.0, n_boot=300)
     assert out["n_models"] == 8 and out["n_misaligned"] == 4
-    assert out["auroc"] == 1.0 and out["auroc_lo"] <= 1.0 and out["auroc_hi"] == 1.0
-    assert out["pearson_lo"] <= out["pearson"] <= out["pearson_hi"]
+    assert isinstance(out["auroc"], Estimate) and isinstance(out["spearman"], Estimate)
+    assert out["auroc"].mean == 1.0 and out["auroc"].lo <= 1.0 and out["auroc"].hi == 1.0
+    assert out["pearson"].lo <= out["pearson"].mean <= out["pearson"].hi
     noisy = predictor_stats([0.5, 0.1, 0.9, 0.2, 0.4, 0.3], [1, -1, -2, 2, 0.5, -0.5],
                             threshold=0.0, n_boot=300)
-    assert noisy["auroc_lo"] < noisy["auroc"] < noisy["auroc_hi"]
+    assert noisy["auroc"].lo < noisy["auroc"].mean < noisy["auroc"].hi
+    one_class = predictor_stats([1, 2, 3], [1, 2, 3], labels=[1, 1, 1], n_boot=50)
+    assert one_class["auroc"] is None
     with pytest.raises(DataError):
         predictor_stats([1, 2], [1, 2], threshold=0)
     with pytest.raises(DataError):

@@ -3,8 +3,12 @@
 - ``Estimate(mean, lo, hi, p)``: a point value with a 95 % interval (and, where computed,
   a two-sided bootstrap p-value for "the mean is 0"). The one interval type of emprobe.
 - ``wilson(k, n)``: the Wilson score interval of a proportion (good at 0 % and 100 %).
+- ``as_estimate(value)``: an ``Estimate`` from a ``{mean, lo, hi}`` record, a
+  ``(mean, lo, hi)`` tuple, any object with those attributes or a number.
 - ``bootstrap_mean(groups)``: percentile bootstrap of a mean over resampled groups
   (the unit of independence, e.g. questions), weighting every group by its item count.
+- ``bootstrap_stat(stat, n)``: percentile bootstrap of any statistic of ``n`` units
+  (resampled indices), e.g. an AUROC or a correlation across fine-tunes.
 - ``hierarchical_bootstrap(groups)``: two-stage bootstrap, resampling groups (questions)
   and then items (reference pairs) inside each drawn group. With paired differences as
   items it is the paired test of the local misalignment score.
@@ -20,13 +24,18 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
+from typing import Any
 
 import numpy as np
 
+from emprobe.errors import DataError
+
 __all__ = [
     "Estimate",
+    "as_estimate",
     "wilson",
     "bootstrap_mean",
+    "bootstrap_stat",
     "bootstrap_diff",
     "hierarchical_bootstrap",
     "hierarchical_ratio",
@@ -66,6 +75,31 @@ class Estimate:
 
     def __str__(self) -> str:
         return f"{self.mean:+.3f} [{self.lo:+.3f}, {self.hi:+.3f}]"
+
+
+def as_estimate(value: Any) -> Estimate:
+    """``value`` as an ``Estimate``: an ``Estimate`` as it is; a mapping with ``mean`` (or a
+    ``versus`` row's ``delta``), ``lo`` and ``hi``; a ``(mean, lo, hi)`` tuple or list; any
+    object with ``mean`` / ``lo`` / ``hi`` attributes; a number (a zero-width interval).
+
+    Raises ``DataError`` for anything else (or non-numeric parts)."""
+    if isinstance(value, Estimate):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return Estimate(float(value), float(value), float(value))
+    parts: list[Any]
+    if isinstance(value, Mapping):
+        parts = [value.get("mean", value.get("delta")), value.get("lo"), value.get("hi")]
+    elif isinstance(value, (tuple, list)) and len(value) == 3:
+        parts = list(value)
+    else:
+        parts = [getattr(value, k, None) for k in ("mean", "lo", "hi")]
+    try:
+        mean, lo, hi = (float(x) for x in parts)
+    except (TypeError, ValueError):
+        raise DataError(f"expected an estimate (mean, lo, hi) or a number, got "
+                        f"{type(value).__name__} {str(value)[:80]}") from None
+    return Estimate(mean, lo, hi)
 
 
 def wilson(k: int, n: int, z: float = 1.959964) -> Estimate:
@@ -124,6 +158,42 @@ def bootstrap_mean(
     boots = _weighted_means(groups, idx)
     lo, hi = _interval(mean, boots, level)
     return Estimate(mean, lo, hi)
+
+
+def bootstrap_stat(
+    stat: Callable[[np.ndarray], float], n: int, n_boot: int = 1000, seed: int = 0,
+    level: float = 0.95,
+) -> Estimate:
+    """``stat`` of ``n`` independent units with a percentile bootstrap interval.
+
+    ``stat(idx)`` computes the statistic on the units ``idx`` (an int array, with repeats in
+    the resamples); the point value is ``stat(arange(n))``, whose errors propagate.
+    Resamples where the statistic is undefined (it raises emprobe's ``DataError`` or
+    returns NaN: one class only, constant values) are skipped;
+    the interval is NaN when none is defined. ``se`` is the bootstrap standard error.
+    """
+    value = float(stat(np.arange(n)))
+    if n_boot <= 0:
+        return Estimate(value, value, value)
+    rng = np.random.default_rng(seed)
+    vals = []
+    for idx in rng.integers(0, n, size=(n_boot, n)):
+        try:
+            v = float(stat(idx))
+        except DataError:
+            continue
+        if math.isfinite(v):
+            vals.append(v)
+    if not vals:
+        return Estimate(value, float("nan"), float("nan"))
+    boots = np.array(vals)
+    if math.isfinite(value):
+        lo, hi = _interval(value, boots, level)
+    else:
+        alpha = (1.0 - level) / 2
+        lo, hi = (float(q) for q in np.quantile(boots, [alpha, 1 - alpha]))
+    se = float(np.std(boots, ddof=1)) if len(boots) > 1 else None
+    return Estimate(value, lo, hi, se=se)
 
 
 def bootstrap_diff(

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from emprobe.errors import DataError
+from emprobe.evaluate.stats import as_estimate
 from emprobe.io import read_json, write_json
 from emprobe.report import Report
 
@@ -405,7 +406,8 @@ class Lab:
         """
         if expect not in ("higher", "lower"):
             raise DataError(f"Lab.claim: expect must be 'higher' or 'lower', not {expect!r}")
-        est = interval(value)
+        e = as_estimate(value)
+        est = {"mean": e.mean, "lo": e.lo, "hi": e.hi}
         conds = {str(k): bool(v) for k, v in (conditions or {}).items()}
         verdict = decide(est, expect, null, conds)
         block = {"seed_claim": seed_claim, "measure": measure, "value": est, "expect": expect,
@@ -443,27 +445,14 @@ class Lab:
         return self.report.save(self.out / "report.html")
 
 
-def interval(value: Any) -> dict[str, float]:
-    """``{mean, lo, hi}`` from an ``Estimate``, a dict with mean / delta, or a versus row."""
-    if isinstance(value, dict):
-        mean = value.get("mean", value.get("delta"))
-        rec = {"mean": mean, "lo": value.get("lo"), "hi": value.get("hi")}
-    else:
-        rec = {"mean": getattr(value, "mean", None), "lo": getattr(value, "lo", None),
-               "hi": getattr(value, "hi", None)}
-    try:
-        out = {k: float(v) for k, v in rec.items()}
-    except (TypeError, ValueError):
-        raise DataError(f"claim value needs mean/lo/hi numbers, got {str(value)[:80]}") from None
-    return out
-
-
-def decide(est: dict[str, float], expect: str, null: float = 0.0,
+def decide(est: Any, expect: str, null: float = 0.0,
            conditions: dict[str, bool] | None = None) -> str:
-    """The verdict of one claim from its interval (see ``Lab.claim``)."""
+    """The verdict of one claim from its interval (an ``Estimate`` or a ``{mean, lo, hi}``
+    record; see ``Lab.claim``)."""
     import math
 
-    lo, hi = est["lo"], est["hi"]
+    e = as_estimate(est)
+    lo, hi = e.lo, e.hi
     if not (math.isfinite(lo) and math.isfinite(hi)) or lo <= null <= hi:
         return "not significant"
     right_side = lo > null if expect == "higher" else hi < null
@@ -491,4 +480,4 @@ def _enable_gradient_checkpointing(subject: Any) -> None:
         model.config.use_cache = False
 
 
-__all__ = ["Lab", "LabConfig", "VERDICTS", "decide", "interval", "intervention_identity"]
+__all__ = ["Lab", "LabConfig", "VERDICTS", "decide", "intervention_identity"]

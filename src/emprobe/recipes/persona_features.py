@@ -56,6 +56,7 @@ def _with_new_adapter(lab: Any, bad: Any, records: list[dict[str, Any]], name: s
 
 def run(lab: Any) -> None:
     from emprobe.data import mix
+    from emprobe.evaluate.stats import Estimate
     from emprobe.plot import latent_bars, layer_curves, score_bars
     from emprobe.sae import (
         default_scorer,
@@ -140,8 +141,12 @@ def run(lab: Any) -> None:
         f"{round(100 * label_fraction)} % bad data.")
     lab.report.table(pop, columns=["model", "bad_fraction", "seed", "latent", "misalignment",
                                    "lo", "hi"])
-    lab.report.table([stats], columns=["n_models", "auroc", "auroc_lo", "auroc_hi", "pearson",
-                                       "pearson_lo", "pearson_hi", "spearman"])
+    lab.report.table([{k: v.to_record() if isinstance(v, Estimate) else v
+                       for k, v in stats.items()}],
+                     columns={"n_models": "n_models", "auroc.mean": "auroc", "auroc.lo": "auroc_lo",
+                              "auroc.hi": "auroc_hi", "pearson.mean": "pearson",
+                              "pearson.lo": "pearson_lo", "pearson.hi": "pearson_hi",
+                              "spearman.mean": "spearman"})
     lab.report.note(
         f"{len(pop)} fine-tunes: the intervals resample models, so they are wide; the latent "
         "was picked on the 100 %-bad seed-0 fine-tune, which is also in the population.",
@@ -192,8 +197,8 @@ def run(lab: Any) -> None:
         f"AUROC of the top diff latent's mean activation for telling fine-tunes trained on "
         f">= {round(100 * label_fraction)} % bad data from the rest ({len(pop)} fine-tunes, "
         "bootstrap over models)",
-        {"mean": stats.get("auroc", float("nan")), "lo": stats.get("auroc_lo", float("nan")),
-         "hi": stats.get("auroc_hi", float("nan"))}, expect="higher", null=0.5,
+        stats["auroc"] or Estimate(float("nan"), float("nan"), float("nan")),
+        expect="higher", null=0.5,
         conditions={"steering with the latent raises misalignment (paired interval > 0) more "
                     "than random directions of equal norm":
                     top_steer.get("delta_lo", float("nan")) > 0

@@ -38,7 +38,7 @@ from emprobe.sae.metrics import (
     reconstruction_metrics,
     spliced_metrics,
 )
-from emprobe.sae.predict import auroc, bootstrap_ci, pearson, predictor_stats, spearman
+from emprobe.sae.predict import auroc, pearson, predictor_stats, spearman
 from emprobe.sae.training import (
     ARCHITECTURES,
     SAETrainConfig,
@@ -63,7 +63,6 @@ __all__ = [
     "answer_attribution",
     "as_interval",
     "auroc",
-    "bootstrap_ci",
     "check_quality",
     "classify",
     "context_corpus",

@@ -24,14 +24,12 @@ Scorer = Callable[[Any], Any]
 
 
 def as_interval(est: Any) -> dict[str, float]:
-    """An estimate (object with mean/lo/hi, a tuple, or a float) -> ``{"mean", "lo", "hi"}``."""
-    if isinstance(est, (int, float)):
-        return {"mean": float(est), "lo": float(est), "hi": float(est)}
-    if isinstance(est, (tuple, list)) and len(est) == 3:
-        return {"mean": float(est[0]), "lo": float(est[1]), "hi": float(est[2])}
-    if all(hasattr(est, k) for k in ("mean", "lo", "hi")):
-        return {"mean": float(est.mean), "lo": float(est.lo), "hi": float(est.hi)}
-    raise EmprobeError(f"scorer returned {type(est).__name__}; expected mean/lo/hi, a tuple or a float")
+    """A scorer's estimate (see ``emprobe.evaluate.stats.as_estimate``: an object with
+    mean/lo/hi, a tuple or a float) -> ``{"mean", "lo", "hi"}``."""
+    from emprobe.evaluate.stats import as_estimate
+
+    e = as_estimate(est)
+    return {"mean": e.mean, "lo": e.lo, "hi": e.hi}
 
 
 def default_scorer(questions: Any = None, n_boot: int = 200, seed: int = 0,

@@ -1,18 +1,23 @@
 """Predicting misalignment from one latent across a population of fine-tunes.
 
 Pure functions on numbers: AUROC (Mann-Whitney, ties counted half) and Pearson /
-Spearman correlation, each with a percentile bootstrap interval over fine-tunes.
+Spearman correlation, each an ``Estimate`` with a percentile bootstrap interval over
+fine-tunes (``emprobe.evaluate.stats.bootstrap_stat``).
 ``population_latent_means`` measures the latent for each model of a population.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from emprobe.errors import DataError
+
+if TYPE_CHECKING:
+    from emprobe.evaluate.stats import Estimate
 
 
 def auroc(scores: Sequence[float] | torch.Tensor, labels: Sequence[int] | torch.Tensor) -> float:
@@ -55,31 +60,6 @@ def spearman(x: Sequence[float] | torch.Tensor, y: Sequence[float] | torch.Tenso
     return pearson(_ranks(a), _ranks(b))
 
 
-def bootstrap_ci(
-    stat: Callable[[torch.Tensor], float], n: int, n_boot: int = 1000, seed: int = 0,
-    alpha: float = 0.05,
-) -> tuple[float, float]:
-    """Percentile interval of ``stat(idx)`` over resamples ``idx`` of ``range(n)``.
-
-    Resamples where the statistic is undefined (one class only, constant values) are
-    skipped; returns NaNs when none is defined.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    vals = []
-    for _ in range(n_boot):
-        idx = torch.randint(0, n, (n,), generator=gen)
-        try:
-            v = stat(idx)
-        except DataError:
-            continue
-        if v == v:  # not NaN
-            vals.append(v)
-    if not vals:
-        return float("nan"), float("nan")
-    t = torch.tensor(vals, dtype=torch.float64)
-    return float(torch.quantile(t, alpha / 2)), float(torch.quantile(t, 1 - alpha / 2))
-
-
 def predictor_stats(
     latent_means: Sequence[float],
     scores: Sequence[float],
@@ -91,9 +71,12 @@ def predictor_stats(
     """How well one latent's mean activation predicts misalignment across fine-tunes.
 
     ``scores``: each model's misalignment score; ``labels`` (1 = misaligned) are given or
-    derived as ``score > threshold``. Returns AUROC, Pearson r and Spearman rho with 95 %
-    bootstrap intervals (``*_lo`` / ``*_hi``).
+    derived as ``score > threshold``. Returns ``{"n_models", "n_misaligned", "auroc",
+    "pearson", "spearman"}``: AUROC, Pearson r and Spearman rho as ``Estimate`` s with 95 %
+    bootstrap intervals over models (``auroc`` is ``None`` with one class only).
     """
+    from emprobe.evaluate.stats import bootstrap_stat
+
     x = torch.as_tensor(latent_means, dtype=torch.float64)
     y = torch.as_tensor(scores, dtype=torch.float64)
     if x.shape != y.shape or x.ndim != 1 or len(x) < 3:
@@ -106,16 +89,21 @@ def predictor_stats(
     else:
         lab = torch.as_tensor(labels).long()
     out: dict[str, Any] = {"n_models": len(x), "n_misaligned": int(lab.sum())}
+
+    def resampled(fn: Callable[[torch.Tensor, torch.Tensor], float],
+                  b: torch.Tensor) -> Estimate:
+        def stat(idx: np.ndarray) -> float:
+            i = torch.from_numpy(idx)
+            return fn(x[i], b[i])
+
+        return bootstrap_stat(stat, len(x), n_boot=n_boot, seed=seed)
+
     try:
-        out["auroc"] = auroc(x, lab)
-        out["auroc_lo"], out["auroc_hi"] = bootstrap_ci(lambda i: auroc(x[i], lab[i]),
-                                                        len(x), n_boot, seed)
-    except DataError:
-        out["auroc"] = out["auroc_lo"] = out["auroc_hi"] = None
-    for name, fn in (("pearson", pearson), ("spearman", spearman)):
-        out[name] = fn(x, y)
-        out[f"{name}_lo"], out[f"{name}_hi"] = bootstrap_ci(lambda i, f=fn: f(x[i], y[i]),
-                                                            len(x), n_boot, seed)
+        out["auroc"] = resampled(auroc, lab)
+    except DataError:  # one class only
+        out["auroc"] = None
+    out["pearson"] = resampled(pearson, y)
+    out["spearman"] = resampled(spearman, y)
     return out
 
 
