@@ -162,3 +162,47 @@ def test_shard_write_failure_surfaces(tiny_llama, tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         harvest(tiny_llama, generic_chats(40), tmp_path / "h",
                 HarvestConfig(layers=[1], batch_size=2), progress=False)
+
+
+def test_bucket_windows_run_in_an_unbiased_fixed_order():
+    from emprobe.models.chat import ChatBatch
+    from emprobe.sae.harvest import _batches
+
+    def encode(chunk):  # item i has length i % 7 + 1
+        n = len(chunk)
+        width = 7
+        att = torch.zeros(n, width, dtype=torch.long)
+        ids = torch.zeros(n, width, dtype=torch.long)
+        for r, item in enumerate(chunk):
+            att[r, : item % 7 + 1] = 1
+            ids[r] = item
+        return ChatBatch(ids, att, att.bool())
+
+    items = list(range(70))
+    first = list(_batches(encode, items, 5, 7))
+    again = list(_batches(encode, items, 5, 7))
+    seen = [int(i) for b in first for i in b.input_ids[:, 0]]
+    assert sorted(seen) == items  # every item once
+    assert [b.input_ids.tolist() for b in first] == [b.input_ids.tolist() for b in again]
+    widths = [b.input_ids.shape[1] for b in first]
+    assert all(len(set(b.attention_mask.sum(1).tolist())) <= 2 for b in first)  # bucketed
+    assert widths[:7] != sorted(widths[:7])  # not shortest-first: a cut window is unbiased
+    plain = list(_batches(encode, items, 5, 1))  # bucket 1 keeps the input order
+    assert [int(i) for b in plain for i in b.input_ids[:, 0]] == items
+
+
+def test_memory_rows_fill_one_buffer_per_key_when_the_budget_is_known():
+    rows = _MemoryRows(limit_bytes=10_000, capacity=10, n_keys=2)
+    chunks = [torch.randn(n, 64).to(torch.bfloat16) for n in (4, 3, 3)]
+    for c in chunks:
+        rows.add("resid_post", {1: c, 2: c + 1})
+    assert rows.parts == {}  # everything went into the preallocated buffers
+    out = rows.result()
+    torch.testing.assert_close(out[("resid_post", 1)], torch.cat(chunks))
+    torch.testing.assert_close(out[("resid_post", 2)], torch.cat(chunks) + 1)
+    # a buffer whose budget would not fit keeps parts; rows past the limit drop everything
+    small = _MemoryRows(limit_bytes=1000, capacity=100)
+    small.add("resid_post", {1: torch.zeros(3, 64, dtype=torch.bfloat16)})
+    assert small.buffers == {} and small.result()[("resid_post", 1)].shape == (3, 64)
+    small.add("resid_post", {1: torch.zeros(5, 64, dtype=torch.bfloat16)})
+    assert small.result() is None

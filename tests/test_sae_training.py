@@ -222,3 +222,45 @@ def test_quality_gate_flags_low_negative_and_dead():
                              raise_error=False)["ok"]
     with pytest.raises(DataError):
         check_quality({"l0": 3.0})
+
+
+def test_fused_adam_gives_saelens_update(tiny_harvest, tmp_path):
+    """The fused kernel replaces only the kernel: same weights as SAELens' own Adam."""
+    base = dict(arch="topk", d_sae=128, k=8, batch_size=64, training_tokens=640, lr=1e-3,
+                lr_decay_fraction=0.5)
+    fused = train_sae(tiny_harvest, 2, SAETrainConfig(**base), tmp_path / "f", progress=False)
+    plain = train_sae(tiny_harvest, 2, SAETrainConfig(**base, fused_adam=False), tmp_path / "p",
+                      progress=False)
+    assert fused.record["fused_adam"] is True and plain.record["fused_adam"] is False
+    a, b = fused.training_sae.state_dict(), plain.training_sae.state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+
+
+def test_use_fused_adam_keeps_the_schedule_and_refuses_a_started_trainer():
+    import sae_lens
+    from sae_lens.config import SAETrainerConfig
+
+    from emprobe.sae.training import use_fused_adam
+
+    sae = sae_lens.TrainingSAE.from_dict(
+        sae_lens.TopKTrainingSAEConfig(d_in=8, d_sae=16, k=2).to_dict())
+    cfg = SAETrainerConfig(total_training_samples=40, train_batch_size_samples=4, lr=1e-2,
+                           lr_end=1e-3, lr_decay_steps=5)
+    trainer = sae_lens.SAETrainer(cfg, sae, iter([torch.randn(4, 8) for _ in range(10)]))
+    lrs_default = []
+    for _ in range(10):
+        lrs_default.append(trainer.optimizer.param_groups[0]["lr"])
+        trainer.lr_scheduler.step()
+    trainer = sae_lens.SAETrainer(cfg, sae, iter([torch.randn(4, 8) for _ in range(10)]))
+    assert use_fused_adam(trainer) is True
+    assert trainer.optimizer.defaults["fused"] is True
+    lrs_fused = []
+    for _ in range(10):
+        lrs_fused.append(trainer.optimizer.param_groups[0]["lr"])
+        trainer.lr_scheduler.step()
+    assert lrs_fused == pytest.approx(lrs_default)
+    assert use_fused_adam(trainer) is False  # already fused
+    trainer = sae_lens.SAETrainer(cfg, sae, iter([]))
+    trainer.n_training_steps = 1
+    assert use_fused_adam(trainer) is False  # would lose Adam state

@@ -142,15 +142,26 @@ def _rows_of(batch: ChatBatch, index: torch.Tensor) -> ChatBatch:
 
 def _batches(encode: Any, items: Sequence[Any], size: int, bucket: int) -> Iterator[ChatBatch]:
     """Padded batches of ``size`` items; with ``bucket > 1`` each window of ``bucket`` batches is
-    tokenised once and sorted by token count (stable, so a resumed harvest sees the same
-    batches) before it is cut, so each batch is padded to a near-equal length."""
+    tokenised once and sorted by token count (stable) before it is cut, so each batch is
+    padded to a near-equal length.
+
+    The batches of a window are then run in a fixed pseudo-random order (seeded by the
+    window's position, so a resumed harvest sees the same batches in the same order): a
+    token budget that ends inside a window takes an unbiased sample of its items rather
+    than its shortest ones."""
     window = max(1, bucket) * size
     for start in range(0, len(items), window):
         enc = encode(items[start : start + window])
         lengths = enc.attention_mask.sum(1)
-        order = (torch.sort(lengths, stable=True).indices if bucket > 1
-                 else torch.arange(len(lengths)))
-        for i in range(0, len(order), size):
+        if bucket > 1:
+            order = torch.sort(lengths, stable=True).indices
+            cuts = list(range(0, len(order), size))
+            gen = torch.Generator().manual_seed(start)
+            cuts = [cuts[i] for i in torch.randperm(len(cuts), generator=gen).tolist()]
+        else:
+            order = torch.arange(len(lengths))
+            cuts = list(range(0, len(order), size))
+        for i in cuts:
             yield _rows_of(enc, order[i : i + size])
 
 
@@ -192,26 +203,60 @@ class _BackgroundWriter:
 
 
 class _MemoryRows:
-    """Rows kept in RAM per ``(site, layer)`` until they pass ``limit_bytes`` (then dropped)."""
+    """Rows kept in RAM per ``(site, layer)`` until they pass ``limit_bytes`` (then dropped).
 
-    def __init__(self, limit_bytes: int) -> None:
+    With ``capacity`` (the harvest's token budget) each key's rows go into one buffer of
+    ``capacity`` rows allocated on first use (pages are only touched as rows arrive), so
+    ``result`` needs no concatenation and the in-memory copy never exists twice (a
+    ``torch.cat`` of the parts would double it for a moment, raising the peak RSS).
+    Without a budget the parts are concatenated at the end.
+    """
+
+    def __init__(self, limit_bytes: int, capacity: int | None = None, n_keys: int = 1) -> None:
         self.parts: dict[Key, list[torch.Tensor]] | None = {} if limit_bytes > 0 else None
+        self.buffers: dict[Key, torch.Tensor] = {}
+        self.filled: dict[Key, int] = {}
         self.limit, self.used = limit_bytes, 0
+        self.capacity, self.n_keys = capacity, max(1, n_keys)
+
+    def _buffer(self, key: Key, like: torch.Tensor) -> torch.Tensor | None:
+        if self.capacity is None:
+            return None
+        buf = self.buffers.get(key)
+        if buf is None:
+            row_bytes = like.shape[1] * like.element_size()
+            if self.capacity * row_bytes * self.n_keys > self.limit:
+                return None  # a full-budget buffer would not fit: keep parts, drop past the limit
+            buf = torch.empty((self.capacity, like.shape[1]), dtype=like.dtype)
+            self.buffers[key], self.filled[key] = buf, 0
+        return buf
 
     def add(self, site: str, rows: dict[int, torch.Tensor]) -> None:
         if self.parts is None:
             return
         self.used += sum(t.numel() * t.element_size() for t in rows.values())
         if self.used > self.limit:
-            self.parts = None  # does not fit: training streams from the shards instead
+            self.parts, self.buffers, self.filled = None, {}, {}  # train from the shards instead
             return
         for layer, t in rows.items():
-            self.parts.setdefault((site, layer), []).append(t)
+            key = (site, layer)
+            buf = self._buffer(key, t)
+            start = self.filled.get(key, 0)
+            if buf is not None and start + t.shape[0] <= buf.shape[0]:
+                buf[start : start + t.shape[0]].copy_(t)
+                self.filled[key] = start + t.shape[0]
+            else:
+                self.parts.setdefault(key, []).append(t)
 
     def result(self) -> dict[Key, torch.Tensor] | None:
         if self.parts is None:
             return None
-        return {k: torch.cat(v) for k, v in self.parts.items()}
+        out: dict[Key, torch.Tensor] = {}
+        for key in set(self.buffers) | set(self.parts):
+            head = [self.buffers[key][: self.filled[key]]] if key in self.buffers else []
+            tail = self.parts.get(key, [])
+            out[key] = head[0] if not tail and head else torch.cat(head + tail)
+        return out
 
 
 def harvest(
@@ -280,7 +325,9 @@ def harvest(
     }
     already = {s: w.rows_written for s, w in writers.items()}
     # a resumed harvest is only partly in RAM: train from the shards then
-    memory = _MemoryRows(0 if any(already.values()) else config.memory_limit_mb * 2**20)
+    memory = _MemoryRows(0 if any(already.values()) else config.memory_limit_mb * 2**20,
+                         capacity=config.max_tokens,
+                         n_keys=len(config.sites) * len(config.layers))
     budget = config.max_tokens
     done_rows = 0  # rows of the dataset's token stream passed so far (kept or skipped)
 

@@ -81,6 +81,10 @@ class SAETrainConfig:
             fraction of the steps (0: constant).
         autocast: run the SAE's forward in bfloat16 (``torch.autocast``; fast on CPUs with
             bf16 matmuls).
+        fused_adam: give SAELens' trainer torch's fused Adam kernel (the same update as its
+            default Adam, in one pass over each parameter's state; about 12-16 % less CPU
+            time per step at d_sae 4608, batch 256). Falls back to the default where the
+            fused kernel is unavailable.
     """
 
     arch: str = "topk"
@@ -98,6 +102,7 @@ class SAETrainConfig:
     aux_loss_coefficient: float = 1.0
     lr_decay_fraction: float = 0.0
     autocast: bool = False
+    fused_adam: bool = True
     seed: int = 0
     device: str = "cpu"
 
@@ -246,6 +251,7 @@ def train_sae(
                 if in_memory is not None
                 else shard_provider(reader, layer, config.batch_size, seed=config.seed))
     trainer = sae_lens.SAETrainer(trainer_cfg, training_sae, provider)
+    fused = config.fused_adam and use_fused_adam(trainer)
     trained = trainer.fit() if progress else _fit_quiet(trainer)
     train_seconds = time.perf_counter() - t_start
     record = {
@@ -262,6 +268,7 @@ def train_sae(
         "harvest": str(hv.folder),
         "harvest_rows": reader.n_rows,
         "data_source": "memory" if in_memory is not None else "shards",
+        "fused_adam": fused,
         "train_seconds": train_seconds,
         "trained_tokens": trainer.n_training_samples,
         "steps": trainer.n_training_steps,
@@ -276,6 +283,39 @@ def train_sae(
         save_tensors(tmp / "sparsity.safetensors", {"sparsity": trainer.log_feature_sparsity})
         write_json(tmp / "emprobe.json", record)
     return TrainedSAE(folder=folder, sae=load_sae(folder), record=record, training_sae=trained)
+
+
+def use_fused_adam(trainer: Any) -> bool:
+    """Swap a fresh ``sae_lens.SAETrainer``'s Adam for torch's fused kernel; True when done.
+
+    Same hyper-parameters (lr, betas, eps, weight decay) and a learning-rate schedule rebuilt
+    by SAELens' own ``get_lr_scheduler`` from the trainer's config, so the update is SAELens'
+    (up to float rounding); only the kernel changes. Returns False, leaving the trainer
+    as it was, if it has already stepped, its optimizer is not a plain Adam, or this
+    torch/device has no fused Adam.
+    """
+    from sae_lens.training.optim import get_lr_scheduler
+
+    old = getattr(trainer, "optimizer", None)
+    cfg = trainer.cfg
+    if type(old) is not torch.optim.Adam or trainer.n_training_steps or len(old.param_groups) != 1:
+        return False
+    d = old.defaults
+    if d.get("fused") or d.get("amsgrad") or d.get("maximize"):
+        return False
+    params = list(old.param_groups[0]["params"])
+    try:
+        new = torch.optim.Adam(params, lr=d["lr"], betas=d["betas"], eps=d["eps"],
+                               weight_decay=d["weight_decay"], fused=True)
+        scheduler = get_lr_scheduler(cfg.lr_scheduler_name, optimizer=new,
+                                     training_steps=cfg.total_training_steps, lr=cfg.lr,
+                                     warm_up_steps=cfg.lr_warm_up_steps,
+                                     decay_steps=cfg.lr_decay_steps, lr_end=cfg.lr_end,
+                                     num_cycles=cfg.n_restart_cycles)
+    except (RuntimeError, TypeError, ValueError):
+        return False
+    trainer.optimizer, trainer.lr_scheduler = new, scheduler
+    return True
 
 
 def _fit_quiet(trainer: Any) -> Any:
