@@ -47,9 +47,11 @@ def row(name: str, results: dict[str, Any] | None) -> dict[str, str]:
         measured += f". {claim['why']}"
     verdict = claim["verdict"]
     if verdict in ("not significant", "not reproduced"):
+        shows = ("does not show it" if verdict == "not significant" else
+                 "lies on the opposite side of the null")
         measured += (f". At this size ({cfg.get('model')}, {cfg.get('n_train')} examples x "
                      f"{cfg.get('steps')} steps, LoRA r {cfg.get('lora_r')}) the 95 % interval "
-                     f"does not show it; a bigger budget: `emprobe recipe {name} --preset gpu "
+                     f"{shows}; a bigger budget: `emprobe recipe {name} --preset gpu "
                      "--model Qwen/Qwen2.5-7B-Instruct`")
     quick = " (quick mode)" if cfg.get("quick") else ""
     wall = results.get("wall_s")
