@@ -120,15 +120,8 @@ def _cmd_connectivity(args: argparse.Namespace) -> int:
 
 
 def _read_chats(path: str) -> list[dict]:
-    try:
-        from emprobe.data.chat_io import read_chat_jsonl
-    except ImportError:
-        from emprobe.io import read_jsonl
+    from emprobe.data.chat_io import read_chat_jsonl
 
-        p = Path(path)
-        if not p.is_file():
-            raise DataError(f"{p}: no such file") from None
-        return read_jsonl(p)
     return read_chat_jsonl(path)
 
 

@@ -231,11 +231,11 @@ def load_model(
 
 
 def _looks_cached(hub_id: str) -> bool:
-    try:
-        from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub import try_to_load_from_cache
 
+    try:
         return isinstance(try_to_load_from_cache(hub_id, "config.json"), str)
-    except Exception:
+    except ValueError:  # HFValidationError: not a valid repo id, so not in the cache either
         return False
 
 

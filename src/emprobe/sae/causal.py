@@ -3,7 +3,7 @@
 A *scorer* is any callable ``scorer(subject) -> estimate`` where the estimate has
 ``mean``, ``lo``, ``hi`` (an ``emprobe.evaluate`` ``Estimate``), or is a ``(mean, lo, hi)``
 tuple, or a float. ``default_scorer()`` uses ``emprobe.evaluate.local.local_score``'s
-per-answer margin when that module is installed; otherwise pass your own.
+per-answer margin.
 
 Steering vector of latent ``i``: the unit decoder row ``W_dec[i] / ||W_dec[i]||`` times
 ``coeff * scale``; ``scale`` defaults to the mean residual norm at that site (so a
@@ -38,12 +38,7 @@ def default_scorer(questions: Any = None, n_boot: int = 200, seed: int = 0,
 
     ``share_prefix=True`` reuses each prompt's key/value cache across its answers; exact
     for interventions on all token positions (as ``steering_check`` applies them)."""
-    try:
-        from emprobe.evaluate.local import local_score
-    except ImportError:
-        raise EmprobeError(
-            "emprobe.evaluate.local is not available: pass a scorer(subject) -> (mean, lo, hi)"
-        ) from None
+    from emprobe.evaluate.local import local_score
 
     def scorer(subject: Any) -> Any:
         res = local_score(subject, questions=questions, n_boot=n_boot, seed=seed,
@@ -214,15 +209,12 @@ def emprobe_realign_fn(
 
     For ``n > 0`` it merges the misaligned adapter into the base weights, fine-tunes a new
     adapter on the first ``n`` benign records, and returns the merged model with the new
-    adapter. Needs ``emprobe.train``; its ``preset("cpu-lora")`` config by default.
+    adapter. ``emprobe.train``'s ``preset("cpu-lora")`` config by default.
     """
     from pathlib import Path
 
-    try:
-        from emprobe.train import finetune, preset
-    except ImportError:
-        raise EmprobeError("emprobe.train is not available: pass your own finetune_fn") from None
     from emprobe.models.subject import load_model
+    from emprobe.train import finetune, preset
 
     cfg = config if config is not None else preset("cpu-lora")
 

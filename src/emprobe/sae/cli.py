@@ -42,16 +42,9 @@ def _chats(path: str | None, default_n: int, seed: int = 0) -> list[Any]:
         from emprobe.sae.corpus import generic_chats
 
         return generic_chats(default_n, seed=seed)
-    try:
-        from emprobe.data.chat_io import read_chat_jsonl
+    from emprobe.data.chat_io import read_chat_jsonl
 
-        return [r["messages"] for r in read_chat_jsonl(path)]
-    except ImportError:
-        from emprobe.io import read_jsonl
-        from emprobe.models.chat import validate_conversation
-
-        return [validate_conversation(r.get("messages"), f"{path}:{i + 1}")
-                for i, r in enumerate(read_jsonl(path))]
+    return [r["messages"] for r in read_chat_jsonl(path)]
 
 
 def _harvest_config(args: argparse.Namespace, layers: list[int], sites: list[str]) -> Any:

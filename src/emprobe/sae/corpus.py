@@ -72,8 +72,7 @@ def context_corpus(n_generic: int = 48, seed: int = 0,
                    pairs: int | None = None) -> list[Conversation]:
     """The default corpus for top-activating contexts: generic chats plus the eval questions.
 
-    The eval questions (``emprobe.evaluate.questions.default_questions``, when that module
-    exists) are added with their aligned and misaligned reference answers (the first
+    The eval questions (``emprobe.evaluate.questions.default_questions``) are added with their aligned and misaligned reference answers (the first
     ``pairs`` pairs of each question; all when ``None``), so latents that respond to
     misaligned content have contexts to light up on.
     """
@@ -83,10 +82,8 @@ def context_corpus(n_generic: int = 48, seed: int = 0,
 def eval_question_chats(pairs: int | None = None) -> list[Conversation]:
     """Each eval question's first paraphrase with each reference answer (aligned, misaligned)
     of its first ``pairs`` reference pairs (all when ``None``)."""
-    try:
-        from emprobe.evaluate.questions import default_questions
-    except ImportError:
-        return []
+    from emprobe.evaluate.questions import default_questions
+
     out: list[Conversation] = []
     for q in default_questions():
         for pair in list(getattr(q, "reference_pairs", ()))[:pairs]:
