@@ -11,7 +11,7 @@ from emprobe.hooks.shards import ShardWriter
 from emprobe.io import write_json
 from emprobe.sae.crosscoder import (
     CrosscoderConfig,
-    classify,
+    classify_latents,
     load_crosscoder,
     paired_provider,
     train_crosscoder,
@@ -77,7 +77,7 @@ def test_norm_ratio_separates_shared_and_specific(planted, tmp_path, arch):
 
 def test_crosscoder_input_checks(planted, tmp_path):
     root, _ = planted
-    assert classify(torch.tensor([0.1, 0.5, 0.9])) == ["base", "shared", "ft"]
+    assert classify_latents(torch.tensor([0.1, 0.5, 0.9])) == ["base", "shared", "ft"]
     with pytest.raises(DataError):
         CrosscoderConfig(arch="topk").check()
     with pytest.raises(DataError):

@@ -18,7 +18,7 @@ from emprobe.sae.corpus import context_corpus, eval_question_chats, generic_chat
 from emprobe.sae.crosscoder import (
     Crosscoder,
     CrosscoderConfig,
-    classify,
+    classify_latents,
     harvest_pair,
     load_crosscoder,
     train_crosscoder,
@@ -64,7 +64,7 @@ __all__ = [
     "as_interval",
     "auroc",
     "check_quality",
-    "classify",
+    "classify_latents",
     "context_corpus",
     "decoder_direction",
     "default_scorer",

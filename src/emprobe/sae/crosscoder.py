@@ -12,7 +12,7 @@ to mean norm ``sqrt(d)`` first (the scales are stored).
 
 Relative decoder norm of latent ``i``: ``r_i = ||W_dec[i, 1]|| / (||W_dec[i, 0]|| + ||W_dec[i, 1]||)``;
 about 0.5 for shared latents, near 1 for fine-tune-specific and near 0 for base-specific
-ones (``classify`` uses ``low`` / ``high`` cut-offs, 0.3 / 0.7 by default).
+ones (``classify_latents`` uses ``low`` / ``high`` cut-offs, 0.3 / 0.7 by default).
 
 Saved folder::
 
@@ -122,7 +122,7 @@ class Crosscoder(nn.Module):
         return F.cosine_similarity(w[:, 0], w[:, 1], dim=-1)
 
 
-def classify(relative_norm: torch.Tensor, low: float = 0.3, high: float = 0.7) -> list[str]:
+def classify_latents(relative_norm: torch.Tensor, low: float = 0.3, high: float = 0.7) -> list[str]:
     """``"base"`` (r < low), ``"ft"`` (r > high) or ``"shared"`` for each latent."""
     return ["base" if r < low else "ft" if r > high else "shared" for r in relative_norm.tolist()]
 
@@ -212,7 +212,7 @@ def train_crosscoder(
                 stats["mse"] += float(mse) * x.shape[0]
                 stats["var"] += float(((x - x.mean(0)) ** 2).sum())
     rel = model.relative_norm()
-    kinds = classify(rel, config.low, config.high)
+    kinds = classify_latents(rel, config.low, config.high)
     record = {
         "format": FORMAT,
         "config": asdict(config),
