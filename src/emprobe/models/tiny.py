@@ -48,36 +48,28 @@ def make_tiny_tokenizer() -> Any:
     return tok
 
 
+# The Llama-style tiny models (Llama, Qwen2) share one shape.
+_TINY_DECODER: dict[str, Any] = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+    tie_word_embeddings=True,
+)
+
+
 def _tiny_llama(vocab: int) -> Any:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-    )
-    return LlamaForCausalLM(cfg)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=vocab, **_TINY_DECODER))
 
 
 def _tiny_qwen2(vocab: int) -> Any:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    cfg = Qwen2Config(
-        vocab_size=vocab,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-    )
-    return Qwen2ForCausalLM(cfg)
+    return Qwen2ForCausalLM(Qwen2Config(vocab_size=vocab, **_TINY_DECODER))
 
 
 def _tiny_gpt2(vocab: int) -> Any:
