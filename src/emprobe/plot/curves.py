@@ -11,6 +11,7 @@ from plotly.subplots import make_subplots
 
 from emprobe.errors import DataError
 from emprobe.plot.records import (
+    Record,
     RecordsLike,
     get,
     groups,
@@ -51,16 +52,11 @@ def layer_curves(
     lo, hi = interval_keys(rows, y, lo, hi)
     fig = go.Figure()
     for i, (name, recs) in enumerate(groups(rows, group).items()):
-        recs = sorted(recs, key=lambda r: number(r, x, "layer_curves"))
-        xs = [number(r, x, "layer_curves") for r in recs]
-        ys = [number(r, y, "layer_curves") for r in recs]
         c = color(i)
         label = name or y
-        if lo and hi:
-            los = [number(r, lo, "layer_curves") for r in recs]
-            his = [number(r, hi, "layer_curves") for r in recs]
-            _check_order(los, his, "layer_curves", label)
-            fig.add_trace(band(xs, los, his, c, label))
+        xs, ys, bounds = _series(recs, x, y, lo, hi, "layer_curves", label)
+        if bounds:
+            fig.add_trace(band(xs, *bounds, c, label))
         fig.add_trace(line(xs, ys, c, label, showlegend=group is not None,
                            hovertemplate=f"{x} %{{x}}<br>{y} %{{y:.4g}}<extra>{label}</extra>"))
     if zero_line:
@@ -68,10 +64,22 @@ def layer_curves(
     return apply_style(fig, title=title, x_title=x_title or x, y_title=y_title or y)
 
 
-def _check_order(los: Sequence[float], his: Sequence[float], where: str, name: str) -> None:
+def _series(
+    recs: Sequence[Record], x: str, y: str, lo: str | None, hi: str | None, where: str,
+    name: str,
+) -> tuple[list[float], list[float], tuple[list[float], list[float]] | None]:
+    """One group's points sorted by ``x``: ``(xs, ys, (los, his) or None)``, bounds checked."""
+    recs = sorted(recs, key=lambda r: number(r, x, where))
+    xs = [number(r, x, where) for r in recs]
+    ys = [number(r, y, where) for r in recs]
+    if not (lo and hi):
+        return xs, ys, None
+    los = [number(r, lo, where) for r in recs]
+    his = [number(r, hi, where) for r in recs]
     for a, b in zip(los, his):
         if a > b:
             raise DataError(f"{where}: interval of {name!r} has lo {a} > hi {b}")
+    return xs, ys, (los, his)
 
 
 def _ema(values: Sequence[float], weight: float) -> list[float]:
@@ -236,16 +244,11 @@ def connectivity_curves(
         lo, hi = interval_keys(rows, key, None, None, plain=False)
         notes = []
         for i, (name, recs) in enumerate(paths.items()):
-            recs = sorted(recs, key=lambda r: number(r, t, "connectivity_curves"))
-            ts = [number(r, t, "connectivity_curves") for r in recs]
-            vs = [number(r, key, "connectivity_curves") for r in recs]
             c = color(i)
             label = name or key
-            if lo and hi:
-                los = [number(r, lo, "connectivity_curves") for r in recs]
-                his = [number(r, hi, "connectivity_curves") for r in recs]
-                _check_order(los, his, "connectivity_curves", label)
-                fig.add_trace(band(ts, los, his, c, label, legendgroup=label), row=p, col=1)
+            ts, vs, bounds = _series(recs, t, key, lo, hi, "connectivity_curves", label)
+            if bounds:
+                fig.add_trace(band(ts, *bounds, c, label, legendgroup=label), row=p, col=1)
             fig.add_trace(line(ts, vs, c, label, showlegend=p == 1 and group is not None,
                                legendgroup=label,
                                hovertemplate=f"t %{{x:.3g}}<br>{key} %{{y:.4g}}<extra>{label}</extra>"),
