@@ -110,6 +110,25 @@ def _f(x: torch.Tensor | float) -> float:
     return float(x)
 
 
+def group_pairs(labels: Sequence[str], groups: Mapping[str, str] | Sequence[str],
+                ) -> dict[tuple[str, str], list[tuple[int, int]]]:
+    """The adapter pairs ``(i, j)``, ``i < j``, by the pair of their groups ``(a, b)``
+    (``a == b``: within a group; otherwise in the groups' first-seen order).
+
+    ``groups``: a group name per label (a list in label order, or a mapping label -> group).
+    """
+    gl = [groups[lab] for lab in labels] if isinstance(groups, Mapping) else list(groups)
+    if len(gl) != len(labels):
+        raise DataError(f"{len(gl)} groups for {len(labels)} adapters")
+    names = sorted(set(gl), key=gl.index)
+    out: dict[tuple[str, str], list[tuple[int, int]]] = {}
+    for i in range(len(gl)):
+        for j in range(i + 1, len(gl)):
+            a, b = sorted((gl[i], gl[j]), key=names.index)
+            out.setdefault((a, b), []).append((i, j))
+    return out
+
+
 @dataclass
 class GeometryResult:
     """Pairwise geometry of ``n`` adapters over ``m`` common modules.
@@ -180,20 +199,8 @@ class GeometryResult:
             "gaussian": {metric: ...}, "base": {...}}`` with each value an adapter-pair mean
             over modules.
         """
-        gl = [groups[lab] for lab in self.labels] if isinstance(groups, Mapping) else list(groups)
-        if len(gl) != len(self.labels):
-            raise DataError(f"{len(gl)} groups for {len(self.labels)} adapters")
-        names = sorted(set(gl), key=gl.index)
-        buckets: dict[str, list[tuple[int, int]]] = {}
-        n = len(self.labels)
-        for i in range(n):
-            for j in range(i + 1, n):
-                if gl[i] == gl[j]:
-                    key = f"within:{gl[i]}"
-                else:
-                    a, b = sorted((gl[i], gl[j]), key=names.index)
-                    key = f"across:{a}|{b}"
-                buckets.setdefault(key, []).append((i, j))
+        buckets = {f"within:{a}" if a == b else f"across:{a}|{b}": pairs
+                   for (a, b), pairs in group_pairs(self.labels, groups).items()}
         out: dict[str, Any] = {}
         for key, pairs in buckets.items():
             out[key] = {}

@@ -47,18 +47,10 @@ def _pair_groups(labels: Sequence[str], groups: Sequence[str] | Mapping[str, str
     n = len(labels)
     if groups is None:
         return {"all pairs": [(i, j) for i in range(n) for j in range(i + 1, n)]}
-    gl = [groups[lab] for lab in labels] if isinstance(groups, Mapping) else list(groups)
-    names = sorted(set(gl), key=gl.index)
-    out: dict[str, list[tuple[int, int]]] = {}
-    for i in range(n):
-        for j in range(i + 1, n):
-            if gl[i] == gl[j]:
-                key = f"within {gl[i]}"
-            else:
-                a, b = sorted((gl[i], gl[j]), key=names.index)
-                key = f"{a} vs {b}"
-            out.setdefault(key, []).append((i, j))
-    return out
+    from emprobe.geometry.compare import group_pairs
+
+    return {f"within {a}" if a == b else f"{a} vs {b}": pairs
+            for (a, b), pairs in group_pairs(labels, groups).items()}
 
 
 def layer_figure(result: Any, metric: str = "overlap_right",
