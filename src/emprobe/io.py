@@ -39,6 +39,7 @@ __all__ = [
     "atomic_dir",
     "write_json",
     "read_json",
+    "read_json_object",
     "write_jsonl",
     "append_jsonl",
     "read_jsonl",
@@ -122,6 +123,15 @@ def read_json(path: str | os.PathLike[str], allow_nan: bool = True,
     return loads_json(raw, str(p), allow_nan=allow_nan, error=FormatError)
 
 
+def read_json_object(path: str | os.PathLike[str], allow_nan: bool = False) -> dict[str, Any]:
+    """``read_json`` of a file that must hold one JSON object (a config or metadata file);
+    ``FormatError`` naming the file otherwise. NaN / Infinity are refused by default."""
+    obj = read_json(path, allow_nan=allow_nan)
+    if not isinstance(obj, dict):
+        raise FormatError(f"{Path(path)}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
 def write_jsonl(path: str | os.PathLike[str], records: Iterable[Mapping[str, Any]]) -> Path:
     """Write records as JSONL atomically."""
     with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as fh:
@@ -195,6 +205,25 @@ def repair_jsonl_tail(path: str | os.PathLike[str]) -> int:
     return end - start
 
 
+def bounded_lines(fh: Any, max_line_bytes: int = MAX_LINE_BYTES,
+                  ) -> Iterator[tuple[int, bytes | None]]:
+    """``(line number, raw line)`` of an open binary file, never holding more than
+    ``max_line_bytes + 1`` bytes of a line: an over-long line comes as ``None`` (the rest of
+    it is skipped when the caller asks for the next line, so numbering stays right)."""
+    lineno = 0
+    while True:
+        raw = fh.readline(max_line_bytes + 1)
+        if not raw:
+            return
+        lineno += 1
+        if len(raw) <= max_line_bytes:
+            yield lineno, raw
+            continue
+        yield lineno, None
+        while raw and not raw.endswith(b"\n"):
+            raw = fh.readline(max_line_bytes + 1)
+
+
 def read_jsonl(path: str | os.PathLike[str], skip_partial_last: bool = True,
                max_line_bytes: int = MAX_LINE_BYTES) -> list[dict[str, Any]]:
     """Read JSONL records. A truncated last line (an interrupted append) is dropped when allowed.
@@ -207,14 +236,9 @@ def read_jsonl(path: str | os.PathLike[str], skip_partial_last: bool = True,
         return []
     out: list[dict[str, Any]] = []
     with p.open("rb") as fh:
-        i = 0
-        while True:
-            raw = fh.readline(max_line_bytes + 1)
-            if not raw:
-                break
-            i += 1
+        for i, raw in bounded_lines(fh, max_line_bytes):
             where = f"{p}:{i}"
-            if len(raw) > max_line_bytes:
+            if raw is None:
                 raise LimitError(f"{where}: line longer than {max_line_bytes} bytes")
             last = not raw.endswith(b"\n")
             if not raw.strip():

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from emprobe.errors import DataError, LimitError
-from emprobe.io import atomic_path
+from emprobe.io import atomic_path, bounded_lines
 from emprobe.models.chat import ROLES
 from emprobe.validate import MAX_LINE_BYTES, check_finite_tree, excerpt, loads_json
 
@@ -135,18 +135,10 @@ def iter_chat_jsonl(
         raise DataError(f"{p}: no such file")
     stats = stats if stats is not None else ReadStats()
     with p.open("rb") as fh:
-        lineno = 0
-        while True:
-            raw = fh.readline(max_line_bytes + 1)
-            if not raw:
-                break
-            lineno += 1
+        for lineno, raw in bounded_lines(fh, max_line_bytes):
             where = f"{p}:{lineno}"
             try:
-                if len(raw) > max_line_bytes:
-                    # skip the rest of the over-long line so the count stays right
-                    while raw and not raw.endswith(b"\n"):
-                        raw = fh.readline(max_line_bytes + 1)
+                if raw is None:
                     raise LimitError(f"{where}: line longer than {max_line_bytes} bytes")
                 try:
                     text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")

@@ -27,7 +27,7 @@ import torch
 from emprobe._version import __version__
 from emprobe.errors import EmprobeError, FormatError, ShapeError, SiteError
 from emprobe.hooks.convention import SITES
-from emprobe.io import atomic_dir, load_tensors, read_json, save_tensors, write_json
+from emprobe.io import atomic_dir, load_tensors, read_json_object, save_tensors, write_json
 from emprobe.validate import (
     check_int,
     check_mapping,
@@ -312,9 +312,7 @@ class Direction:
         if not folder.is_dir():
             raise FormatError(f"{folder}: not a direction folder")
         meta_path, tens_path = folder / META_FILE, folder / TENSORS_FILE
-        meta = read_json(meta_path, allow_nan=False)
-        if not isinstance(meta, dict):
-            raise FormatError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}")
+        meta = read_json_object(meta_path)
         if meta.get("format") != FORMAT_NAME:
             raise FormatError(f"{meta_path}: not an emprobe direction (format="
                               f"{excerpt(meta.get('format'), 60)})")

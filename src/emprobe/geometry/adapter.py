@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from emprobe.errors import FormatError, ShapeError
-from emprobe.io import load_tensors, read_json
+from emprobe.io import load_tensors, read_json_object
 from emprobe.validate import (
     check_bool,
     check_int,
@@ -140,9 +140,7 @@ def _read_config(folder: Path) -> dict[str, Any]:
     cfg_path = folder / "adapter_config.json"
     if not cfg_path.is_file():
         raise FormatError(f"{folder}: not a PEFT adapter folder (no adapter_config.json)")
-    cfg = read_json(cfg_path, allow_nan=False)
-    if not isinstance(cfg, dict):
-        raise FormatError(f"{cfg_path}: expected a JSON object, got {type(cfg).__name__}")
+    cfg = read_json_object(cfg_path)
     where = str(cfg_path)
     peft_type = cfg.get("peft_type", "LORA")
     if not isinstance(peft_type, str) or peft_type.upper() != "LORA":

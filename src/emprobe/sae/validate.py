@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from emprobe.errors import FormatError, ShapeError
-from emprobe.io import load_tensors, read_json
+from emprobe.io import load_tensors, read_json_object
 from emprobe.validate import (
     FLOAT_DTYPES,
     check_int,
@@ -50,9 +50,7 @@ def validate_sae_folder(path: str | os.PathLike[str]) -> dict[str, Any]:
     for p in (cfg_path, weights_path):
         if not p.is_file():
             raise FormatError(f"{folder}: not an SAELens folder (no {p.name})")
-    cfg = read_json(cfg_path, allow_nan=False)
-    if not isinstance(cfg, dict):
-        raise FormatError(f"{cfg_path}: expected a JSON object, got {type(cfg).__name__}")
+    cfg = read_json_object(cfg_path)
     where = str(cfg_path)
     for key in ("d_in", "d_sae"):
         if key not in cfg:
@@ -88,9 +86,7 @@ def validate_sae_folder(path: str | os.PathLike[str]) -> dict[str, Any]:
 
     side = folder / "emprobe.json"
     if side.is_file():
-        rec = read_json(side, allow_nan=False)
-        if not isinstance(rec, dict):
-            raise FormatError(f"{side}: expected a JSON object, got {type(rec).__name__}")
+        rec = read_json_object(side)
         if "site" in rec or "layer" in rec:
             check_str(rec.get("site"), f"{side}: 'site'", non_empty=True)
             check_int(rec.get("layer"), f"{side}: 'layer'", min_value=0)
