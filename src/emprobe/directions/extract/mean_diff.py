@@ -5,12 +5,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from emprobe.directions.activations import all_layers, layer_means
+import torch
+
+from emprobe.directions.activations import LayerMeans, all_layers, layer_means
 from emprobe.directions.direction import Direction, data_provenance
 from emprobe.errors import DataError
 
 if TYPE_CHECKING:
     from emprobe.models.subject import Subject
+
+
+def _pooled_difference(
+    plus: tuple[Any, Sequence[Any]], minus: tuple[Any, Sequence[Any]], layer_list: list[int],
+    **kw: Any,
+) -> tuple[dict[int, torch.Tensor], LayerMeans, LayerMeans]:
+    """``{layer: pooled mean of plus - pooled mean of minus}`` and both ``layer_means``
+    results; each side is ``(subject, conversations)``, measured in that order."""
+    a = layer_means(plus[0], plus[1], layers=layer_list, **kw)
+    b = layer_means(minus[0], minus[1], layers=layer_list, **kw)
+    return {la: a.pooled[la] - b.pooled[la] for la in layer_list}, a, b
 
 
 def mean_difference(
@@ -37,12 +50,9 @@ def mean_difference(
     """
     if not positive or not negative:
         raise DataError("mean_difference: both sets need at least one conversation")
-    layer_list = all_layers(subject, layers)
-    kw: dict[str, Any] = dict(layers=layer_list, positions=positions, site=site, batch_size=batch_size,
-              max_length=max_length, progress=progress)
-    pos = layer_means(subject, positive, **kw)
-    neg = layer_means(subject, negative, **kw)
-    vectors = {la: pos.pooled[la] - neg.pooled[la] for la in layer_list}
+    vectors, pos, neg = _pooled_difference(
+        (subject, positive), (subject, negative), all_layers(subject, layers), positions=positions,
+        site=site, batch_size=batch_size, max_length=max_length, progress=progress)
     return Direction.from_subject(
         subject,
         vectors,
@@ -80,12 +90,10 @@ def model_mean_difference(
         raise DataError(f"base width {base.d_model} != fine-tune width {finetuned.d_model}")
     if not conversations:
         raise DataError("model_mean_difference: no conversations")
-    layer_list = all_layers(base, layers)
-    kw: dict[str, Any] = dict(layers=layer_list, positions=positions, site=site, batch_size=batch_size,
-              max_length=max_length, progress=progress)
-    ft = layer_means(finetuned, conversations, **kw)
-    bs = layer_means(base, conversations, **kw)
-    vectors = {la: ft.pooled[la] - bs.pooled[la] for la in layer_list}
+    vectors, _, bs = _pooled_difference(
+        (finetuned, conversations), (base, conversations), all_layers(base, layers),
+        positions=positions, site=site, batch_size=batch_size, max_length=max_length,
+        progress=progress)
     return Direction.from_subject(
         base, vectors, site=site, positions=positions, normalisation="none",
         sign="fine-tuned minus base", method="model_mean_difference",
