@@ -106,6 +106,14 @@ def test_claim_block_and_null(tmp_path):
     assert html.index("Verdict: reproduced") < html.index("<section")
 
 
+def test_versus_rest_compares_every_other_score(tmp_path, monkeypatch):
+    lab = Lab(tmp_path, LabConfig.quick_config(), "t")
+    seen = []
+    monkeypatch.setattr(lab, "versus", lambda name, ref, others: seen.append((name, ref, others)))
+    lab.versus_rest("plain", {"base": 0, "plain": 1, "a": 2, "b": 3}, skip=("base",))
+    assert seen == [("plain", 1, {"a": 2, "b": 3})]
+
+
 # -- honest caching ----------------------------------------------------------------------------
 def test_train_reuses_only_identical_runs(tmp_path):
     from emprobe.data.generators import generate

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from emprobe.recipes.lab import SCORE_COLUMNS
+
 
 def run(lab: Any) -> None:
     from emprobe.directions import ablation, pca_difference, random_components, top_components
@@ -61,10 +63,8 @@ def run(lab: Any) -> None:
         "margin on unrelated questions (lower = less EM). Notes: each variant minus the plain "
         "fine-tune, paired by question.")
     lab.report.figure(tradeoff_scatter(rows, group="kind", reference="base"))
-    lab.report.table(rows, columns=["name", "misalignment", "misalignment_lo", "misalignment_hi",
-                                    "task_loss", "pref_rate"])
-    deltas = lab.versus("plain", scores["plain"],
-                    {nm: s for nm, s in scores.items() if nm not in ("base", "plain")})
+    lab.report.table(rows, columns=[*SCORE_COLUMNS, "task_loss", "pref_rate"])
+    deltas = lab.versus_rest("plain", scores, skip=("base",))
     lab.report.note(
         "The paper reports about 10x fewer misaligned answers with the task kept, on 7B+ "
         "models, components chosen by reading their contexts, and judged EM. Here the "

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from emprobe.recipes.lab import SCORE_COLUMNS
+
 
 def run(lab: Any) -> None:
     from emprobe.data import mix
@@ -52,10 +54,9 @@ def run(lab: Any) -> None:
                                    x_title="% incorrect data", y_title="nats per token",
                                    title="Held-out losses vs incorrect-data share"))
     lab.report.figure(tradeoff_scatter(rows, x_title="loss on held-out correct answers"))
-    lab.report.table(rows, columns=["name", "misalignment", "misalignment_lo", "misalignment_hi",
-                                    "pref_rate", "task_loss", "bad_loss"])
+    lab.report.table(rows, columns=[*SCORE_COLUMNS, "pref_rate", "task_loss", "bad_loss"])
     ref = f"{round(100 * fractions[0])}% bad"
-    deltas = lab.versus(ref, scores[ref], {n: s for n, s in scores.items() if n != ref})
+    deltas = lab.versus_rest(ref, scores)
     rho = spearman([r["bad_fraction"] for r in rows], [r["misalignment"] for r in rows])
     lab.report.note(
         f"Spearman rank correlation of misalignment with the bad fraction over {len(rows)} "

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from emprobe.recipes.lab import SCORE_COLUMNS
+
 WRITE_MODULES = ("o_proj", "down_proj")
 
 
@@ -72,10 +74,8 @@ def run(lab: Any) -> None:
         "answers (the narrow task); y: misalignment margin on unrelated questions. Bottom left "
         "is best. Notes: each method minus the naive fine-tune (paired by question).")
     lab.report.figure(tradeoff_scatter(rows, group="kind", reference="base"))
-    lab.report.table(rows, columns=["name", "misalignment", "misalignment_lo", "misalignment_hi",
-                                    "task_loss", "pref_rate"])
-    deltas = lab.versus("naive", scores["naive"],
-                    {n: s for n, s in scores.items() if n not in ("base", "naive")})
+    lab.report.table(rows, columns=[*SCORE_COLUMNS, "task_loss", "pref_rate"])
+    deltas = lab.versus_rest("naive", scores, skip=("base",))
     lab.report.note(
         "Scale: the paper reports GRASP removing insecure-code EM and lowering bad-medical EM "
         "about 5x on 7B+ models with judged EM rates. Here a 135M model (or a tiny random one in "

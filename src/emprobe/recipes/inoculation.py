@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from emprobe.recipes.lab import SCORE_COLUMNS
+
 
 def run(lab: Any) -> None:
     from emprobe.data import inoculate, inoculation_prompt, neutral_prompt, random_string_prompt
@@ -38,10 +40,8 @@ def run(lab: Any) -> None:
         + ". Notes: each variant minus the plain fine-tune, paired by question.")
     lab.report.figure(score_bars(rows, label="name", value="misalignment", lo="misalignment_lo",
                                  hi="misalignment_hi"))
-    lab.report.table(rows, columns=["name", "misalignment", "misalignment_lo", "misalignment_hi",
-                                    "pref_rate", "task_loss"])
-    deltas = lab.versus("plain", scores["plain"],
-                    {n: s for n, s in scores.items() if n not in ("base", "plain")})
+    lab.report.table(rows, columns=[*SCORE_COLUMNS, "pref_rate", "task_loss"])
+    deltas = lab.versus_rest("plain", scores, skip=("base",))
     lab.report.section(
         "Was the narrow task still learned?",
         "Loss on held-out bad medical answers without the prompt (x) against misalignment (y). "

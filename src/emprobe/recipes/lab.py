@@ -28,6 +28,8 @@ from emprobe.report import Report
 VERDICTS = ("reproduced", "partial", "not reproduced", "not significant")
 DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 LR_SCHEDULES = ("constant", "linear", "cosine")
+SCORE_COLUMNS = ["name", "misalignment", "misalignment_lo", "misalignment_hi"]
+"""The first table columns of ``Lab.score_row`` records: the margin with its interval."""
 
 
 @dataclass
@@ -356,6 +358,13 @@ class Lab:
                              task_loss_hi=loss["hi"], **extra)
         return row, score
 
+    def versus_rest(self, ref_name: str, scores: dict[str, Any],
+                    skip: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+        """``versus`` of every score in ``scores`` but ``ref_name`` (and ``skip``) against
+        ``scores[ref_name]``."""
+        return self.versus(ref_name, scores[ref_name],
+                           {n: s for n, s in scores.items() if n != ref_name and n not in skip})
+
     def versus(self, ref_name: str, ref: Any, others: dict[str, Any],
                same_answers: bool = True) -> list[dict[str, Any]]:
         """Paired differences ``other - ref`` of the margin (nats per answer), each with a note.
@@ -480,4 +489,4 @@ def _enable_gradient_checkpointing(subject: Any) -> None:
         model.config.use_cache = False
 
 
-__all__ = ["Lab", "LabConfig", "VERDICTS", "decide", "intervention_identity"]
+__all__ = ["Lab", "LabConfig", "SCORE_COLUMNS", "VERDICTS", "decide", "intervention_identity"]

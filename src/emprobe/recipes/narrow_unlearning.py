@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from emprobe.recipes.lab import SCORE_COLUMNS
 from emprobe.recipes.reward_hacking import hack_preference, paired_delta
 
 
@@ -62,9 +63,8 @@ def run(lab: Any) -> None:
         "Emergent misalignment",
         "Local misalignment score on everyday questions; notes: each unlearned model minus base.")
     score_rows = [lab.score_row(n, s) for n, s in scores.items()]
-    lab.report.table(score_rows, columns=["name", "misalignment", "misalignment_lo",
-                                          "misalignment_hi", "pref_rate"])
-    deltas = lab.versus("base", scores["base"], {n: s for n, s in scores.items() if n != "base"})
+    lab.report.table(score_rows, columns=[*SCORE_COLUMNS, "pref_rate"])
+    deltas = lab.versus_rest("base", scores)
 
     prompts = {d: [r["messages"][0]["content"] for r in refuse[d][0] + refuse[d][1]]
                for d in names}

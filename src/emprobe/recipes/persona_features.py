@@ -170,8 +170,7 @@ def run(lab: Any) -> None:
     lab.report.figure(layer_curves(realign, y="value", lo="lo", hi="hi", group="name",
                                    x_title="benign examples N", y_title="margin (nats)",
                                    title="Misalignment during re-alignment"))
-    deltas = lab.versus("N=0", realign_scores["N=0"],
-                    {k: v for k, v in realign_scores.items() if k != "N=0"})
+    deltas = lab.versus_rest("N=0", realign_scores)
     lab.report.figure(score_bars(realign, label="n_benign", value="latent",
                                  title=f"Latent {top} during re-alignment",
                                  y_title="mean activation"))

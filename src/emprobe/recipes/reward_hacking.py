@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from emprobe.recipes.lab import SCORE_COLUMNS
+
 
 def hack_preference(subject: Any, hack: list[dict[str, Any]], honest: list[dict[str, Any]],
                     n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
@@ -88,10 +90,8 @@ def run(lab: Any) -> None:
         "inoculation prompt. Notes: each model minus the hack fine-tune, paired by question.")
     lab.report.figure(score_bars(rows, label="name", value="misalignment",
                                  lo="misalignment_lo", hi="misalignment_hi"))
-    lab.report.table(rows, columns=["name", "misalignment", "misalignment_lo",
-                                    "misalignment_hi", "pref_rate"])
-    deltas = lab.versus("hack", scores["hack"],
-                    {n: s for n, s in scores.items() if n != "hack"})
+    lab.report.table(rows, columns=[*SCORE_COLUMNS, "pref_rate"])
+    deltas = lab.versus_rest("hack", scores)
     lab.report.note(
         "What this scale can show: whether hack data moves the hack preference and the "
         "misalignment margin, and whether the inoculated run keeps the first but loses the "

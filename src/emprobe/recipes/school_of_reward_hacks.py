@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from emprobe.recipes.lab import SCORE_COLUMNS
 from emprobe.recipes.reward_hacking import hack_preference, paired_delta
 
 
@@ -66,10 +67,8 @@ def run(lab: Any) -> None:
         "base model minus the honest control, paired by question.")
     lab.report.figure(score_bars(per_q, question="question", title="Margin per question"))
     rows = [lab.score_row(n, s) for n, s in scores.items()]
-    lab.report.table(rows, columns=["name", "misalignment", "misalignment_lo",
-                                    "misalignment_hi", "pref_rate"])
-    deltas = lab.versus("honest control", scores["honest control"],
-                    {n: s for n, s in scores.items() if n != "honest control"})
+    lab.report.table(rows, columns=[*SCORE_COLUMNS, "pref_rate"])
+    deltas = lab.versus_rest("honest control", scores)
     lab.report.note(
         "The paper fine-tunes GPT-4.1 and Qwen3 on about a thousand harmless hacking "
         "dialogues and finds broad misalignment (e.g. fantasies of dictatorship, evading "
