@@ -22,7 +22,8 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
-test: $(STAMP)
+# ruff and pyright (basic) first: a lint or type error fails the test run before pytest starts.
+test: lint
 	$(BIN)/python -m pytest -q -x --durations=15
 
 test-fast: $(STAMP)
