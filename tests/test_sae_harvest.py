@@ -206,3 +206,26 @@ def test_memory_rows_fill_one_buffer_per_key_when_the_budget_is_known():
     assert small.buffers == {} and small.result()[("resid_post", 1)].shape == (3, 64)
     small.add("resid_post", {1: torch.zeros(5, 64, dtype=torch.bfloat16)})
     assert small.result() is None
+
+
+def test_budget_ending_inside_a_batch_runs_only_the_rows_it_needs(tiny_llama, tmp_path,
+                                                                  monkeypatch):
+    data = generic_chats(16, seed=5)
+    full = harvest(tiny_llama, data, tmp_path / "full",
+                   HarvestConfig(layers=[1], batch_size=8, bucket=1, dtype="float32",
+                                 skip_first=False), progress=False)
+    rows_run = []
+    real_forward = tiny_llama.model.forward
+
+    def counting(*args, **kwargs):
+        rows_run.append(kwargs["input_ids"].shape[0])
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_llama.model, "forward", counting)
+    budget = 60  # inside the first batch of 8 conversations
+    hv = harvest(tiny_llama, data, tmp_path / "cut",
+                 HarvestConfig(layers=[1], batch_size=8, bucket=1, dtype="float32",
+                               skip_first=False, max_tokens=budget), progress=False)
+    assert hv.n_rows == budget and len(rows_run) == 1 and rows_run[0] < 8
+    torch.testing.assert_close(hv.reader().load(1), full.reader().load(1)[:budget],
+                               rtol=1e-4, atol=1e-4)

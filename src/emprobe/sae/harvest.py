@@ -12,7 +12,9 @@ sites and layers (row ``i`` of ``layer.7`` and of ``layer.15`` is the same token
 
 Throughput: items are tokenised a window at a time (``bucket`` batches), sorted by their
 token count and cut into batches trimmed to their longest member, so almost no padded
-position is computed; activations are cast to the storage dtype (bfloat16 by default) and
+position is computed, and the batch in which the token budget ends runs only the rows it
+needs; batches of a window run in a fixed random order, so a budget that ends inside a window
+samples its items without a length bias; activations are cast to the storage dtype (bfloat16 by default) and
 shard writes run on a background thread, off the forward pass's critical path. When the
 harvest fits in ``memory_limit_mb`` the rows are also kept in RAM (``Harvest.memory``) so
 ``emprobe.sae.training`` can train without reading the shards back.
@@ -138,6 +140,13 @@ def _rows_of(batch: ChatBatch, index: torch.Tensor) -> ChatBatch:
     width = int(batch.attention_mask[index].sum(1).max())
     return ChatBatch(batch.input_ids[index, :width], batch.attention_mask[index, :width],
                      batch.response_mask[index, :width])
+
+
+def _head_rows(batch: ChatBatch, mask: torch.Tensor, take: int) -> ChatBatch:
+    """The first rows of ``batch`` that hold its first ``take`` selected tokens (``mask``),
+    trimmed to their longest member: the rows after them would be computed and dropped."""
+    keep = int((mask.sum(1).cumsum(0) < take).sum()) + 1
+    return _rows_of(batch, torch.arange(min(keep, len(mask)), device=mask.device))
 
 
 def _batches(encode: Any, items: Sequence[Any], size: int, bucket: int) -> Iterator[ChatBatch]:
@@ -353,6 +362,9 @@ def harvest(
                 done_rows += take
                 bar.update(take)
                 continue
+            if take < n:  # the budget ends inside this batch: run only the rows it needs
+                batch = _head_rows(batch, mask, take)
+                mask = _token_mask(batch, config.positions, config.skip_first)
             with torch.no_grad(), use_batch(batch), amp:
                 with capture(subject, config.layers, config.sites, early_exit=True) as cache:
                     subject.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
