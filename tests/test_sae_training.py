@@ -264,3 +264,72 @@ def test_use_fused_adam_keeps_the_schedule_and_refuses_a_started_trainer():
     trainer = sae_lens.SAETrainer(cfg, sae, iter([]))
     trainer.n_training_steps = 1
     assert use_fused_adam(trainer) is False  # would lose Adam state
+
+
+@pytest.mark.parametrize("rescale", [True, False])
+@pytest.mark.parametrize("apply_b_dec", [True, False])
+def test_sparse_topk_step_matches_saelens_step(rescale, apply_b_dec):
+    """Same loss, activations and gradients as SAELens' dense TopK step."""
+    import sae_lens
+    from sae_lens.saes.sae import TrainStepInput
+
+    from emprobe.sae.topk_step import sparse_topk_class
+
+    cfg = sae_lens.TopKTrainingSAEConfig(d_in=24, d_sae=96, k=5, apply_b_dec_to_input=apply_b_dec,
+                                         rescale_acts_by_decoder_norm=rescale)
+    torch.manual_seed(3)
+    dense = sae_lens.TrainingSAE.from_dict(cfg.to_dict())
+    sparse = sparse_topk_class()(sae_lens.TopKTrainingSAEConfig.from_dict(cfg.to_dict()))
+    sparse.load_state_dict(dense.state_dict())
+    with torch.no_grad():  # non-trivial biases and decoder norms
+        for m in (dense, sparse):
+            torch.manual_seed(4)
+            m.b_dec.normal_()
+            m.b_enc.normal_(0, 0.1)
+            m.W_dec.mul_(torch.rand(96, 1) + 0.5)
+    x = torch.randn(32, 24) * 2
+
+    def run(m, dead):
+        m.zero_grad()
+        out = m.training_forward_pass(TrainStepInput(
+            sae_in=x, dead_neuron_mask=dead, coefficients={}, n_training_steps=0,
+            is_logging_step=False))
+        out.loss.backward()
+        return out
+
+    none_dead = torch.zeros(96, dtype=torch.bool)
+    a, b = run(dense, none_dead), run(sparse, none_dead)
+    assert sparse.sparse_steps == 1 and sparse.dense_steps == 0
+    torch.testing.assert_close(b.loss, a.loss)
+    torch.testing.assert_close(b.sae_out, a.sae_out)
+    torch.testing.assert_close(b.feature_acts, a.feature_acts)
+    assert set(b.losses) == set(a.losses)
+    for (name, p), q in zip(dense.named_parameters(), sparse.parameters(), strict=True):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-5, msg=name)
+    # dead latents need SAELens' aux-k loss: its own (dense) step runs
+    some_dead = none_dead.clone()
+    some_dead[:10] = True
+    a, b = run(dense, some_dead), run(sparse, some_dead)
+    assert sparse.dense_steps == 1
+    torch.testing.assert_close(b.loss, a.loss)
+
+
+def test_train_sae_uses_the_sparse_topk_step(tiny_harvest, tmp_path):
+    base = dict(arch="topk", d_sae=128, k=8, batch_size=64, training_tokens=640, lr=1e-3,
+                dead_feature_window=1000)
+    fast = train_sae(tiny_harvest, 2, SAETrainConfig(**base), tmp_path / "s", progress=False)
+    ref = train_sae(tiny_harvest, 2, SAETrainConfig(**base, sparse_topk=False), tmp_path / "d",
+                    progress=False)
+    assert fast.record["sparse_topk_steps"] == 10 and ref.record["sparse_topk_steps"] == 0
+    a, b = fast.training_sae.state_dict(), ref.training_sae.state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=1e-4)
+    assert type(load_sae(tmp_path / "s")).__name__ == type(load_sae(tmp_path / "d")).__name__
+
+
+def test_sparse_topk_step_under_bf16_autocast(tiny_harvest, tmp_path):
+    cfg = SAETrainConfig(arch="topk", d_sae=128, k=8, batch_size=64, training_tokens=640,
+                         lr=1e-3, autocast=True)
+    tr = train_sae(tiny_harvest, 2, cfg, tmp_path / "bf16", progress=False)
+    assert tr.record["sparse_topk_steps"] == 10
+    assert all(torch.isfinite(p).all() for p in tr.training_sae.parameters())

@@ -85,6 +85,10 @@ class SAETrainConfig:
             default Adam, in one pass over each parameter's state; about 12-16 % less CPU
             time per step at d_sae 4608, batch 256). Falls back to the default where the
             fused kernel is unavailable.
+        sparse_topk: train a TopK SAE with ``emprobe.sae.topk_step`` (SAELens' TopK SAE whose
+            training step touches only each row's k chosen latents: the same loss and
+            gradients, about 2.5x less time per step on CPU; SAELens' own step runs
+            whenever latents are dead, for the aux-k loss).
     """
 
     arch: str = "topk"
@@ -103,6 +107,7 @@ class SAETrainConfig:
     lr_decay_fraction: float = 0.0
     autocast: bool = False
     fused_adam: bool = True
+    sparse_topk: bool = True
     seed: int = 0
     device: str = "cpu"
 
@@ -233,7 +238,12 @@ def train_sae(
                             {"emprobe_positions": hv.config.positions})
     torch.manual_seed(config.seed)
     sae_cfg = _training_sae_config(config, hv.d_model, metadata)
-    training_sae = sae_lens.TrainingSAE.from_dict(sae_cfg.to_dict())
+    if config.arch == "topk" and config.sparse_topk:
+        from emprobe.sae.topk_step import sparse_topk_class
+
+        training_sae = sparse_topk_class()(sae_lens.TopKTrainingSAEConfig.from_dict(sae_cfg.to_dict()))
+    else:
+        training_sae = sae_lens.TrainingSAE.from_dict(sae_cfg.to_dict())
     trainer_cfg = SAETrainerConfig(
         total_training_samples=steps * config.batch_size,
         train_batch_size_samples=config.batch_size,
@@ -269,6 +279,7 @@ def train_sae(
         "harvest_rows": reader.n_rows,
         "data_source": "memory" if in_memory is not None else "shards",
         "fused_adam": fused,
+        "sparse_topk_steps": int(getattr(trained, "sparse_steps", 0)),
         "train_seconds": train_seconds,
         "trained_tokens": trainer.n_training_samples,
         "steps": trainer.n_training_steps,
