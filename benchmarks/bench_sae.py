@@ -34,27 +34,29 @@ fraction of the bare early-exit forward over the same batches (timed after the r
 capture copies or writes), and the bound: the ratio emprobe would reach if its SAE
 training cost nothing (SAELens' total over emprobe's harvest alone).
 
-Where the time goes, and the bound (2-core AMD EPYC, 2 threads, fp32; one quiet run at
-8,192 tokens before the sparse step, step times from interleaved runs in one process):
+Where the time goes, and the bound (2-core AMD EPYC, 2 threads, fp32; both pipelines run
+alternately in one process at 16,384 tokens, best of 2 rounds, on a shared machine;
+step times also from interleaved runs):
 
-- Forward. Both sides stop at the layer and run at the CPU's fp32 matmul limit: emprobe's
-  harvest 1,174 tokens/s (1.04x its bare early-exit forward: copies and shard writes are
-  off the critical path), SAELens' LM forward 1,036 tokens/s (packed 128-token contexts and
-  its hook machinery; emprobe runs each text alone, 30-token rows here). SAELens also
-  forwards more tokens than it trains on: 2,048-token store batches with half of a
-  512-row mixing buffer held back, ``2048 * (1 + ceil((N/256 - 7) / 8))`` tokens for N
+- Forward. Both sides stop at the layer and run near the CPU's fp32 matmul limit: emprobe's
+  harvest 1,221 tokens/s (about 1.0x its bare early-exit forward: copies and shard writes
+  are off the critical path), SAELens' LM forward 1,118 tokens/s (packed 128-token
+  contexts and its hook machinery; emprobe runs each text alone, ~30-token rows here).
+  SAELens also forwards more tokens than it trains on: 2,048-token store batches with half
+  of a 512-row mixing buffer held back, ``2048 * (1 + ceil((N/256 - 7) / 8))`` tokens for N
   (2x at 2,048, +25 % at 8,192, +12.5 % at 16,384, +0.8 % at 262,144).
-- SAE step (d_sae 4,608, k 32, batch 256). SAELens' runner: ~117 ms/step (dense TopK step,
-  for-loop Adam, buffer shuffles). emprobe: ~85 ms/step with fused Adam alone, ~50 ms/step
-  with the sparse TopK step (48 vs 80 ms for the bare step, both with fused Adam).
+- SAE step (d_sae 4,608, k 32, batch 256). SAELens' runner: ~101 ms/step (dense TopK step,
+  for-loop Adam, buffer shuffles). emprobe: ~45 ms/step with the sparse TopK step and fused
+  Adam, save and reload included (~90 ms/step with SAELens' dense step and Adam).
+- Measured: SAELens 22.97 s (forward 16.49 s), emprobe 16.31 s (harvest 13.42 s, train
+  2.89 s): 1.41x (1.24x with the dense step and plain Adam, i.e. before them).
 - Bound. Even if emprobe's training cost nothing, its ratio would be SAELens' total over
-  the harvest alone: (18,432/1,036 + 64 x 0.117) / (16,384/1,174) = 1.81x at 16,384 and
-  (264,192/1,036 + 1,024 x 0.117) / (262,144/1,174) = 1.68x at 262,144 tokens. With the
-  ~50 ms step the projection is ~1.45x at 16,384 and ~1.36x at 262,144: 1.5x at 262,144
-  needs a step of <= 26 ms, i.e. little more than the one dense encoder matmul that picks
-  the top k (~10 ms) plus Adam over 5.3M parameters; the harvest is already at the forward
-  limit. Training while harvesting does not lift the bound on 2 cores: both stages are
-  compute-bound and already use both cores. bf16 autocast (``--sae-precision bf16``)
+  the harvest alone: 22.97 / 13.42 = 1.71x at 16,384; at 262,144, (264,192 / 1,118 +
+  1,024 x 0.101) / (262,144 / 1,221) = 1.58x. With the ~45 ms step the projection at
+  262,144 is ~1.30x: 1.5x there needs a step of <= 11 ms (the dense encoder matmul that
+  picks the top k alone takes ~10 ms), and at 16,384 one of <= 30 ms. The harvest is at the
+  forward limit; training while harvesting does not lift the bound on 2 cores (both stages
+  are compute-bound and already use both cores). bf16 autocast (``--sae-precision bf16``)
   applies to both sides (not measured here).
 
 Sizes: 16,384 tokens by default (part of ``make bench``); ``--only sae`` adds 262,144;
