@@ -14,7 +14,10 @@
 
 Sizes (``lab.cfg.extra``): ``fractions``, ``seeds`` (default 2), ``label_fraction`` (0.25),
 ``population_steps`` (default: half of ``steps``, at least 4, to fit the CPU budget),
-``realign_ns``, ``random_controls`` (default 4).
+``realign_ns``, ``random_controls`` (default 4), ``steer_latents`` (default 1: the top
+latent), ``prompt_pairs`` (reference pairs per evaluation question in the prompts that the
+diff and the latent probe read; default 1, i.e. 52 chats: every probe of the 17 models is a
+forward pass over them, so all 6 pairs would cost about 20 minutes on 2 CPU cores).
 """
 
 from __future__ import annotations
@@ -87,7 +90,7 @@ def run(lab: Any) -> None:
                                            seed=lab.cfg.seed + s, max_steps=pop_steps)
     ft = lab.load(population[(1.0, 0)])
     sae = _sae(lab, layer)
-    prompts = eval_question_chats()
+    prompts = eval_question_chats(pairs=int(extra.get("prompt_pairs", 1)))
 
     diff = diff_latents(base, ft, sae, SITE, layer, prompts)
     cands = pick_candidates(diff, 3 if lab.cfg.quick else 5)
@@ -103,7 +106,7 @@ def run(lab: Any) -> None:
     lab.report.table(bars, columns=["latent", "mean_base", "mean_ft", "mean_diff",
                                     "encoded_diff", "decoder_cos"])
     top = diff.top("mean_diff", 1)[0]
-    steer_latents = diff.top("mean_diff", 1 if lab.cfg.quick else 2)
+    steer_latents = diff.top("mean_diff", int(extra.get("steer_latents", 1)))
     scorer = default_scorer(questions=lab.questions(), n_boot=lab.cfg.n_boot, seed=lab.cfg.seed)
     n_controls = int(extra.get("random_controls", 2 if lab.cfg.quick else 4))
     check = steering_check(base, sae, steer_latents, SITE, layer, scorer, coeffs=(0.5,),
