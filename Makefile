@@ -44,6 +44,8 @@ RECIPES ?= $(shell $(BIN)/python -c "from emprobe.recipes.registry import RECIPE
 reproduce: $(STAMP)
 	for r in $(RECIPES); do $(BIN)/emprobe recipe $$r --out recipes-out/$$r || exit 1; done
 	$(BIN)/python -m emprobe.recipes.table recipes-out docs/recipes.md
+	mkdir -p docs/recipes-results
+	for r in $(RECIPES); do cp recipes-out/$$r/results.json docs/recipes-results/$$r.json; done
 
 # PNG export: kaleido 1.x (the "static" extra) drives a Chrome / Chromium it does not ship;
 # as root on Debian / Ubuntu the assets target installs Chromium with apt-get.

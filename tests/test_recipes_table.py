@@ -50,3 +50,32 @@ def test_rewrite_replaces_only_the_block(tmp_path):
     bare.write_text("no markers\n")
     with pytest.raises(FormatError, match="markers"):
         rewrite(bare, markdown(collect(out)))
+
+
+def test_note_comes_from_the_runs_machine_records(tmp_path):
+    out = tmp_path / "out"
+    machine = {"date": "2026-12-02", "cpu": "Test CPU 9000", "cpus": 2, "ram_gb": 24,
+               "gpu": None, "torch": "2.13.0+cpu", "emprobe": "0.1"}
+    for name, m in (("caft", machine), ("grasp", {**machine, "date": "2026-12-03"}),
+                    ("inoculation", None)):
+        (out / name).mkdir(parents=True)
+        res = _results("partial", 0.1, 0.4)
+        if m:
+            res["machine"] = m
+        (out / name / "results.json").write_text(json.dumps(res))
+    doc = tmp_path / "recipes.md"
+    doc.write_text(f"{START}\n{END}\n")
+    assert main([str(out), str(doc)]) == 0
+    note = doc.read_text().split("\n\n")[-1]
+    assert "Test CPU 9000, 2 cores, 24 GB RAM" in note and "2026-12-02 to 2026-12-03" in note
+    assert "full mode" in note and "1 run(s) without a machine record" in note
+    assert main([str(out), str(doc), "--note", "typed"]) == 0
+    assert "typed" in doc.read_text() and "Test CPU" not in doc.read_text()
+
+
+def test_lab_records_the_machine():
+    from emprobe.recipes.lab import machine_record
+
+    m = machine_record()
+    assert m["cpus"] == __import__("os").cpu_count() and m["torch"].startswith("2.")
+    assert len(m["date"]) == 10 and m["date"][4] == "-"

@@ -449,6 +449,7 @@ class Lab:
         # a shared machine makes wall time meaningless without the load it ran under
         self.results["load_average"] = {"start": self._load0, "end": _load_average(),
                                         "cpus": os.cpu_count()}
+        self.results["machine"] = machine_record()
         self.report.meta({"wall time": f"{self.results['wall_s'] / 60:.1f} min"})
         write_json(self.out / "results.json", self.results)
         return self.report.save(self.out / "report.html")
@@ -468,6 +469,33 @@ def decide(est: Any, expect: str, null: float = 0.0,
     if not right_side:
         return "not reproduced"
     return "reproduced" if all((conditions or {}).values()) else "partial"
+
+
+def machine_record() -> dict[str, Any]:
+    """Where a run happened: date (UTC), CPU, cores, RAM, torch and emprobe versions."""
+    import datetime
+    import platform
+
+    import torch
+
+    from emprobe import __version__
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f
+                        if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    ram_gb = None
+    try:
+        ram_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30)
+    except (AttributeError, ValueError, OSError):
+        pass
+    return {"date": datetime.datetime.now(datetime.timezone.utc).date().isoformat(),
+            "cpu": cpu, "cpus": os.cpu_count(), "ram_gb": ram_gb,
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "torch": torch.__version__, "emprobe": __version__}
 
 
 def _load_average() -> float | None:

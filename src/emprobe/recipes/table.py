@@ -74,15 +74,42 @@ def markdown(rows: list[dict[str, str]], note: str = "") -> str:
     return head + body + (f"\n{note}\n" if note else "")
 
 
-def collect(out_root: str | os.PathLike[str]) -> list[dict[str, str]]:
+def load_results(out_root: str | os.PathLike[str]) -> dict[str, dict[str, Any] | None]:
+    """``{recipe: results.json or None}`` for every registered recipe, in registry order."""
     from emprobe.recipes.registry import RECIPES
 
     root = Path(out_root)
-    rows = []
-    for name in RECIPES:
-        path = root / name / "results.json"
-        rows.append(row(name, read_json(path) if path.is_file() else None))
-    return rows
+    return {name: (read_json(root / name / "results.json")
+                   if (root / name / "results.json").is_file() else None)
+            for name in RECIPES}
+
+
+def collect(out_root: str | os.PathLike[str]) -> list[dict[str, str]]:
+    return [row(name, res) for name, res in load_results(out_root).items()]
+
+
+def machine_note(results: dict[str, dict[str, Any] | None]) -> str:
+    """The line under the table, from the runs' own ``machine`` records: when, on what."""
+    runs = [r for r in results.values() if r]
+    machines = [r.get("machine") for r in runs if r.get("machine")]
+    if not runs:
+        return ""
+    modes = sorted({"quick mode" if r.get("config", {}).get("quick") else "full mode"
+                    for r in runs})
+    text = f"Rows from `emprobe recipe NAME` ({', '.join(modes)}, default sizes)"
+    if machines:
+        dates = sorted({m.get("date", "?") for m in machines})
+        kinds = sorted({f"{m.get('cpu')}, {m.get('cpus')} cores, {m.get('ram_gb')} GB RAM"
+                        + (f", {m['gpu']}" if m.get("gpu") else "")
+                        + f", torch {m.get('torch')}, emprobe {m.get('emprobe')}"
+                        for m in machines})
+        text += (f", run {' to '.join([dates[0], dates[-1]] if len(dates) > 1 else dates)}"
+                 f" on {'; '.join(kinds)}")
+    if len(machines) < len(runs):
+        text += f" ({len(runs) - len(machines)} run(s) without a machine record)"
+    return (text + ". Wall minutes include model loading and every fine-tune; the load "
+            "average at the start and end of each run is in the last column (a busy machine "
+            "makes times pessimistic).")
 
 
 def rewrite(doc: str | os.PathLike[str], table: str) -> Path:
@@ -103,10 +130,14 @@ def main(argv: list[str] | None = None) -> int:
                                 description="Rewrite the reproduction table from results.json")
     p.add_argument("out_root", help="folder holding <recipe>/results.json (recipes-out)")
     p.add_argument("doc", help="markdown file with the table markers (docs/recipes.md)")
-    p.add_argument("--note", default="", help="a line under the table (e.g. the machine)")
+    p.add_argument("--note", default=None,
+                   help="the line under the table (default: dates and machines of the runs, "
+                        "from their results.json)")
     args = p.parse_args(argv)
-    rows = collect(args.out_root)
-    rewrite(args.doc, markdown(rows, args.note))
+    results = load_results(args.out_root)
+    rows = [row(name, res) for name, res in results.items()]
+    note = machine_note(results) if args.note is None else args.note
+    rewrite(args.doc, markdown(rows, note))
     done = sum(1 for r in rows if r["verdict"])
     print(f"{args.doc}: table of {len(rows)} recipes ({done} with results)")
     return 0
