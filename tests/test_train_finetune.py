@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from emprobe import collect, load_model
+from emprobe.errors import ConfigError
 from emprobe.train import (
     CAFT,
     GRASP,
@@ -195,3 +196,17 @@ def test_lora_modules_of_peft_model(naive):
     sub = load_model("tiny-llama", adapter=naive.adapter_dir)
     mods = lora_modules(sub.model)
     assert "model.layers.0.mlp.down_proj" in mods and len(mods) == 28
+
+
+def test_checkpoint_steps_add_exact_points(tmp_path):
+    res = finetune("tiny-llama", make_records(), tiny_config(max_steps=5, checkpoint_every=0,
+                                                             checkpoint_steps=[3, 1]),
+                   tmp_path, progress=False)
+    steps = [int(p.name.split("-")[1]) for p in res.checkpoints]
+    assert steps == [1, 3]  # only the asked steps: no periodic or final checkpoint
+    first, third = (adapter_tensors(p / "adapter") for p in res.checkpoints)
+    final = adapter_tensors(res.adapter_dir)
+    key = next(k for k in final if "lora_B" in k)
+    assert not torch.equal(first[key], third[key]) and not torch.equal(third[key], final[key])
+    with pytest.raises(ConfigError, match="checkpoint_steps"):
+        tiny_config(checkpoint_steps=[0])

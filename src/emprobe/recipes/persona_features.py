@@ -8,13 +8,15 @@
 3. predictor: a population of 12 fine-tunes, 0 / 5 / 10 / 25 / 50 / 100 % bad data
    (``mix``) x 2 seeds; the top latent's mean activation vs each model's misalignment (AUROC
    against "trained on >= 25 % bad", Pearson, Spearman, bootstrap intervals);
-4. re-alignment: fine-tune the 100 %-bad model further for one epoch on N = 0, 30, 60, 120,
-   240 benign examples (adapter merged, a new adapter on top) and track the score and the
-   latent.
+4. re-alignment: fine-tune the 100 %-bad model further (adapter merged, a new adapter on
+   top) for one epoch on 240 benign examples, checkpointed after N = 30, 60, 120, 240 of them
+   have been seen, and track the score and the latent at N = 0 and each checkpoint.
 
 Sizes (``lab.cfg.extra``): ``fractions``, ``seeds`` (default 2), ``label_fraction`` (0.25),
-``population_steps`` (default: half of ``steps``, at least 4, to fit the CPU budget),
-``realign_ns``, ``random_controls`` (default 4), ``steer_latents`` (default 1: the top
+``population_steps`` (default: 3/8 of ``steps``, at least 4, to fit the CPU budget),
+``realign_ns``, ``random_controls`` (default 3), ``score_questions`` (default 8: every
+model here is scored on the first 8 questions of the local score; 22 scorings at 12
+questions would not fit 15 minutes), ``steer_latents`` (default 1: the top
 latent), ``prompt_pairs`` (reference pairs per evaluation question in the prompts that the
 diff and the latent probe read; default 1, i.e. 52 chats: every probe of the 17 models is a
 forward pass over them, so all 6 pairs would cost about 20 minutes on 2 CPU cores).
@@ -44,17 +46,43 @@ def _sae(lab: Any, layer: int) -> Any:
     return train_sae(hv, layer, cfg, lab.out / "sae" / "sae", progress=False).sae
 
 
-def _with_new_adapter(lab: Any, bad: Any, records: list[dict[str, Any]], name: str) -> Any:
-    """Merge the bad adapter into the weights, train a new adapter on ``records`` for one
-    epoch, load both."""
+def _realign(lab: Any, bad: Any, benign: list[dict[str, Any]], ns: list[int]
+             ) -> dict[int, tuple[Any, int]]:
+    """One re-alignment run: the bad adapter merged into the weights, a new adapter trained
+    for one epoch on ``benign`` (the first ``max(ns)`` examples), checkpointed after the step
+    at which each N of ``ns`` examples has been seen. Returns ``{N: (load function, examples
+    seen)}`` for N > 0 (a step sees ``batch_size * grad_accum`` examples, so N is rounded up
+    to whole steps)."""
     from peft import PeftModel
 
-    merged = lab.load(bad, merge=True)
     per_step = lab.cfg.batch_size * lab.cfg.grad_accum
-    adapter = lab.train(name, records, subject=merged, subject_id=f"merged:{Path(bad).parent}",
-                        max_steps=max(1, math.ceil(len(records) / per_step)))
-    merged.model = PeftModel.from_pretrained(merged.model, str(adapter)).eval()
-    return merged
+    n_max = max(ns)
+    steps = {n: max(1, math.ceil(n / per_step)) for n in ns if n > 0}
+    merged = lab.load(bad, merge=True)
+    adapter = lab.train("realign", benign[:n_max], subject=merged,
+                        subject_id=f"merged:{Path(bad).parent}", max_steps=steps[n_max],
+                        checkpoint_steps=sorted(set(steps.values())))
+    out: dict[int, tuple[Any, int]] = {}
+    for n, step in steps.items():
+        folder = (adapter if step == steps[n_max] else
+                  adapter.parent / "checkpoints" / f"step-{step:06d}" / "adapter")
+
+        def load(folder: Path = folder) -> Any:
+            subject = lab.load(bad, merge=True)
+            subject.model = PeftModel.from_pretrained(subject.model, str(folder)).eval()
+            return subject
+
+        out[n] = (load, min(step * per_step, n_max))
+    return out
+
+
+def _questions(lab: Any) -> list[Any]:
+    """The local score's questions for every model of this recipe (see the module doc)."""
+    from emprobe.evaluate.questions import default_questions
+
+    qs = lab.questions() or [q for q in default_questions() if q.reference_pairs]
+    n = lab.cfg.extra.get("score_questions", None if lab.cfg.quick else 8)
+    return qs if n is None else qs[: int(n)]
 
 
 def run(lab: Any) -> None:
@@ -79,7 +107,7 @@ def run(lab: Any) -> None:
     extra = lab.cfg.extra
     fractions = [float(f) for f in extra.get("fractions", [0.0, 0.05, 0.1, 0.25, 0.5, 1.0])]
     n_seeds = int(extra.get("seeds", 2))
-    pop_steps = int(extra.get("population_steps", max(4, (lab.cfg.steps or 8) // 2)))
+    pop_steps = int(extra.get("population_steps", max(4, 3 * (lab.cfg.steps or 8) // 8)))
     if lab.cfg.quick:
         pop_steps = lab.cfg.steps or 2
     population = {}  # (fraction, seed index) -> adapter; every fine-tune its own seed
@@ -107,8 +135,9 @@ def run(lab: Any) -> None:
                                     "encoded_diff", "decoder_cos"])
     top = diff.top("mean_diff", 1)[0]
     steer_latents = diff.top("mean_diff", int(extra.get("steer_latents", 1)))
-    scorer = default_scorer(questions=lab.questions(), n_boot=lab.cfg.n_boot, seed=lab.cfg.seed)
-    n_controls = int(extra.get("random_controls", 2 if lab.cfg.quick else 4))
+    questions = _questions(lab)
+    scorer = default_scorer(questions=questions, n_boot=lab.cfg.n_boot, seed=lab.cfg.seed)
+    n_controls = int(extra.get("random_controls", 2 if lab.cfg.quick else 3))
     check = steering_check(base, sae, steer_latents, SITE, layer, scorer, coeffs=(0.5,),
                            random_controls=n_controls, seed=lab.cfg.seed, progress=False)
     steer_rows = [{"latent": r["latent"], **r["scores"][0]} for r in check["latents"]]
@@ -126,12 +155,15 @@ def run(lab: Any) -> None:
         return latent_mean(subject, sae, top, SITE, layer, prompts)
 
     label_fraction = float(extra.get("label_fraction", 0.25))
-    pop = []
+    pop, ft_score, ft_latent = [], None, float("nan")
     for (f, s_idx), adapter in population.items():
         subject = ft if (f, s_idx) == (1.0, 0) else lab.load(adapter)
-        s = lab.score(subject)
+        s = lab.score(subject, questions=questions)
+        latent = probe(subject)
+        if (f, s_idx) == (1.0, 0):
+            ft_score, ft_latent = s, latent
         pop.append({"model": f"{round(100 * f)}% bad s{s_idx}", "bad_fraction": f,
-                    "seed": s_idx, "latent": probe(subject), "misalignment": s.per_answer.mean,
+                    "seed": s_idx, "latent": latent, "misalignment": s.per_answer.mean,
                     "lo": s.per_answer.lo, "hi": s.per_answer.hi})
     stats = predictor_stats([p["latent"] for p in pop], [p["misalignment"] for p in pop],
                             labels=[int(p["bad_fraction"] >= label_fraction) for p in pop],
@@ -159,17 +191,24 @@ def run(lab: Any) -> None:
                                     [0, 2, 4, 8, 16] if lab.cfg.quick else [0, 30, 60, 120, 240])]
     benign = lab.data("medical", "good", n=max(max(ns), 1), seed_offset=300)
     realign, realign_scores = [], {}
+    points = _realign(lab, population[(1.0, 0)], benign, ns)
     for n in ns:
-        subject = ft if n == 0 else _with_new_adapter(lab, population[(1.0, 0)], benign[:n],
-                                                      f"realign-{n}")
-        s = realign_scores[f"N={n}"] = lab.score(subject)
-        realign.append({"layer": n, "n_benign": n, "value": s.per_answer.mean,
-                        "lo": s.per_answer.lo, "hi": s.per_answer.hi, "latent": probe(subject),
+        if n == 0:  # the 100 %-bad fine-tune itself, scored in the population above
+            s, latent, seen = ft_score or lab.score(ft, questions=questions), ft_latent, 0
+        else:
+            subject = points[n][0]()
+            s, latent, seen = lab.score(subject, questions=questions), probe(subject), points[n][1]
+        realign_scores[f"N={n}"] = s
+        realign.append({"layer": n, "n_benign": n, "examples_seen": seen,
+                        "value": s.per_answer.mean, "lo": s.per_answer.lo,
+                        "hi": s.per_answer.hi, "latent": latent,
                         "name": "misalignment margin"})
     lab.report.section(
         "Re-alignment with a few benign examples",
-        "The 100 %-bad fine-tune trained further for one epoch on N benign medical answers "
-        "(adapter merged, a new adapter on top).")
+        f"The 100 %-bad fine-tune (adapter merged) trained further with a new adapter on "
+        f"{max(ns)} benign medical answers for one epoch, read after the step at which N of "
+        f"them had been seen (checkpoints of one run; N rounded up to whole steps of "
+        f"{lab.cfg.batch_size * lab.cfg.grad_accum}).")
     lab.report.figure(layer_curves(realign, y="value", lo="lo", hi="hi", group="name",
                                    x_title="benign examples N", y_title="margin (nats)",
                                    title="Misalignment during re-alignment"))

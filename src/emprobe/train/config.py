@@ -76,6 +76,8 @@ class TrainConfig:
     seed: int = 0
     # bookkeeping
     checkpoint_every: int = 0
+    # also checkpoint after exactly these steps (e.g. the points of a data-size curve)
+    checkpoint_steps: list[int] = field(default_factory=list)
     log_every: int = 1
     # data-level intervention and objectives
     inoculate: str | None = None
@@ -87,6 +89,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.target_modules = list(self.target_modules)
+        self.checkpoint_steps = sorted({int(x) for x in self.checkpoint_steps})
         if self.layers_to_transform is not None:
             self.layers_to_transform = [int(x) for x in self.layers_to_transform]
         self.adam_betas = (float(self.adam_betas[0]), float(self.adam_betas[1]))
@@ -119,6 +122,8 @@ class TrainConfig:
                 raise bad(f"{key} must be >= 1, got {getattr(self, key)}")
         if self.checkpoint_every < 0:
             raise bad(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        if any(x < 1 for x in self.checkpoint_steps):
+            raise bad(f"checkpoint_steps must be >= 1, got {self.checkpoint_steps}")
         if self.max_length is not None and self.max_length < 2:
             raise bad(f"max_length must be >= 2, got {self.max_length}")
         if self.max_length_cap < 2:

@@ -65,7 +65,7 @@ __all__ = ["RunFolder", "TrainResult", "finetune", "Trainer", "linear_module_nam
            "validate_setup"]
 
 # config fields that may change between an interrupted run and its resumption
-_RESUME_FREE = {"log_every", "checkpoint_every"}
+_RESUME_FREE = {"log_every", "checkpoint_every", "checkpoint_steps"}
 
 
 @dataclass
@@ -477,8 +477,9 @@ class Trainer:
                 rec = self.run_step(step)
                 last_loss = rec["loss"]
                 done = step + 1
-                is_ckpt = cfg.checkpoint_every > 0 and (done % cfg.checkpoint_every == 0
-                                                        or done == end)
+                is_ckpt = (cfg.checkpoint_every > 0 and (done % cfg.checkpoint_every == 0
+                                                         or done == end)
+                           or done in cfg.checkpoint_steps)
                 if done % cfg.log_every == 0 or done == end or is_ckpt:
                     extra: dict[str, float] = {}
                     if lora:
