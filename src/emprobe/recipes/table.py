@@ -91,7 +91,7 @@ def collect(out_root: str | os.PathLike[str]) -> list[dict[str, str]]:
 def machine_note(results: dict[str, dict[str, Any] | None]) -> str:
     """The line under the table, from the runs' own ``machine`` records: when, on what."""
     runs = [r for r in results.values() if r]
-    machines = [r.get("machine") for r in runs if r.get("machine")]
+    machines: list[dict[str, Any]] = [r["machine"] for r in runs if r.get("machine")]
     if not runs:
         return ""
     modes = sorted({"quick mode" if r.get("config", {}).get("quick") else "full mode"
