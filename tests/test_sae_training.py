@@ -224,17 +224,24 @@ def test_quality_gate_flags_low_negative_and_dead():
         check_quality({"l0": 3.0})
 
 
+def _train_with_and_without(harvest, tmp_path, flag: str, tol: tuple[float, float], **kw):
+    """Train the same tiny TopK SAE with ``flag`` on (the default) and off; their weights
+    must agree to ``tol`` (rtol, atol). Returns both training results."""
+    base = dict(arch="topk", d_sae=128, k=8, batch_size=64, training_tokens=640, lr=1e-3, **kw)
+    on = train_sae(harvest, 2, SAETrainConfig(**base), tmp_path / "on", progress=False)
+    off = train_sae(harvest, 2, SAETrainConfig(**base, **{flag: False}), tmp_path / "off",
+                    progress=False)
+    a, b = on.training_sae.state_dict(), off.training_sae.state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=tol[0], atol=tol[1])
+    return on, off
+
+
 def test_fused_adam_gives_saelens_update(tiny_harvest, tmp_path):
     """The fused kernel replaces only the kernel: same weights as SAELens' own Adam."""
-    base = dict(arch="topk", d_sae=128, k=8, batch_size=64, training_tokens=640, lr=1e-3,
-                lr_decay_fraction=0.5)
-    fused = train_sae(tiny_harvest, 2, SAETrainConfig(**base), tmp_path / "f", progress=False)
-    plain = train_sae(tiny_harvest, 2, SAETrainConfig(**base, fused_adam=False), tmp_path / "p",
-                      progress=False)
+    fused, plain = _train_with_and_without(tiny_harvest, tmp_path, "fused_adam", (1e-4, 1e-5),
+                                           lr_decay_fraction=0.5)
     assert fused.record["fused_adam"] is True and plain.record["fused_adam"] is False
-    a, b = fused.training_sae.state_dict(), plain.training_sae.state_dict()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
 
 
 def test_use_fused_adam_keeps_the_schedule_and_refuses_a_started_trainer():
@@ -315,16 +322,10 @@ def test_sparse_topk_step_matches_saelens_step(rescale, apply_b_dec):
 
 
 def test_train_sae_uses_the_sparse_topk_step(tiny_harvest, tmp_path):
-    base = dict(arch="topk", d_sae=128, k=8, batch_size=64, training_tokens=640, lr=1e-3,
-                dead_feature_window=1000)
-    fast = train_sae(tiny_harvest, 2, SAETrainConfig(**base), tmp_path / "s", progress=False)
-    ref = train_sae(tiny_harvest, 2, SAETrainConfig(**base, sparse_topk=False), tmp_path / "d",
-                    progress=False)
+    fast, ref = _train_with_and_without(tiny_harvest, tmp_path, "sparse_topk", (1e-3, 1e-4),
+                                        dead_feature_window=1000)
     assert fast.record["sparse_topk_steps"] == 10 and ref.record["sparse_topk_steps"] == 0
-    a, b = fast.training_sae.state_dict(), ref.training_sae.state_dict()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=1e-4)
-    assert type(load_sae(tmp_path / "s")).__name__ == type(load_sae(tmp_path / "d")).__name__
+    assert type(load_sae(tmp_path / "on")).__name__ == type(load_sae(tmp_path / "off")).__name__
 
 
 def test_sparse_topk_step_under_bf16_autocast(tiny_harvest, tmp_path):
