@@ -187,3 +187,24 @@ def test_intervals_and_realignment_driver():
                               lambda s: 2.0 * s["n"], ns=(0, 30, 60), progress=False)
     assert [r["n_benign"] for r in curve] == [0, 30, 60]
     assert curve[0]["score"]["mean"] == 1.0 and curve[2]["latent_mean"] == 120.0
+
+
+def test_steering_check_compares_candidates_with_each_control_paired(planted):
+    from emprobe.evaluate.questions import default_questions
+    from emprobe.sae.causal import default_scorer
+
+    base, _, sae = planted
+    qs = [q for q in default_questions() if q.reference_pairs][:4]
+    scorer = default_scorer(questions=qs, n_boot=200, seed=0)
+    check = steering_check(base, sae, [PLANTED], "resid_post", LAYER, scorer, coeffs=(4.0,),
+                           scale=2.0, random_controls=2, progress=False)
+    entry = check["latents"][0]["scores"][0]
+    assert len(entry["vs_controls"]) == 2
+    for vs, ctrl in zip(entry["vs_controls"], check["controls"], strict=True):
+        # paired by question: the mean difference is the difference of the means
+        assert vs["delta"] == pytest.approx(entry["mean"] - ctrl["scores"][0]["mean"], abs=1e-6)
+        assert vs["delta_lo"] <= vs["delta"] <= vs["delta_hi"]
+    assert entry["beats_controls_paired"] == all(v["delta_lo"] > 0 for v in entry["vs_controls"])
+    plain = steering_check(base, sae, [PLANTED], "resid_post", LAYER, scorer, coeffs=(4.0,),
+                           scale=2.0, progress=False)
+    assert "vs_controls" not in plain["latents"][0]["scores"][0]  # nothing to compare with

@@ -96,7 +96,11 @@ def steering_check(
     (``"latent": None``).
     Each candidate then gets ``control_p`` = (1 + #controls whose ``max_delta`` >= its own)
     / (1 + #controls), an empirical one-sided p-value, and ``beats_controls`` (its
-    ``max_delta`` exceeds every control's).
+    ``max_delta`` exceeds every control's). With ``default_scorer`` each of its coefficient
+    entries also gets ``vs_controls``: the candidate's steered score minus each control's at
+    the same coefficient, paired by question (``delta``, ``delta_lo``, ``delta_hi``), and
+    ``beats_controls_paired``: every one of those intervals lies above 0 (a point estimate
+    above the controls' is not evidence on its own when a control's interval overlaps).
 
     Returns ``{"baseline": {mean, lo, hi}, "scale", "coeffs", "latents": [...]}``; each latent
     entry holds per-coefficient scores and ``delta`` (steered minus unsteered mean; with
@@ -126,10 +130,11 @@ def steering_check(
         jobs += [(None, torch.nn.functional.normalize(torch.randn(d_in, generator=gen), dim=0),
                   True) for _ in range(random_controls)]
     rows, controls = [], []
+    raw_of: dict[int, list[Any]] = {}  # id(row) -> its scorer outputs per coefficient
     for latent, unit, is_control in tqdm(jobs, desc="steering check", disable=not progress,
                                          leave=False):
         vec = unit * scale
-        per = []
+        per, raw_per = [], []
         for c in coeffs:
             with steer(subject, vec, coeff=float(c), layers=layer, site=site, positions="all"):
                 raw = scorer(subject)
@@ -138,11 +143,21 @@ def steering_check(
             if isinstance(raw, LocalEstimate) and isinstance(raw_base, LocalEstimate):
                 entry.update(raw.paired_delta(raw_base))
             per.append(entry)
+            raw_per.append(raw)
         row = {"latent": latent, "scores": per, "max_delta": max(p["delta"] for p in per),
                "norm": float((vec * max(abs(float(c)) for c in coeffs)).norm())}
         if is_control:
             row["control"] = True
+        raw_of[id(row)] = raw_per
         (controls if is_control else rows).append(row)
+    for row in rows if controls else []:
+        for i, entry in enumerate(row["scores"]):
+            mine, theirs = raw_of[id(row)][i], [raw_of[id(c)][i] for c in controls]
+            if isinstance(mine, LocalEstimate) and all(isinstance(t, LocalEstimate)
+                                                       for t in theirs):
+                entry["vs_controls"] = [mine.paired_delta(t) for t in theirs]
+                entry["beats_controls_paired"] = all(v["delta_lo"] > 0
+                                                     for v in entry["vs_controls"])
     rows.sort(key=lambda r: r["max_delta"], reverse=True)
     control_deltas = [c["max_delta"] for c in controls]
     for row in rows:
