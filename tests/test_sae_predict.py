@@ -53,7 +53,24 @@ def test_predictor_stats_intervals():
                             threshold=0.0, n_boot=300)
     assert noisy["auroc"].lo < noisy["auroc"].mean < noisy["auroc"].hi
     one_class = predictor_stats([1, 2, 3], [1, 2, 3], labels=[1, 1, 1], n_boot=50)
-    assert one_class["auroc"] is None
+    assert one_class["auroc"] is None and one_class["auroc_p"] is None
+    # perfect separation of 4 vs 4: exactly one of the C(8, 4) = 70 label sets reaches it
+    assert out["auroc_p"] == pytest.approx(1 / 70)
+
+
+def test_auroc_p_value_exact_and_sampled():
+    from scipy.stats import mannwhitneyu
+
+    from emprobe.sae.predict import auroc_p_value
+
+    x = [0.3, 0.9, 0.1, 0.8, 0.5, 0.7, 0.2, 0.6, 0.4, 0.55]
+    y = [0, 1, 0, 1, 0, 1, 0, 0, 1, 1]
+    exact = auroc_p_value(x, y)  # C(10, 5) = 252 label sets, enumerated
+    assert exact == pytest.approx(mannwhitneyu([a for a, b in zip(x, y) if b],
+                                               [a for a, b in zip(x, y) if not b],
+                                               alternative="greater", method="exact").pvalue)
+    sampled = auroc_p_value(x, y, n_perm=100, seed=1)  # 252 > 100: random shuffles
+    assert abs(sampled - exact) < 0.1 and sampled >= 1 / 101
     with pytest.raises(DataError):
         predictor_stats([1, 2], [1, 2], threshold=0)
     with pytest.raises(DataError):

@@ -185,7 +185,8 @@ def run(lab: Any) -> None:
     lab.report.table([{k: v.to_record() if isinstance(v, Estimate) else v
                        for k, v in stats.items()}],
                      columns={"n_models": "n_models", "auroc.mean": "auroc", "auroc.lo": "auroc_lo",
-                              "auroc.hi": "auroc_hi", "pearson.mean": "pearson",
+                              "auroc.hi": "auroc_hi", "auroc_p": "auroc_p",
+                              "pearson.mean": "pearson",
                               "pearson.lo": "pearson_lo", "pearson.hi": "pearson_hi",
                               "spearman.mean": "spearman"})
     lab.report.note(
@@ -244,7 +245,11 @@ def run(lab: Any) -> None:
         "bootstrap over models)",
         stats["auroc"] or Estimate(float("nan"), float("nan"), float("nan")),
         expect="higher", null=0.5,
-        conditions={"steering with the latent raises misalignment (paired interval > 0) and "
+        conditions={f"the AUROC beats label shuffles (permutation p = "
+                    f"{stats['auroc_p'] if stats['auroc_p'] is not None else float('nan'):.2g}"
+                    " < 0.05; the bootstrap interval collapses when the classes separate)":
+                    stats["auroc_p"] is not None and stats["auroc_p"] < 0.05,
+                    "steering with the latent raises misalignment (paired interval > 0) and "
                     "more than each random direction of equal norm (paired interval of the "
                     "difference > 0)":
                     top_steer.get("delta_lo", float("nan")) > 0

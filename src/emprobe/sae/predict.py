@@ -34,6 +34,35 @@ def auroc(scores: Sequence[float] | torch.Tensor, labels: Sequence[int] | torch.
     return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
 
 
+def auroc_p_value(scores: Sequence[float] | torch.Tensor, labels: Sequence[int] | torch.Tensor,
+                  n_perm: int = 20000, seed: int = 0) -> float:
+    """One-sided permutation p-value of ``auroc(scores, labels)`` (chance: labels shuffled).
+
+    Exact (every assignment of the positives) when there are at most ``n_perm`` of them,
+    else ``n_perm`` random shuffles with the ``(1 + hits) / (1 + n_perm)`` correction. Unlike
+    a bootstrap interval over models, which collapses to [1, 1] when the classes separate
+    perfectly, it says how likely that separation is by chance with so few models."""
+    import itertools
+    import math
+
+    s = torch.as_tensor(scores, dtype=torch.float64)
+    y = torch.as_tensor(labels).bool()
+    observed = auroc(s, y)
+    n, k = len(y), int(y.sum())
+    if math.comb(n, k) <= n_perm:
+        hits = total = 0
+        for pos in itertools.combinations(range(n), k):
+            lab = torch.zeros(n, dtype=torch.bool)
+            lab[list(pos)] = True
+            hits += auroc(s, lab) >= observed - 1e-12
+            total += 1
+        return hits / total
+    gen = torch.Generator().manual_seed(seed)
+    hits = sum(auroc(s, y[torch.randperm(n, generator=gen)]) >= observed - 1e-12
+               for _ in range(n_perm))
+    return (1 + hits) / (1 + n_perm)
+
+
 def pearson(x: Sequence[float] | torch.Tensor, y: Sequence[float] | torch.Tensor) -> float:
     a = torch.as_tensor(x, dtype=torch.float64)
     b = torch.as_tensor(y, dtype=torch.float64)
@@ -72,8 +101,9 @@ def predictor_stats(
 
     ``scores``: each model's misalignment score; ``labels`` (1 = misaligned) are given or
     derived as ``score > threshold``. Returns ``{"n_models", "n_misaligned", "auroc",
-    "pearson", "spearman"}``: AUROC, Pearson r and Spearman rho as ``Estimate`` s with 95 %
-    bootstrap intervals over models (``auroc`` is ``None`` with one class only).
+    "auroc_p", "pearson", "spearman"}``: AUROC, Pearson r and Spearman rho as ``Estimate`` s
+    with 95 % bootstrap intervals over models, and the AUROC's permutation p-value
+    (``auroc_p_value``; ``auroc`` and ``auroc_p`` are ``None`` with one class only).
     """
     from emprobe.evaluate.stats import bootstrap_stat
 
@@ -100,8 +130,9 @@ def predictor_stats(
 
     try:
         out["auroc"] = resampled(auroc, lab)
+        out["auroc_p"] = auroc_p_value(x, lab, seed=seed)
     except DataError:  # one class only
-        out["auroc"] = None
+        out["auroc"], out["auroc_p"] = None, None
     out["pearson"] = resampled(pearson, y)
     out["spearman"] = resampled(spearman, y)
     return out
