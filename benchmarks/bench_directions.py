@@ -62,8 +62,11 @@ def _transformer_lens(tl: Any, batches: list, n_layers: int) -> list:
 def _nnsight(nn_model: Any, batches: list, n_layers: int) -> list:
     out = []
     for b in batches:
+        saved: list[Any] = []  # filled inside the trace (nnsight runs the block in its own
+        # frame and pushes back only plain names, so a comprehension's result is lost)
         with nn_model.trace({"input_ids": b.input_ids, "attention_mask": b.attention_mask}):
-            saved = [nn_model.model.layers[la].output.save() for la in range(n_layers)]
+            for la in range(n_layers):
+                saved.append(nn_model.model.layers[la].output.save())
         acts = {}
         for la, s in enumerate(saved):
             value = getattr(s, "value", s)
