@@ -74,7 +74,10 @@ class HarvestConfig:
         bucket: tokenise ``bucket`` batches at a time and sort them by token count before
             batching (no padding waste; 1 = keep the input order).
         memory_limit_mb: also keep the rows in RAM while they fit in this many MiB
-            (0: never), so training needs no disk round trip.
+            (0: never), so training needs no disk round trip. The default, 256 MiB (about
+            230k rows of d_model 576 in bf16), keeps the peak RAM of a harvest-and-train at
+            or below SAELens' runner with its default buffer; past it training streams the
+            shards, one in RAM at a time. Raise it when RAM is plentiful.
         autocast: run the forward under ``torch.autocast`` in bfloat16 (much faster on
             CPUs with bf16 matmuls; activations then carry bf16 rounding).
     """
@@ -89,7 +92,7 @@ class HarvestConfig:
     dtype: str = "bfloat16"
     skip_first: bool = True
     bucket: int = 32
-    memory_limit_mb: int = 1024
+    memory_limit_mb: int = 256
     autocast: bool = False
 
 
