@@ -86,7 +86,8 @@ def test_oversized_line_is_refused(tmp_path):
 
 
 # -- chat JSONL -----------------------------------------------------------------------------
-@pytest.mark.parametrize("bad", ["NaN", "Infinity", "-Infinity"])
+@pytest.mark.parametrize("bad", ["NaN", "Infinity", "-Infinity", "1e999", "-2.5E+400",
+                                 "1" * 320 + ".0"])
 def test_chat_nan_and_infinity_are_refused(tmp_path, bad):
     p = tmp_path / "c.jsonl"
     p.write_text(json.dumps(CHAT_OK)[:-1] + f', "score": {bad}}}\n')
@@ -102,6 +103,13 @@ def test_lone_surrogates_refused_on_read_and_write_keeps_old_file(tmp_path):
     with pytest.raises(DataError, match="surrogate") as exc:
         read_chat_jsonl(p)
     one_line_naming(exc, p)
+    for key in ('"a\\uDBFF"', '"\\udc00"'):  # in a key, upper case too
+        p.write_text('{"messages": [{"role": "user", "content": "hi"}], ' + key + ': 1}\n')
+        with pytest.raises(DataError, match="surrogate"):
+            read_chat_jsonl(p)
+    # a valid pair and an escaped backslash before "ud800" are fine
+    p.write_text('{"messages": [{"role": "user", "content": "\\ud83d\\ude00 \\\\ud800"}]}\n')
+    assert read_chat_jsonl(p)[0]["messages"][0]["content"] == "\U0001f600 \\ud800"
     out = tmp_path / "out.jsonl"
     write_chat_jsonl(out, [CHAT_OK])
     before = out.read_bytes()

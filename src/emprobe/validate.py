@@ -123,6 +123,13 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # e.g. 1e999 overflows to inf
+        raise ValueError(f"{excerpt(text, 40)} overflows to {value}")
+    return value
+
+
 def _depth_ok(obj: Any, max_depth: int) -> bool:
     """Iterative depth check (no recursion, so no RecursionError on hostile input)."""
     stack: list[tuple[Any, int]] = [(obj, 1)]
@@ -153,7 +160,8 @@ def loads_json(text: str | bytes, where: str, allow_nan: bool = True,
             text = text.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
             raise error(f"{where}: not valid UTF-8 (byte {exc.start})") from None
-    kwargs: dict[str, Any] = {} if allow_nan else {"parse_constant": _refuse_constant}
+    kwargs: dict[str, Any] = ({} if allow_nan else
+                              {"parse_constant": _refuse_constant, "parse_float": _finite_float})
     try:
         obj = json.loads(text, **kwargs)
     except RecursionError:
@@ -163,7 +171,8 @@ def loads_json(text: str | bytes, where: str, allow_nan: bool = True,
                     f"{exc.colno})") from None
     except ValueError as exc:  # from _refuse_constant
         raise error(f"{where}: {broken} ({one_line(exc)}; numbers must be finite)") from None
-    if not _depth_ok(obj, max_depth):
+    # nesting depth is at most the number of opening brackets (strings only add to the count)
+    if text.count("[") + text.count("{") > max_depth and not _depth_ok(obj, max_depth):
         raise LimitError(f"{where}: JSON nested deeper than {max_depth} levels")
     return obj
 
@@ -267,6 +276,18 @@ def load_yaml(text: str | bytes, where: str, max_aliases: int = MAX_YAML_ALIASES
         raise error(f"{where}: not valid YAML ({one_line(exc, 120) or 'parse error'})") from None
     except (ValueError, TypeError, OverflowError) as exc:  # e.g. a timestamp out of range
         raise error(f"{where}: YAML value not readable ({one_line(exc, 120)})") from None
+
+
+# JSON text parses into a lone surrogate only through a \uD800-\uDFFF escape (valid UTF-8
+# cannot encode one); non-finite numbers are refused by loads_json itself (allow_nan=False)
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def json_may_be_unwritable(text: str) -> bool:
+    """False when JSON ``text``, parsed by ``loads_json(..., allow_nan=False)``, cannot hold a
+    lone surrogate or a non-finite float, so ``check_finite_tree`` on its result can be
+    skipped (a substring test instead of a walk over every node)."""
+    return "\\u" in text and _SURROGATE_ESCAPE.search(text) is not None
 
 
 def check_finite_tree(obj: Any, where: str, error: ErrorType = DataError) -> None:

@@ -24,7 +24,13 @@ from typing import Any
 from emprobe.errors import DataError, LimitError
 from emprobe.io import atomic_path, bounded_lines
 from emprobe.models.chat import ROLES
-from emprobe.validate import MAX_LINE_BYTES, check_finite_tree, excerpt, loads_json
+from emprobe.validate import (
+    MAX_LINE_BYTES,
+    check_finite_tree,
+    excerpt,
+    json_may_be_unwritable,
+    loads_json,
+)
 
 __all__ = [
     "ChatRecords",
@@ -66,7 +72,7 @@ class ReadStats:
 
 
 def validate_record(
-    obj: Any, where: str = "record", require_assistant: bool = False
+    obj: Any, where: str = "record", require_assistant: bool = False, check_tree: bool = True
 ) -> Record:
     """Check one chat record; return it (a dict with ``messages``) or raise a one-line DataError.
 
@@ -106,7 +112,9 @@ def validate_record(
     if require_assistant and not has_assistant:
         raise DataError(f"{where}: no assistant message (training data needs an answer)")
     # extra keys too: NaN / Infinity and lone surrogates cannot be written back as JSONL
-    check_finite_tree(obj, where, error=DataError)
+    # (check_tree=False: the caller knows there are none, see json_may_be_unwritable)
+    if check_tree:
+        check_finite_tree(obj, where, error=DataError)
     return dict(obj)
 
 
@@ -148,7 +156,8 @@ def iter_chat_jsonl(
                     continue
                 obj = loads_json(text, where, allow_nan=False, error=DataError,
                                  broken="broken JSON")
-                rec = validate_record(obj, where, require_assistant=require_assistant)
+                rec = validate_record(obj, where, require_assistant=require_assistant,
+                                      check_tree=json_may_be_unwritable(text))
             except DataError as exc:
                 if errors == "raise":
                     raise
