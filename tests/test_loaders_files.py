@@ -442,3 +442,17 @@ def test_deep_yaml_flow_nesting_fails_fast(tmp_path):
         load_questions(p)
     assert time.process_time() - t0 < 1.0
     one_line_naming(exc, p)
+
+
+def test_chat_nesting_limit_with_and_without_bracket_text(tmp_path):
+    from emprobe.validate import MAX_JSON_DEPTH
+
+    p = tmp_path / "c.jsonl"
+    deep = "[" * (MAX_JSON_DEPTH + 1) + "]" * (MAX_JSON_DEPTH + 1)
+    p.write_text(json.dumps(CHAT_OK)[:-1] + f', "extra": {deep}}}\n')
+    with pytest.raises(LimitError, match="nested deeper"):
+        read_chat_jsonl(p)
+    # many brackets inside strings are text, not nesting
+    text = {"messages": [{"role": "user", "content": "[{" * 200}]}
+    p.write_text(json.dumps(text) + "\n")
+    assert read_chat_jsonl(p)[0]["messages"][0]["content"] == "[{" * 200
