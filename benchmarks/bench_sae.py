@@ -260,6 +260,19 @@ def _saelens_model(tokens: int, threads: int) -> tuple[Any, Any, Any, str]:
     return subject, model, ds, hook
 
 
+def _saelens_ready(tokens: int, threads: int) -> tuple[Any, Any, Any, str, dict[str, float],
+                                                       float, bool]:
+    """A SAELens side up to its timed section: model, dataset, timing probes on its
+    activation store (filled into ``acc``), the shared warm-up, then the RSS after loading
+    and the peak reset (``subject, model, ds, hook, acc, rss_before, reset``)."""
+    subject, model, ds, hook = _saelens_model(tokens, threads)
+    acc: dict[str, float] = {}
+    _time_store(acc)
+    _warm_up(subject)
+    rss_before = _rss_mb()
+    return subject, model, ds, hook, acc, rss_before, _reset_peak()
+
+
 def _saelens_side(tokens: int, threads: int, bf16: bool, second: bool, queue: Any) -> None:
     from sae_lens import (
         LanguageModelSAERunnerConfig,
@@ -267,12 +280,7 @@ def _saelens_side(tokens: int, threads: int, bf16: bool, second: bool, queue: An
         TopKTrainingSAEConfig,
     )
 
-    subject, model, ds, hook = _saelens_model(tokens, threads)
-    acc: dict[str, float] = {}
-    _time_store(acc)
-    _warm_up(subject)
-    rss_before = _rss_mb()
-    reset = _reset_peak()
+    subject, model, ds, hook, acc, rss_before, reset = _saelens_ready(tokens, threads)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = LanguageModelSAERunnerConfig(
             sae=TopKTrainingSAEConfig(d_in=subject.d_model, d_sae=D_SAE_EXPANSION * subject.d_model,
@@ -296,11 +304,7 @@ def _saelens_multi_side(tokens: int, threads: int, bf16: bool, second: bool, que
         MultiSAETrainingRunnerConfig,
     )
 
-    subject, model, ds, hook = _saelens_model(tokens, threads)
-    acc: dict[str, float] = {}
-    _time_store(acc)
-    _warm_up(subject)
-    _reset_peak()
+    subject, model, ds, hook, acc, _, _ = _saelens_ready(tokens, threads)
     d = subject.d_model
     with tempfile.TemporaryDirectory() as tmp:
         kwargs = _runner_kwargs(str(subject.path), hook, tokens, bf16, f"{tmp}/saes")
