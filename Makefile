@@ -70,6 +70,7 @@ fuzz: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/python -m ruff check src tests benchmarks
 	$(BIN)/pyright
+	$(BIN)/lint-imports
 
 clean-venv:
 	rm -rf $(VENV)

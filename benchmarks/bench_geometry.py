@@ -17,9 +17,9 @@ import time
 
 import torch
 
-from emprobe.geometry.adapter import LoraAdapter, LoraModule
 from emprobe.geometry.compare import GeometryConfig, compare_adapters
 from emprobe.geometry.factors import lowrank_svd, principal_angles, projection_overlap, top_subspace
+from emprobe.models.adapter import LoraAdapter, LoraModule
 
 D, MLP, KV, R, K = 4096, 14336, 1024, 32, 16
 SHAPES = {  # module type -> (d_out, d_in)

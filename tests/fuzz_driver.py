@@ -623,7 +623,7 @@ class Fuzzer:
         return Case(lambda: from_steering_vector(sv), None, False, check_direction, "sv-dict")
 
     def case_adapter(self, rng: random.Random) -> Case:
-        from emprobe.geometry.adapter import read_adapter
+        from emprobe.models.adapter import read_adapter
 
         folder = self._copy("adapter", "adapter")
         if rng.random() < 0.6:
@@ -738,7 +738,7 @@ class Fuzzer:
         import importlib
 
         for mod in ("sae_lens", "gguf", "yaml", "emprobe.cli", "emprobe.sae.training",
-                    "emprobe.directions.formats", "emprobe.geometry.adapter"):
+                    "emprobe.directions.formats", "emprobe.models.adapter"):
             importlib.import_module(mod)
         rng = random.Random(12345)
         for target in targets:

@@ -120,7 +120,7 @@ def test_direction_json_any_value(fuzzer, key: str, value):
 @given(key=st.sampled_from(["r", "lora_alpha", "use_rslora", "rank_pattern", "alpha_pattern",
                             "target_modules", "layers_to_transform"]), value=json_trees)
 def test_adapter_config_any_value(fuzzer, key: str, value):
-    from emprobe.geometry.adapter import read_adapter
+    from emprobe.models.adapter import read_adapter
 
     folder = fuzzer._copy("raw_adapter", "adapter")
     cfg = json.loads((folder / "adapter_config.json").read_text())

@@ -102,7 +102,7 @@ def test_base_weight_baseline(family):
 
 
 def test_base_weights_from_folder_reads_single_tensors(tmp_path):
-    from emprobe.geometry.base import base_weights_from_folder
+    from emprobe.models.base_weights import base_weights_from_folder
 
     w = torch.randn(96, 96)
     save_file({"model.layers.0.self_attn.q_proj.weight": w, "other": torch.zeros(2)},

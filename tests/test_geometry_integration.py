@@ -15,7 +15,7 @@ from emprobe.geometry import (
     response_loss,
     run_connectivity,
 )
-from emprobe.geometry.base import base_weights_from_model
+from emprobe.models.base_weights import base_weights_from_model
 
 pytestmark = pytest.mark.integration
 

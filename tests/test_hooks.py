@@ -15,7 +15,7 @@ from emprobe.hooks import (
     to_hf_hidden_index,
     to_persona_index,
 )
-from emprobe.hooks.interventions import orthonormal_basis
+from emprobe.hooks.patch import orthonormal_basis
 
 
 def _n_hooks(subject):

@@ -17,8 +17,8 @@ from emprobe.directions import Direction
 from emprobe.directions import formats as F
 from emprobe.errors import DataError, EmprobeError, FormatError, LimitError, ShapeError
 from emprobe.evaluate.questions import load_questions
-from emprobe.geometry.adapter import read_adapter
 from emprobe.io import append_jsonl, read_json, read_jsonl, resume_jsonl
+from emprobe.models.adapter import read_adapter
 from emprobe.validate import excerpt, load_yaml, loads_json, parse_layers
 
 CHAT_OK = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}

@@ -1,6 +1,5 @@
 """Geometry: LoRA weight geometry computed from the factors, and linear mode connectivity."""
 
-from emprobe.geometry.adapter import LoraAdapter, LoraModule, lora_scale, read_adapter
 from emprobe.geometry.compare import (
     GeometryConfig,
     GeometryResult,
@@ -37,6 +36,7 @@ from emprobe.geometry.factors import (
     random_subspace,
     top_subspace,
 )
+from emprobe.models.adapter import LoraAdapter, LoraModule, lora_scale, read_adapter
 
 __all__ = [
     "ConnectivityResult",

@@ -27,7 +27,7 @@ def _cmd_geometry(args: argparse.Namespace) -> int:
         raise DataError(f"--groups has {len(groups)} names for {len(args.adapters)} adapters")
     base = None
     if args.base:
-        from emprobe.geometry.base import base_weights_from_spec
+        from emprobe.models.base_weights import base_weights_from_spec
 
         base = base_weights_from_spec(args.base)
     cfg = GeometryConfig(k=args.k, gaussian_baseline=not args.no_gaussian, seed=args.seed)

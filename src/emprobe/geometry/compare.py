@@ -22,7 +22,6 @@ from typing import Any
 import torch
 
 from emprobe.errors import DataError, ShapeError
-from emprobe.geometry.adapter import LoraAdapter, LoraModule, read_adapter
 from emprobe.geometry.factors import (
     LowRankSVD,
     base_weight_subspace,
@@ -36,6 +35,7 @@ from emprobe.geometry.factors import (
     projection_overlap,
     top_subspace,
 )
+from emprobe.models.adapter import LoraAdapter, LoraModule, read_adapter
 
 __all__ = [
     "GeometryConfig",

@@ -24,7 +24,7 @@ import torch
 
 from emprobe.errors import DataError, EmprobeError, ShapeError, SiteError
 from emprobe.evaluate.stats import bootstrap_mean
-from emprobe.geometry.adapter import LoraAdapter, read_adapter
+from emprobe.models.adapter import LoraAdapter, read_adapter
 from emprobe.models.logprobs import response_logprobs
 
 if TYPE_CHECKING:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from emprobe.errors import EmprobeError
-from emprobe.hooks.interventions import steer
+from emprobe.hooks.patch import steer
 
 Scorer = Callable[[Any], Any]
 
@@ -201,7 +201,7 @@ def realignment_curve(
     ``finetune_fn(n)`` returns the subject after ``n`` benign examples (``n = 0``: the
     misaligned model itself); ``probe(subject)`` returns the latent's mean activation (e.g.
     ``functools.partial(latent_mean, sae=..., latent=..., ...)`` wrapped to take a subject).
-    See ``emprobe_realign_fn`` for a ``finetune_fn`` built on ``emprobe.train``.
+    See ``emprobe.train.emprobe_realign_fn`` for a ``finetune_fn`` built on ``emprobe.train``.
     """
     from tqdm.auto import tqdm
 
@@ -211,40 +211,3 @@ def realignment_curve(
         out.append({"n_benign": int(n), "score": as_interval(scorer(subject)),
                     "latent_mean": float(probe(subject))})
     return out
-
-
-def emprobe_realign_fn(
-    base_spec: str,
-    misaligned_adapter: str,
-    benign_records: Sequence[dict[str, Any]],
-    out_root: str,
-    config: Any = None,
-) -> Callable[[int], Any]:
-    """A ``finetune_fn`` for ``realignment_curve`` on ``emprobe.train.finetune``.
-
-    For ``n > 0`` it merges the misaligned adapter into the base weights, fine-tunes a new
-    adapter on the first ``n`` benign records, and returns the merged model with the new
-    adapter. ``emprobe.train``'s ``preset("cpu-lora")`` config by default.
-    """
-    from pathlib import Path
-
-    from emprobe.models.subject import load_model
-    from emprobe.train import finetune, preset
-
-    cfg = config if config is not None else preset("cpu-lora")
-
-    def fn(n: int) -> Any:
-        merged = load_model(base_spec, adapter=misaligned_adapter, merge_adapter=True)
-        if n == 0:
-            return merged
-        if n > len(benign_records):
-            raise EmprobeError(f"re-alignment: asked for {n} benign records, have {len(benign_records)}")
-        result = finetune(merged, list(benign_records[:n]), cfg, Path(out_root) / f"n{n}")
-        from peft import PeftModel
-
-        fresh = load_model(base_spec, adapter=misaligned_adapter, merge_adapter=True)
-        fresh.model = PeftModel.from_pretrained(fresh.model, str(result.adapter_dir))
-        fresh.model.eval()
-        return fresh
-
-    return fn

@@ -13,6 +13,7 @@ from emprobe.train.interventions import (
     factor_svd,
     load_layer_tensors,
 )
+from emprobe.train.realign import emprobe_realign_fn
 from emprobe.train.trainer import Trainer, TrainResult, finetune, validate_setup
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "Trainer",
+    "emprobe_realign_fn",
     "factor_svd",
     "finetune",
     "load_layer_tensors",

@@ -308,7 +308,7 @@ class GRASP(Intervention):
         if k < 1:
             raise ConfigError(f"GRASP k must be >= 1, got {k}")
         # the one adapter reader (a leaf module: safetensors + config, no model)
-        from emprobe.geometry.adapter import read_adapter
+        from emprobe.models.adapter import read_adapter
 
         folder = Path(adapter_dir)
         if (folder / "adapter" / "adapter_config.json").is_file():

@@ -3,7 +3,7 @@
 ``dW = s * B @ A`` with ``B [d_out, r]``, ``A [r, d_in]``. With thin QR ``B = Q_B R_B``
 and ``A^T = Q_A R_A``, ``dW = Q_B (s R_B R_A^T) Q_A^T``; the SVD of the ``r x r`` core
 rotated back is the SVD of ``dW``, at O(d r^2) cost, never forming ``dW``.
-Adapters are read by ``emprobe.geometry.adapter.read_adapter`` (safetensors + config only).
+Adapters are read by ``emprobe.models.adapter.read_adapter`` (safetensors + config only).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 
 from emprobe.directions.direction import Direction
 from emprobe.errors import ConfigError, FormatError, ShapeError
-from emprobe.geometry.adapter import LoraModule
-from emprobe.geometry.adapter import read_adapter as read_lora_adapter
+from emprobe.models.adapter import LoraModule
+from emprobe.models.adapter import read_adapter as read_lora_adapter
 from emprobe.models.lora import factor_svd
 
 WRITE_MODULES = ("o_proj", "down_proj", "c_proj", "out_proj", "dense", "fc2", "dense_4h_to_h")
@@ -24,7 +24,7 @@ _KEY_RE = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
 
 
 def read_adapter(adapter_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], list[LoraModule]]:
-    """Adapter config and its LoRA modules (``emprobe.geometry.adapter.read_adapter``)."""
+    """Adapter config and its LoRA modules (``emprobe.models.adapter.read_adapter``)."""
     adapter = read_lora_adapter(os.fspath(adapter_dir))
     return adapter.config, list(adapter)
 

@@ -61,6 +61,6 @@ def base_weights_from_spec(spec: str) -> BaseWeights:
         from emprobe.models.embedded import embedded_model_dir
 
         return base_weights_from_folder(embedded_model_dir())
-    from emprobe import load_model
+    from emprobe.models.subject import load_model
 
     return base_weights_from_model(load_model(spec).base_model)
