@@ -44,7 +44,7 @@ def test_capture_matches_hidden_states(fixture, request, chats):
     with capture(s, layers=[0, 2, 3], sites=["resid_pre", "resid_post"]) as cache:
         out = s.forward(b, output_hidden_states=True)
     for layer in (0, 2, 3):
-        hs_pre = out.hidden_states[to_hf_hidden_index(layer, "resid_pre")]
+        hs_pre = out.hidden_states[to_hf_hidden_index(layer, "resid_pre", s.n_layers)]
         # the last HF hidden state is the final-norm output: no resid_post index
         if layer < s.n_layers - 1:
             hs_post = out.hidden_states[to_hf_hidden_index(layer, "resid_post", s.n_layers)]
@@ -186,11 +186,11 @@ def test_bad_input_errors(tiny_llama):
 
 
 def test_layer_conventions():
-    assert to_hf_hidden_index(0, "resid_post") == 1
-    assert to_hf_hidden_index(3, "resid_pre") == 3
+    assert to_hf_hidden_index(0, "resid_post", 4) == 1
+    assert to_hf_hidden_index(3, "resid_pre", 4) == 3
     assert from_hf_hidden_index(1, 4) == ("resid_post", 0)
     assert from_hf_hidden_index(0, 4) == ("resid_pre", 0)
-    assert to_persona_index(5) == 6 and from_persona_index(6, 30) == 5
+    assert to_persona_index(5, 30) == 6 and from_persona_index(6, 30) == 5
     # the last hidden state / persona row is the final-norm output, not resid_post[n - 1]
     with pytest.raises(SiteError, match="final-norm"):
         to_hf_hidden_index(3, "resid_post", n_layers=4)
@@ -208,7 +208,13 @@ def test_layer_conventions():
     assert tl_hook_name("resid_post", 3) == "blocks.3.hook_out"
     assert tl_hook_name("mlp_out", 0) == "blocks.0.mlp.hook_out"
     with pytest.raises(SiteError):
-        to_hf_hidden_index(1, "mlp_out")
+        to_hf_hidden_index(1, "mlp_out", 4)
+    with pytest.raises(SiteError, match="out of range"):
+        to_hf_hidden_index(4, "resid_pre", 4)
+    with pytest.raises(SiteError, match="out of range"):
+        to_persona_index(-1, 30)
+    with pytest.raises(TypeError):  # the layer count is required: no silent post-norm index
+        to_hf_hidden_index(3, "resid_post")  # type: ignore[call-arg]
 
 
 def test_public_api_exports():
@@ -235,3 +241,45 @@ def test_last_hidden_state_is_final_norm_embedded(embedded, chats):
     assert torch.allclose(normed, out.hidden_states[n][mask], atol=1e-3)
     with pytest.raises(SiteError):
         to_hf_hidden_index(n - 1, "resid_post", n)
+
+
+def test_intervention_objects_match_function_forms(tiny_llama, chats):
+    from emprobe.hooks import Ablate, Project, Steer
+
+    s = tiny_llama
+    b = s.encode_chats(chats)
+    v = torch.randn(64)
+    with steer(s, v, coeff=1.5, layers=1), capture(s, layers=1) as by_fn:
+        s.forward(b)
+    iv = Steer(v, coeff=0.0, layers=1).scaled(1.5)
+    with iv.apply(s), capture(s, layers=1) as by_obj:
+        s.forward(b)
+    assert torch.equal(by_fn["resid_post", 1], by_obj["resid_post", 1])
+    q = orthonormal_basis(torch.randn(64, 2))
+    h = torch.randn(3, 5, 64)
+    assert (Ablate.edit(h, q) @ q).abs().max() < 1e-5
+    assert torch.allclose(Steer.edit(h, v, 2.0) - h, (2.0 * v).expand_as(h), atol=1e-5)
+    with Project(v, layers=[2]).apply(s) as rec:
+        s.forward(b)
+    assert len(rec[2]) == 1 and _n_hooks(s) == 0
+    assert Steer(v, layers=1).describe()["relative"] is False  # absolute is the default
+
+
+def test_relative_steering_scales_by_the_site_norm(tiny_llama, chats):
+    from emprobe.hooks import Steer, site_mean_norms
+
+    s = tiny_llama
+    b = s.encode_chats(chats)
+    v = torch.randn(64) * 7.0
+    norms = site_mean_norms(s, "resid_post", [1])
+    assert norms[1] > 0
+    with capture(s, layers=1) as base:
+        s.forward(b)
+    with Steer(v, coeff=0.5, layers=1, relative=True).apply(s), capture(s, layers=1) as st:
+        s.forward(b)
+    added = (st["resid_post", 1] - base["resid_post", 1])[0, 0]
+    # a unit vector times half the measured mean norm, whatever v's own length
+    assert float(added.norm()) == pytest.approx(0.5 * norms[1], rel=1e-4)
+    assert torch.allclose(added / added.norm(), v / v.norm(), atol=1e-4)
+    given = Steer(v, coeff=2.0, layers=1, relative=True, norms=3.0).vectors(s)[1]
+    assert float(given.norm()) == pytest.approx(3.0, rel=1e-5)

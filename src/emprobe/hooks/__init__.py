@@ -20,7 +20,17 @@ from emprobe.hooks.convention import (
     to_persona_index,
 )
 from emprobe.hooks.layer_table import DirectionLike, as_layer_table
-from emprobe.hooks.patch import ablate, patch, record_projections, steer
+from emprobe.hooks.norms import NEUTRAL_CHATS, site_mean_norms
+from emprobe.hooks.patch import (
+    Ablate,
+    Intervention,
+    Project,
+    Steer,
+    ablate,
+    patch,
+    record_projections,
+    steer,
+)
 from emprobe.hooks.shards import ShardReader, ShardWriter
 from emprobe.hooks.types import (
     POSITIONS,
@@ -33,15 +43,20 @@ from emprobe.hooks.types import (
 )
 
 __all__ = [
+    "NEUTRAL_CHATS",
     "POSITIONS",
     "SITES",
+    "Ablate",
     "AblationMode",
     "ActivationCache",
     "DirectionLike",
+    "Intervention",
     "Positions",
+    "Project",
     "Site",
     "ShardReader",
     "ShardWriter",
+    "Steer",
     "ablate",
     "as_layer_table",
     "capture",
@@ -53,6 +68,7 @@ __all__ = [
     "from_persona_index",
     "patch",
     "record_projections",
+    "site_mean_norms",
     "steer",
     "tl_hook_name",
     "to_hf_hidden_index",

@@ -43,17 +43,18 @@ def _final_norm_error(what: str, n_layers: int) -> SiteError:
     )
 
 
-def to_hf_hidden_index(layer: int, site: str = "resid_post", n_layers: int | None = None) -> int:
-    """emprobe (site, layer) -> index into HF ``hidden_states``.
+def to_hf_hidden_index(layer: int, site: str, n_layers: int) -> int:
+    """emprobe (site, layer) -> index into HF ``hidden_states`` of a model with ``n_layers`` blocks.
 
-    With ``n_layers`` given, ``resid_post`` of the last block is refused: the last
-    hidden state is post final-norm (see the module docstring).
+    ``n_layers`` is required: ``resid_post`` of the last block has no hidden-states index
+    (the last hidden state is post final-norm, see the module docstring), and only the
+    layer count tells which block is last.
     """
     check_site(site)
-    if n_layers is not None and not 0 <= layer < n_layers:
+    if not 0 <= layer < n_layers:
         raise SiteError(f"layer {layer} out of range 0..{n_layers - 1}")
     if site == "resid_post":
-        if n_layers is not None and layer == n_layers - 1:
+        if layer == n_layers - 1:
             raise _final_norm_error(f"hidden_states[{n_layers}]", n_layers)
         return layer + 1
     if site == "resid_pre":
@@ -75,12 +76,14 @@ def from_hf_hidden_index(index: int, n_layers: int) -> tuple[str, int]:
     return "resid_post", index - 1
 
 
-def to_persona_index(layer: int, n_layers: int | None = None) -> int:
+def to_persona_index(layer: int, n_layers: int) -> int:
     """emprobe resid_post layer -> row of a persona_vectors ``[n_layers + 1, d]`` tensor.
 
-    With ``n_layers`` given, the last block is refused (that row is post final-norm).
+    ``n_layers`` is required: the last block is refused (that row is post final-norm).
     """
-    if n_layers is not None and layer == n_layers - 1:
+    if not 0 <= layer < n_layers:
+        raise SiteError(f"layer {layer} out of range 0..{n_layers - 1}")
+    if layer == n_layers - 1:
         raise _final_norm_error(f"persona-vector row {n_layers}", n_layers)
     return layer + 1
 
