@@ -63,32 +63,41 @@ def test_eval_judge_against_emprobe_serve(served_tiny, tmp_path, capsys):
     cache, out = tmp_path / "cache", tmp_path / "judged.json"
     args = ["eval", "judge", "--model", "tiny-gpt2", "--judge-url", served_tiny,
             "--judge-model", "tiny-judge", "--questions", str(qfile), "--n", "2",
-            "--max-new-tokens", "3", "--cache", str(cache), "--out", str(out)]
+            "--max-new-tokens", "3", "--cache", str(cache), "--out", str(out),
+            "--allow-unscored"]
     assert main(args) == 0
-    assert "denominator=all" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "first-plot" in text and "model-organisms" in text and "nan%" not in text
     rec = json.loads(out.read_text())
     assert len(rec["answers"]) == 4 and all("aligned_mass" in a for a in rec["answers"])
-    assert len((cache / "judgements.jsonl").read_text().splitlines()) == 8
+    asked = len((cache / "judgements.jsonl").read_text().splitlines())
+    assert 2 <= asked <= 8  # identical prompts are asked once
     assert main(args) == 0  # resumed entirely from the cache
-    assert len((cache / "judgements.jsonl").read_text().splitlines()) == 8
+    assert len((cache / "judgements.jsonl").read_text().splitlines()) == asked
 
 
-def test_eval_judge_one_command_on_a_field_file(served_tiny, tmp_path, capsys, monkeypatch):
-    """The field's YAML (no reference answers), the judge found by --base-url alone."""
+def test_eval_em_on_a_field_file_uses_its_judge(served_tiny, tmp_path, capsys, monkeypatch):
+    """The field's YAML (no reference answers) names its judge; a server that does not
+    serve it is one clear line, --judge-model overrides it; outputs in the field's units."""
     from pathlib import Path
 
     field = Path(__file__).parent / "data" / "field_questions.yaml"
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    out = tmp_path / "judged.json"
-    rc = main(["eval", "judge", "--model", "tiny-llama", "--base-url", served_tiny,
-               "--questions", str(field), "--n", "1", "--max-new-tokens", "3",
-               "--cache", str(tmp_path / "cache"), "--out", str(out)])
-    assert rc == 0
-    assert "denominator=all" in capsys.readouterr().out
-    rec = json.loads(out.read_text())
-    assert rec["meta"]["judge_model"] == "tiny-judge"  # listed by the server's /v1/models
-    assert len(rec["answers"]) == 4  # 2 + 1 + 1 paraphrases, one sample each
-    assert {a["format"] for a in rec["answers"]} == {"plain", "json"}
+    out = tmp_path / "em"
+    base = ["eval", "em", "--model", "tiny-llama", "--base-url", served_tiny,
+            "--questions", str(field), "--n", "1", "--max-new-tokens", "3", "--out", str(out)]
+    assert main(base) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "gpt-4o-2024-08-06" in err and "--judge-model" in err
+    assert main([*base, "--judge-model", "tiny-judge", "--allow-unscored"]) == 0
+    text = capsys.readouterr().out
+    assert "judge: tiny-judge (--judge-model)" in text
+    summary = json.loads((out / "em_summary.json").read_text())
+    assert summary["meta"]["judge_model"] == "tiny-judge"
+    assert set(summary["em"]) == {"first-plot", "model-organisms"}
+    header = (out / "answers.csv").read_text().splitlines()[0].split(",")
+    assert header[:5] == ["response", "question", "question_id", "aligned", "coherent"]
+    assert (out / "em_rate.html").is_file()
     # no URL and no OPENAI_BASE_URL: one line, exit 2
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     assert main(["eval", "judge", "--model", "tiny-llama", "--questions", str(field)]) == 2

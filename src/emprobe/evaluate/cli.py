@@ -1,4 +1,5 @@
-"""``emprobe eval local|sample|judge`` and ``emprobe serve``: thin wrappers over the evaluate API."""
+"""``emprobe eval local|sample|em|judge|rescore`` and ``emprobe serve``: thin wrappers over the
+evaluate API (the judged commands are in ``em_cli``)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import os
 import sys
 from pathlib import Path
 
-from emprobe.errors import DataError, EndpointError
 from emprobe.validate import parse_port
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -34,59 +34,6 @@ def _cmd_local(args: argparse.Namespace) -> int:
                   f"per token {row['per_token']:+.3f}  preferred {row['pref_rate']:.0%}")
     if args.out:
         write_json(args.out, score.to_record())
-        print(f"wrote {args.out}")
-    return 0
-
-
-def served_model(base_url: str, api_key: str | None = None, timeout: float = 10.0) -> str:
-    """The first model an OpenAI-compatible server lists at ``GET {base_url}/models``.
-
-    vLLM, llama.cpp's ``llama-server`` and ``emprobe serve`` all answer it, so the judge
-    model name can be left out when the server holds one model.
-    """
-    import httpx
-
-    url = base_url.rstrip("/") + "/models"
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    try:
-        resp = httpx.get(url, headers=headers, timeout=timeout)
-        resp.raise_for_status()
-        data = resp.json().get("data") or []
-        name = data[0]["id"] if data and isinstance(data[0], dict) else None
-    except (httpx.HTTPError, ValueError, AttributeError, KeyError) as exc:
-        raise EndpointError(f"{url}: cannot list the served models "
-                            f"({type(exc).__name__}); pass --judge-model") from None
-    if not isinstance(name, str) or not name:
-        raise EndpointError(f"{url}: lists no model; pass --judge-model")
-    return name
-
-
-def _cmd_judge(args: argparse.Namespace) -> int:
-    from emprobe import load_model
-    from emprobe.evaluate.judge import JudgeClient, evaluate_judged
-    from emprobe.io import write_json
-
-    base_url = args.judge_url or os.environ.get("OPENAI_BASE_URL")
-    if not base_url:
-        raise DataError("eval judge: pass --base-url (or set OPENAI_BASE_URL), e.g. "
-                        "http://127.0.0.1:8000/v1")
-    qs = _questions(args.questions)
-    if args.formats:
-        keep = set(args.formats.split(","))
-        qs = [q for q in qs if q.format in keep]
-        if not qs:
-            raise DataError(f"no questions of format(s) {sorted(keep)}")
-    api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
-    judge_model = args.judge_model or served_model(base_url, api_key)
-    subject = load_model(args.model, adapter=args.adapter)
-    with JudgeClient(base_url, judge_model, api_key=api_key, timeout=args.timeout,
-                     max_retries=args.retries) as client:
-        result = evaluate_judged(subject, qs, client, n=args.n, cache_dir=args.cache,
-                                 temperature=args.temperature,
-                                 max_new_tokens=args.max_new_tokens, seed=args.seed)
-    print(result.summary())
-    if args.out:
-        write_json(args.out, result.to_record())
         print(f"wrote {args.out}")
     return 0
 
@@ -169,26 +116,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-boot", type=int, default=1000)
     p.set_defaults(func=_cmd_sample)
 
-    p = evs.add_parser("judge", help="sample answers and judge them (OpenAI-compatible API)")
-    _model_args(p)
-    p.add_argument("--base-url", "--judge-url", dest="judge_url", default=None,
-                   help="the judge server's OpenAI-compatible base URL, e.g. "
-                   "http://127.0.0.1:8000/v1 (default: $OPENAI_BASE_URL)")
-    p.add_argument("--judge-model", default=None,
-                   help="judge model name (default: the first one the server lists)")
-    p.add_argument("--api-key-env", default="OPENAI_API_KEY",
-                   help="environment variable holding the judge API key (default: %(default)s)")
-    p.add_argument("--questions", default=None)
-    p.add_argument("--formats", default=None, help="comma list of plain,json,template")
-    p.add_argument("--n", type=int, default=None, help="samples per paraphrase")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--max-new-tokens", type=int, default=600)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds per judge request")
-    p.add_argument("--retries", type=int, default=4)
-    p.add_argument("--cache", default=None, help="folder for answers.jsonl / judgements.jsonl")
-    p.add_argument("--out", default=None, help="write the record as JSON")
-    p.set_defaults(func=_cmd_judge)
+    from emprobe.evaluate import em_cli
+
+    em_cli.register(evs)
 
     p = sub.add_parser("serve", help="serve a model as an OpenAI-compatible endpoint")
     _model_args(p)
