@@ -206,7 +206,9 @@ def test_sae_direction(tmp_path):
     assert torch.allclose(q @ (q.T @ rows), rows, atol=1e-4)  # same span
     assert _cos(q[:, 0], w_dec[3]) > 0.999
     folder = tmp_path / "sae"
-    save_tensors(folder / "sae_weights.safetensors", {"W_dec": w_dec, "W_enc": w_dec.T.contiguous()})
+    save_tensors(folder / "sae_weights.safetensors", {"W_dec": w_dec, "W_enc": w_dec.T.contiguous(),
+                                                      "b_enc": torch.zeros(32),
+                                                      "b_dec": torch.zeros(64)})
     write_json(folder / "cfg.json", {"d_in": 64, "d_sae": 32, "hook_name": "blocks.1.hook_resid_post",
                                      "model_name": "tiny-llama"})
     d2 = sae_direction(folder, [3])

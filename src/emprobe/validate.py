@@ -51,6 +51,7 @@ __all__ = [
     "check_mapping",
     "check_regex",
     "layer_key",
+    "MAX_LAYER",
     "check_tensor",
     "parse_layers",
     "parse_port",
@@ -160,6 +161,8 @@ def loads_json(text: str | bytes, where: str, allow_nan: bool = True,
             text = text.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
             raise error(f"{where}: not valid UTF-8 (byte {exc.start})") from None
+    else:  # a byte-order mark is read the same from text as from bytes (as utf-8-sig does)
+        text = text.removeprefix("\ufeff")
     kwargs: dict[str, Any] = ({} if allow_nan else
                               {"parse_constant": _refuse_constant, "parse_float": _finite_float})
     try:
@@ -406,19 +409,26 @@ def check_regex(pattern: Any, where: str, error: ErrorType = FormatError) -> str
     return pattern
 
 
+MAX_LAYER = 9_999
+"""Largest layer (block) index any file may name (the deepest models have a few hundred)."""
 _LAYER_KEY = re.compile(r"^(0|[1-9][0-9]{0,5})$")
 
 
 def layer_key(value: Any, where: str, error: ErrorType = FormatError) -> int:
-    """A layer index key: a non-negative integer (numpy integers too), or a string of decimal
-    digits ("1.5", 1.5 and True are refused)."""
+    """A layer index key: an integer in ``0..MAX_LAYER`` (numpy integers too), or a string of
+    decimal digits ("1.5", "01", 1.5, True and 10**9 are refused)."""
     if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np_bool())):
-        if value < 0:
-            raise error(f"{where}: layer {value} is negative")
-        return int(value)
-    if isinstance(value, str) and _LAYER_KEY.match(value):
-        return int(value)
-    raise error(f"{where}: layer key {excerpt(value)} is not a non-negative integer")
+        layer = int(value)
+    elif isinstance(value, str) and _LAYER_KEY.match(value):
+        layer = int(value)
+    else:
+        raise error(f"{where}: layer key {excerpt(value)} is not a non-negative integer")
+    if layer < 0:
+        raise error(f"{where}: layer {layer} is negative")
+    if layer > MAX_LAYER:
+        raise error(f"{where}: layer {excerpt(layer, 30)} is above {MAX_LAYER} (no model has "
+                    "that many blocks)")
+    return layer
 
 
 def np_bool() -> type:

@@ -9,6 +9,7 @@ from typing import Any
 
 from emprobe import validate
 from emprobe.errors import ConfigError, DataError, EmprobeError
+from emprobe.validate import excerpt
 
 EXPORTS = ("gguf", "persona-pt", "persona-safetensors", "caft-npy", "numpy")
 IMPORTS = ("gguf", "persona", "caft-npy", "numpy")
@@ -153,8 +154,11 @@ def _cmd_lora(args: argparse.Namespace) -> int:
 def _cmd_sae(args: argparse.Namespace) -> int:
     from emprobe.directions import sae_direction
 
-    latents = [int(x) for x in args.latents.split(",") if x.strip()]
-    d = sae_direction(args.sae, latents, layer=args.layer, model=args.model)
+    parts = [x.strip() for x in args.latents.split(",")]
+    if not all(p.isascii() and p.isdigit() and len(p) <= 12 for p in parts):
+        raise ConfigError(f"--latents must be comma-separated latent ids such as 3,17,250, got "
+                          f"{excerpt(args.latents, 40)}")
+    d = sae_direction(args.sae, [int(p) for p in parts], layer=args.layer, model=args.model)
     return _done(d, args.out)
 
 

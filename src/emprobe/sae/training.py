@@ -34,11 +34,16 @@ from typing import Any
 
 import torch
 
-from emprobe.errors import DataError, FormatError
+from emprobe.errors import DataError
 from emprobe.hooks.convention import check_site, tl_hook_name
 from emprobe.hooks.shards import ShardReader
-from emprobe.io import atomic_dir, read_json, save_tensors, write_json
+from emprobe.io import atomic_dir, save_tensors, write_json
+from emprobe.sae.folder import load_sae, sae_site, site_from_hook_name
 from emprobe.sae.harvest import LAYER_CONVENTION, Harvest, load_harvest
+
+__all__ = ["ARCHITECTURES", "SAETrainConfig", "TrainedSAE", "load_sae", "memory_provider",
+           "sae_hook_name", "sae_metadata", "sae_site", "shard_provider", "site_from_hook_name",
+           "train_sae", "train_saes", "use_fused_adam"]
 
 ARCHITECTURES = ("topk", "batchtopk", "jumprelu", "standard")
 
@@ -374,49 +379,3 @@ def train_saes(
         tr.record["harvest_seconds_share"] = share
         tr.record["amortised_seconds"] = tr.record["train_seconds"] + share
     return out
-
-
-def load_sae(path: str | os.PathLike[str], device: str = "cpu") -> Any:
-    """Load any SAELens-format folder (``cfg.json`` + ``sae_weights.safetensors``) as an inference SAE."""
-    import sae_lens
-
-    p = Path(path)
-    for name in ("cfg.json", "sae_weights.safetensors"):
-        if not (p / name).is_file():
-            raise FormatError(f"{p}: not an SAELens folder (no {name})")
-    from emprobe.sae.validate import validate_sae_folder  # types, shapes, finite weights
-    validate_sae_folder(p)
-    try:
-        return sae_lens.SAE.load_from_disk(str(p), device=device)
-    except (KeyError, ValueError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise FormatError(f"{p}: SAELens could not load it ({first})") from None
-
-
-def sae_site(sae: Any, folder: str | os.PathLike[str] | None = None) -> tuple[str, int]:
-    """The emprobe ``(site, layer)`` an SAE reads: from ``emprobe.json``, the cfg metadata,
-    or (for SAEs trained elsewhere) the TransformerLens hook name."""
-    if folder is not None and (Path(folder) / "emprobe.json").is_file():
-        rec = read_json(Path(folder) / "emprobe.json")
-        return str(rec["site"]), int(rec["layer"])
-    md = sae.cfg.metadata
-    if md.get("emprobe_site") is not None and md.get("emprobe_layer") is not None:
-        return str(md["emprobe_site"]), int(md["emprobe_layer"])
-    return site_from_hook_name(str(md.get("hook_name") or ""))
-
-
-def site_from_hook_name(hook: str) -> tuple[str, int]:
-    """TransformerLens hook names (HookedTransformer or bridge) -> emprobe ``(site, layer)``."""
-    parts = hook.split(".")
-    table = {
-        "hook_resid_post": "resid_post", "hook_out": "resid_post",
-        "hook_resid_pre": "resid_pre", "hook_in": "resid_pre",
-        "hook_attn_out": "attn_out", "hook_mlp_out": "mlp_out",
-    }
-    if len(parts) >= 3 and parts[0] == "blocks" and parts[1].isdigit():
-        tail = ".".join(parts[2:])
-        special = {"attn.hook_out": "attn_out", "mlp.hook_out": "mlp_out"}
-        site = special.get(tail) or table.get(tail)
-        if site:
-            return site, int(parts[1])
-    raise FormatError(f"cannot map hook name {hook!r} to an emprobe (site, layer)")

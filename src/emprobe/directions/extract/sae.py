@@ -2,29 +2,28 @@
 
 from __future__ import annotations
 
+import numbers
 import os
-import re
 from collections.abc import Sequence
-from pathlib import Path
+from typing import Any
 
 import torch
 
 from emprobe.directions.direction import Direction
-from emprobe.errors import FormatError, ShapeError
-from emprobe.io import load_tensors, read_json
+from emprobe.errors import EmprobeError, FormatError, ShapeError
+from emprobe.hooks.convention import SITES
+from emprobe.saelens_format import read_sae_folder
+from emprobe.validate import MAX_LAYER, check_int, check_str, check_tensor, excerpt
 
-_HOOK_RE = re.compile(r"(?:blocks|layers)\.(\d+)\.(?:hook_)?(resid_post|resid_pre|mlp_out|attn_out|out|in)")
-_SITE_ALIASES = {"out": "resid_post", "in": "resid_pre"}
 
+def read_saelens(folder: str | os.PathLike[str]) -> tuple[torch.Tensor, dict[str, Any]]:
+    """``W_dec [n_latents, d]`` (float32) and the checked ``cfg.json`` of a SAELens folder.
 
-def read_saelens(folder: str | os.PathLike[str]) -> tuple[torch.Tensor, dict]:
-    """``W_dec [n_latents, d]`` and ``cfg.json`` of a SAELens folder (``sae_weights.safetensors``)."""
-    p = Path(folder)
-    cfg = read_json(p / "cfg.json")
-    tensors = load_tensors(p / "sae_weights.safetensors")
-    if "W_dec" not in tensors:
-        raise FormatError(f"{p / 'sae_weights.safetensors'}: no W_dec tensor")
-    return tensors["W_dec"].float(), cfg
+    The folder is read by ``emprobe.saelens_format.read_sae_folder``: types, finite weights,
+    shapes against ``d_in`` / ``d_sae`` and the architecture's tensors are all checked.
+    """
+    sae = read_sae_folder(folder)
+    return sae.W_dec.float(), sae.cfg
 
 
 def sae_direction(
@@ -38,43 +37,58 @@ def sae_direction(
     """Decoder rows of ``latents`` as a ``[d, k]`` basis at one layer.
 
     ``decoder`` is a ``[n_latents, d]`` tensor or a SAELens folder; from a folder the
-    layer, site and model come from ``cfg.json`` (hook ``blocks.{l}.hook_resid_post``
-    = emprobe resid_post ``l``) unless given.
+    layer, site and model come from its ``cfg.json`` / ``emprobe.json`` (hook
+    ``blocks.{l}.hook_resid_post`` = emprobe resid_post ``l``) unless given.
+    Every error is one line naming the folder (or "decoder" for a tensor) and the field.
     """
-    cfg: dict = {}
+    where = "decoder" if isinstance(decoder, torch.Tensor) else str(decoder)
+    hook: str | None = None
+    meta_model: str | None = None
     if isinstance(decoder, torch.Tensor):
-        w_dec = decoder.float()
+        w_dec = check_tensor(decoder, "decoder", ndims=(2,), error=ShapeError).float()
     else:
-        w_dec, cfg = read_saelens(decoder)
-    if w_dec.dim() != 2:
-        raise ShapeError(f"decoder must be [n_latents, d]; got {tuple(w_dec.shape)}")
-    if not latents:
-        raise ShapeError("sae_direction: no latents chosen")
-    bad = [i for i in latents if not 0 <= int(i) < w_dec.shape[0]]
-    if bad:
-        raise ShapeError(f"latents {bad} out of range 0..{w_dec.shape[0] - 1}")
-    meta = {**cfg.get("metadata", {}), **cfg}
-    hook = str(meta.get("hook_name", ""))
-    m = _HOOK_RE.search(hook)
+        sae = read_sae_folder(decoder)
+        w_dec, hook, meta_model = sae.W_dec.float(), sae.hook_name, sae.model_name
+        site = sae.site if site is None else site
+        layer = sae.layer if layer is None else layer
+    idx = _latents(latents, int(w_dec.shape[0]), where)
     if layer is None:
-        if m is None:
-            raise FormatError(f"cannot tell the layer from hook {hook!r}; pass layer=")
-        layer = int(m.group(1))
-    if site is None:
-        site = _SITE_ALIASES.get(m.group(2), m.group(2)) if m else "resid_post"
-    rows = w_dec[list(int(i) for i in latents)].T  # [d, k]
+        raise FormatError(f"{where}: cannot tell the layer from hook {excerpt(hook, 60)}; "
+                          "pass layer=")
+    layer = check_int(layer, f"{where}: layer", min_value=0, max_value=MAX_LAYER)
+    site = check_str("resid_post" if site is None else site, f"{where}: site", choices=SITES)
+    rows = w_dec[idx].T  # [d, k]
     if orthonormalise:
+        if torch.linalg.matrix_rank(rows) < rows.shape[1]:
+            raise ShapeError(f"{where}: decoder rows of latents {excerpt(idx, 60)} are linearly "
+                             "dependent (no orthonormal basis of that size)")
         q, r = torch.linalg.qr(rows)
         sign = torch.sign(torch.diagonal(r))
         sign[sign == 0] = 1
         basis = q * sign  # column i keeps the sense of latent i's decoder row
     else:
         basis = rows
-    return Direction(
-        vectors={int(layer): basis}, model=str(model or meta.get("model_name") or "unknown"),
-        d_model=int(w_dec.shape[1]), site=site, positions="all",
-        normalisation="orthonormal" if orthonormalise else "none",
-        sign="QR basis of the decoder rows (column signs follow QR)", method="sae_latents",
-        params={"latents": [int(i) for i in latents], "hook_name": hook or None,
-                "source": None if isinstance(decoder, torch.Tensor) else str(decoder)},
-    )
+    try:
+        return Direction(
+            vectors={layer: basis}, model=str(model or meta_model or "unknown"),
+            d_model=int(w_dec.shape[1]), site=site, positions="all",
+            normalisation="orthonormal" if orthonormalise else "none",
+            sign="QR basis of the decoder rows (column signs follow QR)", method="sae_latents",
+            params={"latents": idx, "hook_name": hook,
+                    "source": None if isinstance(decoder, torch.Tensor) else str(decoder)},
+        )
+    except EmprobeError as exc:
+        raise type(exc)(f"{where}: {exc}") from None
+
+
+def _latents(latents: Sequence[int], n: int, where: str) -> list[int]:
+    """Integer latent ids in ``0..n-1`` (bools, floats and strings refused)."""
+    if isinstance(latents, (str, bytes)) or not isinstance(latents, Sequence) or not latents:
+        raise ShapeError(f"{where}: latents must be a non-empty list of latent ids, got "
+                         f"{excerpt(latents, 60)}")
+    idx = [check_int(int(i) if isinstance(i, numbers.Integral) and not isinstance(i, bool)
+                     else i, f"{where}: latent", error=ShapeError) for i in latents]
+    bad = [i for i in idx if not 0 <= i < n]
+    if bad:
+        raise ShapeError(f"{where}: latents {excerpt(bad, 60)} out of range 0..{n - 1}")
+    return idx

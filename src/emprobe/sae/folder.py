@@ -1,0 +1,88 @@
+"""SAELens-format SAE folders in and out of SAELens: ``load_sae`` and the site an SAE reads.
+
+Every folder is read once by ``emprobe.saelens_format.read_sae_folder`` (types, finiteness,
+shapes against the config, architecture against the tensors, site names); SAELens then
+builds its SAE from exactly what was checked (a ``converter`` hands it the checked config
+and weights), so SAELens never parses a file emprobe has not validated.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from emprobe.errors import FormatError
+from emprobe.saelens_format import (
+    hook_site,
+    read_sae_config,
+    read_sae_folder,
+    site_of_metadata,
+)
+from emprobe.validate import excerpt, one_line
+
+__all__ = ["load_sae", "sae_site", "site_from_hook_name"]
+
+
+def load_sae(path: str | os.PathLike[str], device: str = "cpu") -> Any:
+    """Load a SAELens-format folder (``cfg.json`` + ``sae_weights.safetensors``) as SAELens'
+    inference SAE, after :func:`emprobe.saelens_format.read_sae_folder` has checked it.
+
+    Raises:
+        FormatError / ShapeError: naming the file and field, for any folder that is not a
+            consistent SAE (see ``emprobe.saelens_format``).
+    """
+    import sae_lens
+
+    folder = read_sae_folder(path)
+
+    def converter(path: str | Path, device: str = "cpu",  # noqa: ARG001 - SAELens' signature
+                  cfg_overrides: dict[str, Any] | None = None,  # noqa: ARG001
+                  ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        dev = device
+        cfg = {**folder.cfg, "device": str(dev), "metadata": dict(folder.cfg["metadata"]),
+               "sae_lens_version": sae_lens.__version__}  # already in SAELens 6's layout
+        assert folder.tensors is not None
+        return cfg, {k: v.to(dev) for k, v in folder.tensors.items()}
+
+    try:
+        return sae_lens.SAE.load_from_disk(str(folder.path), device=device, converter=converter)
+    except (KeyError, ValueError, RuntimeError, TypeError, AttributeError) as exc:
+        raise FormatError(f"{folder.path}: SAELens could not build the SAE "
+                          f"({type(exc).__name__}: {one_line(exc, 160)})") from None
+
+
+def sae_site(sae: Any, folder: str | os.PathLike[str] | None = None) -> tuple[str, int]:
+    """The emprobe ``(site, layer)`` an SAE reads: from the folder (``emprobe.json``, the cfg
+    metadata or the hook name, checked to agree), else from the loaded SAE's metadata.
+
+    Raises:
+        FormatError: the folder or metadata names no site emprobe knows (one line naming it).
+    """
+    if folder is not None:
+        info = read_sae_config(folder)
+        if info.site is None or info.layer is None:
+            raise FormatError(f"{info.path}: cannot tell the site: hook name "
+                              f"{excerpt(info.hook_name, 60)} maps to no emprobe (site, layer)")
+        return info.site, info.layer
+    md = getattr(getattr(sae, "cfg", None), "metadata", None)
+    to_dict = getattr(md, "to_dict", None)
+    raw = to_dict() if callable(to_dict) else md
+    if not isinstance(raw, dict):
+        raise FormatError(f"SAE metadata: expected a mapping, got {type(raw).__name__}")
+    site, layer = site_of_metadata(raw, "SAE metadata")
+    if site is None or layer is None:
+        return site_from_hook_name(raw.get("hook_name") or "")
+    return site, layer
+
+
+def site_from_hook_name(hook: Any) -> tuple[str, int]:
+    """TransformerLens hook names (HookedTransformer or bridge) -> emprobe ``(site, layer)``."""
+    found = hook_site(hook) if isinstance(hook, str) else None
+    if found is None:
+        raise FormatError(f"cannot map hook name {excerpt(hook, 60)} to an emprobe "
+                          "(site, layer)")
+    return found
+
