@@ -17,8 +17,19 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from emprobe.errors import DataError
-from emprobe.validate import check_finite_tree, excerpt, load_yaml, read_bytes_limited
+from emprobe.errors import DataError, EmprobeError, LimitError
+from emprobe.validate import (
+    MAX_JSON_DEPTH,
+    MAX_YAML_ALIASES,
+    MAX_YAML_NODES,
+    _check_flow_depth,
+    _check_yaml_expansion,
+    check_finite_tree,
+    excerpt,
+    load_yaml,
+    one_line,
+    read_bytes_limited,
+)
 
 __all__ = [
     "Question",
@@ -211,9 +222,65 @@ def load_questions(path: str | os.PathLike[str]) -> list[Question]:
     if not p.is_file():
         raise DataError(f"{p}: no such question file")
     raw = read_bytes_limited(p, MAX_QUESTION_FILE_BYTES, error=DataError)
-    # the bounded safe loader: no python tags, an alias budget (billion laughs fails at once)
-    data = load_yaml(raw, str(p), error=DataError)
-    return parse_questions(data, source=str(p))
+    return parse_questions(load_question_yaml(raw, str(p)), source=str(p))
+
+
+def _count_aliases(root: Any, where: str) -> None:
+    """Refuse more than ``MAX_YAML_ALIASES`` aliases: in a composed node graph each alias is
+    one more edge into a node already reached (iterative walk)."""
+    import yaml
+
+    seen: set[int] = set()
+    stack = [root]
+    aliases = 0
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            aliases += 1
+            if aliases > MAX_YAML_ALIASES:
+                raise LimitError(f"{where}: more than {MAX_YAML_ALIASES} YAML aliases")
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            stack.extend(c for pair in node.value for c in pair)
+
+
+def load_question_yaml(raw: bytes, where: str) -> Any:
+    """Parse question YAML with libyaml's C loader (``yaml.CSafeLoader``) when PyYAML has it,
+    under the same limits as ``emprobe.validate.load_yaml`` (which it falls back to): the
+    caller's byte limit, at most ``MAX_YAML_ALIASES`` aliases, at most ``MAX_YAML_NODES``
+    nodes once aliases are expanded, ``MAX_JSON_DEPTH`` levels, no python tags."""
+    import yaml
+
+    loader_cls = getattr(yaml, "CSafeLoader", None)
+    if loader_cls is None:
+        return load_yaml(raw, where, error=DataError)
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{where}: not UTF-8 text (byte {exc.start})") from None
+    _check_flow_depth(text, where)
+    loader = loader_cls(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _count_aliases(node, where)
+        _check_yaml_expansion(node, MAX_YAML_NODES, MAX_JSON_DEPTH, where)
+        return loader.construct_document(node)
+    except EmprobeError:
+        raise
+    except RecursionError:
+        raise LimitError(f"{where}: YAML nested deeper than the parser can follow") from None
+    except yaml.YAMLError as exc:
+        raise DataError(f"{where}: not valid YAML ({one_line(exc, 120) or 'parse error'})"
+                        ) from None
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise DataError(f"{where}: YAML value not readable ({one_line(exc, 120)})") from None
+    finally:
+        loader.dispose()
 
 
 DEFAULT_QUESTIONS_PATH = "assets/questions.yaml"
