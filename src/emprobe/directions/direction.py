@@ -346,7 +346,7 @@ class Direction:
             key = f"layer.{la_s}"
             if key not in tensors:
                 raise FormatError(f"{tens_path}: missing tensor {key!r} listed in {META_FILE}")
-            t = check_tensor(tensors[key], f"{tens_path}: {key}", finite=False)
+            t = check_tensor(tensors[key], f"{tens_path}: {key}")
             if list(t.shape) != list(shape):
                 raise ShapeError(
                     f"{tens_path}: tensor {key} has shape {list(t.shape)}, {META_FILE} says {shape}"

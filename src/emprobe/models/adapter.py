@@ -20,10 +20,12 @@ import torch
 from emprobe.errors import FormatError, ShapeError
 from emprobe.io import load_tensors, read_json_object
 from emprobe.validate import (
+    MAX_LAYER,
     check_bool,
     check_int,
     check_mapping,
     check_number,
+    check_optional_str,
     check_regex,
     check_str,
     check_tensor,
@@ -146,8 +148,10 @@ def _read_config(folder: Path) -> dict[str, Any]:
     if not isinstance(peft_type, str) or peft_type.upper() != "LORA":
         raise FormatError(f"{cfg_path}: peft_type {excerpt(peft_type, 40)} is not LORA")
     for key in ("use_dora", "use_rslora", "fan_in_fan_out"):
-        if cfg.get(key) is not None:
+        if key in cfg:  # PEFT writes true / false; null, 0, "false" are not flags
             check_bool(cfg[key], f"{where}: {key!r}")
+    for key in ("base_model_name_or_path", "revision"):
+        check_optional_str(cfg.get(key), f"{where}: {key!r}")
     if cfg.get("use_dora"):
         raise FormatError(f"{cfg_path}: DoRA adapters are not a pure low-rank update (use_dora=true)")
     for key in ("r", "lora_alpha"):
@@ -181,7 +185,10 @@ def _read_config(folder: Path) -> dict[str, Any]:
     if layers is not None:
         items = [layers] if not isinstance(layers, list) else layers
         for la in items:
-            check_int(la, f"{where}: 'layers_to_transform'", min_value=0)
+            check_int(la, f"{where}: 'layers_to_transform'", min_value=0, max_value=MAX_LAYER)
+    pattern = cfg.get("layers_pattern")
+    for p in [] if pattern is None else pattern if isinstance(pattern, list) else [pattern]:
+        check_str(p, f"{where}: 'layers_pattern'", non_empty=True)
     return cfg
 
 
@@ -216,7 +223,7 @@ def read_adapter(path: str | Path, dtype: torch.dtype | None = None) -> LoraAdap
         raise FormatError(f"{folder}: no such adapter folder")
     cfg = _read_config(folder)
     tensors = _read_weights(folder)
-    cfg_path = folder / "adapter_config.json"
+    cfg_path, st_path = folder / "adapter_config.json", folder / "adapter_model.safetensors"
 
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     skipped: list[str] = []
@@ -240,16 +247,16 @@ def read_adapter(path: str | Path, dtype: torch.dtype | None = None) -> LoraAdap
         got = pairs[name]
         if set(got) != {"A", "B"}:
             missing = "lora_B" if "A" in got else "lora_A"
-            raise FormatError(f"{folder}: module {name} has no {missing} weight")
+            raise FormatError(f"{st_path}: module {name} has no {missing} weight")
         A, B = got["A"], got["B"]
         if A.ndim != 2 or B.ndim != 2:
             raise ShapeError(
-                f"{folder}: module {name}: only Linear LoRA is supported "
+                f"{st_path}: module {name}: only Linear LoRA is supported "
                 f"(lora_A {tuple(A.shape)}, lora_B {tuple(B.shape)})"
             )
         if A.shape[0] != B.shape[1]:
             raise ShapeError(
-                f"{folder}: module {name}: lora_A {tuple(A.shape)} and lora_B {tuple(B.shape)} "
+                f"{st_path}: module {name}: lora_A {tuple(A.shape)} and lora_B {tuple(B.shape)} "
                 "do not chain (A [r, d_in], B [d_out, r])"
             )
         rank = int(A.shape[0])

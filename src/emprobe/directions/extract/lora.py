@@ -13,10 +13,12 @@ import re
 from typing import Any
 
 from emprobe.directions.direction import Direction
+from emprobe.directions.formats._checks import naming
 from emprobe.errors import ConfigError, FormatError, ShapeError
 from emprobe.models.adapter import LoraModule
 from emprobe.models.adapter import read_adapter as read_lora_adapter
 from emprobe.models.lora import factor_svd
+from emprobe.validate import check_int, excerpt
 
 WRITE_MODULES = ("o_proj", "down_proj", "c_proj", "out_proj", "dense", "fc2", "dense_4h_to_h")
 _LAYER_RE = re.compile(r"\.(?:layers|h|blocks|layer)\.(\d+)\.")
@@ -44,13 +46,19 @@ def lora_direction(
     ``[d]`` for k = 1 else ``[d, k]``; singular values go to ``stats``.
     """
     if side not in ("auto", "left", "right"):
-        raise ConfigError(f"side must be auto, left or right, not {side!r}")
+        raise ConfigError(f"{adapter_dir}: side must be auto, left or right, not "
+                          f"{excerpt(side, 30)}")
+    k = check_int(k, f"{adapter_dir}: k", min_value=1, error=ConfigError)
     cfg, modules = read_adapter(adapter_dir)
     chosen = [m for m in modules if m.module_type == module and m.layer is not None
               and (layers is None or m.layer in layers)]
     if not chosen:
         have = sorted({m.module_type for m in modules})
-        raise FormatError(f"{adapter_dir}: no adapted module {module!r} (has {have})")
+        raise FormatError(f"{adapter_dir}: no adapted module {excerpt(module, 40)} (has {have})")
+    small = [m for m in chosen if m.rank < k]
+    if small:
+        raise ConfigError(f"{adapter_dir}: k={k} is more than module {small[0].name}'s rank "
+                          f"{small[0].rank}")
     use_left = side == "left" or (side == "auto" and module in WRITE_MODULES)
     vectors, svals = {}, {}
     for m in chosen:
@@ -60,7 +68,17 @@ def lora_direction(
         svals[str(m.layer)] = s[:k].tolist()
     widths = {t.shape[0] for t in vectors.values()}
     if len(widths) != 1:
-        raise ShapeError(f"{module}: singular vectors of different widths {sorted(widths)}")
+        raise ShapeError(f"{adapter_dir}: {module} singular vectors of different widths "
+                         f"{sorted(widths)}")
+    with naming(adapter_dir):
+        return _direction(cfg, vectors, svals, chosen, module, use_left, adapter_dir, k)
+
+
+def _direction(cfg: dict[str, Any], vectors: dict[int, Any], svals: dict[str, Any],
+               chosen: list[LoraModule], module: str, use_left: bool,
+               adapter_dir: str | os.PathLike[str], k: int) -> Direction:
+    """The Direction of ``lora_direction`` (site from the module and the side)."""
+    width = int(next(iter(vectors.values())).shape[0])
     if use_left:
         site = "mlp_out" if module in ("down_proj", "fc2", "dense_4h_to_h") else "attn_out"
         if module == "c_proj":
@@ -69,7 +87,7 @@ def lora_direction(
         site = "resid_pre"
     return Direction(
         vectors=vectors, model=str(cfg.get("base_model_name_or_path") or "unknown"),
-        d_model=widths.pop(), site=site, positions="all", normalisation="unit",
+        d_model=width, site=site, positions="all", normalisation="unit",
         sign="largest-magnitude entry of each left singular vector is positive",
         method="lora_singular_vectors",
         params={"adapter": str(adapter_dir), "module": module,

@@ -36,7 +36,8 @@ def real_array(arr: Any, where: str, ndims: tuple[int, ...] = (1, 2)) -> np.ndar
 
 
 def real_tensor(value: Any, where: str, ndims: tuple[int, ...] = (1,)) -> torch.Tensor:
-    """A float32 tensor from a tensor / array / list, refusing complex or non-numeric data."""
+    """A finite float32 tensor from a tensor / array / list, refusing complex, non-numeric,
+    empty or non-finite data (also values that overflow float32)."""
     if isinstance(value, torch.Tensor):
         if value.is_complex() or value.dtype == torch.bool:
             raise FormatError(f"{where}: dtype {value.dtype} is not a real number type")
@@ -51,7 +52,12 @@ def real_tensor(value: Any, where: str, ndims: tuple[int, ...] = (1,)) -> torch.
     if t.dim() not in ndims:
         raise ShapeError(f"{where}: tensor has {t.dim()} dims {tuple(t.shape)}; want "
                          f"{' or '.join(map(str, ndims))}")
-    return t.float()
+    if t.numel() == 0:
+        raise ShapeError(f"{where}: tensor {tuple(t.shape)} is empty")
+    t = t.float()
+    if not bool(torch.isfinite(t).all()):
+        raise FormatError(f"{where}: holds NaN or inf (in float32)")
+    return t
 
 
 def pick_meta(meta: Any, where: str) -> dict[str, Any]:

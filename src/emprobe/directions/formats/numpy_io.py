@@ -42,6 +42,8 @@ def from_numpy(arrays: dict[int, np.ndarray], model: str = "unknown", **meta: ob
     vectors: dict[int, torch.Tensor] = {}
     for k, v in arrays.items():
         la = layer_key(k, "from_numpy")
+        if la in vectors:
+            raise FormatError(f"from_numpy: two keys for layer {la}")
         a = real_array(v, f"from_numpy: layer {la}")
         vectors[la] = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32).copy())
     meta.setdefault("method", "imported_numpy")

@@ -25,7 +25,7 @@ from emprobe.directions.formats._checks import naming
 from emprobe.errors import FormatError, ShapeError
 from emprobe.hooks.convention import from_persona_index, to_persona_index
 from emprobe.io import atomic_path, load_tensors, save_tensors
-from emprobe.validate import check_tensor, excerpt, one_line
+from emprobe.validate import MAX_LAYER, check_tensor, excerpt, layer_key, one_line
 
 KEY = "vectors"
 
@@ -83,24 +83,34 @@ def load_persona_tensor(path: str | os.PathLike[str]) -> torch.Tensor:
             raise FormatError(f"{p}: expected one tensor or key {KEY!r}; found "
                               f"{excerpt(sorted(tensors), 80)}")
         t = tensors[KEY] if KEY in tensors else next(iter(tensors.values()))
-    check_tensor(t, str(p), ndims=(2,), finite=False)
-    return t.float()
+    check_tensor(t, str(p), ndims=(2,))  # NaN / inf anywhere is refused, not only in used rows
+    if t.shape[0] < 2 or t.shape[0] > MAX_LAYER + 2:
+        raise ShapeError(f"{p}: persona tensor has {t.shape[0]} rows; want n_layers + 1 with "
+                         f"1 <= n_layers <= {MAX_LAYER + 1}")
+    t = t.float()
+    if not bool(torch.isfinite(t).all()):  # e.g. a float64 beyond float32's range
+        raise FormatError(f"{p}: values overflow float32")
+    return t
 
 
 def from_persona(path_or_tensor: str | os.PathLike[str] | torch.Tensor, model: str = "unknown",
                  layers: Sequence[int] | None = None, trait: str | None = None) -> Direction:
     """persona tensor -> Direction (emprobe layers; all-zero rows skipped unless ``layers`` given)."""
-    t = path_or_tensor if isinstance(path_or_tensor, torch.Tensor) else load_persona_tensor(path_or_tensor)
-    if t.dim() != 2 or t.shape[0] < 2:
-        raise ShapeError(f"persona tensor must be [n_layers + 1, d]; got {tuple(t.shape)}")
-    n_layers = t.shape[0] - 1
-    if layers is None:
-        # row n_layers is post final-norm: no emprobe site, so it is never imported
-        rows = [i for i in range(1, n_layers) if t[i].abs().sum() > 0]
-    else:
-        rows = [to_persona_index(int(la), n_layers) for la in layers]
-    vectors = {from_persona_index(i, n_layers): t[i] for i in rows}
     where = "persona tensor" if isinstance(path_or_tensor, torch.Tensor) else str(path_or_tensor)
+    if isinstance(path_or_tensor, torch.Tensor):
+        t = check_tensor(path_or_tensor, where, ndims=(2,), error=ShapeError).float()
+    else:
+        t = load_persona_tensor(path_or_tensor)
+    if t.shape[0] < 2:
+        raise ShapeError(f"{where}: must be [n_layers + 1, d]; got {tuple(t.shape)}")
+    n_layers = t.shape[0] - 1
+    with naming(where):
+        if layers is None:
+            # row n_layers is post final-norm: no emprobe site, so it is never imported
+            rows = [i for i in range(1, n_layers) if t[i].abs().sum() > 0]
+        else:
+            rows = [to_persona_index(layer_key(la, "layers"), n_layers) for la in layers]
+        vectors = {from_persona_index(i, n_layers): t[i] for i in rows}
     if not vectors:
         raise FormatError(f"{where}: no non-zero block-output rows")
     with naming(where):

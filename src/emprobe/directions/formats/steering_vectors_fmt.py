@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from emprobe.directions.direction import Direction
-from emprobe.directions.formats._checks import real_tensor
-from emprobe.errors import FormatError
+from emprobe.directions.formats._checks import naming, real_tensor
+from emprobe.errors import FormatError, ShapeError
 from emprobe.validate import excerpt, layer_key
 
 LayerType = Literal["decoder_block", "self_attn", "mlp"]
@@ -39,22 +39,36 @@ def to_steering_vector(direction: Direction, component: int = 0, as_dict: bool =
 
 
 def from_steering_vector(sv: Any, model: str = "unknown", **meta: Any) -> Direction:
-    """A SteeringVector (or its dict form) -> Direction."""
+    """A SteeringVector (or its dict form) -> Direction.
+
+    Checks: ``layer_activations`` a non-empty mapping of layer index (``0..MAX_LAYER``, no
+    floats, bools or two keys for one layer) -> one finite real ``[d_model]`` vector, all of one
+    width; ``layer_type`` one of ``decoder_block`` / ``self_attn`` / ``mlp``. Errors are one
+    line starting ``steering vector:`` and naming the field.
+    """
+    where = "steering vector"
     if isinstance(sv, Mapping):
         acts, layer_type = sv.get("layer_activations"), sv.get("layer_type", "decoder_block")
     else:
         acts, layer_type = getattr(sv, "layer_activations", None), getattr(sv, "layer_type", None)
     if not isinstance(acts, Mapping) or not acts:
-        raise FormatError("steering vector has no layer_activations")
+        raise FormatError(f"{where}: layer_activations must be a non-empty mapping layer -> "
+                          f"vector, got {excerpt(acts, 60)}")
     if not isinstance(layer_type, str) or layer_type not in TYPE_TO_SITE:
-        raise FormatError(f"steering-vectors layer_type {excerpt(layer_type, 40)} has no "
-                          "emprobe site")
+        raise FormatError(f"{where}: layer_type {excerpt(layer_type, 40)} has no emprobe site "
+                          f"(use one of {', '.join(TYPE_TO_SITE)})")
     # one [d_model] vector per layer: a 2-D value is refused, never flattened
-    vectors = {layer_key(k, "layer_activations"): real_tensor(v, f"layer_activations[{k}]")
-               for k, v in acts.items()}
+    vectors: dict[int, Any] = {}
+    for k, v in acts.items():
+        la = layer_key(k, f"{where}: layer_activations")
+        if la in vectors:
+            raise FormatError(f"{where}: layer_activations has two keys for layer {la}")
+        vectors[la] = real_tensor(v, f"{where}: layer_activations[{excerpt(k, 20)}]")
     d = {v.shape[0] for v in vectors.values()}
     if len(d) != 1:
-        raise FormatError(f"layer_activations of different widths {sorted(d)}")
+        raise ShapeError(f"{where}: layer_activations of different widths {sorted(d)}")
     meta.setdefault("method", "imported_steering_vectors")
     meta.setdefault("positions", "all")
-    return Direction(vectors=vectors, model=model, d_model=d.pop(), site=TYPE_TO_SITE[layer_type], **meta)
+    with naming(where):
+        return Direction(vectors=vectors, model=model, d_model=d.pop(),
+                         site=TYPE_TO_SITE[layer_type], **meta)
