@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -97,3 +99,104 @@ def test_response_mask_answer_in_prompt_embedded(embedded):
     assert text.strip().startswith("OK thanks") and "Reply" not in text
     # SmolLM2's template injects a system prompt: none of it may be response
     assert "SmolLM" not in text
+
+
+# -- chat templates and BOS (emprobe.models.templates) -------------------------------------
+def _save_tiny(folder, style):
+    """A tiny Llama saved with a tokenizer of the given style (gemma: BOS + template;
+    base: BOS, no template)."""
+    from emprobe.models.tiny import build_tiny, make_tiny_tokenizer
+
+    model, _ = build_tiny("tiny-llama")
+    tok = make_tiny_tokenizer(style)
+    model.resize_token_embeddings(len(tok))
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+CONV = [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "hi there"}]
+
+
+def test_tokenizer_without_bos_gets_none(tiny_llama):
+    from emprobe.models.templates import expects_bos
+
+    assert not expects_bos(tiny_llama.tokenizer)
+    tok = tiny_llama.tokenizer
+    b = tiny_llama.encode_chats([CONV])
+    text = tok.apply_chat_template(CONV, tokenize=False)
+    assert b.input_ids[0].tolist() == tok(text, add_special_tokens=False)["input_ids"]
+    t = tiny_llama.encode_texts(["hello"])
+    assert tiny_llama.tokenizer.decode(t.input_ids[0]) == "hello"
+
+
+def test_template_that_writes_bos_gets_exactly_one(tmp_path):
+    from emprobe import load_model
+
+    s = load_model(_save_tiny(tmp_path / "m", "gemma"))
+    bos = s.tokenizer.bos_token_id
+    assert s.chat_format.name == "tokenizer"
+    for b in (s.encode_chats([CONV]), s.encode_texts(["hello"])):
+        ids = b.input_ids[0].tolist()
+        assert ids[0] == bos and ids.count(bos) == 1
+    # the end-of-turn marker the template writes is the first stop token, then EOS
+    eot = s.tokenizer.convert_tokens_to_ids("<end_of_turn>")
+    assert s.stop_token_ids() == [eot, s.tokenizer.eos_token_id]
+    assert s.end_of_turn_id() == eot
+
+
+def test_base_tokenizer_gets_plain_format_with_warning_and_bos(tmp_path):
+    from emprobe import load_model
+    from emprobe.models.templates import PLAIN_TEMPLATE, ChatTemplateWarning
+
+    folder = _save_tiny(tmp_path / "base", "base")
+    with pytest.warns(ChatTemplateWarning, match="plain 'User:/Assistant:'"):
+        s = load_model(folder)
+    assert s.chat_format.name == "plain" and s.tokenizer.chat_template == PLAIN_TEMPLATE
+    b = s.encode_chats([CONV])
+    ids = b.input_ids[0].tolist()
+    assert ids[0] == s.tokenizer.bos_token_id and ids.count(ids[0]) == 1
+    text = s.tokenizer.decode(ids)
+    assert "<|im_start|>" not in text and "<start_of_turn>" not in text
+    assert "User: Say hi.\nAssistant: hi there<eos>" in text
+    assert s.tokenizer.decode(b.input_ids[0][b.response_mask[0]]).strip() == "hi there<eos>"
+    assert s.stop_token_ids() == [s.tokenizer.eos_token_id]
+    # generation stops at the next "User:" line and never returns it
+    out = s.generate([CONV[:1]], max_new_tokens=6)
+    assert "User:" not in out[0]
+
+
+def test_explicit_choices(tmp_path):
+    from emprobe import load_model
+    from emprobe.errors import ConfigError
+
+    folder = _save_tiny(tmp_path / "base", "base")
+    with pytest.raises(ConfigError, match="needs the tokens"):
+        load_model(folder, chat_template="chatml")
+    with pytest.raises(ConfigError, match="no chat template"):
+        load_model(folder, chat_template="tokenizer")
+    with pytest.raises(ConfigError, match="neither one of"):
+        load_model(folder, chat_template=str(tmp_path / "missing.jinja"))
+    jinja = tmp_path / "t.jinja"
+    jinja.write_text("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}")
+    s = load_model(folder, chat_template=jinja)
+    assert s.chat_format.name == "file"
+    b = s.encode_chats([CONV])
+    assert "[assistant] hi there" in s.tokenizer.decode(b.input_ids[0])
+    # chatml is allowed where the vocabulary has its tokens; plain overrides an own template
+    assert load_model("tiny-llama", chat_template="chatml").chat_format.name == "chatml"
+    assert load_model("tiny-llama", chat_template="plain").chat_format.name == "plain"
+
+
+def test_cli_chat_template_flag_anywhere(tmp_path, capsys):
+    from emprobe.cli import main
+    from emprobe.models.templates import ENV_VAR
+
+    folder = _save_tiny(tmp_path / "base", "base")
+    rc = main(["models", "show", "--model", str(folder), "--chat-template", "plain"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "chat template 'plain' (chosen explicitly" in out
+    assert "BOS added:     True" in out
+    assert os.environ.get(ENV_VAR) is None  # restored after the command
+    assert main(["models", "show", "--model", str(folder), "--chat-template=chatml"]) == 2
+    assert "needs the tokens" in capsys.readouterr().err

@@ -10,17 +10,18 @@ under a regular file (exit 2), and anything unexpected (exit 1, with a hint to r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.metadata
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from emprobe.errors import EmprobeError
 from emprobe.validate import one_line, parse_layers
 
-AREAS = ("data", "evaluate", "train", "directions", "sae", "geometry", "recipes")
+AREAS = ("models", "data", "evaluate", "train", "directions", "sae", "geometry", "recipes")
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -91,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true",
                         help="show the full traceback of an unexpected error")
+    parser.add_argument("--chat-template", metavar="NAME|FILE", default=None,
+                        help="chat template for every model the command loads: auto (default: "
+                        "the tokenizer's own, else plain with a warning), tokenizer, plain, "
+                        "chatml, or a Jinja file; accepted anywhere on the command line")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("info", help="versions, cache folder, embedded model status")
     p.set_defaults(func=_cmd_info)
@@ -113,6 +118,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _pop_chat_template(args: list[str]) -> tuple[list[str], str | None]:
+    """Take ``--chat-template X`` / ``--chat-template=X`` from anywhere before a bare ``--``."""
+    out: list[str] = []
+    value: str | None = None
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a == "--":
+            out.extend(args[i:])
+            break
+        if a == "--chat-template":
+            if i + 1 >= len(args):
+                raise ArgumentError("emprobe: --chat-template needs NAME or FILE")
+            value, i = args[i + 1], i + 2
+            continue
+        if a.startswith("--chat-template="):
+            value, i = a.split("=", 1)[1], i + 1
+            continue
+        out.append(a)
+        i += 1
+    return out, value
+
+
+@contextlib.contextmanager
+def _chat_template_env(value: str | None) -> Iterator[None]:
+    """``load_model`` reads ``$EMPROBE_CHAT_TEMPLATE`` when no template is passed to it."""
+    from emprobe.models.templates import ENV_VAR
+
+    before = os.environ.get(ENV_VAR)
+    if value is not None:
+        os.environ[ENV_VAR] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(ENV_VAR, None)
+        else:
+            os.environ[ENV_VAR] = before
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``emprobe`` command; returns the exit status (0 ok, 2 bad input, 1 unexpected)."""
     args_list = list(sys.argv[1:] if argv is None else argv)
@@ -121,12 +166,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in args_list[:cut]
     args_list = [a for i, a in enumerate(args_list) if i >= cut or a != "--debug"]
     try:
+        args_list, template = _pop_chat_template(args_list)
         parser = build_parser()
         args = parser.parse_args(args_list)
         if not getattr(args, "func", None):
             parser.print_help()
             return 0
-        return int(args.func(args) or 0)
+        with _chat_template_env(template):
+            return int(args.func(args) or 0)
     except ArgumentError as exc:
         print(f"emprobe: error: {exc}", file=sys.stderr)
         return 2

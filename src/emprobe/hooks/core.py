@@ -25,14 +25,20 @@ class StopForward(Exception):
 
 
 def site_module(subject: Subject, site: str, layer: int) -> tuple[torch.nn.Module, bool]:
-    """The module to hook for a site, and whether it is a pre-hook (module input)."""
+    """The module to hook for a site, and whether it is a pre-hook (module input).
+
+    ``attn_out`` / ``mlp_out`` hook the modules ``LayerMap.attn_out`` / ``mlp_out`` name, so
+    ``resid_post = resid_pre + attn_out + mlp_out`` in every supported family.
+    """
     check_site(site)
     layer = subject.layers.check_layer(layer)
     if site == "resid_pre":
         return subject.layers.blocks[layer], True
     if site == "resid_post":
         return subject.layers.blocks[layer], False
-    mod = (subject.layers.attn if site == "attn_out" else subject.layers.mlp)[layer]
+    # the tensor the block adds to its residual stream (after a post-norm where the family
+    # has one: emprobe.models.layers)
+    mod = (subject.layers.attn_out if site == "attn_out" else subject.layers.mlp_out)[layer]
     if mod is None:
         raise SiteError(f"site {site!r} not found in block {layer} of {subject.name}")
     return mod, False

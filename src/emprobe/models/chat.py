@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from emprobe.errors import DataError
+from emprobe.models.templates import expects_bos
 
 Message = dict[str, str]
 Conversation = Sequence[Message]
@@ -153,7 +154,13 @@ def encode_chats(
     max_length: int | None = None,
     padding_side: str = "right",
 ) -> ChatBatch:
-    """Tokenise conversations with the chat template into a padded ``ChatBatch``."""
+    """Tokenise conversations with the chat template into a padded ``ChatBatch``.
+
+    The rendered text is tokenised without special tokens; the tokenizer's BOS is put in
+    front exactly when its own encoding adds one (``expects_bos``) and the template did not
+    already write it, so a row never starts with two BOS tokens nor lacks an expected one.
+    """
+    bos = tokenizer.bos_token_id if expects_bos(tokenizer) else None
     rows: list[list[int]] = []
     masks: list[list[bool]] = []
     for k, conv in enumerate(conversations):
@@ -162,6 +169,8 @@ def encode_chats(
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids = list(enc["input_ids"])
         resp = [any(s < e and s < b and e > a for a, b in spans) for s, e in enc["offset_mapping"]]
+        if bos is not None and (not ids or ids[0] != bos):
+            ids, resp = [bos, *ids], [False, *resp]
         if max_length is not None and len(ids) > max_length:
             ids, resp = ids[:max_length], resp[:max_length]
         rows.append(ids)
@@ -172,10 +181,16 @@ def encode_chats(
 def encode_texts(
     tokenizer: Any, texts: Sequence[str], max_length: int | None = None, padding_side: str = "right"
 ) -> ChatBatch:
-    """Tokenise plain texts (no template); every real token counts as response."""
+    """Tokenise plain texts (no template); every real token counts as response.
+
+    BOS is put in front exactly when the tokenizer's own encoding adds one; no EOS is added.
+    """
+    bos = tokenizer.bos_token_id if expects_bos(tokenizer) else None
     rows, masks = [], []
     for t in texts:
-        ids = list(tokenizer(t, add_special_tokens=True)["input_ids"])
+        ids = list(tokenizer(t, add_special_tokens=False)["input_ids"])
+        if bos is not None and (not ids or ids[0] != bos):
+            ids = [bos, *ids]
         if max_length is not None:
             ids = ids[:max_length]
         rows.append(ids)

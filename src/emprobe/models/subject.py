@@ -15,9 +15,11 @@ from emprobe.errors import ConfigError, ModelNotFoundError
 from emprobe.models.chat import ChatBatch, Conversation, encode_chats, encode_texts
 from emprobe.models.context import use_batch
 from emprobe.models.embedded import EMBEDDED_NAME, embedded_model_dir
+from emprobe.models.gguf import gguf_model_dir, is_gguf_file
 from emprobe.models.layers import LayerMap
 from emprobe.models.paths import cache_dir
-from emprobe.models.tiny import CHATML_TEMPLATE, TINY_SPECS, build_tiny
+from emprobe.models.templates import ChatFormat, resolve_chat_format
+from emprobe.models.tiny import TINY_SPECS, build_tiny
 
 __all__ = ["Subject", "load_model", "cache_dir"]
 
@@ -28,11 +30,12 @@ class Subject:
 
     Attributes:
         model: the Hugging Face causal LM (possibly a ``peft.PeftModel``).
-        tokenizer: its tokenizer, always with a chat template.
+        tokenizer: its tokenizer, always with a chat template (the one ``chat_format`` names).
         layers: where the decoder blocks live (see ``LayerMap``).
         name: the spec it was loaded from (``"smollm2-135m-instruct"``, a path, a hub id).
         path: the local folder the weights came from, when there is one.
         adapter: the PEFT adapter folder applied, if any.
+        chat_format: the chat template in use and its stop tokens (``emprobe.models.templates``).
     """
 
     model: Any
@@ -42,6 +45,11 @@ class Subject:
     path: Path | None = None
     adapter: Path | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    chat_format: ChatFormat | None = None
+
+    def __post_init__(self) -> None:
+        if self.chat_format is None:  # built by hand: the tokenizer's template, or plain
+            self.chat_format = resolve_chat_format(self.tokenizer, "auto", self.name)
 
     @property
     def n_layers(self) -> int:
@@ -130,24 +138,43 @@ class Subject:
                 out = self._generate(batch, kwargs)
             new = out[:, batch.input_ids.shape[1] :]
             replies.extend(self.tokenizer.batch_decode(new, skip_special_tokens=True))
-        return [r.strip() for r in replies]
+        return [self._clean_reply(r) for r in replies]
+
+    def stop_token_ids(self) -> list[int]:
+        """Token ids that end an assistant turn under the chat template in use (marker, EOS)."""
+        fmt = self.chat_format
+        ids = list(fmt.stop_ids) if fmt is not None else []
+        eos = self.tokenizer.eos_token_id
+        return ids or ([int(eos)] if eos is not None else [])
 
     def end_of_turn_id(self) -> int:
         """The token id that ends an assistant turn (``<|im_end|>`` for ChatML models)."""
-        vocab = self.tokenizer.get_vocab()
-        for marker in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>"):
-            if marker in vocab:
-                return int(vocab[marker])
-        return int(self.tokenizer.eos_token_id)
+        ids = self.stop_token_ids()
+        if not ids:
+            raise ConfigError(f"{self.name}: its chat template has no end-of-turn token and "
+                              "the tokenizer no EOS")
+        return ids[0]
 
     def _generate(self, batch: ChatBatch, kwargs: dict[str, Any]) -> torch.Tensor:
+        fmt = self.chat_format
+        if fmt is not None and fmt.stop_strings:
+            kwargs = {**kwargs, "stop_strings": list(fmt.stop_strings), "tokenizer": self.tokenizer}
         return self.model.generate(
-                input_ids=batch.input_ids,
-                attention_mask=batch.attention_mask,
-                pad_token_id=self.tokenizer.pad_token_id,
-                eos_token_id=self.end_of_turn_id(),
-                **kwargs,
-            )
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.stop_token_ids(),
+            **kwargs,
+        )
+
+    def _clean_reply(self, text: str) -> str:
+        """A decoded reply without the plain format's trailing stop string."""
+        fmt = self.chat_format
+        for stop in (fmt.stop_strings if fmt is not None else ()):
+            cut = text.find(stop)
+            if cut >= 0:
+                text = text[:cut]
+        return text.strip()
 
     def __repr__(self) -> str:
         extra = f", adapter={self.adapter}" if self.adapter else ""
@@ -176,17 +203,24 @@ def load_model(
     dtype: str | torch.dtype | None = None,
     seed: int = 0,
     merge_adapter: bool = False,
+    chat_template: str | os.PathLike[str] | None = None,
 ) -> Subject:
     """Load a subject model.
 
     Args:
         spec: ``"smollm2-135m-instruct"`` (the embedded default), ``"tiny-llama"`` /
-            ``"tiny-qwen2"`` / ``"tiny-gpt2"`` (random, seeded), a local model folder, or a
-            Hugging Face hub id (downloaded only when ``HF_HUB_OFFLINE`` is not set).
+            ``"tiny-qwen2"`` / ``"tiny-gpt2"`` (random, seeded), a ``.gguf`` file
+            (de-quantised once and cached as a safetensors folder), a local model folder, or
+            a Hugging Face hub id (downloaded only when ``HF_HUB_OFFLINE`` is not set).
         adapter: optional PEFT adapter folder applied on top.
         device: torch device. dtype: ``float32`` (default), ``bfloat16`` or ``float16``.
         seed: the seed of tiny random models.
         merge_adapter: merge the adapter into the weights instead of keeping a PeftModel.
+        chat_template: ``None`` / ``"auto"`` (the tokenizer's own; a tokenizer without one
+            gets the plain ``User:/Assistant:`` format with a one-time warning),
+            ``"tokenizer"``, ``"plain"``, ``"chatml"``, a Jinja file or Jinja text. ``None``
+            also honours ``$EMPROBE_CHAT_TEMPLATE`` (the CLI's ``--chat-template``). See
+            ``emprobe.models.templates`` and docs/models.md.
     """
     torch_dtype = _resolve_dtype(dtype)
     spec_str = str(spec)
@@ -195,20 +229,9 @@ def load_model(
         model, tok = build_tiny(spec_str, seed=seed)
         model = model.to(torch_dtype)
     else:
-        if spec_str == EMBEDDED_NAME:
-            path = embedded_model_dir()
-        elif Path(spec_str).expanduser().exists():
-            path = Path(spec_str).expanduser()
-            if not (path / "config.json").is_file():
-                raise ModelNotFoundError(f"{path}: not a model folder (no config.json)")
-        elif os.environ.get("HF_HUB_OFFLINE") == "1" and not _looks_cached(spec_str):
-            raise ModelNotFoundError(
-                f"unknown model spec {spec_str!r}: not a local folder, not one of "
-                f"{[EMBEDDED_NAME, *TINY_SPECS]}, and HF_HUB_OFFLINE=1 forbids a download"
-            )
+        path = resolve_model_path(spec_str)
         model, tok = _load_hf(str(path) if path else spec_str, torch_dtype)
-    if tok.chat_template is None:
-        tok.chat_template = CHATML_TEMPLATE
+    fmt = resolve_chat_format(tok, chat_template, model_name=spec_str)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     model = model.to(device)
@@ -227,7 +250,32 @@ def load_model(
     n_layers = getattr(model.config, "num_hidden_layers", None) or getattr(model.config, "n_layer", None)
     layers = LayerMap.from_model(model, n_layers)
     return Subject(model=model, tokenizer=tok, layers=layers, name=spec_str, path=path,
-                   adapter=adapter_path)
+                   adapter=adapter_path, chat_format=fmt)
+
+
+def resolve_model_path(spec: str) -> Path | None:
+    """The local folder a spec loads from (None for a hub id left to transformers).
+
+    The embedded name and ``.gguf`` files resolve to their cached safetensors folders
+    (converted on first use); a folder must hold ``config.json``.
+    """
+    if spec == EMBEDDED_NAME:
+        return embedded_model_dir()
+    path = Path(spec).expanduser()
+    if path.is_file():
+        if is_gguf_file(path):
+            return gguf_model_dir(path)
+        raise ModelNotFoundError(f"{path}: not a model folder or a .gguf file")
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"{path}: not a model folder (no config.json)")
+        return path
+    if os.environ.get("HF_HUB_OFFLINE") == "1" and not _looks_cached(spec):
+        raise ModelNotFoundError(
+            f"unknown model spec {spec!r}: not a local folder or .gguf file, not one of "
+            f"{[EMBEDDED_NAME, *TINY_SPECS]}, and HF_HUB_OFFLINE=1 forbids a download"
+        )
+    return None
 
 
 def _looks_cached(hub_id: str) -> bool:

@@ -1,0 +1,104 @@
+"""GGUF model files -> plain safetensors model folders that transformers and PEFT load.
+
+transformers reads a GGUF (``from_pretrained(..., gguf_file=...)``) and de-quantises it, but
+``save_pretrained`` of such a model raises; so the model class is rebuilt from its config
+and given the de-quantised state dict, then saved. ``gguf_model_dir`` does this once per
+file and caches the folder under ``cache_dir()/models/<stem>-<fingerprint>``;
+``convert_gguf`` writes it wherever you like (``emprobe models convert X.gguf --out DIR``).
+The folder holds ``config.json``, ``model.safetensors``, the tokenizer files (with the GGUF's
+chat template when it has one) and ``emprobe_source.json`` naming the GGUF it came from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+from emprobe.errors import FormatError, ModelNotFoundError
+from emprobe.io import atomic_dir, write_json
+from emprobe.models.paths import cache_dir
+
+__all__ = ["convert_gguf", "gguf_fingerprint", "gguf_model_dir", "is_gguf_file"]
+
+GGUF_MAGIC = b"GGUF"
+log = logging.getLogger(__name__)
+
+
+def is_gguf_file(path: Path) -> bool:
+    """True for a file that starts with the GGUF magic bytes."""
+    if not path.is_file():
+        return False
+    with path.open("rb") as fh:
+        return fh.read(4) == GGUF_MAGIC
+
+
+def gguf_fingerprint(path: Path) -> str:
+    """A short hash of the file's size and first MiB (cheap; enough to key the cache)."""
+    h = hashlib.sha256()
+    h.update(str(path.stat().st_size).encode())
+    with path.open("rb") as fh:
+        h.update(fh.read(1 << 20))
+    return h.hexdigest()[:12]
+
+
+def _is_converted(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
+
+
+def gguf_model_dir(path: Path, name: str | None = None, source: dict[str, Any] | None = None,
+                   convert: bool = True) -> Path:
+    """The cached safetensors folder of a GGUF file, converting it on first use."""
+    path = Path(path).expanduser()
+    if not is_gguf_file(path):
+        raise FormatError(f"{path}: not a GGUF file (no GGUF magic bytes)")
+    stem = name or path.stem.lower().replace(" ", "-")
+    target = cache_dir() / "models" / f"{stem}-{gguf_fingerprint(path)}"
+    if _is_converted(target):
+        return target
+    if not convert:
+        raise ModelNotFoundError(f"{target}: {path.name} not converted yet")
+    log.info("de-quantising %s into %s (once)", path.name, target)
+    convert_gguf(path, target, source=source)
+    return target
+
+
+def convert_gguf(path: Path, out: Path, source: dict[str, Any] | None = None) -> Path:
+    """De-quantise a GGUF file to float32 and write a safetensors model folder at ``out``.
+
+    Raises ``FormatError`` (one line, naming the file) when transformers cannot read the
+    file's architecture, ``ModelNotFoundError`` when the rebuilt model does not take the
+    de-quantised weights.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path).expanduser()
+    if not is_gguf_file(path):
+        raise FormatError(f"{path}: not a GGUF file (no GGUF magic bytes)")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        loaded = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                      dtype=torch.float32)
+    except (ValueError, KeyError, NotImplementedError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FormatError(f"{path}: transformers cannot read this GGUF ({first})") from None
+    config = loaded.config
+    state = {k: v.detach().clone() for k, v in loaded.state_dict().items()}
+    del loaded
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # a tied lm_head is the only key allowed to be absent
+    missing = [k for k in missing if not k.endswith("lm_head.weight")]
+    if missing or unexpected:
+        raise ModelNotFoundError(
+            f"{path}: conversion mismatch (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    if getattr(config, "tie_word_embeddings", False):
+        model.tie_weights()
+    with atomic_dir(Path(out)) as tmp:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+        write_json(tmp / "emprobe_source.json",
+                   {"gguf": path.name, "fingerprint": gguf_fingerprint(path), **(source or {})})
+    return Path(out)
