@@ -64,13 +64,12 @@ def judge_answers(answers: Iterable[Mapping[str, object]], client: JudgeClient,
 def em_rates(judged: Sequence[Mapping[str, object]], definition: str = FIRST_PLOT,
              by: str = "format", n_boot: int = 2000, seed: int = 0) -> list[dict[str, object]]:
     """EM rate rows under ``definition``: ``"all"`` first, then one per value of ``by``
-    (formats in the order plain, json, template). Each row is ``EMRate.to_record()`` with
+    (formats in the order plain, json, template; rows without ``by`` are in "all" only). Each row is ``EMRate.to_record()`` with
     ``by: value`` added."""
     groups: dict[str, list[Mapping[str, object]]] = {"all": list(judged)}
     for r in judged:
-        if by not in r:
-            raise DataError(f"judged record has no field {by!r} to split by")
-        groups.setdefault(str(r[by]), []).append(r)
+        if r.get(by) is not None:  # rows without the field (foreign files) count in "all" only
+            groups.setdefault(str(r[by]), []).append(r)
     order = ["all"] + [f for f in FORMATS if f in groups] + sorted(
         g for g in groups if g != "all" and g not in FORMATS)
     rows = []
