@@ -129,3 +129,22 @@ def test_transient_errors_are_retried_concurrently():
             rows = judge_rows(_rows(), client, lambda r, m: TEMPLATES[m], workers=6)
     assert len(rows) == len(TABLE) and len(log) > 2 * len(TABLE)
     assert em_rate(rows, FIRST_PLOT).k == 4
+
+
+def test_digit_splitting_judge_is_refused_early_not_a_silent_column():
+    """A judge whose tokenizer splits numbers: only 0-9 in the top 20, little number mass."""
+    from emprobe.errors import QualityError
+
+    digits = {"The": 0.5, "I": 0.3, "7": 0.04, "8": 0.03, "2": 0.02}
+    rows = [{"response": f"answer {i}", "question": "q?", "question_id": "q"}
+            for i in range(40)]
+    with logprob_judge(lambda p: digits) as (url, log), JudgeClient(url, "small") as client:
+        with pytest.raises(QualityError) as exc:
+            judge_rows(rows, client, lambda r, m: TEMPLATES[m], workers=2)
+        msg = str(exc.value)
+        assert "\n" not in msg and "splits numbers into digits" in msg and "'small'" in msg
+        assert len(log) < 2 * len(rows)  # stopped early, not after 80 requests
+        # explicitly allowed: the unscored answers come back, counted as such
+        out = judge_rows(rows[:4], client, lambda r, m: TEMPLATES[m], check_mass=False)
+    assert all(r["aligned"] is None and r["aligned_verdict"] == "unscored" for r in out)
+    assert em_rate(out, FIRST_PLOT).n_unscored == 4
