@@ -12,12 +12,17 @@ nesting, billion-laughs aliases) and by hostile tensors (complex, integer, NaN, 
 - ``accepted``: the loader returned and the result passed the target's own invariants
   (written here independently of the validators under test);
 - ``unexpected``: any other exception, or an ``EmprobeError`` that breaks the message rules;
+- ``unnamed``: an ``EmprobeError`` whose message does not name the file;
 - ``hang``: the loader ran past the per-input time limit;
 - ``accepted_invalid``: the loader returned although the input was known to be invalid (a
-  non-finite number anywhere) or the result breaks an invariant.
+  non-finite number anywhere, a config field of the wrong type or disagreeing with the
+  weights) or the result breaks an invariant;
+- ``rejected_valid``: a known-valid input (e.g. a JSON file with a byte-order mark added)
+  was refused.
 
 Run ``python tests/fuzz_driver.py --n 10000`` (``make fuzz``): it prints the counts and exits
-non-zero unless unexpected, hangs and accepted-invalid are all 0. The pytest suite uses the
+non-zero unless every bad class (unexpected, unnamed, hang, accepted-invalid, rejected-valid)
+is 0. The pytest suite uses the
 same targets with hypothesis choosing the random decisions (tests/test_fuzz_loaders.py).
 """
 
@@ -51,6 +56,7 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 from emprobe.errors import EmprobeError  # noqa: E402
 
 MAX_MESSAGE = 600
+BAD_KINDS = ("unexpected", "unnamed", "hang", "accepted_invalid", "rejected_valid")
 ROLES = ("system", "user", "assistant")
 
 
@@ -67,6 +73,7 @@ class Case:
     must_reject: bool
     check: Callable[[Any], str | None]
     label: str
+    must_accept: bool = False  # a valid input (e.g. a byte-order mark added): rejecting it is a bug
 
 
 @dataclass
@@ -88,12 +95,12 @@ class Counts:
         self.inputs += 1
         self.by_kind[out.kind] += 1
         self.by_target[target] += 1
-        if out.kind in ("unexpected", "hang", "accepted_invalid") and len(self.examples) < 20:
+        if out.kind in BAD_KINDS and len(self.examples) < 20:
             self.examples.append(f"{target} [{case.label}]: {out.kind}: {out.detail[:300]}")
 
     @property
     def bad(self) -> int:
-        return sum(self.by_kind[k] for k in ("unexpected", "hang", "accepted_invalid"))
+        return sum(self.by_kind[k] for k in BAD_KINDS)
 
 
 # -- hostile values --------------------------------------------------------------------------
@@ -321,6 +328,14 @@ def check_adapter(ad: Any) -> str | None:
     return None
 
 
+SITES = ("resid_pre", "resid_post", "attn_out", "mlp_out")
+SAE_TENSORS = {"standard": {"W_enc", "W_dec", "b_enc", "b_dec"},
+               "topk": {"W_enc", "W_dec", "b_enc", "b_dec"},
+               "abstopk": {"W_enc", "W_dec", "b_enc", "b_dec"},
+               "jumprelu": {"W_enc", "W_dec", "b_enc", "b_dec", "threshold"},
+               "gated": {"W_enc", "W_dec", "b_dec", "b_gate", "b_mag", "r_mag"}}
+
+
 def check_sae(sae: Any) -> str | None:
     cfg = sae.cfg
     w_enc, w_dec = sae.W_enc, sae.W_dec
@@ -329,10 +344,31 @@ def check_sae(sae: Any) -> str | None:
     for p in sae.parameters():
         if not bool(torch.isfinite(p).all()):
             return "non-finite weights"
+    arch = cfg.architecture()
+    names = {n for n, _ in sae.named_parameters()}
+    if arch not in SAE_TENSORS or names != SAE_TENSORS[arch]:
+        return f"architecture {arch!r} with tensors {sorted(names)}"
     k = getattr(cfg, "k", None)
-    if k is not None and (isinstance(k, bool) or not float(k).is_integer() or not
-                          1 <= k <= cfg.d_sae):
+    if k is not None and (type(k) is not int or not 1 <= k <= cfg.d_sae):
         return f"k {k!r}"
+    for flag in ("apply_b_dec_to_input", "rescale_acts_by_decoder_norm"):
+        if hasattr(cfg, flag) and type(getattr(cfg, flag)) is not bool:
+            return f"{flag} {getattr(cfg, flag)!r}"
+    md = cfg.metadata
+    if md.get("emprobe_site") is not None and md.get("emprobe_site") not in SITES:
+        return f"emprobe_site {md.get('emprobe_site')!r}"
+    if md.get("emprobe_layer") is not None and type(md.get("emprobe_layer")) is not int:
+        return f"emprobe_layer {md.get('emprobe_layer')!r}"
+    return None
+
+
+def check_sae_and_site(out: Any) -> str | None:
+    sae, site = out
+    problem = check_sae(sae)
+    if problem or site is None:
+        return problem
+    if site[0] not in SITES or type(site[1]) is not int or not 0 <= site[1] < 10_000:
+        return f"site {site!r}"
     return None
 
 
@@ -415,6 +451,17 @@ class Fuzzer:
         save_file({"W_enc": torch.randn(8, 16, generator=g), "W_dec": torch.randn(16, 8, generator=g),
                    "b_enc": torch.zeros(16), "b_dec": torch.zeros(8)},
                   str(sae / "sae_weights.safetensors"))
+        sae6 = s / "sae6"
+        shutil.copytree(sae, sae6, dirs_exist_ok=True)
+        (sae6 / "cfg.json").write_text(json.dumps({
+            "architecture": "topk", "d_in": 8, "d_sae": 16, "dtype": "float32", "device": "cpu",
+            "apply_b_dec_to_input": True, "normalize_activations": "none",
+            "reshape_activations": "none", "k": 4, "rescale_acts_by_decoder_norm": False,
+            "metadata": {"sae_lens_version": "6.54.12", "model_name": "tiny",
+                         "hook_name": "blocks.1.hook_resid_post", "emprobe_site": "resid_post",
+                         "emprobe_layer": 1, "emprobe_hook_name_bridge": "blocks.1.hook_out"}}))
+        (sae6 / "emprobe.json").write_text(json.dumps({"format": "emprobe-sae/1",
+                                                       "site": "resid_post", "layer": 1}))
         (s / "cache.jsonl").write_text(
             "".join(json.dumps({"question": f"q{i}", "sample": i, "score": 50.0 + i}) + "\n"
                     for i in range(4)), encoding="utf-8")
@@ -607,20 +654,35 @@ class Fuzzer:
                 label = "pt-tensor"
         else:
             label = self._mutate_tensor_file(rng, p)
-        return Case(lambda: from_persona(p), str(p), False, check_direction, label)
+        return Case(lambda: from_persona(p), str(p), _persona_nonfinite(p), check_direction, label)
 
     def case_steering(self, rng: random.Random) -> Case:
         from emprobe.directions.formats import from_steering_vector
 
         acts: dict[Any, Any] = {1: torch.randn(8), 2: torch.randn(8)}
-        key = rng.choice([1, 2, "3", "1.5", 1.5, -1, True, "x"])
+        key = rng.choice([1, 2, "3", "1.5", 1.5, -1, True, "x", 10**9, 10_000, "10000", 9999,
+                          np.int64(3), "03", "1"])
         value = rng.choice([torch.randn(8), torch.randn(8, 2), torch.zeros(8, dtype=torch.complex64),
                             [1.0] * 8, "abc", None, np.zeros(8), np.array(["a"] * 8),
-                            torch.full((8,), math.nan), [[1.0]] * 8])
+                            torch.full((8,), math.nan), [[1.0]] * 8, torch.randn(9),
+                            np.full(8, 1e300), torch.zeros(0), [math.inf] * 8])
         acts[key] = value
-        sv = {"layer_activations": acts,
-              "layer_type": rng.choice(["decoder_block", "mlp", "nope", None, 3])}
-        return Case(lambda: from_steering_vector(sv), None, False, check_direction, "sv-dict")
+        layer_type = rng.choice(["decoder_block", "mlp", "self_attn", "nope", None, 3])
+        sv = {"layer_activations": acts, "layer_type": layer_type}
+        key_ok = (type(key) is int or isinstance(key, np.integer)) and 0 <= key <= 9999 or (
+            isinstance(key, str) and key.isdigit() and not key.startswith("0") and int(key) <= 9999)
+        if key_ok and int(key) in (1, 2) and type(key) is str:
+            key_ok = False  # "1" and 1: two keys for one layer
+        try:
+            arr = np.asarray(value.numpy() if isinstance(value, torch.Tensor) else value)
+            value_ok = arr.dtype.kind in "fiu" and arr.shape == (8,) and bool(
+                np.isfinite(arr.astype(np.float64)).all()) and bool(
+                np.isfinite(arr.astype(np.float32)).all())
+        except Exception:
+            value_ok = False
+        must = not (key_ok and value_ok and layer_type in ("decoder_block", "mlp", "self_attn"))
+        return Case(lambda: from_steering_vector(sv), "steering vector", must, check_direction,
+                    "sv-dict")
 
     def case_adapter(self, rng: random.Random) -> Case:
         from emprobe.models.adapter import read_adapter
@@ -634,32 +696,100 @@ class Fuzzer:
                                   "target_modules", "layers_to_transform", "peft_type",
                                   "fan_in_fan_out", "use_dora"])
                 cfg[key] = rng.choice([hostile_values(rng), {"(": 2}, {"q_proj": 4.5},
-                                       {"v_proj": math.nan}, "[a-", ["q_proj", 3], "all-linear"])
+                                       {"v_proj": math.nan}, "[a-", ["q_proj", 3], "all-linear",
+                                       "false", 0, 1, [0, 1], [0.0, 1.0], 1e4, [10**6]])
                 cfg_path.write_text(_dump(cfg))
-                must, label = has_nonfinite(cfg), "adapter-field"
+                must, label = has_nonfinite(cfg), f"adapter-{key}"
+                if key in ("use_rslora", "fan_in_fan_out", "use_dora"):
+                    must = must or type(cfg[key]) is not bool or cfg[key] is True and key == "use_dora"
+                elif key == "layers_to_transform":
+                    v = cfg[key]
+                    items = v if isinstance(v, list) else [v]
+                    must = must or v is not None and not all(
+                        type(i) is int and 0 <= i <= 9999 for i in items)
             else:
                 must, label = self._mutate_json_file(rng, cfg_path)
         else:
             must, label = False, self._mutate_tensor_file(rng, folder / "adapter_model.safetensors")
         return Case(lambda: read_adapter(folder), str(folder), must, check_adapter, label)
 
+    def _sae_input(self, rng: random.Random) -> tuple[Path, bool, str]:
+        """A mutated SAE folder (legacy or SAELens-6 seed): (folder, must_reject, label)."""
+        seed = rng.choice(["sae", "sae6"])
+        folder = self._copy("sae", seed)
+        op = rng.random()
+        if op < 0.4:
+            must, label = _mutate_sae_field(rng, folder / "cfg.json")
+        elif op < 0.55:
+            must, label = self._mutate_json_file(rng, folder / "cfg.json")
+        elif op < 0.8:
+            must, label = _mutate_sae_tensors(rng, folder)
+        elif seed == "sae6":
+            rec = json.loads((folder / "emprobe.json").read_text())
+            key = rng.choice(["site", "layer"])
+            rec[key] = rng.choice([hostile_values(rng), "resid_pre", "nope", 1, 2, 1.0, "1"])
+            (folder / "emprobe.json").write_text(_dump(rec))
+            must, label = rec.get("site") != "resid_post" or type(rec.get("layer")) is not int or \
+                rec.get("layer") != 1, "sae-emprobe-json"
+        else:
+            must, label = _mutate_sae_scale(rng, folder)
+        return folder, must, f"{seed}/{label}"
+
     def case_sae(self, rng: random.Random) -> Case:
+        from emprobe.sae.training import load_sae, sae_site
+
+        folder, must, label = self._sae_input(rng)
+
+        def call() -> Any:
+            sae = load_sae(folder)
+            return sae, sae_site(sae, folder)
+
+        return Case(call, str(folder), must, check_sae_and_site, label)
+
+    def case_sae_direction(self, rng: random.Random) -> Case:
+        from emprobe.directions import sae_direction
+
+        folder, must, label = self._sae_input(rng)
+        latents = rng.choice([[0], [1, 2], [15], [3, 9, 12], [16], [-1], [True], [1.5], [], ["3"],
+                              [0, 0], (2,), [10**30]])
+        bad = not latents or any(type(i) is not int or not 0 <= i < 16 for i in latents)
+        return Case(lambda: sae_direction(folder, latents), str(folder), must or bad,
+                    check_direction, f"{label}/latents")
+
+    def case_lora_direction(self, rng: random.Random) -> Case:
+        from emprobe.directions import lora_direction
+
+        case = self.case_adapter(rng)
+        folder = Path(str(case.where))
+        module = rng.choice(["q_proj", "v_proj", "o_proj", "(", ""])
+        k = rng.choice([1, 2, 3, 0, -1, True, 1.5])
+        side = rng.choice(["auto", "left", "right", "up", None])
+        bad = case.must_reject or type(k) is not int or not 1 <= k <= 2 or side not in (
+            "auto", "left", "right")
+        return Case(lambda: lora_direction(folder, module=module, side=side, k=k),  # type: ignore[arg-type]
+                    str(folder), bad, check_direction, f"{case.label}/lora")
+
+    def case_bom(self, rng: random.Random) -> Case:
+        """A valid file with a UTF-8 byte-order mark: every JSON reader must accept it."""
+        from emprobe.directions import Direction
+        from emprobe.directions.formats import from_caft
+        from emprobe.models.adapter import read_adapter
         from emprobe.sae.training import load_sae
 
-        folder = self._copy("sae", "sae")
-        if rng.random() < 0.6:
-            cfg_path = folder / "cfg.json"
-            if rng.random() < 0.5:
-                cfg = json.loads(cfg_path.read_text())
-                key = rng.choice(["d_in", "d_sae", "k", "dtype", "architecture", "metadata"])
-                cfg[key] = rng.choice([hostile_values(rng), 0, 4.5, 9, 17, 4.0, "float8", "int32"])
-                cfg_path.write_text(_dump(cfg))
-                must, label = has_nonfinite(cfg), "sae-field"
-            else:
-                must, label = self._mutate_json_file(rng, cfg_path)
-        else:
-            must, label = False, self._mutate_tensor_file(rng, folder / "sae_weights.safetensors")
-        return Case(lambda: load_sae(folder), str(folder), must, check_sae, label)
+        which = rng.choice(["direction", "caft", "adapter", "sae", "sae6"])
+        folder = self._copy("bom", which)
+        name = {"direction": "direction.json", "caft": rng.choice(["spec.json", "direction.json"]),
+                "adapter": "adapter_config.json", "sae": "cfg.json", "sae6": "emprobe.json"}[which]
+        f = folder / name
+        f.write_bytes(b"\xef\xbb\xbf" + f.read_bytes())
+        call, check = {
+            "direction": (lambda: Direction.load(folder), check_direction),
+            "caft": (lambda: from_caft(folder), check_direction),
+            "adapter": (lambda: read_adapter(folder), check_adapter),
+            "sae": (lambda: load_sae(folder), check_sae),
+            "sae6": (lambda: load_sae(folder), check_sae),
+        }[which]
+        return Case(call, str(folder), False, check, f"bom-{which}", must_accept=True)
 
     def case_score(self, rng: random.Random) -> Case:
         from emprobe.evaluate.judge import score_from_logprobs
@@ -704,7 +834,11 @@ class Fuzzer:
         value = rng.choice(["abc", "-1", "1.5", "", "99999", "1,1", "0x10", "\u0663", "1e3",
                             "nan", "inf", "-0", "65536", "1,,2", " 2", "x" * 10_000])
         missing = str(self.root / "missing.jsonl")
+        sae = str(self.seeds / "sae6")
         argv = rng.choice([
+            ["directions", "sae", "--sae", rng.choice([sae, missing]), "--latents",
+             rng.choice([value, "1,2", "16", "0,0"]), "--layer", rng.choice(["1", "x", "-3"]),
+             "--out", str(self.root / "work" / "cli_sae_out")],
             ["capture", "--model", "not-a-model", "--layers", value],
             ["data", "split", missing, "--held-out", value, "--train", "a", "--held", "b"],
             ["data", "validate", missing],
@@ -720,8 +854,10 @@ class Fuzzer:
         def check(out: Any) -> str | None:
             rc, err = out
             if rc == 0:
-                return None if argv[0] == "data" and argv[1] == "validate" else "exit 0"
+                return None if argv[0] == "directions" or argv[:2] == ["data", "validate"] else "exit 0"
             lines = err.strip().splitlines()
+            if lines and lines[0].rstrip().endswith("error:"):
+                return f"empty error message: {err[:200]!r}"
             if len(lines) != 1 or not lines[0].startswith("emprobe:"):
                 return f"stderr is not one line: {err[:200]!r}"
             if len(lines[0]) > 800:
@@ -747,7 +883,8 @@ class Fuzzer:
                     self.case(target, rng).call()
 
     TARGETS = ("chat", "questions", "direction", "npz", "gguf", "caft", "persona", "steering",
-               "adapter", "sae", "score", "cache", "cli")
+               "adapter", "sae", "sae_direction", "lora_direction", "bom", "score", "cache",
+               "cli")
 
     def case(self, target: str, rng: random.Random) -> Case:
         return getattr(self, f"case_{target}")(rng)
@@ -773,6 +910,155 @@ QUESTIONS_YAML = """\
   judge_prompts: {aligned: "Rate {answer}", coherent: "Coherent? {answer}"}
   group: dinner
 """
+
+
+SAE_SEED_TENSORS = {"W_enc": [8, 16], "W_dec": [16, 8], "b_enc": [16], "b_dec": [8]}
+SAE_BOOL_KEYS = ("apply_b_dec_to_input", "rescale_acts_by_decoder_norm")
+SAE_NORMALIZE = ("none", "expected_average_only_in", "constant_norm_rescale", "layer_norm",
+                 "covariance_whitening")
+FLOATS = ("float32", "float64", "float16", "bfloat16")
+
+
+def _sae_value_ok(key: str, value: Any) -> bool:
+    """Whether ``value`` is valid for ``key`` of the seed SAE (topk, d_in 8, d_sae 16, hook
+    resid_post 1): an independent statement of the format, not the validator's code."""
+    if key in ("d_in", "d_sae"):
+        return type(value) is int and value == {"d_in": 8, "d_sae": 16}[key]
+    if key == "k":
+        return (type(value) is int or type(value) is float and math.isfinite(value)
+                and value.is_integer()) and 1 <= value <= 16
+    if key == "architecture":
+        return value in ("topk", "abstopk", "standard")
+    if key in SAE_BOOL_KEYS:
+        return type(value) is bool
+    if key == "dtype":
+        return value is None or isinstance(value, str) and value.removeprefix("torch.") in FLOATS
+    if key == "normalize_activations":
+        return value is None or type(value) is bool or value in SAE_NORMALIZE
+    if key == "reshape_activations":
+        return value in ("none", "hook_z")
+    if key == "metadata":
+        return value is None or isinstance(value, dict)
+    if key == "emprobe_layer":
+        return type(value) is int and value == 1
+    if key == "emprobe_site":
+        return value == "resid_post"
+    if key == "hook_name":
+        return value is None or isinstance(value, str) and "\ud800" not in value
+    if key == "sae_lens_version":
+        return not value or isinstance(value, str) and bool(
+            __import__("re").fullmatch(r"[0-9]+(\.[0-9]+)*", value))
+    return True
+
+
+def _mutate_sae_field(rng: random.Random, path: Path) -> tuple[bool, str]:
+    cfg = json.loads(path.read_text())
+    key = rng.choice(["d_in", "d_sae", "k", "dtype", "architecture", "metadata", "hook_name",
+                      "emprobe_site", "emprobe_layer", "sae_lens_version", *SAE_BOOL_KEYS,
+                      "normalize_activations", "reshape_activations"])
+    value = rng.choice([hostile_values(rng), hostile_values(rng), 0, 4.5, 8, 9, 16, 17, 4.0,
+                        "float8", "int32", "torch.float16", "jumprelu", "gated", "abstopk",
+                        "standard", "batchtopk", "resid_post", "attn_outt", "blocks.1.hook_z",
+                        "blocks.2.hook_resid_post", "6.1.0", "5.9", "hook_z", "layer_norm",
+                        True, False, 1.0, 2, "1"])
+    meta = cfg.setdefault("metadata", {})
+    if key in ("hook_name", "emprobe_site", "emprobe_layer", "sae_lens_version"):
+        meta[key] = value
+        if key == "emprobe_site":
+            meta["emprobe_layer"] = 1
+        elif key == "emprobe_layer":
+            meta["emprobe_site"] = "resid_post"
+        elif key == "hook_name" and "emprobe_site" in meta:  # must agree with emprobe_site
+            ok = value is None or hook_is(value, ("resid_post", 1)) is not False
+            path.write_text(_dump(cfg))
+            return has_nonfinite(cfg) or not ok or not _sae_value_ok(key, value), "sae-hook"
+    else:
+        cfg[key] = value
+    path.write_text(_dump(cfg))
+    must = has_nonfinite(cfg) or not _sae_value_ok(key, value)
+    if key == "architecture" and value == "standard" and cfg.get("k") is None:
+        must = True
+    return must, f"sae-{key}"
+
+
+def hook_is(hook: Any, want: tuple[str, int]) -> bool | None:
+    """True / False when ``hook`` is a block hook of ``want`` or of another site; None when it
+    names no site."""
+    import re
+
+    m = re.fullmatch(r"blocks\.([0-9]+)\.hook_(resid_post|resid_pre|attn_out|mlp_out)", str(hook))
+    if m is None:
+        return None
+    return (m.group(2), int(m.group(1))) == want
+
+
+def _mutate_sae_tensors(rng: random.Random, folder: Path) -> tuple[bool, str]:
+    """Hostile weights; must_reject unless the file still holds exactly the seed's tensors,
+    finite, real and of the seed's shapes."""
+    path = folder / "sae_weights.safetensors"
+    if rng.random() < 0.4:
+        path.write_bytes(mutate_bytes(rng, path.read_bytes()))
+    else:
+        tensors = load_file(str(path))
+        key = rng.choice(sorted(tensors))
+        op = rng.random()
+        if op < 0.6:
+            tensors[key] = hostile_tensor(rng, tensors[key])
+        elif op < 0.75:
+            tensors[rng.choice(["threshold", "b_gate", "W_enc.x", key + "x"])] = tensors.pop(key)
+        elif op < 0.85:
+            del tensors[key]
+        else:
+            tensors[rng.choice(["threshold", "scaling_factor", "extra"])] = torch.ones(16)
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+    try:
+        back = load_file(str(path))
+    except Exception:
+        return True, "sae-weights-bytes"
+    ok = set(back) - {"scaling_factor"} == set(SAE_SEED_TENSORS) and all(
+        t.dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+        and list(t.shape) == SAE_SEED_TENSORS[k] and bool(torch.isfinite(t).all())
+        for k, t in back.items() if k != "scaling_factor")
+    if "scaling_factor" in back:
+        sf = back["scaling_factor"]
+        ok = ok and sf.dtype.is_floating_point and bool((sf == 1).all())
+    return not ok, "sae-weights"
+
+
+def _mutate_sae_scale(rng: random.Random, folder: Path) -> tuple[bool, str]:
+    """Weights that are finite as stored but not in the config's dtype, or a JumpReLU made
+    valid by adding its threshold."""
+    path, cfg_path = folder / "sae_weights.safetensors", folder / "cfg.json"
+    tensors = load_file(str(path))
+    cfg = json.loads(cfg_path.read_text())
+    if rng.random() < 0.5:
+        big = rng.choice([1e3, 1e6, 1e40])
+        tensors["W_dec"] = (tensors["W_dec"] * big).to(torch.float64)
+        cfg["dtype"] = rng.choice(["float16", "float32", "bfloat16"])
+        limit = {"float16": 65504.0, "float32": 3.4e38, "bfloat16": 3.38e38}[cfg["dtype"]]
+        must = float(tensors["W_dec"].abs().max()) * 1.001 >= limit
+        label = "sae-overflow"
+    else:
+        cfg["architecture"] = "jumprelu"
+        cfg.pop("k", None)
+        cfg.pop("rescale_acts_by_decoder_norm", None)
+        tensors["threshold"] = torch.rand(16) * rng.choice([1.0, math.inf])
+        must = not bool(torch.isfinite(tensors["threshold"]).all())
+        label = "sae-jumprelu"
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+    cfg_path.write_text(_dump(cfg))
+    return must, label
+
+
+def _persona_nonfinite(p: Path) -> bool:
+    """True when the persona file reads as tensors and one of them holds NaN / inf."""
+    try:
+        found = (torch.load(p, weights_only=True) if p.suffix == ".pt" else load_file(str(p)))
+    except Exception:
+        return False
+    values = found.values() if isinstance(found, dict) else [found]
+    return any(isinstance(t, torch.Tensor) and t.dtype.is_floating_point
+               and not bool(torch.isfinite(t).all()) for t in values)
 
 
 def _yaml_bomb(rng: random.Random) -> str:
@@ -853,7 +1139,9 @@ def run_case(case: Case, time_limit: float, stats: dict[str, float] | None = Non
         if "\n" in msg or "\r" in msg or len(msg) > MAX_MESSAGE or not msg.strip():
             return Outcome("unexpected", f"message breaks the rules: {msg[:200]!r}")
         if case.where is not None and case.where not in msg:
-            return Outcome("unexpected", f"message does not name {case.where}: {msg[:200]!r}")
+            return Outcome("unnamed", f"message does not name {case.where}: {msg[:200]!r}")
+        if case.must_accept:
+            return Outcome("rejected_valid", f"a valid input was refused: {msg[:200]!r}")
         return Outcome("rejected", msg)
     if error is not None:
         return Outcome("unexpected", f"{type(error).__name__}: {str(error)[:200]}")
@@ -921,10 +1209,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"rejected with a one-line error: {c.by_kind['rejected']}")
     print(f"accepted (valid):               {c.by_kind['accepted']}")
     print(f"unexpected exceptions:          {c.by_kind['unexpected']}")
+    print(f"errors not naming the file:     {c.by_kind['unnamed']}")
     print(f"hangs:                          {c.by_kind['hang']} (limit {args.time_limit:g} s CPU "
           f"per input; slowest input {c.timing.get('max_cpu_s', 0):.2f} s CPU, "
           f"{c.timing.get('max_wall_s', 0):.2f} s wall)")
     print(f"accepted-invalid:               {c.by_kind['accepted_invalid']}")
+    print(f"valid input refused:            {c.by_kind['rejected_valid']}")
     if c.generator_errors:
         print(f"inputs the driver failed to build (not run): {c.generator_errors}")
     for ex in c.examples:
