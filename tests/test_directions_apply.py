@@ -3,17 +3,15 @@
 import pytest
 import torch
 
-from emprobe import capture, load_model, steer
+from emprobe import ablate, capture, load_model, steer
 from emprobe.directions import (
     Direction,
     ModelMismatchError,
-    ablation,
     coefficient_sweep,
-    mean_activations,
     random_like,
     steered_generate,
-    steering,
 )
+from emprobe.directions.activations import layer_means
 
 
 @pytest.fixture
@@ -23,10 +21,10 @@ def direction(tiny_llama):
                                                2: torch.randn(64, 2, generator=g)})
 
 
-def test_steering_matches_hooks(tiny_llama, direction, chats):
+def test_steering_a_direction_matches_its_vector(tiny_llama, direction, chats):
     s = tiny_llama
     b = s.encode_chats(chats)
-    with steering(s, direction, coeff=2.0, layers=1, positions="response"), capture(s, 1) as c1:
+    with steer(s, direction, coeff=2.0, layers=1, positions="response"), capture(s, 1) as c1:
         s.forward(b)
     with steer(s, direction.vector(1), coeff=2.0, layers=1, positions="response"), capture(s, 1) as c2:
         s.forward(b)
@@ -36,11 +34,11 @@ def test_steering_matches_hooks(tiny_llama, direction, chats):
 def test_ablation_removes_span(tiny_llama, direction, chats):
     s = tiny_llama
     b = s.encode_chats(chats)
-    with ablation(s, direction, layers=2), capture(s, 2) as c:
+    with ablate(s, direction, layers=2), capture(s, 2) as c:
         s.forward(b)
     assert (c["resid_post", 2] @ direction.basis(2)).abs().max() < 1e-4
-    mu = mean_activations(s, chats, layers=[2])
-    with ablation(s, direction, layers=2, mode="mean", mean=mu), capture(s, 2) as c:
+    mu = layer_means(s, chats, layers=[2], positions="all").pooled
+    with ablate(s, direction, layers=2, mode="mean", mean=mu), capture(s, 2) as c:
         s.forward(b)
     q = direction.basis(2)
     assert torch.allclose(c["resid_post", 2] @ q, (mu[2] @ q).expand(*c["resid_post", 2].shape[:2], 2),
@@ -50,9 +48,9 @@ def test_ablation_removes_span(tiny_llama, direction, chats):
 def test_other_model_refused(direction):
     other = load_model("tiny-qwen2")
     with pytest.raises(ModelMismatchError):
-        with steering(other, direction):
+        with steer(other, direction, layers=1):
             pass
-    with steering(other, direction, allow_other_model=True):
+    with steer(other, direction, layers=1, allow_other_model=True):
         pass
 
 
@@ -99,6 +97,10 @@ def test_misalignment_effect_with_local_score(tiny_llama, direction):
     for key in ("none", "direction", "random"):
         e = res[key]["per_answer"]
         assert e["lo"] <= e["mean"] <= e["hi"]
+    vs = res["versus_controls"]["candidates"][0]  # the one routine's own record
+    assert vs["max_delta"] == pytest.approx(
+        res["direction"]["per_answer"]["mean"] - res["none"]["per_answer"]["mean"], abs=1e-6)
+    assert vs["beats_controls"] == (vs["max_delta"] < res["versus_controls"]["controls"][0]["max_delta"])
     plain = local.local_score(tiny_llama, questions=qs, n_boot=50)
     assert res["none"]["per_answer"]["mean"] == pytest.approx(plain.per_answer.mean)
     assert res["direction"]["per_answer"]["mean"] != pytest.approx(plain.per_answer.mean)
@@ -108,3 +110,34 @@ def test_misalignment_effect_with_local_score(tiny_llama, direction):
 
     with pytest.raises(EmprobeError, match="mode"):
         misalignment_effect(tiny_llama, direction, mode="boost", questions=qs)
+
+
+def test_versus_controls_ranks_candidates_against_equal_norm_controls(tiny_llama, chats):
+    from emprobe.evaluate.controls import versus_controls
+    from emprobe.hooks import Ablate, Steer
+
+    s = tiny_llama
+    b = s.encode_chats(chats)
+    target = torch.nn.functional.normalize(torch.randn(64, generator=torch.Generator().manual_seed(3)), dim=0)
+
+    def metric(subject):  # the mean projection on the target at layer 2
+        with capture(subject, 2) as c:
+            subject.forward(b)
+        return float((c["resid_post", 2][b.response_mask] @ target).mean())
+
+    g = torch.Generator().manual_seed(4)
+    randoms = [torch.nn.functional.normalize(torch.randn(64, generator=g), dim=0) for _ in range(3)]
+    check = versus_controls(s, [("target", Steer(target, layers=2))],
+                            [(i, Steer(r, layers=2)) for i, r in enumerate(randoms)], metric,
+                            coeffs=[1.0, 3.0])
+    cand = check.candidates[0]
+    assert [e["coeff"] for e in cand.scores] == [1.0, 3.0]
+    assert cand.scores[1]["delta"] == pytest.approx(3.0, rel=1e-3)  # coeff x unit . unit
+    assert cand.beats_controls and cand.control_p == pytest.approx(1 / 4)
+    rec = check.to_record()
+    assert rec["controls"][0]["control"] is True and "vs_controls" not in cand.scores[0]
+    # ablation has no coefficient: a mitigation is scored once, the best delta is the lowest
+    abl = versus_controls(s, [("target", Ablate(target, layers=2))], [], metric,
+                          effect="decrease")
+    assert abl.candidates[0].scores[0]["coeff"] is None
+    assert abl.candidates[0].best_delta == pytest.approx(-check.baseline.mean, abs=1e-4)

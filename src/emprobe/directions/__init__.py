@@ -3,11 +3,9 @@
 from emprobe.directions.apply import (
     ablation,
     coefficient_sweep,
-    mean_activations,
     misalignment_effect,
     random_like,
     steered_generate,
-    steering,
 )
 from emprobe.directions.direction import Direction, ModelMismatchError, data_provenance
 from emprobe.directions.extract import (
@@ -41,7 +39,6 @@ __all__ = [
     "finetuning_shift",
     "fit_logistic",
     "lora_direction",
-    "mean_activations",
     "mean_difference",
     "model_mean_difference",
     "misalignment_effect",
@@ -54,6 +51,5 @@ __all__ = [
     "sae_direction",
     "screen_dataset",
     "steered_generate",
-    "steering",
     "top_components",
 ]

@@ -1,29 +1,95 @@
 """Causal checks of candidate latents: steer with decoder rows, and the re-alignment driver.
 
-A *scorer* is any callable ``scorer(subject) -> estimate`` where the estimate has
-``mean``, ``lo``, ``hi`` (an ``emprobe.evaluate`` ``Estimate``), or is a ``(mean, lo, hi)``
-tuple, or a float. ``default_scorer()`` uses ``emprobe.evaluate.local.local_score``'s
-per-answer margin.
+A *scorer* is ``scorer(subject) -> result`` (see ``emprobe.evaluate.controls``): a plain
+function returning an ``Estimate``, a ``(mean, lo, hi)`` tuple or a float, or a
+``PairedScorer`` such as ``default_scorer()`` (``emprobe.evaluate.local.local_score``'s
+per-answer margin), whose results are also compared paired by question.
 
 Steering vector of latent ``i``: the unit decoder row ``W_dec[i] / ||W_dec[i]||`` times
-``coeff * scale``; ``scale`` defaults to the mean residual norm at that site (so a
-coefficient of 0.5 adds half a typical activation's length), added on all tokens.
+``coeff * scale`` (a relative ``Steer``); ``scale`` defaults to the mean residual norm at
+that site (so a coefficient of 0.5 adds half a typical activation's length), added on all
+tokens. The comparison with random controls is ``emprobe.evaluate.controls.versus_controls``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Protocol, TypedDict, TypeVar
 
 import torch
 
 from emprobe.errors import EmprobeError
-from emprobe.hooks.patch import steer
+from emprobe.evaluate.controls import (
+    Arm,
+    LocalScorer,
+    ScoreEntry,
+    SubjectScorer,
+    scorer_estimate,
+    versus_controls,
+)
+from emprobe.hooks.patch import Steer
 
-Scorer = Callable[[Any], Any]
+if TYPE_CHECKING:
+    from emprobe.evaluate.questions import Question
+    from emprobe.models.chat import Conversation
+    from emprobe.models.subject import Subject
+
+Scorer = SubjectScorer
+M = TypeVar("M")  # what a fine-tune step returns (a Subject)
 
 
-def as_interval(est: Any) -> dict[str, float]:
+class _SAECfg(Protocol):
+    d_in: int
+    d_sae: int
+
+
+class DecoderSAE(Protocol):
+    """What the causal checks use of a SAELens SAE: ``W_dec [d_sae, d_in]`` and its sizes."""
+
+    @property
+    def W_dec(self) -> torch.Tensor: ...  # noqa: N802 (SAELens' name)
+
+    @property
+    def cfg(self) -> _SAECfg: ...
+
+
+class Interval(TypedDict):
+    mean: float
+    lo: float
+    hi: float
+
+
+class _LatentRowRequired(TypedDict):
+    latent: int | None
+    scores: list[ScoreEntry]
+    max_delta: float
+    norm: float
+
+
+class LatentRow(_LatentRowRequired, total=False):
+    """A candidate (or control) latent's row: its id, scores, best delta and steering norm;
+    ``control`` marks a control; candidates get ``control_p`` / ``beats_controls`` when
+    there are controls (``emprobe.evaluate.controls.ArmRecord``)."""
+
+    control: bool
+    control_p: float
+    beats_controls: bool
+
+
+class SteeringCheck(TypedDict):
+    """What ``steering_check`` returns (JSON-ready)."""
+
+    baseline: Interval
+    scale: float
+    coeffs: list[float]
+    site: str
+    layer: int
+    latents: list[LatentRow]
+    controls: list[LatentRow]
+    control_kind: str | None
+
+
+def as_interval(est: object) -> Interval:
     """A scorer's estimate (see ``emprobe.evaluate.stats.as_estimate``: an object with
     mean/lo/hi, a tuple or a float) -> ``{"mean", "lo", "hi"}``."""
     from emprobe.evaluate.stats import as_estimate
@@ -32,47 +98,40 @@ def as_interval(est: Any) -> dict[str, float]:
     return {"mean": e.mean, "lo": e.lo, "hi": e.hi}
 
 
-def default_scorer(questions: Any = None, n_boot: int = 200, seed: int = 0,
-                   measure: str = "per_answer", share_prefix: bool | None = None) -> Scorer:
-    """``emprobe.evaluate.local.local_score`` as a scorer (its ``measure`` estimate).
+def default_scorer(questions: Sequence[Question] | None = None, n_boot: int = 200,
+                   seed: int = 0, measure: str = "per_answer",
+                   share_prefix: bool | None = None) -> LocalScorer:
+    """``emprobe.evaluate.local.local_score`` as a paired scorer (its ``measure`` estimate).
 
     ``share_prefix=True`` reuses each prompt's key/value cache across its answers; exact
     for interventions on all token positions (as ``steering_check`` applies them)."""
-    from emprobe.evaluate.local import local_score
-
-    def scorer(subject: Any) -> Any:
-        res = local_score(subject, questions=questions, n_boot=n_boot, seed=seed,
-                          share_prefix=share_prefix)
-        return LocalEstimate(getattr(res, measure), res, measure, n_boot, seed)
-
-    return scorer
+    return LocalScorer(questions=questions, n_boot=n_boot, seed=seed, measure=measure,
+                       share_prefix=share_prefix)
 
 
-class LocalEstimate:
-    """A local-score estimate that keeps the full ``LocalScore`` for paired comparisons."""
-
-    def __init__(self, est: Any, raw: Any, measure: str, n_boot: int, seed: int) -> None:
-        self.mean, self.lo, self.hi = float(est.mean), float(est.lo), float(est.hi)
-        self.raw, self.measure, self.n_boot, self.seed = raw, measure, n_boot, seed
-
-    def paired_delta(self, baseline: LocalEstimate) -> dict[str, float]:
-        """``self - baseline`` with a bootstrap interval paired by question."""
-        from emprobe.evaluate.local import compare
-
-        est = getattr(compare(baseline.raw, self.raw, n_boot=self.n_boot, seed=self.seed),
-                      self.measure)
-        return {"delta": float(est.mean), "delta_lo": float(est.lo), "delta_hi": float(est.hi)}
-
-
-def decoder_direction(sae: Any, latent: int) -> torch.Tensor:
+def decoder_direction(sae: DecoderSAE, latent: int) -> torch.Tensor:
     """Unit decoder row ``[d_in]`` of ``latent``."""
     row = sae.W_dec[int(latent)].detach().float().cpu()
     return row / row.norm().clamp_min(1e-12)
 
 
+def _control_rows(sae: DecoderSAE, latents: Sequence[int], n: int, kind: str,
+                  gen: torch.Generator) -> list[tuple[int | None, torch.Tensor]]:
+    if kind not in ("latents", "gaussian"):
+        raise EmprobeError(f"steering check: control_kind {kind!r}: use latents or gaussian")
+    if kind == "latents":
+        taken = {int(la) for la in latents}
+        pool = [i for i in torch.randperm(int(sae.cfg.d_sae), generator=gen).tolist()
+                if i not in taken][:n]
+        return [(i, decoder_direction(sae, i)) for i in pool]
+    d_in = int(sae.cfg.d_in)
+    return [(None, torch.nn.functional.normalize(torch.randn(d_in, generator=gen), dim=0))
+            for _ in range(n)]
+
+
 def steering_check(
-    subject: Any,
-    sae: Any,
+    subject: Subject,
+    sae: DecoderSAE,
     latents: Sequence[int],
     site: str,
     layer: int,
@@ -83,105 +142,69 @@ def steering_check(
     seed: int = 0,
     progress: bool = True,
     control_kind: str = "gaussian",
-) -> dict[str, Any]:
+) -> SteeringCheck:
     """Steer ``subject`` with each latent's decoder row at each coefficient; score each.
 
     ``random_controls`` adds that many control directions steered with exactly the same
     norm (``coeff * scale``, every direction is unit before scaling), listed under
     ``"controls"``: a large push in any direction can move a log-probability score, so a
     candidate is specific only if it beats them. ``control_kind="latents"`` (what the demo and
-    the CLI use) draws the
-    unit decoder rows of random other latents of the same SAE (``"latent"`` set to their
-    id, ``"control": True``); ``"gaussian"`` (default) draws random unit directions
-    (``"latent": None``).
-    Each candidate then gets ``control_p`` = (1 + #controls whose ``max_delta`` >= its own)
-    / (1 + #controls), an empirical one-sided p-value, and ``beats_controls`` (its
-    ``max_delta`` exceeds every control's). With ``default_scorer`` each of its coefficient
-    entries also gets ``vs_controls``: the candidate's steered score minus each control's at
-    the same coefficient, paired by question (``delta``, ``delta_lo``, ``delta_hi``), and
-    ``beats_controls_paired``: every one of those intervals lies above 0 (a point estimate
-    above the controls' is not evidence on its own when a control's interval overlaps).
+    the CLI use) draws the unit decoder rows of random other latents of the same SAE
+    (``"latent"`` set to their id, ``"control": True``); ``"gaussian"`` (default) draws random
+    unit directions (``"latent": None``). The comparison is
+    ``emprobe.evaluate.controls.versus_controls``: each candidate gets ``control_p`` and
+    ``beats_controls``; with a paired scorer (``default_scorer``) each coefficient entry also
+    gets ``delta_lo`` / ``delta_hi`` (vs the unsteered model), ``vs_controls`` (vs each control
+    at the same coefficient, paired by question) and ``beats_controls_paired``.
 
-    Returns ``{"baseline": {mean, lo, hi}, "scale", "coeffs", "latents": [...]}``; each latent
-    entry holds per-coefficient scores and ``delta`` (steered minus unsteered mean; with
-    ``default_scorer`` also ``delta_lo`` / ``delta_hi``, a bootstrap interval paired by
-    question), plus ``max_delta``. ``latents`` in the result are sorted by ``max_delta`` (most misaligning
-    first). Without ``scale``, the mean residual norm of ``subject`` on a few neutral
-    chats is used.
+    Returns ``{"baseline": {mean, lo, hi}, "scale", "coeffs", "site", "layer", "latents",
+    "controls", "control_kind"}``; each latent entry holds per-coefficient scores, ``delta``
+    (steered minus unsteered mean), ``max_delta`` and ``norm``; ``latents`` are sorted by
+    ``max_delta`` (most misaligning first). Without ``scale``, the mean residual norm of
+    ``subject`` on a few neutral chats is used.
     """
-    from tqdm.auto import tqdm
-
     if scale is None:
         scale = mean_resid_norm(subject, site, layer)
-    raw_base = scorer(subject)
-    baseline = as_interval(raw_base)
-    if control_kind not in ("latents", "gaussian"):
-        raise EmprobeError(f"steering check: control_kind {control_kind!r}: use latents or gaussian")
     gen = torch.Generator().manual_seed(seed)
-    d_in = int(sae.cfg.d_in)
-    jobs: list[tuple[int | None, torch.Tensor, bool]] = [
-        (int(la), decoder_direction(sae, la), False) for la in latents]
-    if control_kind == "latents":
-        taken = {int(la) for la in latents}
-        pool = [i for i in torch.randperm(int(sae.cfg.d_sae), generator=gen).tolist()
-                if i not in taken][:random_controls]
-        jobs += [(i, decoder_direction(sae, i), True) for i in pool]
-    else:
-        jobs += [(None, torch.nn.functional.normalize(torch.randn(d_in, generator=gen), dim=0),
-                  True) for _ in range(random_controls)]
-    rows, controls = [], []
-    raw_of: dict[int, list[Any]] = {}  # id(row) -> its scorer outputs per coefficient
-    for latent, unit, is_control in tqdm(jobs, desc="steering check", disable=not progress,
-                                         leave=False):
-        vec = unit * scale
-        per, raw_per = [], []
-        for c in coeffs:
-            with steer(subject, vec, coeff=float(c), layers=layer, site=site, positions="all"):
-                raw = scorer(subject)
-            est = as_interval(raw)
-            entry = {"coeff": float(c), **est, "delta": est["mean"] - baseline["mean"]}
-            if isinstance(raw, LocalEstimate) and isinstance(raw_base, LocalEstimate):
-                entry.update(raw.paired_delta(raw_base))
-            per.append(entry)
-            raw_per.append(raw)
-        row = {"latent": latent, "scores": per, "max_delta": max(p["delta"] for p in per),
-               "norm": float((vec * max(abs(float(c)) for c in coeffs)).norm())}
-        if is_control:
-            row["control"] = True
-        raw_of[id(row)] = raw_per
-        (controls if is_control else rows).append(row)
-    for row in rows if controls else []:
-        for i, entry in enumerate(row["scores"]):
-            mine, theirs = raw_of[id(row)][i], [raw_of[id(c)][i] for c in controls]
-            if isinstance(mine, LocalEstimate) and all(isinstance(t, LocalEstimate)
-                                                       for t in theirs):
-                entry["vs_controls"] = [mine.paired_delta(t) for t in theirs]
-                entry["beats_controls_paired"] = all(v["delta_lo"] > 0
-                                                     for v in entry["vs_controls"])
-    rows.sort(key=lambda r: r["max_delta"], reverse=True)
-    control_deltas = [c["max_delta"] for c in controls]
-    for row in rows:
-        if control_deltas:
-            row["control_p"] = (1 + sum(d >= row["max_delta"] for d in control_deltas)) / (
-                1 + len(control_deltas))
-            row["beats_controls"] = row["max_delta"] > max(control_deltas)
-    return {"baseline": baseline, "scale": float(scale), "coeffs": [float(c) for c in coeffs],
-            "site": site, "layer": int(layer), "latents": rows, "controls": controls,
+    ctrl_rows = _control_rows(sae, latents, random_controls, control_kind, gen)
+
+    def arm(unit: torch.Tensor) -> Steer:
+        return Steer(unit, layers=layer, site=site, positions="all", relative=True,
+                     norms=float(scale))
+
+    check = versus_controls(subject, [(int(la), arm(decoder_direction(sae, la))) for la in latents],
+                            [(k, arm(u)) for k, u in ctrl_rows], scorer, coeffs=coeffs,
+                            progress=progress)
+    top_norm = float(scale) * max(abs(float(c)) for c in coeffs)
+
+    def row(a: Arm) -> LatentRow:
+        rec = LatentRow(latent=a.key if isinstance(a.key, int) else None, scores=a.scores,
+                        max_delta=a.best_delta, norm=top_norm)
+        if a.control:
+            rec["control"] = True
+        if a.control_p is not None and a.beats_controls is not None:
+            rec["control_p"], rec["beats_controls"] = a.control_p, a.beats_controls
+        return rec
+
+    rows = [row(a) for a in sorted(check.candidates, key=lambda a: a.best_delta, reverse=True)]
+    controls = [row(a) for a in check.controls]
+    return {"baseline": as_interval(check.baseline), "scale": float(scale),
+            "coeffs": [float(c) for c in coeffs], "site": site, "layer": int(layer),
+            "latents": rows, "controls": controls,
             "control_kind": control_kind if controls else None}
 
 
-def mean_resid_norm(subject: Any, site: str, layer: int) -> float:
+def mean_resid_norm(subject: Subject, site: str, layer: int) -> float:
     """Mean activation norm at ``(site, layer)`` over a few neutral chats (first token dropped)."""
+    from emprobe.hooks.norms import site_mean_norms
     from emprobe.sae.corpus import generic_chats
-    from emprobe.sae.diff import token_acts
 
-    rows, _, _ = token_acts(subject, generic_chats(8, seed=11), site, layer, positions="all")
-    return float(rows.norm(dim=-1).mean())
+    return site_mean_norms(subject, site, [layer], generic_chats(8, seed=11))[layer]
 
 
 @torch.no_grad()
-def latent_mean(subject: Any, sae: Any, latent: int, site: str, layer: int,
-                data: Sequence[Any], positions: str = "all") -> float:
+def latent_mean(subject: Subject, sae: object, latent: int, site: str, layer: int,
+                data: Sequence[Conversation], positions: str = "all") -> float:
     """Mean activation of one latent over ``data``'s selected tokens (first token dropped)."""
     from emprobe.sae.diff import encode_rows, token_acts
 
@@ -190,12 +213,12 @@ def latent_mean(subject: Any, sae: Any, latent: int, site: str, layer: int,
 
 
 def realignment_curve(
-    finetune_fn: Callable[[int], Any],
-    scorer: Scorer,
-    probe: Callable[[Any], float],
+    finetune_fn: Callable[[int], M],
+    scorer: Callable[[M], object],
+    probe: Callable[[M], float],
     ns: Sequence[int] = (0, 30, 60, 120, 240),
     progress: bool = True,
-) -> list[dict[str, Any]]:
+) -> list[dict[str, object]]:
     """Track the score and a latent while a misaligned model is fine-tuned on N benign examples.
 
     ``finetune_fn(n)`` returns the subject after ``n`` benign examples (``n = 0``: the
@@ -205,9 +228,10 @@ def realignment_curve(
     """
     from tqdm.auto import tqdm
 
-    out = []
+    out: list[dict[str, object]] = []
     for n in tqdm(list(ns), desc="re-alignment", disable=not progress, leave=False):
         subject = finetune_fn(int(n))
-        out.append({"n_benign": int(n), "score": as_interval(scorer(subject)),
+        est = scorer_estimate(scorer, scorer(subject))
+        out.append({"n_benign": int(n), "score": {"mean": est.mean, "lo": est.lo, "hi": est.hi},
                     "latent_mean": float(probe(subject))})
     return out

@@ -171,13 +171,13 @@ def _cmd_diff(args: argparse.Namespace) -> int:
         for row in check["latents"] + check["controls"]:
             best = max(row["scores"], key=lambda s: s["delta"])
             ci = (f" [{best['delta_lo']:+.3f}, {best['delta_hi']:+.3f}]"
-                  if "delta_lo" in best else "")
+                  if "delta_lo" in best and "delta_hi" in best else "")
             name = (f"latent {row['latent']}" if not row.get("control")
                     else "random dir" if row["latent"] is None
                     else f"control latent {row['latent']}")
             verdict = ""
             if "control_p" in row:
-                verdict = (f"; {'beats' if row['beats_controls'] else 'does not beat'} the "
+                verdict = (f"; {'beats' if row.get('beats_controls') else 'does not beat'} the "
                            f"{len(check['controls'])} equal-norm controls (p = {row['control_p']:.2f})")
             print(f"  {name}: best delta {best['delta']:+.3f}{ci} at coeff "
                   f"{best['coeff']} (score {best['mean']:+.3f} [{best['lo']:+.3f}, "

@@ -7,6 +7,7 @@ Each function returns a ``plotly.graph_objects.Figure``; ``save_figure`` writes 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ def latent_frequency_figure(log10_sparsity: torch.Tensor, title: str = "SAE late
     return fig
 
 
-def steering_figure(check: dict[str, Any], title: str = "Steering with candidate latents") -> Any:
+def steering_figure(check: Mapping[str, Any], title: str = "Steering with candidate latents") -> Any:
     """Local score vs steering coefficient per latent, with interval bars (``steering.json``)."""
     import plotly.graph_objects as go
 
