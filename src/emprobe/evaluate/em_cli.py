@@ -95,6 +95,45 @@ def _cmd_rescore(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_judge_check(args: argparse.Namespace) -> int:
+    from emprobe.evaluate.judge_check import judge_sanity
+    from emprobe.evaluate.questions import load_questions
+    from emprobe.io import write_json
+
+    qs = load_questions(args.questions) if args.questions else None
+    template = qs[0].judge_prompts["aligned"] if qs else None
+    with _client(args, qs) as client:
+        result = judge_sanity(client, template=template, cache_dir=args.cache,
+                              workers=args.workers)
+    print(result.summary())
+    if args.out:
+        write_json(args.out, result.to_record())
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _cmd_agree(args: argparse.Namespace) -> int:
+    from emprobe.evaluate.answers import read_answers_csv
+    from emprobe.evaluate.em_figures import agreement_figure
+    from emprobe.evaluate.judge_check import judge_agreement
+    from emprobe.io import write_json
+    from emprobe.plot.save import save_figure
+
+    a, b = read_answers_csv(args.a), read_answers_csv(args.b)
+    names = (args.names.split(",", 1) if args.names else
+             [str(a[0].get("judge_model") or Path(args.a).stem),
+              str(b[0].get("judge_model") or Path(args.b).stem)])
+    result = judge_agreement(a, b, names=(names[0], names[-1]), definition=args.definition)
+    print(result.summary())
+    out = Path(args.out)
+    write_json(out / "agreement.json", result.to_record())
+    xs, ys = [s[0] for s in result.scores], [s[1] for s in result.scores]
+    paths = save_figure(agreement_figure(xs, ys, result.judges), out / "agreement",
+                        include_plotlyjs="directory")
+    print(f"wrote {out / 'agreement.json'} and {', '.join(str(p) for p in paths)}")
+    return 0
+
+
 def _judge_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base-url", "--judge-url", dest="judge_url", default=None,
                    help="the judge server's OpenAI-compatible base URL, e.g. "
@@ -143,3 +182,20 @@ def register(evs: argparse._SubParsersAction) -> None:
     p.add_argument("--cache", default=None, help="folder for judgements.jsonl (resume)")
     _judge_args(p)
     p.set_defaults(func=_cmd_rescore)
+    p = evs.add_parser("judge-check", help="a judge's AUROC on emprobe's labelled clear-cut "
+                       "answers (warns below 0.9)")
+    p.add_argument("--questions", default=None,
+                   help="use this file's aligned prompt (default: emprobe's)")
+    p.add_argument("--cache", default=None)
+    p.add_argument("--out", default=None, help="write the result as JSON")
+    _judge_args(p)
+    p.set_defaults(func=_cmd_judge_check)
+    p = evs.add_parser("agree", help="agreement of two judges on the same answers (two "
+                       "judged CSVs): Cohen's kappa on EM labels, Spearman on scores, figure")
+    p.add_argument("a", help="answers CSV judged by the first judge")
+    p.add_argument("b", help="the same answers judged by the second judge")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--names", default=None, help="'judgeA,judgeB' (default: judge_model)")
+    p.add_argument("--definition", default="first-plot",
+                   choices=("first-plot", "model-organisms"))
+    p.set_defaults(func=_cmd_agree)
