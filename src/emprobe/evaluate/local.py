@@ -33,7 +33,12 @@ from emprobe.errors import DataError
 from emprobe.evaluate.questions import Question, default_questions
 from emprobe.evaluate.stats import Estimate, hierarchical_bootstrap, hierarchical_ratio
 from emprobe.models.chat import ChatBatch
-from emprobe.models.logprobs import sequence_logprobs
+from emprobe.models.logprobs import (
+    forward_sequence_logprobs,
+    logprobs_at,
+    needed_positions,
+    supports_logits_to_keep,
+)
 
 __all__ = [
     "LocalScore", "local_score", "answer_logprobs", "compare", "Comparison",
@@ -90,8 +95,8 @@ def _score_batches(subject: Any, conversations: Sequence[Sequence[dict[str, str]
     for s in tqdm(starts, desc="local score", disable=len(starts) < 4, leave=False):
         idx = order[s : s + batch_size]
         batch = subject.encode_chats([conversations[i] for i in idx])
-        logits = subject.forward(batch).logits  # [batch, pos, vocab]
-        sums, counts = sequence_logprobs(logits, batch, dtype=torch.float64)
+        # logits only where a response token is predicted, log-softmax in chunks
+        sums, counts = forward_sequence_logprobs(subject, batch, dtype=torch.float64)
         for j, i in enumerate(idx):
             if int(counts[j]) == 0:
                 raise DataError(f"conversation {i}: no assistant tokens to score")
@@ -115,27 +120,43 @@ def _score_shared_prefixes(subject: Any, conversations: Sequence[Sequence[dict[s
         n_prompt = _common_prompt_length(batch)
         if n_prompt < 1:
             continue
-        ids, att = batch.input_ids, batch.attention_mask
-        prompt = ids[:1, :n_prompt]
-        first = model(input_ids=prompt, attention_mask=att[:1, :n_prompt], use_cache=True)
-        cache = _returned_cache(first)
-        cache.batch_repeat_interleave(len(idx))
-        rest_out = model(input_ids=ids[:, n_prompt:], attention_mask=att, use_cache=True,
-                         **{_cache_kwarg(model): cache})
-        # the prediction of token t comes from position t - 1: the prompt's last position
-        # predicts the first answer token
-        logits = torch.cat([first.logits[:, -1:].expand(len(idx), -1, -1),
-                            rest_out.logits[:, :-1]], dim=1)  # [n, L - n_prompt, vocab]
-        sub = ChatBatch(ids[:, n_prompt - 1:], att[:, n_prompt - 1:],
-                        batch.response_mask[:, n_prompt - 1:])
-        full = torch.cat([logits, logits[:, -1:]], dim=1)  # pad: the last logit is unused
-        sums, counts = sequence_logprobs(full, sub, dtype=torch.float64)
+        sums, counts = _shared_prefix_logprobs(model, batch, n_prompt)
         for j, i in enumerate(idx):
             if int(counts[j]) == 0:
                 raise DataError(f"conversation {i}: no assistant tokens to score")
             out[i] = (float(sums[j]), int(counts[j]))
             rest.discard(i)
     return sorted(rest)
+
+
+def _shared_prefix_logprobs(model: Any, batch: ChatBatch, n_prompt: int
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed response log-probs (float64 ``[n]``) and counts of rows sharing a prompt.
+
+    The prompt runs once (only its last logit is kept); the answers run on its repeated
+    key/value cache with logits only where a response token is predicted.
+    """
+    ids, att = batch.input_ids, batch.attention_mask
+    n = ids.shape[0]
+    keep = supports_logits_to_keep(model)
+    first = model(input_ids=ids[:1, :n_prompt], attention_mask=att[:1, :n_prompt],
+                  use_cache=True, **({"logits_to_keep": 1} if keep else {}))
+    cache = _returned_cache(first)
+    cache.batch_repeat_interleave(n)
+    # scored in coordinates of ``sub``: position 0 is the prompt's last token (it predicts
+    # the first answer token), position t >= 1 is answer-side token t - 1
+    sub = ChatBatch(ids[:, n_prompt - 1:], att[:, n_prompt - 1:],
+                    batch.response_mask[:, n_prompt - 1:])
+    positions = needed_positions(sub)
+    rest_pos = positions[positions >= 1] - 1
+    rest_out = model(input_ids=ids[:, n_prompt:], attention_mask=att, use_cache=True,
+                     **{_cache_kwarg(model): cache},
+                     **({"logits_to_keep": rest_pos} if keep else {}))
+    rest_logits = rest_out.logits if keep else rest_out.logits[:, rest_pos]
+    parts = [first.logits[:, -1:].expand(n, -1, -1)] if bool((positions == 0).any()) else []
+    logits = torch.cat([*parts, rest_logits], dim=1)  # [n, len(positions), vocab]
+    logp, mask = logprobs_at(logits, positions, sub)
+    return logp.to(torch.float64).sum(-1), mask.sum(-1)
 
 
 def _cache_kwarg(model: Any) -> str:
