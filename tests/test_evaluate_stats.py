@@ -1,4 +1,5 @@
-"""Paired statistics of the local score: two-stage bootstrap, p-values, Holm, power, ratios."""
+"""Paired statistics of the local score: the t interval over seeds and questions, p-values,
+Holm, power, Fieller ratios, AUROC."""
 
 from __future__ import annotations
 
@@ -12,15 +13,20 @@ from emprobe.evaluate.local import LocalScore, compare, paired_differences, shif
 from emprobe.evaluate.stats import (
     Estimate,
     as_estimate,
+    auroc,
     bootstrap_mean,
     bootstrap_p,
     bootstrap_stat,
     detectable_shift,
+    fieller,
     hierarchical_bootstrap,
-    hierarchical_means,
     hierarchical_ratio,
     holm,
     power_at,
+    ratio_defined,
+    shift_interval,
+    t_quantile,
+    t_sf,
 )
 
 
@@ -33,20 +39,62 @@ def _groups(rng, n_q=20, n_pairs=6, shift=0.0, q_sd=3.0, pair_sd=2.0):
 def test_hierarchical_point_and_interval():
     groups = [[1.0, 1.0], [3.0], [2.0, 4.0, 6.0]]
     est = hierarchical_bootstrap(groups, n_boot=2000, seed=0)
-    assert est.mean == pytest.approx(17 / 6)
-    assert 1.0 <= est.lo < est.mean < est.hi <= 6.0
+    assert est.mean == pytest.approx(17 / 6)  # item mean; the interval is over questions
+    assert est.lo < est.mean < est.hi and est.df == 2  # t with 3 questions: wide
     assert est.se is not None and est.se > 0
     # constant items: no spread at all
     flat = hierarchical_bootstrap([[2.0, 2.0], [2.0]], n_boot=200)
     assert flat.lo == flat.mean == flat.hi == 2.0
 
 
-def test_hierarchical_means_resamples_items_inside_groups():
-    # one group: a groups-only bootstrap has no spread; the two-stage one does
-    point, boots = hierarchical_means([np.array([[0.0], [10.0]])], n_boot=500, seed=1)
-    assert point[0] == 5.0
-    assert set(np.round(boots[:, 0], 6)) <= {0.0, 5.0, 10.0}
-    assert boots[:, 0].std() > 1.0
+def test_t_distribution_matches_tables():
+    # two-sided 95 % critical values from any t table
+    for df, crit in [(1, 12.706), (4, 2.776), (10, 2.228), (30, 2.042)]:
+        assert float(t_quantile(0.975, df)) == pytest.approx(crit, abs=1e-3)
+    assert float(t_sf(0.0, 3.5)) == pytest.approx(0.5)
+    assert float(t_sf(-2.0, 7)) == pytest.approx(1 - float(t_sf(2.0, 7)))
+
+
+def test_one_seed_interval_is_the_t_interval_over_questions():
+    means = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    est = shift_interval(means)
+    half = 2.776445 * np.std(means, ddof=1) / np.sqrt(5)
+    assert est.lo == pytest.approx(3 - half, rel=1e-5)
+    assert est.hi == pytest.approx(3 + half, rel=1e-5)
+    assert est.df == 4 and est.p is not None and 0.01 < est.p < 0.05  # t = 4.24, 4 df
+
+
+def test_seed_variance_widens_the_interval():
+    """Three seeds that disagree: the interval is wider than one seed's over questions."""
+    rng = np.random.default_rng(4)
+    q = rng.normal(0, 0.3, 12)
+    cells = np.stack([1.0 + a + q + rng.normal(0, 0.05, 12) for a in (-1.5, 0.0, 1.5)])
+    pooled = shift_interval(cells.mean(axis=0))  # seeds averaged away
+    seeds = shift_interval(cells)
+    assert seeds.hi - seeds.lo > 5 * (pooled.hi - pooled.lo)
+    assert seeds.lo < 0 < seeds.hi  # three seeds spread +-1.5 do not show a shift of 1
+    with pytest.raises(DataError):
+        shift_interval(np.array([[1.0, float("nan")]]))
+
+
+def test_fieller_is_undefined_without_a_significant_denominator():
+    rng = np.random.default_rng(2)
+    den = rng.normal(0.0, 1.0, (3, 12))
+    den += np.array([[0.45], [-0.35], [0.05]]) - den.mean(axis=1, keepdims=True)
+    # the plain shift is not significant: seeds at +0.45, -0.35, +0.05
+    num = rng.normal(0.05, 1.0, (3, 12))
+    est = fieller(num, den)
+    assert not ratio_defined(est) and math.isnan(est.lo)
+    den2 = rng.normal(4.0, 0.5, (3, 12))
+    est2 = fieller(0.5 * den2 + rng.normal(0, 0.2, (3, 12)), den2)
+    assert ratio_defined(est2) and est2.lo < 0.5 < est2.hi
+
+
+def test_auroc_lives_in_stats():
+    assert auroc([0.1, 0.9, 0.4, 0.8], [0, 1, 0, 1]) == 1.0
+    assert auroc([1.0, 1.0], [0, 1]) == 0.5
+    with pytest.raises(DataError):
+        auroc([1.0, 2.0], [1, 1])
 
 
 def test_coverage_and_false_positive_rate():
@@ -54,7 +102,7 @@ def test_coverage_and_false_positive_rate():
     rng = np.random.default_rng(0)
     false_pos = sum(hierarchical_bootstrap(_groups(rng), n_boot=400, seed=i).excludes(0.0)
                     for i in range(40))
-    assert false_pos <= 6  # nominal 5 % of 40 = 2; two-stage resampling is conservative
+    assert false_pos <= 6  # nominal 5 % of 40 = 2 (calibration: test_stats_coverage.py)
     hits = sum(hierarchical_bootstrap(_groups(rng, shift=4.0), n_boot=400, seed=i).excludes(0.0)
                for i in range(20))
     assert hits >= 18

@@ -1,6 +1,7 @@
 """Predicting misalignment from one latent across a population of fine-tunes.
 
-Pure functions on numbers: AUROC (Mann-Whitney, ties counted half) and Pearson /
+Pure functions on numbers: AUROC (``emprobe.evaluate.stats.auroc``, the one AUROC,
+re-exported here) and Pearson /
 Spearman correlation, each an ``Estimate`` with a percentile bootstrap interval over
 fine-tunes (``emprobe.evaluate.stats.bootstrap_stat``).
 ``population_latent_means`` measures the latent for each model of a population.
@@ -15,52 +16,10 @@ import numpy as np
 import torch
 
 from emprobe.errors import DataError
+from emprobe.evaluate.stats import auroc, auroc_p_value
 
 if TYPE_CHECKING:
     from emprobe.evaluate.stats import Estimate
-
-
-def auroc(scores: Sequence[float] | torch.Tensor, labels: Sequence[int] | torch.Tensor) -> float:
-    """Probability that a random positive scores above a random negative (ties count 1/2)."""
-    s = torch.as_tensor(scores, dtype=torch.float64)
-    y = torch.as_tensor(labels).bool()
-    if s.shape != y.shape or s.ndim != 1:
-        raise DataError(f"auroc: scores {tuple(s.shape)} and labels {tuple(y.shape)} must be 1-D and equal")
-    pos, neg = s[y], s[~y]
-    if len(pos) == 0 or len(neg) == 0:
-        raise DataError("auroc: needs at least one positive and one negative")
-    greater = (pos[:, None] > neg[None, :]).double().sum()
-    ties = (pos[:, None] == neg[None, :]).double().sum()
-    return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
-
-
-def auroc_p_value(scores: Sequence[float] | torch.Tensor, labels: Sequence[int] | torch.Tensor,
-                  n_perm: int = 20000, seed: int = 0) -> float:
-    """One-sided permutation p-value of ``auroc(scores, labels)`` (chance: labels shuffled).
-
-    Exact (every assignment of the positives) when there are at most ``n_perm`` of them,
-    else ``n_perm`` random shuffles with the ``(1 + hits) / (1 + n_perm)`` correction. Unlike
-    a bootstrap interval over models, which collapses to [1, 1] when the classes separate
-    perfectly, it says how likely that separation is by chance with so few models."""
-    import itertools
-    import math
-
-    s = torch.as_tensor(scores, dtype=torch.float64)
-    y = torch.as_tensor(labels).bool()
-    observed = auroc(s, y)
-    n, k = len(y), int(y.sum())
-    if math.comb(n, k) <= n_perm:
-        hits = total = 0
-        for pos in itertools.combinations(range(n), k):
-            lab = torch.zeros(n, dtype=torch.bool)
-            lab[list(pos)] = True
-            hits += auroc(s, lab) >= observed - 1e-12
-            total += 1
-        return hits / total
-    gen = torch.Generator().manual_seed(seed)
-    hits = sum(auroc(s, y[torch.randperm(n, generator=gen)]) >= observed - 1e-12
-               for _ in range(n_perm))
-    return (1 + hits) / (1 + n_perm)
 
 
 def pearson(x: Sequence[float] | torch.Tensor, y: Sequence[float] | torch.Tensor) -> float:
