@@ -1,4 +1,29 @@
-"""Exceptions emprobe raises for bad input: each message is one line that says what and where."""
+"""The one error hierarchy: every error emprobe raises on purpose, each message one line.
+
+Which class to raise (and to catch)::
+
+    EmprobeError                      base: catch this for "emprobe refused"
+    |-- DataError (ValueError)        bad *data*: records, JSONL / YAML / CSV content, a
+    |   |                             question set, an empty or NaN measurement input
+    |   `-- LimitError (+FormatError) input over a resource limit (size, depth, aliases)
+    |-- FormatError (ValueError)      a *file* that is not in its documented format
+    |-- ConfigError (ValueError)      a bad *setting*: an argument or config field out of
+    |                                 range or not one of its allowed values
+    |-- ShapeError (ValueError)       a tensor of the wrong shape / width
+    |-- SiteError (KeyError)          an unknown hook site or an out-of-range layer
+    |-- ModelMismatchError            an artifact (Direction, SAE, adapter) used on a model
+    |                                 other than the one it was made for
+    |-- ModelNotFoundError            a model spec that resolves to nothing loadable
+    |-- EndpointError                 an HTTP endpoint unreachable or answering garbage
+    `-- QualityError                  a *result* below its quality gate; every gate raises
+                                      it or a subclass (the SAE gate, the judge's number-mass
+                                      check, the demo's ``DemoQualityError``)
+
+Rule of thumb: the user can fix a ``ConfigError`` by changing an argument, a
+``DataError`` / ``FormatError`` by fixing the input (the message names the file and the
+field or line), and a ``QualityError`` only by a bigger budget or a better method.
+Messages are one line of at most ``MAX_MESSAGE_CHARS`` characters.
+"""
 
 from __future__ import annotations
 
@@ -59,6 +84,10 @@ class EndpointError(EmprobeError):
 
 class ConfigError(EmprobeError, ValueError):
     """A setting that is out of range or not one of its allowed values (configs, arguments)."""
+
+
+class ModelMismatchError(EmprobeError):
+    """An artifact (a Direction, an SAE, an adapter) used on a model other than its own."""
 
 
 class QualityError(EmprobeError):

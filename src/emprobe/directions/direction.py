@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from emprobe._version import __version__
-from emprobe.errors import EmprobeError, FormatError, ShapeError, SiteError
+from emprobe.errors import EmprobeError, FormatError, ModelMismatchError, ShapeError, SiteError
 from emprobe.hooks.convention import SITES
 from emprobe.io import atomic_dir, load_tensors, read_json_object, save_tensors, write_json
 from emprobe.validate import (
@@ -47,10 +47,6 @@ TENSORS_FILE = "direction.safetensors"
 META_FILE = "direction.json"
 
 __all__ = ["Direction", "ModelMismatchError", "data_provenance", "now_utc"]
-
-
-class ModelMismatchError(EmprobeError):
-    """A direction applied to a model other than the one it was extracted from."""
 
 
 def now_utc() -> str:
