@@ -64,7 +64,9 @@ def run(quick: bool = False) -> list[dict]:
             inner.layers = full
 
     tl = to_transformer_lens(subject)
-    hook = emprobe.tl_hook_name("resid_post", layer)
+    from emprobe.hooks import tl_hook_name
+
+    hook = tl_hook_name("resid_post", layer)
 
     @torch.no_grad()
     def tl_cache() -> torch.Tensor:
