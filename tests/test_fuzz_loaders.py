@@ -142,7 +142,9 @@ def test_sae_cfg_any_value(fuzzer, key: str, value):
 
     def check(out) -> str | None:
         k = out.get("k")
-        if isinstance(k, bool) or not float(k).is_integer() or not 1 <= k <= out["d_sae"]:
+        if k is None:
+            return None if out["architecture"] not in ("topk", "abstopk") else "topk without k"
+        if type(k) is not int or not 1 <= k <= out["d_sae"]:
             return f"k {k!r}"
         return None
 
