@@ -115,7 +115,15 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         mod.register(sub)
+    from emprobe.recipes.series import register as register_series  # `emprobe eval series`
+
+    register_series(_subcommands(sub.choices["eval"]))
     return parser
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
+    """The sub-command action of a parser (to add a command under ``emprobe eval``)."""
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
 
 
 def _pop_chat_template(args: list[str]) -> tuple[list[str], str | None]:
