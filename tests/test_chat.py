@@ -200,3 +200,35 @@ def test_cli_chat_template_flag_anywhere(tmp_path, capsys):
     assert os.environ.get(ENV_VAR) is None  # restored after the command
     assert main(["models", "show", "--model", str(folder), "--chat-template=chatml"]) == 2
     assert "needs the tokens" in capsys.readouterr().err
+
+
+def test_sink_mask_first_real_token_and_bos(tmp_path):
+    from emprobe import load_model
+    from emprobe.models.chat import sink_mask
+
+    s = load_model(_save_tiny(tmp_path / "g", "gemma"))
+    convs = [CONV, [{"role": "user", "content": "A much longer question here?"},
+                    {"role": "assistant", "content": "ok"}]]
+    for side in ("left", "right"):
+        b = s.encode_chats(convs, padding_side=side)
+        m = s.sink_mask(b)
+        assert m.sum(1).tolist() == [1, 1]  # one BOS, which is the first real token
+        assert (b.input_ids[m] == s.tokenizer.bos_token_id).all()
+    # without a BOS id only the first real token is a sink (ChatML's <|im_start|> elsewhere
+    # in the row is kept)
+    b = encode_chats(s.tokenizer, convs, padding_side="left")
+    assert sink_mask(b).sum().item() == 2
+
+
+def test_layer_means_leave_out_the_sink(tiny_llama, one_thread):
+    import emprobe
+    from emprobe.directions.activations import layer_means
+
+    texts = ["the cat sat", "a dog ran far away"]
+    got = layer_means(tiny_llama, texts, layers=[1], positions="all")
+    kept = layer_means(tiny_llama, texts, layers=[1], positions="all", exclude_sink=False)
+    c = emprobe.collect(tiny_llama, texts, layers=[1], positions="all", reduce="tokens")
+    first = c.token_index[:, 1] == 0
+    assert torch.allclose(got.pooled[1], c.acts[1][~first].mean(0), atol=1e-5)
+    assert torch.allclose(kept.pooled[1], c.acts[1].mean(0), atol=1e-5)
+    assert got.counts.tolist() == [n - 1 for n in kept.counts.tolist()]

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from emprobe.errors import DataError
 from emprobe.hooks import capture
+from emprobe.models.chat import sink_mask
 from emprobe.models.context import use_batch
 
 
@@ -55,6 +56,13 @@ def all_layers(subject: Any, layers: Sequence[int] | int | None) -> list[int]:
     return sorted({subject.layers.check_layer(int(la)) for la in layers})
 
 
+def _sinks(subject: Any, batch: Any) -> torch.Tensor:
+    """The subject's attention-sink mask (first token only for objects without one)."""
+    fn = getattr(subject, "sink_mask", None)
+    got = fn(batch) if callable(fn) else None
+    return got if isinstance(got, torch.Tensor) else sink_mask(batch)
+
+
 @torch.no_grad()
 def layer_means(
     subject: Any,
@@ -66,11 +74,16 @@ def layer_means(
     add_generation_prompt: bool = False,
     max_length: int | None = 512,
     progress: bool = False,
+    exclude_sink: bool = True,
 ) -> LayerMeans:
     """Mean activations of the selected tokens, for every layer at once.
 
     ``data``: conversations (response masks from the chat template) or plain strings.
     One early-exit forward per batch captures all ``layers`` (default: all).
+    ``exclude_sink`` (default) leaves out attention-sink positions (each row's first token
+    and a prepended BOS: ``Subject.sink_mask``), whose activations are often tens of times
+    larger than the rest and would dominate a mean over ``all`` / ``prompt`` tokens (or
+    plain texts, whose every token counts as response).
     """
     layer_list = all_layers(subject, layers)
     items = list(data)
@@ -81,6 +94,8 @@ def layer_means(
     for chunk in tqdm(chunks, desc="activations", disable=not progress, leave=False):
         batch = encode(subject, chunk, add_generation_prompt, max_length)
         mask = batch.mask(positions)
+        if exclude_sink:
+            mask = mask & ~_sinks(subject, batch)
         m = mask.unsqueeze(-1).float()
         n = m.sum(1)  # [batch, 1]
         with capture(subject, layer_list, site, early_exit=True) as cache, use_batch(batch):

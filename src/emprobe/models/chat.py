@@ -74,6 +74,24 @@ class ChatBatch:
         )
 
 
+def sink_mask(batch: ChatBatch, bos_token_id: int | None = None) -> torch.Tensor:
+    """Bool ``[batch, pos]``: attention-sink positions, excluded from means by default.
+
+    Each row's first real token (whatever it is: the residual norm there is typically tens
+    of times the others', e.g. about 88,000 against 6,500 on Gemma 3 270M) and, when
+    ``bos_token_id`` is given, every BOS token. Pass the BOS id only for a tokenizer that
+    really prepends one (``Subject.sink_mask`` does this): some vocabularies (SmolLM2)
+    call ``<|im_start|>`` their BOS, which also opens every later turn.
+    """
+    am = batch.attention_mask.bool()
+    pos = torch.arange(am.shape[1], device=am.device).expand_as(am)
+    first = torch.where(am, pos, torch.full_like(pos, am.shape[1])).min(dim=1).values
+    out = (pos == first[:, None]) & am
+    if bos_token_id is not None:
+        out = out | ((batch.input_ids == bos_token_id) & am)
+    return out
+
+
 def validate_conversation(conv: Any, where: str = "conversation") -> list[Message]:
     """Check a conversation's shape; one-line DataError saying what is wrong and where."""
     if isinstance(conv, dict) and "messages" in conv:

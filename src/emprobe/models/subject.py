@@ -12,13 +12,13 @@ from typing import Any
 import torch
 
 from emprobe.errors import ConfigError, ModelNotFoundError
-from emprobe.models.chat import ChatBatch, Conversation, encode_chats, encode_texts
+from emprobe.models.chat import ChatBatch, Conversation, encode_chats, encode_texts, sink_mask
 from emprobe.models.context import use_batch
 from emprobe.models.embedded import EMBEDDED_NAME, embedded_model_dir
 from emprobe.models.gguf import gguf_model_dir, is_gguf_file
 from emprobe.models.layers import LayerMap
 from emprobe.models.paths import cache_dir
-from emprobe.models.templates import ChatFormat, resolve_chat_format
+from emprobe.models.templates import ChatFormat, expects_bos, resolve_chat_format
 from emprobe.models.tiny import TINY_SPECS, build_tiny
 
 __all__ = ["Subject", "load_model", "cache_dir"]
@@ -103,6 +103,12 @@ class Subject:
         self, texts: Sequence[str], max_length: int | None = None, padding_side: str = "right"
     ) -> ChatBatch:
         return encode_texts(self.tokenizer, texts, max_length, padding_side).to(self.device)
+
+    def sink_mask(self, batch: ChatBatch) -> torch.Tensor:
+        """Bool ``[batch, pos]``: attention-sink positions (each row's first real token, and
+        every BOS when the tokenizer prepends one). See ``emprobe.models.chat.sink_mask``."""
+        bos = self.tokenizer.bos_token_id if expects_bos(self.tokenizer) else None
+        return sink_mask(batch, bos).to(batch.input_ids.device)
 
     def forward(self, batch: ChatBatch, **kwargs: Any) -> Any:
         """Run the model on a batch (no grad unless the caller enables it)."""
