@@ -669,6 +669,7 @@ class Fuzzer:
         acts[key] = value
         layer_type = rng.choice(["decoder_block", "mlp", "self_attn", "nope", None, 3])
         sv = {"layer_activations": acts, "layer_type": layer_type}
+        key = next(k for k in acts if k == key)  # True lands on key 1 (True == 1)
         key_ok = (type(key) is int or isinstance(key, np.integer)) and 0 <= key <= 9999 or (
             isinstance(key, str) and key.isdigit() and not key.startswith("0") and int(key) <= 9999)
         if key_ok and int(key) in (1, 2) and type(key) is str:
