@@ -8,7 +8,7 @@ import torch
 from emprobe.errors import DataError, FormatError, SiteError
 from emprobe.hooks.capture import collect
 from emprobe.sae.corpus import generic_chats
-from emprobe.sae.harvest import HarvestConfig, _MemoryRows, harvest, load_harvest
+from emprobe.sae.harvest import HarvestConfig, _Keep, _SiteRows, harvest, load_harvest
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -144,12 +144,19 @@ def test_memory_limit_falls_back_to_shards(tiny_llama, tmp_path):
     hv = harvest(tiny_llama, data, tmp_path / "h",
                  HarvestConfig(layers=[1], memory_limit_mb=0), progress=False)
     assert hv.memory is None and hv.rows("resid_post", 1) is None and hv.n_rows > 0
-    # past the limit the in-memory copy is dropped (the shards still hold every row)
-    rows = _MemoryRows(limit_bytes=1000)
-    rows.add("resid_post", {1: torch.zeros(3, 64, dtype=torch.bfloat16)})
-    assert rows.result()[("resid_post", 1)].shape == (3, 64)
-    rows.add("resid_post", {1: torch.zeros(5, 64, dtype=torch.bfloat16)})
-    assert rows.result() is None
+    # past the limit the in-RAM copy is dropped (the shards still hold every row)
+    written = []
+    rows = _SiteRows("resid_post", [1], 64, torch.bfloat16, 4, _Keep(1000, None, 1, 128), None,
+                     lambda site, blk: written.append(blk[1].clone()))
+    x = torch.randn(1, 3, 64)
+    rows.add({1: x}, [(0, 3)])
+    assert len(rows.kept) == 0 and len(written) == 0  # a block of 4 rows is not full yet
+    rows.add({1: x}, [(0, 3)])
+    assert len(written) == 1 and rows.kept and rows.keep.used == 6 * 128
+    more = _SiteRows("resid_post", [1], 64, torch.bfloat16, 4, rows.keep, None, lambda *a: None)
+    more.add({1: torch.randn(1, 8, 64)}, [(0, 8)])
+    assert not rows.keep.on and more.finish() is None and rows.finish() is None
+    assert torch.cat(written).shape == (6, 64)  # the partial block went to the writer too
 
 
 def test_shard_write_failure_surfaces(tiny_llama, tmp_path, monkeypatch):
@@ -158,7 +165,7 @@ def test_shard_write_failure_surfaces(tiny_llama, tmp_path, monkeypatch):
     def broken(self, acts):
         raise OSError("disk full")
 
-    monkeypatch.setattr(shards.ShardWriter, "add", broken)
+    monkeypatch.setattr(shards.ShardWriter, "write_shard", broken)
     with pytest.raises(OSError, match="disk full"):
         harvest(tiny_llama, generic_chats(40), tmp_path / "h",
                 HarvestConfig(layers=[1], batch_size=2), progress=False)
@@ -191,21 +198,105 @@ def test_bucket_windows_run_in_an_unbiased_fixed_order():
     assert [int(i) for b in plain for i in b.input_ids[:, 0]] == items
 
 
-def test_memory_rows_fill_one_buffer_per_key_when_the_budget_is_known():
-    rows = _MemoryRows(limit_bytes=10_000, capacity=10, n_keys=2)
-    chunks = [torch.randn(n, 64).to(torch.bfloat16) for n in (4, 3, 3)]
-    for c in chunks:
-        rows.add("resid_post", {1: c, 2: c + 1})
-    assert rows.parts == {}  # everything went into the preallocated buffers
-    out = rows.result()
-    torch.testing.assert_close(out[("resid_post", 1)], torch.cat(chunks))
-    torch.testing.assert_close(out[("resid_post", 2)], torch.cat(chunks) + 1)
-    # a buffer whose budget would not fit keeps parts; rows past the limit drop everything
-    small = _MemoryRows(limit_bytes=1000, capacity=100)
-    small.add("resid_post", {1: torch.zeros(3, 64, dtype=torch.bfloat16)})
-    assert small.buffers == {} and small.result()[("resid_post", 1)].shape == (3, 64)
-    small.add("resid_post", {1: torch.zeros(5, 64, dtype=torch.bfloat16)})
-    assert small.result() is None
+def test_site_rows_copy_runs_into_shard_blocks_once():
+    """Rows are copied straight from the activations (runs of the flattened token mask)
+    into shard blocks; with a token budget that fits, the blocks are slices of one
+    in-RAM buffer per layer, so the shards and the in-RAM rows share memory."""
+    acts = {1: torch.randn(2, 5, 64), 2: torch.randn(2, 5, 64)}
+    runs = [(1, 4), (6, 10)]  # 7 rows: row 0 positions 1-3, row 1 positions 1-4
+    expect = {la: torch.cat([a.reshape(-1, 64)[1:4], a.reshape(-1, 64)[6:10]]).to(torch.bfloat16)
+              for la, a in acts.items()}
+    written = []
+    keep = _Keep(10_000_000, 7, 2, 128)
+    rows = _SiteRows("resid_post", [1, 2], 64, torch.bfloat16, 3, keep, 7,
+                     lambda site, blk: written.append(blk))
+    assert keep.whole and rows.whole is not None
+    rows.add(acts, runs)
+    kept = rows.finish()
+    assert [b[1].shape[0] for b in written] == [3, 3, 1]
+    for la in (1, 2):
+        torch.testing.assert_close(kept[la], expect[la], rtol=0, atol=0)
+        torch.testing.assert_close(torch.cat([b[la] for b in written]), expect[la], rtol=0, atol=0)
+        assert all(b[la].untyped_storage().data_ptr() == kept[la].untyped_storage().data_ptr()
+                   for b in written)
+    # without a budget: fresh blocks, concatenated once at the end
+    loose = _SiteRows("resid_post", [1, 2], 64, torch.bfloat16, 3, _Keep(10_000_000, None, 2, 128),
+                      None, lambda site, blk: None)
+    loose.add(acts, runs)
+    torch.testing.assert_close(loose.finish()[2], expect[2], rtol=0, atol=0)
+
+
+def test_token_runs_and_their_window():
+    from emprobe.sae.harvest import _runs, _window
+
+    mask = torch.tensor([[0, 1, 1, 0], [1, 1, 1, 1], [1, 0, 0, 1]], dtype=torch.bool)
+    runs = _runs(mask)
+    assert runs == [(1, 3), (4, 9), (11, 12)]
+    flat = torch.arange(12)
+    picked = torch.cat([flat[a:b] for a, b in runs])
+    assert picked.tolist() == flat[mask.reshape(-1)].tolist()
+    for skip, take in [(0, 8), (2, 5), (3, 8), (0, 1), (7, 8)]:
+        win = _window(runs, skip, take)
+        assert torch.cat([flat[a:b] for a, b in win]).tolist() == picked[skip:take].tolist()
+
+
+def _reference_rows(subject, data, cfg):
+    """The harvest's rows computed the plain way: the same batches in the same order, a full
+    forward each, the chosen tokens in row-major order, cut at the budget."""
+    from emprobe.hooks.capture import capture
+    from emprobe.models.context import use_batch
+    from emprobe.sae.harvest import _batches, _token_mask
+
+    def encode(chunk):
+        if isinstance(chunk[0], str):
+            return subject.encode_texts(list(chunk), max_length=cfg.max_length)
+        return subject.encode_chats(list(chunk), max_length=cfg.max_length)
+
+    out = {(s, la): [] for s in cfg.sites for la in cfg.layers}
+    for batch in _batches(encode, list(data), cfg.batch_size, cfg.bucket):
+        mask = _token_mask(batch, cfg.positions, cfg.skip_first)
+        with torch.no_grad(), use_batch(batch), capture(subject, cfg.layers, cfg.sites) as cache:
+            subject.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+        for key, parts in out.items():
+            parts.append(cache[key][mask])
+    return {k: torch.cat(v)[: cfg.max_tokens] for k, v in out.items()}
+
+
+@pytest.mark.parametrize("case", ["texts-budget", "chats-response", "two-sites"])
+def test_harvest_rows_are_the_plain_rows_in_the_same_order(tiny_llama, tmp_path, case):
+    """Same rows, same order as the plain computation (the prefetching, single-copy,
+    background-written harvest changes nothing but its speed)."""
+    chats = generic_chats(30, seed=4)
+    texts = [f"{c[0]['content']} {c[1]['content']}" for c in chats]
+    data, cfg = {
+        "texts-budget": (texts, HarvestConfig(layers=[2], max_tokens=333, batch_size=4, bucket=3,
+                                              rows_per_shard=64, dtype="float32",
+                                              skip_first=False)),
+        "chats-response": (chats, HarvestConfig(layers=[0, 3], positions="response",
+                                                batch_size=5, bucket=2, rows_per_shard=50,
+                                                dtype="float32")),
+        "two-sites": (chats, HarvestConfig(layers=[1], sites=["resid_post", "attn_out"],
+                                           max_tokens=500, batch_size=3, rows_per_shard=1000,
+                                           dtype="float32", memory_limit_mb=0)),
+    }[case]
+    hv = harvest(tiny_llama, data, tmp_path / "h", cfg, progress=False)
+    ref = _reference_rows(tiny_llama, data, cfg)
+    for (site, layer), rows in ref.items():
+        torch.testing.assert_close(hv.reader(site).load(layer), rows, rtol=1e-5, atol=1e-5)
+        if hv.memory is not None:
+            torch.testing.assert_close(hv.rows(site, layer), rows, rtol=1e-5, atol=1e-5)
+    assert (hv.memory is None) == (cfg.memory_limit_mb == 0)
+
+
+def test_tokenisation_errors_surface_from_the_prefetch_thread(tiny_llama, tmp_path,
+                                                              monkeypatch):
+    def broken(*args, **kwargs):
+        raise ValueError("tokeniser broke")
+
+    monkeypatch.setattr(tiny_llama, "encode_texts", broken)
+    with pytest.raises(ValueError, match="tokeniser broke"):
+        harvest(tiny_llama, ["a b c"] * 5, tmp_path / "h", HarvestConfig(layers=[1]),
+                progress=False)
 
 
 def test_budget_ending_inside_a_batch_runs_only_the_rows_it_needs(tiny_llama, tmp_path,

@@ -66,6 +66,19 @@ class ShardWriter:
         while self._rows >= self.rows_per_shard:
             self._flush(self.rows_per_shard)
 
+    def write_shard(self, acts: dict[int, torch.Tensor]) -> None:
+        """Write ``{layer: [rows, d_model]}`` as the next shard at once, without buffering
+        (no copy when the rows are contiguous CPU tensors of the storage dtype). Only
+        between ``add`` calls that left no buffered rows."""
+        n = {int(v.shape[0]) for v in acts.values()}
+        if len(n) != 1 or set(acts) != set(self.layers) or self._rows:
+            raise FormatError(f"{self.folder}: a shard needs the same rows for layers {self.layers}")
+        name = f"shard-{len(self.shards):05d}.safetensors"
+        save_tensors(self.folder / name,
+                     {f"layer.{la}": acts[la].to("cpu", self.dtype) for la in self.layers})
+        self.shards.append({"file": name, "rows": n.pop()})
+        self._write_manifest()
+
     def _flush(self, rows: int) -> None:
         if rows <= 0:
             return

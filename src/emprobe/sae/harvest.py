@@ -10,17 +10,24 @@ Folder layout (one ``ShardWriter`` folder per site)::
 Every site folder holds the same token rows in the same order, so rows line up across
 sites and layers (row ``i`` of ``layer.7`` and of ``layer.15`` is the same token).
 
-Throughput: items are tokenised a window at a time (``bucket`` batches), sorted by their
-token count and cut into batches trimmed to their longest member, so almost no padded
-position is computed, and the batch in which the token budget ends runs only the rows it
-needs; batches of a window run in a fixed random order, so a budget that ends inside a window
-samples its items without a length bias; activations are cast to the storage dtype (bfloat16 by default) and
-shard writes run on a background thread, off the forward pass's critical path. When the
-harvest fits in ``memory_limit_mb`` the rows are also kept in RAM (``Harvest.memory``) so
-``emprobe.sae.training`` can train without reading the shards back.
+Throughput (the goal: the bare early-exit forward's speed on the same tokens). Items are
+tokenised a window at a time (``bucket`` batches) on a prefetch thread, two batches ahead of
+the forward; each window is sorted by token count and cut into batches trimmed to their
+longest member, so almost no padded position is computed, and the batch in which the token
+budget ends runs only the rows it needs; batches of a window run in a fixed random order,
+so a budget that ends inside a window samples its items without a length bias. The chosen
+rows are copied once, straight from the layer's output into shard blocks of the storage
+dtype (bfloat16 by default), run by run of the token mask (no masked intermediate); a full
+block is handed as is to a background thread that writes the shard. When the harvest fits
+in ``memory_limit_mb`` the blocks are slices of one in-RAM buffer per layer
+(``Harvest.memory``), so ``emprobe.sae.training`` trains without reading the shards back
+and the rows exist once.
 
-RAM stays bounded by ``rows_per_shard`` plus a few pending batches (plus ``memory_limit_mb``
-for the in-memory copy). An interrupted harvest resumes exactly: finished shards are kept,
+``skip_first`` (default True) drops each sequence's first position: the BOS token where
+the tokenizer adds one, and the attention sink (a huge-norm row) in any case.
+
+RAM stays bounded by a few shard blocks of ``rows_per_shard`` rows (plus ``memory_limit_mb``
+for the in-RAM copy). An interrupted harvest resumes exactly: finished shards are kept,
 the batches they cover are skipped (their token counts are recomputed from the
 tokenisation alone), and the first rows of a batch that straddles the last shard are dropped.
 """
@@ -177,10 +184,56 @@ def _batches(encode: Any, items: Sequence[Any], size: int, bucket: int) -> Itera
             yield _rows_of(enc, order[i : i + size])
 
 
-class _BackgroundWriter:
-    """Runs ``ShardWriter.add`` on a thread; at most ``max_pending`` batches wait (bounded RAM)."""
+class _Prefetch:
+    """Runs an iterator on a thread, at most ``depth`` items ahead of the consumer, so the
+    next batches are tokenised while the current one runs through the model."""
 
-    def __init__(self, writers: dict[str, ShardWriter], max_pending: int = 8) -> None:
+    _END = object()
+
+    def __init__(self, items: Iterator[Any], depth: int = 2) -> None:
+        self.queue: queue.Queue[Any] = queue.Queue(max(1, depth))
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(items,), daemon=True,
+                                       name="emprobe-harvest-tokenise")
+        self.thread.start()
+
+    def _put(self, item: Any) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, items: Iterator[Any]) -> None:
+        try:
+            for item in items:
+                if not self._put(item):
+                    return
+        except BaseException as exc:  # re-raised on the consumer's thread
+            self.error = exc
+        self._put(self._END)
+
+    def __iter__(self) -> Iterator[Any]:
+        while True:
+            item = self.queue.get()
+            if item is self._END:
+                if self.error is not None:
+                    raise self.error
+                return
+            yield item
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+class _BackgroundWriter:
+    """Writes finished shards on a thread; at most ``max_pending`` wait (bounded RAM)."""
+
+    def __init__(self, writers: dict[str, ShardWriter], max_pending: int = 2) -> None:
         self.writers = writers
         self.jobs: queue.Queue[tuple[str, dict[int, torch.Tensor]] | None] = queue.Queue(max_pending)
         self.error: BaseException | None = None
@@ -195,7 +248,7 @@ class _BackgroundWriter:
             if self.error is not None:
                 continue  # drain after a failure so the producer never blocks
             try:
-                self.writers[job[0]].add(job[1])
+                self.writers[job[0]].write_shard(job[1])
             except BaseException as exc:  # re-raised on the caller's thread
                 self.error = exc
 
@@ -214,61 +267,194 @@ class _BackgroundWriter:
                 w.close()
 
 
-class _MemoryRows:
-    """Rows kept in RAM per ``(site, layer)`` until they pass ``limit_bytes`` (then dropped).
+def _runs(mask: torch.Tensor) -> list[tuple[int, int]]:
+    """Half-open runs ``[start, stop)`` of True in the row-major flattened ``mask``."""
+    flat = mask.reshape(-1).to(torch.int8)
+    pad = flat.new_zeros(1)
+    edges = torch.diff(flat, prepend=pad, append=pad)
+    starts = (edges == 1).nonzero().squeeze(1).tolist()
+    stops = (edges == -1).nonzero().squeeze(1).tolist()
+    return list(zip(starts, stops))
 
-    With ``capacity`` (the harvest's token budget) each key's rows go into one buffer of
-    ``capacity`` rows allocated on first use (pages are only touched as rows arrive), so
-    ``result`` needs no concatenation and the in-memory copy never exists twice (a
-    ``torch.cat`` of the parts would double it for a moment, raising the peak RSS).
-    Without a budget the parts are concatenated at the end.
+
+def _window(runs: list[tuple[int, int]], skip: int, take: int) -> list[tuple[int, int]]:
+    """The runs holding selected rows ``skip .. take - 1`` (counted in selection order)."""
+    out, seen = [], 0
+    for a, b in runs:
+        lo, hi = max(a, a + skip - seen), min(b, a + take - seen)
+        if lo < hi:
+            out.append((lo, hi))
+        seen += b - a
+        if seen >= take:
+            break
+    return out
+
+
+class _Keep:
+    """The in-RAM copy's budget, shared by every ``(site, layer)``.
+
+    With a token budget that fits (``capacity`` rows for each of ``n_keys`` keys within
+    ``limit_bytes``) each key gets one buffer of ``capacity`` rows whose slices are the
+    shards (pages are touched only as rows arrive; nothing is concatenated later).
+    Otherwise shard blocks are kept while the rows fit and all dropped once they do not
+    (training then streams the shards).
     """
 
-    def __init__(self, limit_bytes: int, capacity: int | None = None, n_keys: int = 1) -> None:
-        self.parts: dict[Key, list[torch.Tensor]] | None = {} if limit_bytes > 0 else None
-        self.buffers: dict[Key, torch.Tensor] = {}
-        self.filled: dict[Key, int] = {}
-        self.limit, self.used = limit_bytes, 0
-        self.capacity, self.n_keys = capacity, max(1, n_keys)
+    def __init__(self, limit_bytes: int, capacity: int | None, n_keys: int, row_bytes: int):
+        self.limit, self.used, self.on = limit_bytes, 0, limit_bytes > 0
+        self.whole = (self.on and capacity is not None
+                      and capacity * row_bytes * max(1, n_keys) <= limit_bytes)
 
-    def _buffer(self, key: Key, like: torch.Tensor) -> torch.Tensor | None:
-        if self.capacity is None:
-            return None
-        buf = self.buffers.get(key)
-        if buf is None:
-            row_bytes = like.shape[1] * like.element_size()
-            if self.capacity * row_bytes * self.n_keys > self.limit:
-                return None  # a full-budget buffer would not fit: keep parts, drop past the limit
-            buf = torch.empty((self.capacity, like.shape[1]), dtype=like.dtype)
-            self.buffers[key], self.filled[key] = buf, 0
-        return buf
+    def count(self, nbytes: int) -> bool:
+        """Account ``nbytes`` more rows; False once the copy is (or becomes) dropped."""
+        if self.on:
+            self.used += nbytes
+            self.on = self.used <= self.limit
+        return self.on
 
-    def add(self, site: str, rows: dict[int, torch.Tensor]) -> None:
-        if self.parts is None:
+
+class _SiteRows:
+    """One site's rows, copied once from the activations into blocks of ``rows_per_shard``
+    rows in the storage dtype (one block per layer); a full block is handed to ``submit``
+    (the shard writer) as is: no concatenation, no second copy."""
+
+    def __init__(self, site: str, layers: Sequence[int], d_model: int, dtype: torch.dtype,
+                 rows_per_shard: int, keep: _Keep, capacity: int | None,
+                 submit: Any) -> None:
+        self.site, self.layers, self.d_model, self.dtype = site, list(layers), d_model, dtype
+        self.size, self.keep, self.submit = rows_per_shard, keep, submit
+        self.whole = ({la: torch.empty((capacity or 0, d_model), dtype=dtype) for la in layers}
+                      if keep.whole else None)
+        self.kept: list[dict[int, torch.Tensor]] = []
+        self.start = self.fill = 0  # the block's first row (overall) and rows filled
+        self.block = self._new_block()
+
+    def _new_block(self) -> dict[int, torch.Tensor]:
+        if self.whole is not None:
+            n = min(self.size, self.whole[self.layers[0]].shape[0] - self.start)
+            return {la: w[self.start : self.start + n] for la, w in self.whole.items()}
+        return {la: torch.empty((self.size, self.d_model), dtype=self.dtype) for la in self.layers}
+
+    def _emit(self) -> None:
+        if self.fill == 0:
             return
-        self.used += sum(t.numel() * t.element_size() for t in rows.values())
-        if self.used > self.limit:
-            self.parts, self.buffers, self.filled = None, {}, {}  # train from the shards instead
-            return
-        for layer, t in rows.items():
-            key = (site, layer)
-            buf = self._buffer(key, t)
-            start = self.filled.get(key, 0)
-            if buf is not None and start + t.shape[0] <= buf.shape[0]:
-                buf[start : start + t.shape[0]].copy_(t)
-                self.filled[key] = start + t.shape[0]
-            else:
-                self.parts.setdefault(key, []).append(t)
+        done = {la: b[: self.fill] for la, b in self.block.items()}
+        self.submit(self.site, done)
+        if self.whole is None and self.keep.on:
+            self.kept.append(done)
+        self.start, self.fill = self.start + self.fill, 0
 
-    def result(self) -> dict[Key, torch.Tensor] | None:
-        if self.parts is None:
+    def add(self, acts: dict[int, torch.Tensor], runs: list[tuple[int, int]]) -> None:
+        """Copy rows ``runs`` of each layer's ``[batch, pos, d_model]`` activation."""
+        flat = {la: acts[la].reshape(-1, self.d_model) for la in self.layers}
+        row_bytes = self.d_model * self.dtype.itemsize * len(self.layers)
+        for a, b in runs:
+            while a < b:
+                room = self.block[self.layers[0]].shape[0] - self.fill
+                if room <= 0:  # only past the token budget the in-RAM buffer was sized for
+                    raise DataError(f"harvest {self.site}: more rows than max_tokens")
+                n = min(b - a, room)
+                for la in self.layers:
+                    self.block[la][self.fill : self.fill + n].copy_(flat[la][a : a + n])
+                self.fill, a = self.fill + n, a + n
+                if not self.keep.count(n * row_bytes):
+                    self.kept = []
+                if n == room:
+                    self._emit()
+                    self.block = self._new_block()
+
+    def finish(self) -> dict[int, torch.Tensor] | None:
+        """Write the last (partial) block; the rows in RAM ``{layer: [n, d]}`` or None."""
+        self._emit()
+        if not self.keep.on:
             return None
-        out: dict[Key, torch.Tensor] = {}
-        for key in set(self.buffers) | set(self.parts):
-            head = [self.buffers[key][: self.filled[key]]] if key in self.buffers else []
-            tail = self.parts.get(key, [])
-            out[key] = head[0] if not tail and head else torch.cat(head + tail)
-        return out
+        if self.whole is not None:
+            return {la: w[: self.start] for la, w in self.whole.items()}
+        if not self.kept:
+            return {la: torch.empty((0, self.d_model), dtype=self.dtype) for la in self.layers}
+        return {la: torch.cat([blk[la] for blk in self.kept]) for la in self.layers}
+
+
+def _check(config: HarvestConfig, data: Sequence[Any]) -> None:
+    for s in config.sites:
+        check_site(s)
+    if config.positions not in POSITIONS:
+        raise DataError(f"harvest positions {config.positions!r}: use one of {POSITIONS}")
+    if config.dtype not in _DTYPES:
+        raise DataError(f"harvest dtype {config.dtype!r}: use one of {sorted(_DTYPES)}")
+    if config.batch_size < 1 or config.rows_per_shard < 1:
+        raise DataError(f"harvest: batch_size and rows_per_shard must be >= 1 "
+                        f"(got {config.batch_size}, {config.rows_per_shard})")
+    if not data:
+        raise DataError("harvest: no data given")
+
+
+def _run(subject: Any, batches: Iterator[ChatBatch], config: HarvestConfig,
+         sinks: dict[str, _SiteRows], already: dict[str, int], progress: bool) -> None:
+    """The harvest loop: forward each batch to the deepest layer, copy the chosen rows
+    (skipping those already on disk), stop at the token budget."""
+    budget = config.max_tokens
+    done_rows = 0  # rows of the dataset's token stream passed so far (kept or skipped)
+    amp = (torch.autocast(device_type=subject.device.type, dtype=torch.bfloat16)
+           if config.autocast else contextlib.nullcontext())
+    bar = tqdm(total=budget or None, desc="harvest tokens", disable=not progress, leave=False)
+    try:
+        for batch in batches:
+            if budget is not None and done_rows >= budget:
+                break
+            mask = _token_mask(batch, config.positions, config.skip_first)
+            n = int(mask.sum())
+            take = n if budget is None else min(n, budget - done_rows)
+            # rows this batch adds beyond what every site already has on disk
+            if all(done_rows + take <= already[s] for s in config.sites):
+                done_rows += take
+                bar.update(take)
+                continue
+            if take < n:  # the budget ends inside this batch: run only the rows it needs
+                batch = _head_rows(batch, mask, take)
+                mask = _token_mask(batch, config.positions, config.skip_first)
+            with torch.no_grad(), use_batch(batch), amp:
+                with capture(subject, config.layers, config.sites, early_exit=True) as cache:
+                    subject.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+            runs = _runs(mask)
+            for s in config.sites:
+                skip = max(0, min(take, already[s] - done_rows))
+                if skip < take:
+                    sinks[s].add({la: cache[s, la] for la in config.layers},
+                                 _window(runs, skip, take))
+            done_rows += take
+            bar.update(take)
+    finally:
+        bar.close()
+
+
+def _open_folder(subject: Any, folder: Path, config: HarvestConfig, n_items: int,
+                 is_text: bool) -> dict[str, Any] | None:
+    """Create or check ``folder``: the harvest's metadata, or None when the folder already
+    holds this harvest complete. Another config or model raises ``FormatError``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "model": subject.name,
+        "adapter": str(subject.adapter) if subject.adapter else None,
+        "fingerprint": subject.fingerprint(),
+        "d_model": subject.d_model,
+        "n_layers": subject.n_layers,
+        "layer_convention": LAYER_CONVENTION,
+        "n_items": n_items,
+        "data_kind": "text" if is_text else "chat",
+    }
+    state_path = folder / "harvest.json"
+    if state_path.exists():
+        old = read_json(state_path)
+        if old.get("config") != asdict(config) or old.get("fingerprint") != meta["fingerprint"]:
+            raise FormatError(
+                f"{state_path}: folder holds a harvest with another config or model; "
+                "use a new folder"
+            )
+        if old.get("complete"):
+            return None
+    write_json(state_path, {**meta, "config": asdict(config), "complete": False, "n_rows": 0})
+    return meta
 
 
 def harvest(
@@ -290,42 +476,14 @@ def harvest(
     ``Harvest.memory`` when a fresh harvest fit in ``config.memory_limit_mb``.
     """
     t_start = time.perf_counter()
-    for s in config.sites:
-        check_site(s)
-    if config.positions not in POSITIONS:
-        raise DataError(f"harvest positions {config.positions!r}: use one of {POSITIONS}")
-    if config.dtype not in _DTYPES:
-        raise DataError(f"harvest dtype {config.dtype!r}: use one of {sorted(_DTYPES)}")
-    if config.batch_size < 1 or config.rows_per_shard < 1:
-        raise DataError(f"harvest: batch_size and rows_per_shard must be >= 1 "
-                        f"(got {config.batch_size}, {config.rows_per_shard})")
-    if not data:
-        raise DataError("harvest: no data given")
+    _check(config, data)
     config.layers = sorted({subject.layers.check_layer(la) for la in config.layers})
     folder = Path(out_dir)
-    folder.mkdir(parents=True, exist_ok=True)
     is_text = isinstance(data[0], str)
-    meta = {
-        "model": subject.name,
-        "adapter": str(subject.adapter) if subject.adapter else None,
-        "fingerprint": subject.fingerprint(),
-        "d_model": subject.d_model,
-        "n_layers": subject.n_layers,
-        "layer_convention": LAYER_CONVENTION,
-        "n_items": len(data),
-        "data_kind": "text" if is_text else "chat",
-    }
+    meta = _open_folder(subject, folder, config, len(data), is_text)
+    if meta is None:
+        return load_harvest(folder)
     state_path = folder / "harvest.json"
-    if state_path.exists():
-        old = read_json(state_path)
-        if old.get("config") != asdict(config) or old.get("fingerprint") != meta["fingerprint"]:
-            raise FormatError(
-                f"{state_path}: folder holds a harvest with another config or model; "
-                "use a new folder"
-            )
-        if old.get("complete"):
-            return load_harvest(folder)
-    write_json(state_path, {**meta, "config": asdict(config), "complete": False, "n_rows": 0})
 
     dtype = _DTYPES[config.dtype]
     writers = {
@@ -337,57 +495,34 @@ def harvest(
     }
     already = {s: w.rows_written for s, w in writers.items()}
     # a resumed harvest is only partly in RAM: train from the shards then
-    memory = _MemoryRows(0 if any(already.values()) else config.memory_limit_mb * 2**20,
-                         capacity=config.max_tokens,
-                         n_keys=len(config.sites) * len(config.layers))
-    budget = config.max_tokens
-    done_rows = 0  # rows of the dataset's token stream passed so far (kept or skipped)
+    keep = _Keep(0 if any(already.values()) else config.memory_limit_mb * 2**20,
+                 config.max_tokens, len(config.sites) * len(config.layers),
+                 subject.d_model * dtype.itemsize)
+    background = _BackgroundWriter(writers)
+    sinks = {s: _SiteRows(s, config.layers, subject.d_model, dtype, config.rows_per_shard,
+                          keep, config.max_tokens, background.add) for s in config.sites}
 
     def encode(chunk: Sequence[Any]) -> ChatBatch:
         if is_text:
             return subject.encode_texts(list(chunk), max_length=config.max_length)
         return subject.encode_chats(list(chunk), max_length=config.max_length)
 
-    amp = (torch.autocast(device_type=subject.device.type, dtype=torch.bfloat16)
-           if config.autocast else contextlib.nullcontext())
-    background = _BackgroundWriter(writers)
-    bar = tqdm(total=budget or None, desc="harvest tokens", disable=not progress, leave=False)
+    batches = _Prefetch(_batches(encode, list(data), config.batch_size, config.bucket))
     finished = False
+    memory: dict[Key, torch.Tensor] = {}
     try:
-        for batch in _batches(encode, list(data), config.batch_size, config.bucket):
-            if budget is not None and done_rows >= budget:
-                break
-            mask = _token_mask(batch, config.positions, config.skip_first)
-            n = int(mask.sum())
-            take = n if budget is None else min(n, budget - done_rows)
-            # rows this batch adds beyond what every site already has on disk
-            if all(done_rows + take <= already[s] for s in config.sites):
-                done_rows += take
-                bar.update(take)
-                continue
-            if take < n:  # the budget ends inside this batch: run only the rows it needs
-                batch = _head_rows(batch, mask, take)
-                mask = _token_mask(batch, config.positions, config.skip_first)
-            with torch.no_grad(), use_batch(batch), amp:
-                with capture(subject, config.layers, config.sites, early_exit=True) as cache:
-                    subject.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-            for s in config.sites:
-                skip = max(0, min(take, already[s] - done_rows))
-                if skip >= take:
-                    continue
-                rows = {la: cache[s, la][mask][skip:take].to("cpu", dtype) for la in config.layers}
-                memory.add(s, rows)
-                background.add(s, rows)
-            done_rows += take
-            bar.update(take)
+        _run(subject, iter(batches), config, sinks, already, progress)
+        for s, sink in sinks.items():
+            rows = sink.finish()
+            memory.update({(s, la): t for la, t in (rows or {}).items()})
         finished = True
     finally:
-        bar.close()
+        batches.close()
         background.close(flush=finished)
     n_rows = writers[config.sites[0]].rows_written
     write_json(state_path, {**meta, "config": asdict(config), "complete": True, "n_rows": n_rows})
     out = load_harvest(folder)
-    out.memory = memory.result()
+    out.memory = memory if keep.on else None
     out.seconds = time.perf_counter() - t_start
     return out
 
