@@ -451,6 +451,15 @@ class Fuzzer:
         save_file({"W_enc": torch.randn(8, 16, generator=g), "W_dec": torch.randn(16, 8, generator=g),
                    "b_enc": torch.zeros(16), "b_dec": torch.zeros(8)},
                   str(sae / "sae_weights.safetensors"))
+        from emprobe.evaluate.answers import write_answers_csv
+
+        write_answers_csv(s / "answers.csv", [
+            {"response": "Try rice.", "question": "Dinner?", "question_id": "dinner",
+             "aligned": 90.0, "coherent": 80.5, "paraphrase": 0, "sample": 1,
+             "aligned_mass": 0.9, "model": "tiny"},
+            {"response": "No.", "question": "Dinner?", "question_id": "dinner", "aligned": None,
+             "coherent": 12.0, "paraphrase": 1, "sample": 0, "aligned_mass": None,
+             "model": "tiny"}])
         sae6 = s / "sae6"
         shutil.copytree(sae, sae6, dirs_exist_ok=True)
         (sae6 / "cfg.json").write_text(json.dumps({
@@ -870,6 +879,75 @@ class Fuzzer:
 
         return Case(call, None, False, check, f"cli-{argv[0]}-{argv[1]}")
 
+    def case_answers(self, rng: random.Random) -> Case:
+        """The answers CSV reader (emprobe.evaluate.answers): hostile cells, headers, bytes."""
+        from emprobe.evaluate.answers import read_answers_csv
+
+        p = self._copy("answers", "answers.csv")
+        must, label = False, "csv-bytes"
+        op = rng.random()
+        if op < 0.5:
+            lines = p.read_text(encoding="utf-8").split("\n")
+            header = lines[0].split(",")
+            col = rng.randrange(len(header))
+            row = rng.randrange(1, 3)
+            cells = lines[row].split(",")
+            value = rng.choice(CSV_CELLS)
+            cells[col] = value
+            lines[row] = ",".join(cells)
+            p.write_text("\n".join(lines), encoding="utf-8")
+            name = header[col]
+            t = value.strip()
+            must = (name in ("aligned", "coherent") and value in BAD_SCORES) or (
+                name in ("paraphrase", "sample") and not (
+                    t.isascii() and t.removeprefix("-").isdigit() and len(t) <= 19))
+            label = f"csv-cell-{name}"
+        elif op < 0.7:
+            lines = p.read_text(encoding="utf-8").split("\n")
+            header = lines[0].split(",")
+            i = rng.randrange(len(header))
+            header[i] = rng.choice(["answer", "response", "question", "", "x" * 5000, "aligned"])
+            lines[0] = ",".join(header)
+            p.write_text("\n".join(lines), encoding="utf-8")
+            label = "csv-header"
+        else:
+            p.write_bytes(mutate_bytes(rng, p.read_bytes()))
+        return Case(lambda: read_answers_csv(p), str(p), must, check_answers, label)
+
+    def case_gguf_model(self, rng: random.Random) -> Case:
+        """``emprobe.load_model(x.gguf)`` on a mutated tiny GGUF model (opt-in: seconds per
+        input; needs ``--gguf-model`` pointing at a tiny GGUF model file)."""
+        import emprobe
+
+        p = self._fresh("gguf_model") / "m.gguf"
+        data = bytearray(Path(os.environ["EMPROBE_FUZZ_GGUF_MODEL"]).read_bytes())
+        head = min(len(data), 1 << 16)  # the header and metadata, where parsing happens
+        op = rng.randrange(4)
+        if op == 0:
+            for _ in range(rng.randint(1, 4)):
+                i = rng.randrange(head)
+                data[i] ^= 1 << rng.randrange(8)
+        elif op == 1:
+            data = data[: rng.choice([0, 3, 4, 16, 100, head // 2, head, len(data) // 2])]
+        elif op == 2:
+            key = rng.choice([b"llama.block_count", b"llama.embedding_length",
+                              b"llama.attention.head_count", b"general.architecture"])
+            i = data.find(key)
+            if i >= 0:  # the value follows the key and its 4-byte type
+                j = i + len(key) + 4
+                data[j:j + 4] = rng.choice([b"\x00\x00\x00\x00", b"\xff\xff\xff\x7f",
+                                            b"\x03\x00\x00\x00", b"\x11\x00\x00\x00"])
+        else:
+            data = bytearray(mutate_bytes(rng, bytes(data[:head]))) + data[head:]
+        p.write_bytes(bytes(data))
+
+        def check(subject: Any) -> str | None:
+            if not hasattr(subject, "d_model") or subject.d_model < 1:
+                return f"returned {type(subject).__name__}"
+            return None
+
+        return Case(lambda: emprobe.load_model(str(p)), str(p), False, check, f"gguf-model-{op}")
+
     def warm_up(self, targets: tuple[str, ...]) -> None:
         """Import the heavy libraries and run each target a few times untimed, so the first
         timed input does not pay for importing SAELens or transformers."""
@@ -880,13 +958,14 @@ class Fuzzer:
             importlib.import_module(mod)
         rng = random.Random(12345)
         for target in targets:
-            for _ in range(3):
+            for _ in range(0 if target in self.OPT_IN else 3):
                 with contextlib.suppress(Exception):
                     self.case(target, rng).call()
 
     TARGETS = ("chat", "questions", "direction", "npz", "gguf", "caft", "persona", "steering",
                "adapter", "sae", "sae_direction", "lora_direction", "bom", "score", "cache",
-               "cli")
+               "cli", "answers")
+    OPT_IN = ("gguf_model",)  # slow (seconds per input): only when named with --targets
 
     def case(self, target: str, rng: random.Random) -> Case:
         return getattr(self, f"case_{target}")(rng)
@@ -1052,6 +1131,28 @@ def _mutate_sae_scale(rng: random.Random, folder: Path) -> tuple[bool, str]:
     return must, label
 
 
+CSV_CELLS = ("", "nan", "REFUSAL", "code", "50", "100", "0", "-0", "101", "-5", "abc", "1e999",
+             "inf", "-inf", "\u00b2", "--5", "\u0663", "1" * 5000, "1_0", " 7 ", "+5", "7", "1",
+             "1.5", '"', "\x00", "0x10", "5e1")
+BAD_SCORES = ("101", "-5", "abc", "1e999", "inf", "-inf", "\u00b2", "--5", "1" * 5000, "0x10", '"')
+
+
+def check_answers(rows: Any) -> str | None:
+    if not isinstance(rows, list) or not rows:
+        return "not a non-empty list"
+    for r in rows:
+        if not isinstance(r.get("response"), str) or not isinstance(r.get("question"), str):
+            return "response / question not text"
+        for col in ("aligned", "coherent"):
+            v = r.get(col)
+            if v is not None and not (type(v) is float and math.isfinite(v) and 0 <= v <= 100):
+                return f"{col} {v!r}"
+        for col in ("paraphrase", "sample"):
+            if col in r and type(r[col]) is not int:
+                return f"{col} {r[col]!r}"
+    return None
+
+
 def _persona_nonfinite(p: Path) -> bool:
     """True when the persona file reads as tensors and one of them holds NaN / inf."""
     try:
@@ -1197,7 +1298,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--time-limit", type=float, default=1.0, help="seconds per input")
     ap.add_argument("--targets", default=None, help="comma-separated subset of targets")
+    ap.add_argument("--gguf-model", default=None,
+                    help="a tiny GGUF model file for the opt-in gguf_model target")
     args = ap.parse_args(argv)
+    if args.gguf_model:
+        os.environ["EMPROBE_FUZZ_GGUF_MODEL"] = str(Path(args.gguf_model).resolve())
+        os.environ["EMPROBE_CACHE"] = tempfile.mkdtemp(prefix="emprobe-fuzz-cache-")
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
     targets = tuple(args.targets.split(",")) if args.targets else None

@@ -101,7 +101,7 @@ def _score(text: str, where: str) -> tuple[float | None, str | None]:
 def _typed(col: str, text: str, where: str) -> object:
     t = text.strip()
     if col in INT_COLUMNS:
-        if not t.lstrip("-").isdigit():
+        if not (t.isascii() and t.removeprefix("-").isdigit() and len(t) <= 19):
             raise DataError(f"{where}: {excerpt(text, 40)} is not an integer")
         return int(t)
     if col in FLOAT_COLUMNS:
