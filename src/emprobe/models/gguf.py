@@ -53,10 +53,14 @@ def gguf_model_dir(path: Path, name: str | None = None, source: dict[str, Any] |
     path = Path(path).expanduser()
     if not is_gguf_file(path):
         raise FormatError(f"{path}: not a GGUF file (no GGUF magic bytes)")
+    fingerprint = gguf_fingerprint(path)
     stem = name or path.stem.lower().replace(" ", "-")
-    target = cache_dir() / "models" / f"{stem}-{gguf_fingerprint(path)}"
+    target = cache_dir() / "models" / f"{stem}-{fingerprint}"
     if _is_converted(target):
         return target
+    for other in sorted((cache_dir() / "models").glob(f"*-{fingerprint}")):
+        if _is_converted(other):  # the same file converted under another name
+            return other
     if not convert:
         raise ModelNotFoundError(f"{target}: {path.name} not converted yet")
     log.info("de-quantising %s into %s (once)", path.name, target)
@@ -81,7 +85,9 @@ def convert_gguf(path: Path, out: Path, source: dict[str, Any] | None = None) ->
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         loaded = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
                                                       dtype=torch.float32)
-    except (ValueError, KeyError, NotImplementedError, RuntimeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure to parse a foreign file is its format
+        if isinstance(exc, MemoryError):
+            raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise FormatError(f"{path}: transformers cannot read this GGUF ({first})") from None
     config = loaded.config
