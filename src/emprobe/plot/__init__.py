@@ -15,6 +15,7 @@ Example::
 from emprobe.plot.bars import hover_contexts, latent_bars, norm_ratio_hist, score_bars
 from emprobe.plot.curves import barrier, connectivity_curves, layer_curves, training_curves
 from emprobe.plot.matrix import heatmap, matrix_from_records
+from emprobe.plot.notebook import notebook_figures
 from emprobe.plot.records import load_records
 from emprobe.plot.save import default_formats, figure_html, save_figure, static_export_available
 from emprobe.plot.scatter import tradeoff_scatter
@@ -36,6 +37,7 @@ __all__ = [
     "load_records",
     "matrix_from_records",
     "norm_ratio_hist",
+    "notebook_figures",
     "save_figure",
     "score_bars",
     "static_export_available",

@@ -19,6 +19,7 @@ from plotly.offline import get_plotlyjs
 
 from emprobe.errors import EmprobeError
 from emprobe.io import atomic_path
+from emprobe.plot.labels import fit_labels
 
 STATIC_FORMATS = ("png", "svg", "pdf")
 PLOTLY_CONFIG = {"displaylogo": False, "responsive": True,
@@ -101,6 +102,7 @@ def save_figure(
     unknown = [f for f in wanted if f not in ("html", *STATIC_FORMATS)]
     if unknown:
         raise EmprobeError(f"save_figure: unknown format(s) {unknown}; use html, png, svg or pdf")
+    fit_labels(fig)  # titles set after the builder (or by hand) are wrapped too
     written: list[Path] = []
     for fmt in wanted:
         target = base.parent / f"{base.name}.{fmt}"

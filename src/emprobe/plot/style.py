@@ -12,6 +12,8 @@ from typing import Any
 import plotly.graph_objects as go
 import plotly.io as pio
 
+from emprobe.plot.labels import fit_labels
+
 TEMPLATE_NAME = "emprobe"
 
 FONT_FAMILY = (
@@ -125,7 +127,10 @@ def apply_style(
     width: int | None = None,
     **layout: Any,
 ) -> go.Figure:
-    """Apply the emprobe template and the usual labels; returns ``fig`` for chaining."""
+    """Apply the emprobe template and the usual labels; returns ``fig`` for chaining.
+
+    Titles are wrapped to the space they have (``emprobe.plot.labels.fit_labels``), so a
+    long axis title never runs off the figure."""
     fig.update_layout(template=TEMPLATE_NAME, **layout)
     if title is not None:
         fig.update_layout(title_text=title)
@@ -137,4 +142,4 @@ def apply_style(
         fig.update_layout(height=height)
     if width is not None:
         fig.update_layout(width=width)
-    return fig
+    return fit_labels(fig)

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from emprobe.io import atomic_path
+from emprobe.plot.labels import fit_labels
 
 
 def norm_ratio_figure(relative_norm: torch.Tensor, low: float = 0.3, high: float = 0.7,
@@ -27,7 +28,7 @@ def norm_ratio_figure(relative_norm: torch.Tensor, low: float = 0.3, high: float
         fig.add_vline(x=x, line_dash="dash", line_color="#C44E52", annotation_text=name)
     fig.update_layout(title=title, xaxis_title="relative decoder norm (0 = base only, 1 = fine-tune only)",
                       yaxis_title="latents", template="simple_white", bargap=0.05)
-    return fig
+    return fit_labels(fig)
 
 
 def latent_frequency_figure(log10_sparsity: torch.Tensor, title: str = "SAE latent firing frequency") -> Any:
@@ -38,7 +39,7 @@ def latent_frequency_figure(log10_sparsity: torch.Tensor, title: str = "SAE late
                                  marker_color="#55A868"))
     fig.update_layout(title=title, xaxis_title="log10 firing frequency (-10 = never fired)",
                       yaxis_title="latents", template="simple_white")
-    return fig
+    return fit_labels(fig)
 
 
 def steering_figure(check: Mapping[str, Any], title: str = "Steering with candidate latents") -> Any:
@@ -65,7 +66,7 @@ def steering_figure(check: Mapping[str, Any], title: str = "Steering with candid
     fig.add_hline(y=base["mean"], line_dash="dot", annotation_text="unsteered")
     fig.update_layout(title=title, xaxis_title="coefficient (x mean residual norm)",
                       yaxis_title="misalignment score", template="simple_white")
-    return fig
+    return fit_labels(fig)
 
 
 def diff_scores_figure(mean_diff: torch.Tensor, top: int = 30,
@@ -78,7 +79,7 @@ def diff_scores_figure(mean_diff: torch.Tensor, top: int = 30,
                            marker_color="#8172B2"))
     fig.update_layout(title=title, xaxis_title="latent", yaxis_title="mean activation (ft - base)",
                       template="simple_white")
-    return fig
+    return fit_labels(fig)
 
 
 def save_figure(fig: Any, path: str | os.PathLike[str]) -> Path:
