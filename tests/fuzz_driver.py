@@ -948,6 +948,83 @@ class Fuzzer:
 
         return Case(lambda: emprobe.load_model(str(p)), str(p), False, check, f"gguf-model-{op}")
 
+    def _tiny_model(self) -> Any:
+        if getattr(self, "_tiny", None) is None:
+            from transformers import LlamaConfig, LlamaForCausalLM
+
+            torch.manual_seed(0)
+            self._tiny = LlamaForCausalLM(LlamaConfig(
+                vocab_size=32, hidden_size=8, intermediate_size=16, num_hidden_layers=4,
+                num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32)).eval()
+        return self._tiny
+
+    def case_callback(self, rng: random.Random) -> Case:
+        """Trainer callbacks (emprobe.integrations.hf) built from any direction source and
+        opened on a tiny width-8 model for one forward pass."""
+        from emprobe.integrations import hf
+
+        kind = rng.choice(["file", "file", "table", "value"])
+        where: str | None = None
+        must = False
+        if kind == "file":
+            target = rng.choice(["direction", "npz", "caft", "gguf", "persona"])
+            inner = self.case(target, rng)
+            source: Any = Path(str(inner.where))
+            must = inner.must_reject
+            where = str(source)  # set to None below when an argument is the problem
+        elif kind == "table":
+            key = rng.choice([0, 1, 3, "2", 1.5, -1, True, "x", 10**6, None])
+            value = rng.choice([torch.randn(8), torch.randn(8, 2), torch.full((8,), math.nan),
+                                torch.randn(5), torch.zeros(8, dtype=torch.complex64), "v"])
+            source = {key: value}
+            # a layer the width-8, 4-block model has, and a real finite vector (a width
+            # mismatch is left out: a layer narrowed away by ``layers`` is never used)
+            must = not (type(key) is int and 0 <= key < 4 or key == "2") or not (
+                isinstance(value, torch.Tensor) and value.dtype == torch.float32
+                and bool(torch.isfinite(value).all()))
+        else:
+            source = rng.choice([None, 3, [1.0, 2.0], "", {}, b"x", math.nan])
+            must = True
+        cls = rng.choice(["steer", "caft", "monitor"])
+        coeff = rng.choice([1.0, 2, -0.5, math.nan, math.inf, "x", None, True])
+        every = rng.choice([1, 10, 0, -1, 1.5, "3", True])
+        layers = rng.choice([None, 1, [1, 2], [9], -1, 1.5, "1", [True]])
+        args = {"steer": {"coeff": coeff}, "caft": {}, "monitor": {"every": every}}[cls]
+        if cls == "steer":
+            must = must or type(coeff) not in (int, float) or not math.isfinite(coeff)
+        if cls == "monitor":
+            must = must or type(every) is not int or every < 1
+        if cls == "steer" and not (type(coeff) in (int, float) and math.isfinite(coeff)) or (
+                cls == "monitor" and not (type(every) is int and every >= 1)):
+            where = None  # the error may be about the argument, not the file
+        model = self._tiny_model()
+
+        def call() -> Any:
+            cb = {"steer": hf.SteeringCallback, "caft": hf.CAFTCallback,
+                  "monitor": hf.PersonaMonitorCallback}[cls](source, layers=layers, **args)
+            try:
+                cb.open(model)
+            except EmprobeError as exc:
+                return ("open refused", str(exc))
+            try:
+                with torch.no_grad():
+                    out = model(torch.tensor([[1, 2, 3, 4]])).logits
+            finally:
+                cb.close()
+            return ("opened", out)
+
+        def check(out: Any) -> str | None:
+            state, value = out
+            if state == "open refused":
+                return None if value.strip() and "\n" not in value else f"bad message {value!r}"
+            if not bool(torch.isfinite(value).all()):
+                return "non-finite logits after opening the callback"
+            return None
+
+        shown = {"steer": f"coeff={coeff!r}", "caft": "", "monitor": f"every={every!r}"}[cls]
+        what = f"{kind}" if kind == "file" else f"{kind}={excerpt_short(source)}"
+        return Case(call, where, must, check, f"callback-{cls} {what} layers={layers!r} {shown}")
+
     def warm_up(self, targets: tuple[str, ...]) -> None:
         """Import the heavy libraries and run each target a few times untimed, so the first
         timed input does not pay for importing SAELens or transformers."""
@@ -964,7 +1041,7 @@ class Fuzzer:
 
     TARGETS = ("chat", "questions", "direction", "npz", "gguf", "caft", "persona", "steering",
                "adapter", "sae", "sae_direction", "lora_direction", "bom", "score", "cache",
-               "cli", "answers")
+               "cli", "answers", "callback")
     OPT_IN = ("gguf_model",)  # slow (seconds per input): only when named with --targets
 
     def case(self, target: str, rng: random.Random) -> Case:
@@ -1153,6 +1230,16 @@ def check_answers(rows: Any) -> str | None:
     return None
 
 
+def excerpt_short(value: Any) -> str:
+    """A short label for a Python value (a tensor as dtype and shape)."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k!r}: {excerpt_short(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, torch.Tensor):
+        nan = "" if bool(torch.isfinite(value).all()) else " nan"
+        return f"{str(value.dtype).replace('torch.', '')}{list(value.shape)}{nan}"
+    return repr(value)[:30]
+
+
 def _persona_nonfinite(p: Path) -> bool:
     """True when the persona file reads as tensors and one of them holds NaN / inf."""
     try:
@@ -1162,6 +1249,46 @@ def _persona_nonfinite(p: Path) -> bool:
     values = found.values() if isinstance(found, dict) else [found]
     return any(isinstance(t, torch.Tensor) and t.dtype.is_floating_point
                and not bool(torch.isfinite(t).all()) for t in values)
+
+
+def write_tiny_gguf_model(out: Path) -> Path:
+    """A 1-block, width-16 llama GGUF carrying the embedded model's tokenizer (the seed of the
+    opt-in gguf_model target; about 5 MB)."""
+    import gguf
+
+    from emprobe.models.embedded import embedded_gguf_path
+
+    reader = gguf.GGUFReader(str(embedded_gguf_path()))
+    w = gguf.GGUFWriter(str(out), "llama")
+    for name, f in reader.fields.items():
+        if name.startswith("tokenizer.") or name == "general.name":
+            kind = f.types[0]
+            if kind == gguf.GGUFValueType.ARRAY:
+                w.add_key_value(name, f.contents(), kind, sub_type=f.types[-1])
+            else:
+                w.add_key_value(name, f.contents(), kind)
+    vocab, d, ff = len(reader.fields["tokenizer.ggml.tokens"].data), 16, 32
+    for key, value in (("block_count", 1), ("context_length", 64), ("embedding_length", d),
+                       ("feed_forward_length", ff), ("attention.head_count", 2),
+                       ("attention.head_count_kv", 2), ("rope.dimension_count", d // 2),
+                       ("vocab_size", vocab)):
+        w.add_uint32(f"llama.{key}", value)
+    w.add_float32("llama.attention.layer_norm_rms_epsilon", 1e-5)
+    w.add_float32("llama.rope.freq_base", 10000.0)
+    g = np.random.default_rng(0)
+    shapes = {"token_embd.weight": (vocab, d), "blk.0.attn_q.weight": (d, d),
+              "blk.0.attn_k.weight": (d, d), "blk.0.attn_v.weight": (d, d),
+              "blk.0.attn_output.weight": (d, d), "blk.0.ffn_gate.weight": (ff, d),
+              "blk.0.ffn_up.weight": (ff, d), "blk.0.ffn_down.weight": (d, ff)}
+    for name, shape in shapes.items():
+        w.add_tensor(name, (g.standard_normal(shape) * 0.02).astype(np.float32))
+    for name in ("blk.0.attn_norm.weight", "blk.0.ffn_norm.weight", "output_norm.weight"):
+        w.add_tensor(name, np.ones(d, np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return out
 
 
 def _yaml_bomb(rng: random.Random) -> str:
@@ -1299,10 +1426,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--time-limit", type=float, default=1.0, help="seconds per input")
     ap.add_argument("--targets", default=None, help="comma-separated subset of targets")
     ap.add_argument("--gguf-model", default=None,
-                    help="a tiny GGUF model file for the opt-in gguf_model target")
+                    help="a tiny GGUF model file for the opt-in gguf_model target (built "
+                         "there when missing)")
     args = ap.parse_args(argv)
     if args.gguf_model:
-        os.environ["EMPROBE_FUZZ_GGUF_MODEL"] = str(Path(args.gguf_model).resolve())
+        model = Path(args.gguf_model)
+        if not model.is_file():  # build it (from the embedded model's tokenizer)
+            write_tiny_gguf_model(model)
+        os.environ["EMPROBE_FUZZ_GGUF_MODEL"] = str(model.resolve())
         os.environ["EMPROBE_CACHE"] = tempfile.mkdtemp(prefix="emprobe-fuzz-cache-")
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
