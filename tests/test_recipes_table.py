@@ -79,3 +79,23 @@ def test_lab_records_the_machine():
     m = machine_record()
     assert m["cpus"] == __import__("os").cpu_count() and m["torch"].startswith("2.")
     assert len(m["date"]) == 10 and m["date"][4] == "-"
+
+
+def test_row_has_verdict_size_paper_and_seeds():
+    res = _results("sign-only", -0.9, -0.3)
+    res["claim"].update({
+        "n_seeds": 3, "reason": "size 0.6 outside the paper's range [0, 0.2]",
+        "size": {"measured": {"mean": 0.6, "lo": 0.4, "hi": 0.8},
+                 "unit": "EM-shift ratio (treated - control) / (plain - control)",
+                 "paper": {"text": "about 10x fewer misaligned answers", "range": [0.0, 0.2],
+                           "unit": "EM-shift ratio (treated - control) / (plain - control)"}}})
+    r = row("caft", res)
+    assert r["seeds"] == "3" and r["verdict"] == "sign-only"
+    assert r["size"].startswith("+0.6 [+0.4, +0.8] EM-shift ratio")
+    assert "10x" in r["paper"] and "range 0 to 0.2" in r["paper"]
+    md = markdown([r])
+    assert "| measured size | paper size | seeds |" in md and "**sign-only**" in md
+    undefined = {**res["claim"]["size"], "measured": {"mean": 0.3, "lo": float("nan"),
+                                                     "hi": float("nan")}}
+    res["claim"]["size"] = undefined
+    assert "nan" in row("caft", res)["size"]

@@ -29,11 +29,29 @@ def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+def _size(claim: dict[str, Any]) -> tuple[str, str]:
+    """(measured size, paper size) cells from the claim's ``size`` block (issue 28)."""
+    size = claim.get("size")
+    if not size:
+        return "", ""
+    m = size.get("measured") or {}
+    if all(isinstance(m.get(k), (int, float)) for k in ("mean", "lo", "hi")):
+        measured = f"{_num(m['mean'])} [{_num(m['lo'])}, {_num(m['hi'])}] {size.get('unit', '')}"
+    else:
+        measured = ""
+    paper = size.get("paper") or {}
+    rng = paper.get("range")
+    text = paper.get("text", "")
+    if rng:
+        text += f" (range {rng[0]:g} to {rng[1]:g}, {paper.get('unit')})"
+    return measured.strip(), text
+
+
 def row(name: str, results: dict[str, Any] | None) -> dict[str, str]:
     """One table row (plain strings) from a recipe's results (``None``: not run)."""
     if results is None:
         return {"recipe": name, "claim": "", "measured": "not run yet", "verdict": "",
-                "minutes": ""}
+                "size": "", "paper": "", "seeds": "", "minutes": ""}
     claim = results.get("claim")
     cfg = results.get("config", {})
     if not claim:
@@ -46,13 +64,12 @@ def row(name: str, results: dict[str, Any] | None) -> dict[str, str]:
     if claim.get("why"):
         measured += f". {claim['why']}"
     verdict = claim["verdict"]
-    if verdict in ("not significant", "not reproduced"):
-        shows = ("does not show it" if verdict == "not significant" else
-                 "lies on the opposite side of the null")
+    if claim.get("reason"):
+        measured += f". Verdict reason: {claim['reason']}"
+    if verdict in ("not significant", "not reproduced", "not-reproduced", "not-testable"):
         measured += (f". At this size ({cfg.get('model')}, {cfg.get('n_train')} examples x "
-                     f"{cfg.get('steps')} steps, LoRA r {cfg.get('lora_r')}) the 95 % interval "
-                     f"{shows}; a bigger budget: `emprobe recipe {name} --preset gpu "
-                     "--model Qwen/Qwen2.5-7B-Instruct`")
+                     f"{cfg.get('steps')} steps, LoRA r {cfg.get('lora_r')}) a bigger budget: "
+                     f"`emprobe recipe {name} --preset gpu --model Qwen/Qwen2.5-7B-Instruct`")
     quick = " (quick mode)" if cfg.get("quick") else ""
     wall = results.get("wall_s")
     minutes = f"{wall / 60:.1f}{quick}" if isinstance(wall, (int, float)) else ""
@@ -61,16 +78,21 @@ def row(name: str, results: dict[str, Any] | None) -> dict[str, str]:
     if minutes and loads:
         minutes += (f" (load average {min(loads):.0f}-{max(loads):.0f} on "
                     f"{load.get('cpus')} cores)")
+    size, paper = _size(claim)
+    seeds = claim.get("n_seeds")
     return {"recipe": name, "claim": claim["seed_claim"], "measured": measured,
-            "verdict": verdict, "minutes": minutes}
+            "verdict": verdict, "size": size, "paper": paper,
+            "seeds": str(seeds) if seeds is not None else "1", "minutes": minutes}
 
 
 def markdown(rows: list[dict[str, str]], note: str = "") -> str:
     head = ("| recipe | seed claim | what was measured on the embedded model | verdict | "
-            "wall minutes on 2 cores |\n|---|---|---|---|---|\n")
+            "measured size | paper size | seeds | wall minutes on 2 cores |\n"
+            "|---|---|---|---|---|---|---|---|\n")
     body = "".join(f"| `{r['recipe']}` | {_cell(r['claim'])} | {_cell(r['measured'])} | "
                    f"{'**' + _cell(r['verdict']) + '**' if r['verdict'] else ''} | "
-                   f"{_cell(r['minutes'])} |\n" for r in rows)
+                   f"{_cell(r.get('size', ''))} | {_cell(r.get('paper', ''))} | "
+                   f"{_cell(r.get('seeds', ''))} | {_cell(r['minutes'])} |\n" for r in rows)
     return head + body + (f"\n{note}\n" if note else "")
 
 
