@@ -41,11 +41,22 @@ bench: $(STAMP)
 # Every registered recipe in full mode on the embedded model, then the table in docs/recipes.md
 # is rewritten from their results.json (RECIPES=... to run a subset).
 RECIPES ?= $(shell $(BIN)/python -c "from emprobe.recipes.registry import RECIPES; print(' '.join(RECIPES))" 2>/dev/null)
+# Resumable across sessions: a recipe with a results.json is done (FORCE=1 re-runs it); inside
+# a recipe every fine-tune and its score are cached per seed, so an interrupted run resumes at
+# recipe x seed granularity. BUDGET_MIN=N starts no new recipe after N minutes; run again to
+# go on. The table marks recipes not run yet.
 reproduce: $(STAMP)
-	for r in $(RECIPES); do $(BIN)/emprobe recipe $$r --out recipes-out/$$r || exit 1; done
+	@t0=$$(date +%s); for r in $(RECIPES); do \
+	  if [ -f recipes-out/$$r/results.json ] && [ -z "$(FORCE)" ]; then \
+	    echo "$$r: done (recipes-out/$$r/results.json; FORCE=1 re-runs it)"; continue; fi; \
+	  if [ -n "$(BUDGET_MIN)" ] && [ $$(( ($$(date +%s) - t0) / 60 )) -ge $(BUDGET_MIN) ]; then \
+	    echo "budget of $(BUDGET_MIN) min spent: make reproduce again continues"; break; fi; \
+	  if [ -n "$(FORCE)" ]; then rm -f recipes-out/$$r/results.json; fi; \
+	  $(BIN)/emprobe recipe $$r --out recipes-out/$$r || exit 1; done
 	$(BIN)/python -m emprobe.recipes.table recipes-out docs/recipes.md
 	mkdir -p docs/recipes-results
-	for r in $(RECIPES); do cp recipes-out/$$r/results.json docs/recipes-results/$$r.json; done
+	for r in $(RECIPES); do if [ -f recipes-out/$$r/results.json ]; then \
+	  cp recipes-out/$$r/results.json docs/recipes-results/$$r.json; fi; done
 
 # PNG export: kaleido 1.x (the "static" extra) drives a Chrome / Chromium it does not ship;
 # as root on Debian / Ubuntu the assets target installs Chromium with apt-get.

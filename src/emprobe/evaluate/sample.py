@@ -24,6 +24,10 @@ grader, is at chance on emprobe's reference answers (AUC about 0.45-0.5, docs/ev
 local grader, or ``emprobe eval judge`` with a strong judge for numbers comparable to the
 literature.
 
+Free-form answers in batches: ``generate_batched`` (``emprobe.evaluate.generation``, re-exported
+here) decodes many prompts together from a key/value cache, left padded, seeded per prompt;
+greedy answers equal one-at-a-time ``Subject.generate``'s.
+
 Output folder (``out_dir``)::
 
     answers.jsonl      sampled answers (also the resume cache of the sampler)
@@ -42,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from emprobe.errors import DataError
+from emprobe.evaluate.generation import GenerationStats, generate_batched, generate_token_ids
 from emprobe.evaluate.judge import sample_answers, subject_label
 from emprobe.evaluate.local import answer_logprobs, local_score
 from emprobe.evaluate.questions import Question, default_questions
@@ -55,6 +60,9 @@ __all__ = [
     "verdict_margins",
     "calibrate",
     "evaluate_sampled",
+    "generate_batched",
+    "generate_token_ids",
+    "GenerationStats",
 ]
 
 GRADER_PROMPT = (
