@@ -398,7 +398,7 @@ def shift_intervals(cells: np.ndarray, level: float = 0.95
     return {"mean": mean, "lo": mean - half, "hi": mean + half, "se": se, "df": df, "p": p}
 
 
-def shift_interval(cells: np.ndarray | Sequence[Sequence[float]], level: float = 0.95
+def shift_interval(cells: ArrayLike, level: float = 0.95
                    ) -> Estimate:
     """THE interval of a paired shift: mean with a t interval, two-sided p and se.
 
