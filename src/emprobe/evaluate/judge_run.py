@@ -47,6 +47,8 @@ __all__ = [
 METRICS = ("aligned", "coherent")
 EARLY_CHECK = 16
 """Judged answers after which the number-mass check first runs."""
+RECHECK_EVERY = 256
+"""Later checks during a run, every this many answers (and once at the end)."""
 MOSTLY = 0.5
 """Share of unscored answers (refusals and code excluded) the check refuses above."""
 TOP_KEEP = 20
@@ -154,6 +156,7 @@ def _run_pool(client: JudgeClient, todo: Mapping[tuple[str, str, str], str],
     pending = iter(todo.items())
     running: dict[Future[Rating], tuple[str, str, str]] = {}
     bar = tqdm(total=len(todo), desc="judging", disable=len(todo) < 4, leave=False)
+    next_check = EARLY_CHECK
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="emprobe-judge") as pool:
         try:
             _fill(pool, client, pending, running, workers)
@@ -167,8 +170,9 @@ def _run_pool(client: JudgeClient, todo: Mapping[tuple[str, str, str], str],
                     if path is not None:
                         append_jsonl(path, rec.to_record())
                     bar.update(1)
-                if check_mass and len(fresh) >= EARLY_CHECK:
+                if check_mass and len(fresh) >= next_check:
                     check_number_mass(fresh, client.model)
+                    next_check = len(fresh) + RECHECK_EVERY
                 _fill(pool, client, pending, running, workers)
         finally:
             for fut in running:
