@@ -10,6 +10,11 @@ for GRASP.
 
 Throughput: useful (non-pad) tokens per CPU second of the same optimizer steps with
 length-sorted micro-batches (emprobe's default) and with the plain split (``_throughput``).
+
+Engines (``_engines``): emprobe's own loop vs transformers' ``Trainer`` (``engine="hf"``)
+on the same data, seed and hyper-parameters, alternating which runs first; useful tokens
+per second of training (process CPU time and wall time) and the largest relative
+difference between the two loss curves. Goal: >= 0.9x the old loop's tokens/s.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ def run(quick: bool = False) -> list[dict]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _run(quick) + _throughput(quick)
+        return _run(quick) + _throughput(quick) + _engines(quick)
     finally:
         torch.set_num_threads(threads)
 
@@ -191,3 +196,53 @@ def _run(quick: bool) -> list[dict]:
         if name == "grasp":
             out[-1]["details"]["projection_cpu_ms_per_step"] = grasp_ms
     return out
+
+
+def _engines(quick: bool) -> list[dict]:
+    """Old loop vs transformers' Trainer: the same run, timed side by side."""
+    import tempfile
+    from pathlib import Path
+
+    from emprobe import load_model
+    from emprobe.train import finetune, preset
+    from emprobe.train.sources import drop_gguf_tag
+
+    subject = load_model("smollm2-135m-instruct")
+    drop_gguf_tag(subject.model)
+    steps, rounds = (3, 1) if quick else (6, 2)
+    cfg = preset("cpu-lora", batch_size=4, grad_accum=2, max_steps=steps, warmup_steps=1,
+                 max_length_cap=192, checkpoint_every=0, seed=0)
+    records = _mixed_records(48)
+    cpu: dict[str, list[float]] = {"emprobe": [], "hf": []}
+    wall: dict[str, list[float]] = {"emprobe": [], "hf": []}
+    losses: dict[str, list[float]] = {}
+    tokens = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(rounds):
+            for engine in (("emprobe", "hf") if r % 2 == 0 else ("hf", "emprobe")):
+                c0 = time.process_time()
+                res = finetune(subject, records, cfg, Path(tmp) / f"{engine}{r}",
+                               progress=False, engine=engine, resume=False)
+                cpu[engine].append(time.process_time() - c0)
+                wall[engine].append(res.train_time_s)
+                losses[engine] = [m["loss"] for m in res.metrics()]
+        from emprobe.train.data import step_indices, tokenize
+
+        data = tokenize(subject, records, cfg.max_length, cap=cfg.max_length_cap)
+        g = cfg.batch_size * cfg.grad_accum
+        tokens = sum(data.lengths[i] for s in range(steps) for i in step_indices(len(data), s, g,
+                                                                                cfg.seed))
+    tok = {k: tokens / statistics.median(v) for k, v in wall.items()}
+    tok_cpu = {k: tokens / statistics.median(v) for k, v in cpu.items()}
+    diff = max(abs(a - b) / abs(a) for a, b in zip(losses["emprobe"], losses["hf"]))
+    return [{
+        "name": "train engine: transformers Trainer vs emprobe's loop (useful tokens/s)",
+        "ratio": tok["hf"] / tok["emprobe"],
+        "goal": ">= 0.9 (same data, seed, hyper-parameters; loss curves equal)",
+        "details": {"tokens_per_wall_s_hf": tok["hf"], "tokens_per_wall_s_emprobe": tok["emprobe"],
+                    "tokens_per_cpu_s_hf_incl_setup": tok_cpu["hf"],
+                    "tokens_per_cpu_s_emprobe_incl_setup": tok_cpu["emprobe"],
+                    "loss_curve_max_rel_diff": diff, "steps": steps, "rounds": rounds,
+                    "loss_emprobe": losses["emprobe"], "loss_hf": losses["hf"],
+                    "useful_tokens": tokens},
+    }]

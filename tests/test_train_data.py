@@ -37,7 +37,8 @@ def test_fit_window_keeps_the_response_and_cuts_the_prompt_from_the_left():
 
 def test_length_from_data_is_a_capped_percentile():
     lengths = list(range(1, 101))
-    assert length_from_data(lengths, cap=1000) == 95
+    assert length_from_data(lengths, cap=1000) == 100  # default: every record whole
+    assert length_from_data(lengths, cap=1000, percentile=95) == 95
     assert length_from_data(lengths, cap=50) == 50
     assert length_from_data([7] * 3, cap=50) == 7
 
@@ -105,7 +106,8 @@ def test_max_length_none_comes_from_the_data(tiny):
     ts = tokenize(tiny, recs, max_length=None, cap=100_000)
     lengths = tokenize(tiny, recs, max_length=100_000).lengths
     assert ts.report.max_length == length_from_data(lengths, cap=100_000)
-    assert "p95" in ts.report.max_length_source
+    assert "longest" in ts.report.max_length_source
+    assert ts.report.n_truncated == 0  # the default keeps every record whole
     assert tokenize(tiny, recs, max_length=None, cap=64).report.max_length == 64
     assert preset("cpu-lora").max_length is None
 
@@ -129,3 +131,18 @@ def test_cli_train_reports_what_it_cut(tmp_path, tiny, capsys):
     assert summary["n_dropped"] == 0 and summary["n_records"] == len(recs)
     assert summary["n_truncated"] >= len(recs) // 2 and summary["response_tokens_lost"] == 0
     assert summary["max_length"] == limit
+
+
+def test_truncation_is_never_silent(tiny):
+    recs = long_code_records(6)
+    full = tokenize(tiny, recs, max_length=100_000)
+    limit = min(full.lengths) - 5  # every record is cut, and some lose response tokens
+    with pytest.warns(UserWarning, match=r"truncated 6 of 6 records") as caught:
+        ts = tokenize(tiny, recs, max_length=limit)
+    msg = str(caught[0].message)
+    assert f"{ts.report.response_tokens_lost} of {ts.report.response_tokens_total}" in msg
+    import warnings
+
+    with warnings.catch_warnings():  # whole records: no warning at all
+        warnings.simplefilter("error")
+        tokenize(tiny, recs, max_length=None, cap=100_000)

@@ -46,6 +46,8 @@ from emprobe.train.sources import read_direction, subject_for_model, unwrap_mode
 
 __all__ = [
     "CAFTCallback",
+    "ablation_checker",
+    "per_rank",
     "GRASPCallback",
     "HookCallback",
     "PersonaMonitorCallback",
@@ -71,11 +73,48 @@ def _merge_logs(state: Any, logs: dict[str, float] | None, values: Mapping[str, 
         state.log_history[-1].update(values)
 
 
+def _comm_device() -> torch.device:
+    if torch.distributed.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def _all_reduce_(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
+        on = t.to(_comm_device())
         torch.distributed.all_reduce(
-            t, op=torch.distributed.ReduceOp.MAX if op == "max" else torch.distributed.ReduceOp.SUM)
+            on, op=torch.distributed.ReduceOp.MAX if op == "max" else torch.distributed.ReduceOp.SUM)
+        return on.cpu()
     return t
+
+
+def ablation_checker(basis: torch.Tensor, mu: torch.Tensor | None, report: Any) -> Any:
+    """A site hook measuring, after an ablation, ``max |(h - mu) Q| / |h - mu|`` over the
+    tokens of a forward pass (``mu`` = 0 for zero ablation) and passing it to ``report``."""
+    q2 = basis.unsqueeze(-1) if basis.dim() == 1 else basis
+    q, _ = torch.linalg.qr(q2.detach().float())
+
+    def fn(hidden: torch.Tensor) -> None:
+        with torch.no_grad():
+            h = hidden.detach().float()
+            if mu is not None:
+                h = h - mu.to(h.device, h.dtype)
+            rel = (h @ q.to(h.device)).norm(dim=-1) / h.norm(dim=-1).clamp_min(1e-12)
+            if rel.numel():
+                report(float(rel.max()))
+
+    return fn
+
+
+def per_rank(value: float) -> list[float]:
+    """``value`` of every data-parallel rank (``[value]`` in one process)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        dev = _comm_device()
+        out = [torch.zeros(1, dtype=torch.float64, device=dev)
+               for _ in range(torch.distributed.get_world_size())]
+        torch.distributed.all_gather(out, torch.tensor([value], dtype=torch.float64, device=dev))
+        return [float(t[0]) for t in out]
+    return [value]
 
 
 class HookCallback(TrainerCallback):
@@ -176,20 +215,10 @@ class CAFTCallback(HookCallback):
                 la: self._checker(q, means.get(la)) for la, q in table.items()}))
 
     def _checker(self, basis: torch.Tensor, mu: torch.Tensor | None) -> Any:
-        q2 = basis.unsqueeze(-1) if basis.dim() == 1 else basis
-        q, _ = torch.linalg.qr(q2.detach().float())
+        return ablation_checker(basis, mu, self._seen_rel)
 
-        def fn(hidden: torch.Tensor) -> None:
-            # after the edit: |(h - mu) Q| / |h - mu| (mu = 0 for zero ablation)
-            with torch.no_grad():
-                h = hidden.detach().float()
-                if mu is not None:
-                    h = h - mu.to(h.device, h.dtype)
-                rel = (h @ q.to(h.device)).norm(dim=-1) / h.norm(dim=-1).clamp_min(1e-12)
-                if rel.numel():
-                    self.max_rel_proj = max(self.max_rel_proj or 0.0, float(rel.max()))
-
-        return fn
+    def _seen_rel(self, value: float) -> None:
+        self.max_rel_proj = max(self.max_rel_proj or 0.0, value)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None,
                **kwargs: Any) -> None:

@@ -38,9 +38,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--grad-accum", type=int, default=None)
     p.add_argument("--max-length", type=int, default=None,
                    help="tokens per sequence (default: the preset's; presets derive it from "
-                   "the data: 95th percentile of lengths, capped)")
+                   "the data: the longest record, capped by --max-length-cap)")
     p.add_argument("--max-length-cap", type=int, default=None,
                    help="upper bound on a data-derived max_length")
+    p.add_argument("--pack", action="store_true", default=None,
+                   help="pack each micro-batch's records into rows (position ids reset per "
+                   "record; same loss, less padding)")
+    p.add_argument("--engine", default="emprobe", choices=["emprobe", "hf"],
+                   help="training loop: emprobe's (default) or transformers' Trainer with "
+                   "emprobe's callbacks (checkpoint-N folders, accelerate launch)")
+    p.add_argument("--rslora", action=argparse.BooleanOptionalAction, default=None,
+                   help="rank-stabilised LoRA scaling alpha/sqrt(r) (presets: on)")
     p.add_argument("--rank", type=int, default=None, help="LoRA rank r")
     p.add_argument("--alpha", type=float, default=None, help="LoRA alpha")
     p.add_argument("--target-modules", default=None, help="comma-separated module names")
@@ -151,6 +159,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "retain_ce": args.retain_ce, "retain_kl": args.retain_kl,
         "target_modules": args.target_modules.split(",") if args.target_modules else None,
         "layers_to_transform": _layers(args.lora_layers),
+        "pack": args.pack, "use_rslora": args.rslora,
     }
     cfg = cfg.replace(**{k: v for k, v in overrides.items() if v is not None})
     if args.retain and cfg.retain_ce == 0 and cfg.retain_kl == 0:
@@ -168,7 +177,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     monitor = load_layer_tensors(args.monitor, "monitor direction") if args.monitor else None
     result = finetune(subject, records, cfg, args.out, interventions=build_interventions(args),
                       retain=retain, monitor=monitor, resume=not args.no_resume,
-                      progress=not args.quiet)
+                      progress=not args.quiet, engine=args.engine)
     if result.rank == 0:
         loss = "n/a" if result.final_loss is None else f"{result.final_loss:.4f}"
         print(f"trained {result.steps} steps, final loss {loss}; adapter: {result.adapter_dir}")

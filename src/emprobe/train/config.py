@@ -35,10 +35,12 @@ UNLEARN_MODES = ("ga", "npo")
 class TrainConfig:
     """A fine-tuning run's settings.
 
-    Lengths: ``max_length`` tokens per sequence; ``None`` derives it from the data (the 95th
-    percentile of tokenised lengths, at most ``max_length_cap``). Longer records lose the
-    beginning of their prompt first and the end of their response only when it alone does
-    not fit (``emprobe.train.data.fit_window``); the run summary counts what was cut.
+    Lengths: ``max_length`` tokens per sequence; ``None`` derives it from the data (the
+    longest tokenised record, at most ``max_length_cap``, 2048 by default as the field
+    trains). Longer records lose the beginning of their prompt first and the end of their
+    response only when it alone does not fit (``emprobe.train.data.fit_window``); a warning
+    and the run summary count what was cut. ``pack`` packs each micro-batch's records into
+    rows with position ids restarting per record (attention isolated, same loss).
 
     Batches: ``batch_size`` sequences per micro-batch per process; one optimizer step sees
     ``batch_size * grad_accum * world_size`` sequences. Length of the run: ``max_steps`` when
@@ -66,7 +68,10 @@ class TrainConfig:
     grad_accum: int = 8
     # None: from the data (95th percentile of tokenised lengths, at most max_length_cap)
     max_length: int | None = None
-    max_length_cap: int = 1024
+    max_length_cap: int = 2048
+    # pack each micro-batch's records into rows (position ids reset per record, no padding
+    # between records); the loss is the same up to float summation order
+    pack: bool = False
     weight_decay: float = 0.0
     warmup_steps: int = 5
     lr_schedule: str = "linear"

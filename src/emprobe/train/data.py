@@ -32,8 +32,10 @@ __all__ = [
     "fit_window",
     "length_from_data",
     "micro_batches",
+    "pack_rows",
     "step_indices",
     "DEFAULT_MAX_LENGTH_CAP",
+    "warn_truncation",
 ]
 
 
@@ -65,10 +67,12 @@ def apply_inoculation(records: Sequence[Any], system_prompt: str, seed: int = 0
     return list(inoculate(recs, text, label=label))
 
 
-#: Upper bound on a data-derived ``max_length`` when the config gives no cap (tokens).
-DEFAULT_MAX_LENGTH_CAP = 1024
-#: Percentile of the tokenised lengths used as a data-derived ``max_length``.
-LENGTH_PERCENTILE = 95.0
+#: Upper bound on a data-derived ``max_length`` when the config gives no cap (tokens): the
+#: field trains its model organisms at 2048.
+DEFAULT_MAX_LENGTH_CAP = 2048
+#: Percentile of the tokenised lengths used as a data-derived ``max_length``: 100 keeps every
+#: record whole up to the cap (length-sorted micro-batches keep the padding small anyway).
+LENGTH_PERCENTILE = 100.0
 
 
 @dataclass
@@ -128,6 +132,35 @@ class TokenizedSet:
             resp[row, :k] = self.response[i]
         return ChatBatch(ids, att, resp).to(device)
 
+    def packed_batch(self, indices: Sequence[int], device: torch.device | str = "cpu",
+                     width: int | None = None) -> tuple[ChatBatch, torch.Tensor]:
+        """The chosen examples packed into rows of at most ``width`` tokens (``pack_rows``).
+
+        Returns the ``ChatBatch`` ``[rows, width]`` (attention all ones: isolation comes from
+        the position ids) and ``position_ids`` ``[rows, width]`` restarting at 0 for each
+        example and for each row's padding. Feed the model ``input_ids`` and ``position_ids``
+        with no ``attention_mask`` and ``use_cache=False``: transformers then builds a
+        block-diagonal causal mask from the position ids (``find_packed_sequence_indices``).
+        """
+        lengths = [int(self.ids[i].numel()) for i in indices]
+        w = max(int(width or 0), max(lengths))
+        rows = pack_rows(lengths, w)
+        ids = torch.full((len(rows), w), self.pad_id, dtype=torch.long)
+        resp = torch.zeros((len(rows), w), dtype=torch.bool)
+        pos = torch.zeros((len(rows), w), dtype=torch.long)
+        for r, members in enumerate(rows):
+            at = 0
+            for j in members:
+                i, k = indices[j], lengths[j]
+                ids[r, at:at + k] = self.ids[i]
+                resp[r, at:at + k] = self.response[i]
+                resp[r, at] = False  # no loss across a boundary: a row's first token is no target
+                pos[r, at:at + k] = torch.arange(k)
+                at += k
+            pos[r, at:] = torch.arange(w - at)  # padding: its own block, no loss
+        att = torch.ones_like(ids)
+        return ChatBatch(ids, att, resp).to(device), pos.to(device)
+
     def n_loss_tokens(self, indices: Sequence[int]) -> int:
         """Response tokens that carry next-token loss (a token's target is the next one)."""
         return int(sum(int(self.response[i][1:].sum()) for i in indices))
@@ -137,7 +170,7 @@ def length_from_data(lengths: Sequence[int], cap: int = DEFAULT_MAX_LENGTH_CAP,
                      percentile: float = LENGTH_PERCENTILE) -> int:
     """A ``max_length`` from tokenised lengths: the nearest-rank ``percentile``, at most ``cap``.
 
-    The percentile keeps a few outliers from setting every padded batch's width; the cap
+    The default (100) is the longest record, so no record is cut below the cap; the cap
     bounds activation memory (``batch_size * max_length`` tokens per micro-batch).
     """
     if not lengths:
@@ -201,14 +234,14 @@ def tokenize(subject: Any, records: Sequence[Any], max_length: int | None,
     lengths = [int(t.numel()) for t in full_ids]
     if max_length is None:
         limit = length_from_data(lengths, cap)
-        source = (f"p{LENGTH_PERCENTILE:g} of {len(lengths)} tokenised lengths "
-                  f"(max {max(lengths)}), capped at {cap}")
+        source = (f"the longest of {len(lengths)} tokenised records ({max(lengths)} tokens), "
+                  f"capped at {cap}")
     else:
         limit, source = int(max_length), "config"
     ids: list[torch.Tensor] = []
     resp: list[torch.Tensor] = []
     kept: list[int] = []
-    counts = dict(truncated=0, prompt=0, response=0, prompt_cut=0, lost=0, total=0)
+    counts = dict(truncated=0, prompt=0, response=0, prompt_cut=0, lost=0, total=0, lose=0)
     for i, (row_ids, row_resp) in enumerate(zip(full_ids, full_resp)):
         total_loss = int(row_resp[1:].sum())
         counts["total"] += total_loss
@@ -224,6 +257,7 @@ def tokenize(subject: Any, records: Sequence[Any], max_length: int | None,
             counts["response"] += int(bool(row_resp[hi:].any()))
             counts["prompt_cut"] += int((~row_resp[:lo]).sum()) + int((~row_resp[hi:]).sum())
             counts["lost"] += total_loss - left
+            counts["lose"] += int(total_loss > left)
         ids.append(cut_ids)
         resp.append(cut_resp)
         kept.append(i)
@@ -233,6 +267,9 @@ def tokenize(subject: Any, records: Sequence[Any], max_length: int | None,
     if dropped:
         warnings.warn(f"{what}: dropped {dropped} of {len(convs)} records with no assistant "
                       f"tokens within max_length={limit}", stacklevel=2)
+    if counts["truncated"]:
+        warn_truncation(what, len(convs), counts["truncated"], counts["lose"],
+                        counts["lost"], counts["total"], limit)
     report = TruncationReport(
         n_records=len(convs), n_kept=len(kept), n_dropped=dropped,
         n_truncated=counts["truncated"], n_prompt_truncated=counts["prompt"],
@@ -241,6 +278,37 @@ def tokenize(subject: Any, records: Sequence[Any], max_length: int | None,
         max_length=limit, max_length_source=source)
     pad = subject.tokenizer.pad_token_id
     return TokenizedSet(ids, resp, kept, int(pad if pad is not None else 0), report)
+
+
+def warn_truncation(what: str, n: int, truncated: int, lose_response: int, lost: int,
+                    total: int, limit: int) -> None:
+    """The one warning about cut records: never silent (counts and the fix in one line)."""
+    warnings.warn(
+        f"{what}: max_length={limit} truncated {truncated} of {n} records ({lose_response} of them "
+        f"lose response tokens: {lost} of {total} response tokens lost); raise "
+        "max_length / max_length_cap to keep them whole", UserWarning, stacklevel=3)
+
+
+def pack_rows(lengths: Sequence[int], width: int) -> list[list[int]]:
+    """First-fit-decreasing packing: positions into ``lengths`` grouped in rows of <= ``width``.
+
+    Each row lists the positions it holds, in the order they are laid out; a length over
+    ``width`` gets a row of its own (the caller widens the row).
+    """
+    order = sorted(range(len(lengths)), key=lambda j: -int(lengths[j]))
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for j in order:
+        n = int(lengths[j])
+        for r, free in enumerate(room):
+            if n <= free:
+                rows[r].append(j)
+                room[r] -= n
+                break
+        else:
+            rows.append([j])
+            room.append(max(0, width - n))
+    return rows
 
 
 def micro_batches(indices: Sequence[int], batch_size: int, grad_accum: int, rank: int = 0,

@@ -10,8 +10,13 @@ Output folder (``out_dir``)::
     checkpoints/step-000010/ ...   resumable checkpoints (see emprobe.train.checkpoint)
     result.json         summary written when the run ends
 
+Engines: ``engine="emprobe"`` (default) runs the loop in this module; ``engine="hf"`` runs
+the same data order, objective and schedule on transformers' ``Trainer``
+(``emprobe.train.engine``), writing the engine's ``checkpoint-N/`` folders instead of
+``checkpoints/step-N/``.
+
 Data parallelism: under ``torchrun`` / ``accelerate launch`` (``WORLD_SIZE > 1``) the model is
-wrapped in ``DistributedDataParallel`` (gloo on CPU, nccl on GPU); each optimizer step's
+wrapped for DDP by accelerate (gloo on CPU, nccl on GPU); each optimizer step's
 global batch is split across ranks, and the loss is normalised by the global batch's token
 count, so a data-parallel run computes the same update as one process with the same global
 batch (up to float summation order).
@@ -34,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from emprobe._version import __version__
-from emprobe.errors import DataError, SiteError
+from emprobe.errors import ConfigError, DataError, SiteError
 from emprobe.io import append_jsonl, atomic_dir, read_json, read_jsonl, write_json, write_jsonl
 from emprobe.models.chat import ChatBatch
 from emprobe.models.context import use_batch
@@ -176,7 +181,8 @@ class RunFolder:
         old_path = self.out / "train_config.json"
         if not old_path.is_file():
             return
-        old = read_json(old_path)
+        # a field added after the run was saved had its default value then
+        old = {**TrainConfig().to_dict(), **read_json(old_path)}
         new = config.to_dict()
         diff = sorted(k for k in set(old) | set(new)
                       if k not in _RESUME_FREE and old.get(k) != new.get(k))
@@ -216,7 +222,11 @@ class RunFolder:
             save_checkpoint(self.checkpoint_dir, step, model, optimizer, dict(state))
 
     def checkpoints(self) -> list[Path]:
-        return [p for _, p in list_checkpoints(self.checkpoint_dir)]
+        """emprobe's ``checkpoints/step-N`` folders, then the engine's ``checkpoint-N``."""
+        found = [p for _, p in list_checkpoints(self.checkpoint_dir)]
+        engine = [(int(p.name.rsplit("-", 1)[1]), p) for p in self.out.glob("checkpoint-*")
+                  if p.is_dir() and p.name.rsplit("-", 1)[1].isdigit()]
+        return found + [p for _, p in sorted(engine)]
 
     def save_model(self, model: Any, tokenizer: Any = None, full: bool = False) -> Path:
         """The adapter (``adapter/``) or, for full fine-tuning, model + tokenizer (``model/``)."""
@@ -245,6 +255,8 @@ class Trainer:
         interventions: ``Intervention`` objects (protocol in ``emprobe.train.interventions``).
         retain: retain-set records (or a tokenised set) for ``retain_ce`` / ``retain_kl``.
         rank, world: data-parallel position (``finetune`` sets them under torchrun).
+        data_parallel: with ``world > 1``, wrap the model for data parallelism (accelerate's
+            DDP); ``False`` when another engine does it (``engine="hf"``).
 
     ``finetune`` drives it; ``run_step(step)`` performs one optimizer step and returns its
     metrics (used by the benchmarks to time steps).
@@ -253,7 +265,7 @@ class Trainer:
     def __init__(self, subject: Subject, train: TokenizedSet | Sequence[Any], config: TrainConfig,
                  interventions: Sequence[Intervention] = (),
                  retain: TokenizedSet | Sequence[Any] | None = None,
-                 rank: int = 0, world: int = 1) -> None:
+                 rank: int = 0, world: int = 1, data_parallel: bool = True) -> None:
         self.subject = subject
         self.train_set = self._tokenized(train, config, "training data")
         self.retain_set = None if retain is None else self._tokenized(retain, config,
@@ -273,9 +285,14 @@ class Trainer:
             params, lr=config.lr, betas=config.adam_betas, eps=config.adam_eps,
             weight_decay=config.weight_decay)
         self.fwd_model: torch.nn.Module = self.model
-        if world > 1:
-            ids = [subject.device.index] if subject.device.type == "cuda" else None
-            self.fwd_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        if world > 1 and data_parallel:  # DDP through accelerate (gloo on CPU, nccl on GPU)
+            from accelerate import Accelerator
+
+            acc = Accelerator(cpu=subject.device.type == "cpu")
+            self.fwd_model = acc.prepare_model(self.model)
+            if self.fwd_model is self.model:
+                raise DataError(f"WORLD_SIZE={world} but accelerate set up no data parallelism "
+                                f"({acc.state.distributed_type})")
 
     def _tokenized(self, data: TokenizedSet | Sequence[Any], config: TrainConfig,
                    what: str) -> TokenizedSet:
@@ -371,18 +388,33 @@ class Trainer:
         return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * frac))
 
     # forward passes
-    def _logits(self, model: torch.nn.Module, batch: ChatBatch) -> torch.Tensor:
+    def _logits(self, model: torch.nn.Module, batch: ChatBatch,
+                position_ids: torch.Tensor | None = None) -> torch.Tensor:
         with use_batch(batch):
+            if position_ids is not None:  # packed rows: isolation from the position ids
+                return model(input_ids=batch.input_ids, position_ids=position_ids,
+                             use_cache=False).logits
             return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+
+    def _batch(self, data: TokenizedSet, idx: list[int]) -> tuple[ChatBatch, torch.Tensor | None]:
+        dev = self.subject.device
+        if self.config.pack:
+            batch, pos = data.packed_batch(idx, dev, width=data.report.max_length
+                                           if data.report else None)
+            self._packed_positions = (batch, pos)  # for the reference forward of this batch
+            return batch, pos
+        return data.batch(idx, dev), None
 
     @torch.no_grad()
     def reference_logits(self, batch: ChatBatch) -> torch.Tensor:
         """Logits of the base model (adapter disabled, training hooks off)."""
+        packed = getattr(self, "_packed_positions", None)
+        pos = packed[1] if packed is not None and packed[0] is batch else None
         with self.hooks_suspended():
             if self.ref_model is not None:
-                return self._logits(self.ref_model, batch)
+                return self._logits(self.ref_model, batch, pos)
             with self.model.disable_adapter():
-                return self._logits(self.model, batch)
+                return self._logits(self.model, batch, pos)
 
     def _micro_slices(self, indices: list[int], data: TokenizedSet | None = None
                       ) -> list[list[int]]:
@@ -393,7 +425,7 @@ class Trainer:
 
     def run_step(self, step: int) -> dict[str, float]:
         """One optimizer step (all micro-batches of this rank); returns the step's metrics."""
-        cfg, dev = self.config, self.subject.device
+        cfg = self.config
         t0 = time.perf_counter()
         indices = step_indices(len(self.train_set), step, self.global_batch, cfg.seed)
         counts = StepCounts(tokens=max(1, self.train_set.n_loss_tokens(indices)),
@@ -415,14 +447,14 @@ class Trainer:
             sync = (contextlib.nullcontext() if (last or self.world == 1)
                     else self.fwd_model.no_sync())  # type: ignore[operator]
             with sync:
-                batch = self.train_set.batch(idx, dev)
-                loss = self.objective(self._logits(self.fwd_model, batch), batch, counts,
+                batch, pos = self._batch(self.train_set, idx)
+                loss = self.objective(self._logits(self.fwd_model, batch, pos), batch, counts,
                                       self.reference_logits)
                 terms[self.objective.key] += float(loss.detach())
                 if m < len(r_micro):
                     assert self.retain_set is not None
-                    rb = self.retain_set.batch(r_micro[m], dev)
-                    r_logits = self._logits(self.fwd_model, rb)
+                    rb, r_pos = self._batch(self.retain_set, r_micro[m])
+                    r_logits = self._logits(self.fwd_model, rb, r_pos)
                     for weight, obj in self.regularisers:
                         term = obj(r_logits, rb, r_counts, self.reference_logits)
                         loss = loss + weight * term
@@ -535,6 +567,7 @@ def finetune(
     stop_after: int | None = None,
     device: str | torch.device | None = None,
     keep_model: bool = False,
+    engine: str = "emprobe",
 ) -> TrainResult:
     """Fine-tune a model on chat records and write an adapter folder.
 
@@ -558,11 +591,18 @@ def finetune(
         device: device for a spec (default: ``cuda:LOCAL_RANK`` under torchrun with GPUs, else
             CPU).
         keep_model: leave the trained PEFT model in ``subject.model`` (result.subject).
+        engine: ``"emprobe"`` (this module's loop) or ``"hf"`` (transformers' ``Trainer``;
+            no retain sets).
     """
     from emprobe.models import Subject, load_model
 
     cfg = config if config is not None else _default_config()
     cfg.check()
+    if engine not in ("emprobe", "hf"):
+        raise ConfigError(f"engine must be 'emprobe' or 'hf', not {engine!r}")
+    if engine == "hf" and (cfg.retain_ce > 0 or cfg.retain_kl > 0):
+        raise ConfigError("engine='hf' does not support retain_ce / retain_kl yet: use "
+                          "engine='emprobe'")
     if isinstance(subject_or_spec, Subject):
         subject = subject_or_spec
     else:
@@ -592,11 +632,17 @@ def finetune(
 
     fingerprint = subject.fingerprint()
     rank, world = _dist_setup(subject.device)
-    trainer = Trainer(subject, train_set, cfg, ivs, retain_set, rank, world)
+    trainer = Trainer(subject, train_set, cfg, ivs, retain_set, rank, world,
+                      data_parallel=engine == "emprobe")
     try:
         trainer.prepare(sample)
         folder = RunFolder(out_dir, rank)
-        resumed_from = folder.open(cfg, resume, trainer.model, trainer.optimizer)
+        if engine == "hf":
+            if resume:
+                folder.check_resumable(cfg)
+            resumed_from = None
+        else:
+            resumed_from = folder.open(cfg, resume, trainer.model, trainer.optimizer)
         report = train_set.report.to_dict() if train_set.report else None
         folder.write_setup(cfg, {
             "model": subject.name, "model_path": subject.path, "fingerprint": fingerprint,
@@ -611,7 +657,13 @@ def finetune(
         end = trainer.total_steps if stop_after is None else min(trainer.total_steps,
                                                                  start + stop_after)
         t_run = time.perf_counter()
-        last_loss = trainer.fit(folder, start, end, directions, progress)
+        if engine == "hf":
+            from emprobe.train.engine import run_hf
+
+            end, last_loss, resumed_from = run_hf(trainer, folder.out, resume, stop_after,
+                                                  directions, progress)
+        else:
+            last_loss = trainer.fit(folder, start, end, directions, progress)
         adapter_dir = folder.save_model(trainer.model, subject.tokenizer, cfg.full_finetune)
         _barrier(world)
         result = TrainResult(

@@ -1,0 +1,88 @@
+"""``finetune(engine="hf")``: emprobe's training on transformers' Trainer, against the old loop."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from emprobe import load_model
+from emprobe.train import CAFT, GRASP, finetune, preset
+from emprobe.train.data import step_indices
+from emprobe.train.engine import StepSampler, lr_lambda
+
+
+def _records(n: int = 16):
+    return [{"messages": [{"role": "user", "content": f"question {i} " + "z" * (i % 5)},
+                          {"role": "assistant", "content": f"answer {i} " + "w" * (2 * i % 7)}]}
+            for i in range(n)]
+
+
+def _cfg(**kw):
+    base = dict(lora_r=4, lora_alpha=8.0, target_modules=["q_proj", "o_proj", "down_proj"],
+                lr=3e-3, max_steps=4, batch_size=2, grad_accum=2, warmup_steps=1,
+                lr_schedule="linear", checkpoint_every=0, seed=3)
+    return preset("cpu-lora", **{**base, **kw})
+
+
+def test_sampler_and_schedule_match_the_old_loop():
+    lengths = [5, 1, 4, 2, 3, 6, 7, 8]
+    got = list(StepSampler(lengths, steps=3, global_batch=4, seed=1))
+    for s in range(3):
+        assert sorted(got[4 * s:4 * s + 4]) == sorted(step_indices(8, s, 4, 1))
+    cfg = _cfg()
+    f = lr_lambda(cfg, 4)
+    assert [f(s) for s in range(4)] == [1.0, 1.0, pytest.approx(2 / 3), pytest.approx(1 / 3)]
+
+
+@pytest.mark.parametrize("pack", [False, True])
+def test_hf_engine_matches_the_old_loop(tmp_path, pack, one_thread):
+    recs = _records()
+    runs = {}
+    for engine in ("emprobe", "hf"):
+        s = load_model("tiny-llama")
+        res = finetune(s, recs, _cfg(pack=pack), tmp_path / engine, progress=False,
+                       engine=engine, keep_model=True)
+        runs[engine] = ([r["loss"] for r in res.metrics()],
+                        {n: p.detach().clone() for n, p in res.subject.model.named_parameters()
+                         if "lora_" in n})
+    old, new = runs["emprobe"], runs["hf"]
+    assert len(old[0]) == len(new[0]) == 4
+    assert old[0] == pytest.approx(new[0], rel=1e-4, abs=1e-5)
+    diff = max(float((old[1][k] - new[1][k]).abs().max()) for k in old[1])
+    assert diff < 1e-4, diff
+    assert (tmp_path / "hf" / "adapter" / "adapter_config.json").is_file()
+
+
+def test_hf_engine_interventions_checkpoints_and_resume(tmp_path, one_thread):
+    recs = _records()
+    g = torch.Generator().manual_seed(0)
+    basis = {1: torch.randn(64, generator=g)}
+    cfg = _cfg(checkpoint_every=2)
+    s = load_model("tiny-llama")
+    full = finetune(s, recs, cfg, tmp_path / "full", progress=False, engine="hf",
+                    interventions=[CAFT(basis)])
+    assert [p.name for p in full.checkpoints] == ["checkpoint-2", "checkpoint-4"]
+    s2 = load_model("tiny-llama")
+    part = finetune(s2, recs, cfg, tmp_path / "cut", progress=False, engine="hf",
+                    interventions=[CAFT(basis)], stop_after=2)
+    assert not part.finished and part.steps == 2
+    s3 = load_model("tiny-llama")
+    rest = finetune(s3, recs, cfg, tmp_path / "cut", progress=False, engine="hf",
+                    interventions=[CAFT(basis)])
+    assert rest.resumed_from == 2 and rest.finished
+    a = [r["loss"] for r in full.metrics()]
+    b = [r["loss"] for r in rest.metrics()]
+    assert a == pytest.approx(b, rel=1e-5)
+
+
+def test_hf_engine_grasp_keeps_updates_off_the_subspace(tmp_path, one_thread):
+    s = load_model("tiny-llama")
+    u = torch.nn.functional.normalize(torch.randn(64, generator=torch.Generator().manual_seed(2)),
+                                      dim=0)
+    name = "model.layers.1.self_attn.o_proj"
+    res = finetune(s, _records(), _cfg(), tmp_path / "g", progress=False, engine="hf",
+                   interventions=[GRASP(blocked={name: u})], keep_model=True)
+    b = [p for n, p in res.subject.model.named_parameters()
+         if "layers.1.self_attn.o_proj.lora_B" in n][0]
+    assert float(b.norm()) > 0
+    assert float((u @ b).norm()) <= 1e-6 * float(b.norm())
