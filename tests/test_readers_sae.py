@@ -279,3 +279,17 @@ def test_driver_sae_mutations(fuzzer, rng: random.Random):
         case = fuzzer.case(target, rng)
         out = fd.run_case(case, 2.0)
         assert out.kind in ("accepted", "rejected"), f"[{case.label}] {out.kind}: {out.detail}"
+
+
+def test_cli_directions_sae_out_never_replaces_a_file(fuzzer, capsys):
+    from emprobe.cli import main
+
+    folder = fuzzer._copy("t", "sae6")
+    afile = fuzzer.root / "afile"
+    afile.write_text("keep me")
+    for out in (str(afile), ""):
+        rc = main(["directions", "sae", "--sae", str(folder), "--latents", "1", "--out", out])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and len(err.splitlines()) == 1 and "unexpected" not in err, err
+    assert afile.read_text() == "keep me"
+    assert not (fuzzer.root / ".afile.old").exists()

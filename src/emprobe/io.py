@@ -69,8 +69,16 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temp folder beside ``path``; it replaces ``path`` only if the block succeeds."""
+    """Yield a temp folder beside ``path``; it replaces ``path`` only if the block succeeds.
+
+    Refuses (``FormatError``) an empty path and a path where a file (not a folder) stands:
+    a file is never replaced by a folder.
+    """
     target = Path(path)
+    if not target.name or target.name in (".", ".."):
+        raise FormatError(f"{str(path)!r}: not a folder name to write")
+    if target.exists() and not target.is_dir():
+        raise FormatError(f"{target}: a file stands where a folder is to be written")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
