@@ -48,6 +48,7 @@ __all__ = [
     "CAFTCallback",
     "ablation_checker",
     "per_rank",
+    "refuse_sharded",
     "GRASPCallback",
     "HookCallback",
     "PersonaMonitorCallback",
@@ -115,6 +116,25 @@ def per_rank(value: float) -> list[float]:
         torch.distributed.all_gather(out, torch.tensor([value], dtype=torch.float64, device=dev))
         return [float(t[0]) for t in out]
     return [value]
+
+
+def sharded_engine(args: Any = None) -> str | None:
+    """``"FSDP"`` / ``"DeepSpeed"`` when the run shards parameters or gradients, else None."""
+    import os
+
+    if getattr(args, "deepspeed", None) or os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true":
+        return "DeepSpeed"
+    if getattr(args, "fsdp", None) or os.environ.get("ACCELERATE_USE_FSDP") == "true":
+        return "FSDP"
+    return None
+
+
+def refuse_sharded(what: str, args: Any = None) -> None:
+    """GRASP projects whole LoRA factors and their gradients: refuse sharded engines."""
+    engine = sharded_engine(args)
+    if engine is not None:
+        raise ConfigError(f"{what} projects whole LoRA factors, which {engine} shards; train "
+                          "with DDP (or one process), or keep the LoRA parameters unsharded")
 
 
 class HookCallback(TrainerCallback):
@@ -386,6 +406,7 @@ class GRASPCallback(TrainerCallback):
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None,
                        **kwargs: Any) -> None:
+        refuse_sharded("GRASP", args)
         inner = unwrap_model(model)
         if self.direction is not None:
             self.grasp = self._from_direction(inner)

@@ -154,6 +154,10 @@ class InterventionCallback(TrainerCallback):
             self.max_rel_proj = None
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        from emprobe.train.callbacks import refuse_sharded
+
+        if any(iv.needs_lora and not iv.edits_activations for iv in self.interventions):
+            refuse_sharded("GRASP", args)
         self._attach()
         if state.global_step == 0:
             for iv in self.interventions:  # start inside any constrained subspace
@@ -354,6 +358,10 @@ def run_hf(et: Any, out: Path, resume: bool, stop_after: int | None,
         optimizers=(et.optimizer, sched), callbacks=[hooks, log],
         emprobe_data=et.train_set, emprobe_config=cfg, emprobe_objective=et.objective,
         emprobe_steps=et.total_steps, emprobe_hooks=hooks)
+    if not progress:  # the engine prints every log record when its progress bar is off
+        from transformers.trainer_callback import PrinterCallback
+
+        hf.remove_callback(PrinterCallback)
     if end < et.total_steps:  # a later call resumes from here
         cfg_steps = set(cfg.checkpoint_steps) | {end}
         log.cfg = cfg.replace(checkpoint_steps=sorted(cfg_steps))
