@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.emprobe-installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test test-fast demo demo-quick bench assets lint clean-venv fuzz reproduce
+.PHONY: install test test-fast demo demo-quick bench assets notebooks lint clean-venv fuzz reproduce
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -73,6 +73,14 @@ $(STATIC): $(STAMP)
 
 assets: $(STATIC)
 	$(BIN)/emprobe demo --out demo-out --assets assets
+
+# Every notebook executed in place on the embedded model with quick budgets, its outputs stored
+# so GitHub shows them: figures as PNG through the static renderer of `make assets` (kaleido +
+# Chromium); one torch thread (more only contend on a busy machine). Takes minutes on a CPU.
+NOTEBOOKS ?= $(sort $(wildcard notebooks/0*.ipynb))
+notebooks: $(STATIC)
+	EMPROBE_QUICK=1 EMPROBE_STATIC_FIGURES=1 OMP_NUM_THREADS=1 TRANSFORMERS_VERBOSITY=error \
+	  HF_HUB_DISABLE_PROGRESS_BARS=1 $(BIN)/jupyter-execute --inplace --timeout=3600 $(NOTEBOOKS)
 
 # >= 10,000 mutated inputs across every loader; prints the counts, fails unless 0/0/0
 fuzz: $(STAMP)

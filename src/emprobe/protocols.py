@@ -31,6 +31,8 @@ __all__ = [
     "QARecord",
     "Role",
     "Scorer",
+    "SAEConfigLike",
+    "SAELike",
     "SubjectLike",
     "TensorMap",
     "TokenizerLike",
@@ -142,6 +144,39 @@ class SubjectLike(Protocol):
     def generate(self, prompts: Sequence[Sequence[dict[str, str]]], max_new_tokens: int = 64,
                  temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
                  batch_size: int = 8) -> list[str]: ...
+
+
+class SAEConfigLike(Protocol):
+    """The sizes of an SAE (SAELens' ``cfg``): input width and number of latents."""
+
+    @property
+    def d_in(self) -> int: ...
+
+    @property
+    def d_sae(self) -> int: ...
+
+
+@runtime_checkable
+class SAELike(Protocol):
+    """What emprobe uses of a SAELens SAE: ``encode`` ``[rows, d_in] -> [rows, d_sae]``,
+    the encoder and decoder weights, its sizes, device and dtype."""
+
+    @property
+    def W_enc(self) -> torch.Tensor: ...  # noqa: N802 (SAELens' name, [d_in, d_sae])
+
+    @property
+    def W_dec(self) -> torch.Tensor: ...  # noqa: N802 (SAELens' name, [d_sae, d_in])
+
+    @property
+    def cfg(self) -> SAEConfigLike: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def dtype(self) -> torch.dtype: ...
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
 Scorer = Callable[[Sequence[str], Sequence[str]], Sequence[float]]

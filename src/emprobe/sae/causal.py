@@ -28,6 +28,7 @@ from emprobe.evaluate.controls import (
     versus_controls,
 )
 from emprobe.hooks.patch import Steer
+from emprobe.protocols import SAELike
 
 if TYPE_CHECKING:
     from emprobe.evaluate.questions import Question
@@ -203,7 +204,7 @@ def mean_resid_norm(subject: Subject, site: str, layer: int) -> float:
 
 
 @torch.no_grad()
-def latent_mean(subject: Subject, sae: object, latent: int, site: str, layer: int,
+def latent_mean(subject: Subject, sae: SAELike, latent: int, site: str, layer: int,
                 data: Sequence[Conversation], positions: str = "all") -> float:
     """Mean activation of one latent over ``data``'s selected tokens (first token dropped)."""
     from emprobe.sae.diff import encode_rows, token_acts

@@ -24,7 +24,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict
 
 import torch
 import torch.nn.functional as F
@@ -36,19 +36,54 @@ from emprobe.io import write_json
 from emprobe.models.chat import Conversation
 from emprobe.models.context import use_batch
 from emprobe.models.logprobs import response_logprobs
+from emprobe.protocols import SAELike
+
+if TYPE_CHECKING:
+    from emprobe.models.subject import Subject
 
 RANKINGS = ("mean_diff", "encoded_diff", "attribution")
 
+Data = Sequence[Conversation] | Sequence[str]
+
+
+class _LatentRecordRequired(TypedDict):
+    latent: int
+    mean_base: float
+    mean_ft: float
+    mean_diff: float
+    encoded_diff: float
+    decoder_cos: float
+
+
+class LatentRecord(_LatentRecordRequired, total=False):
+    """One latent's scores; ``rank_<by>``: how many latents score higher by that ranking."""
+
+    attribution: float
+    rank_mean_diff: int
+    rank_encoded_diff: int
+    rank_attribution: int
+
+
+class Context(TypedDict):
+    """One top-activating token: its activation, sequence, position, token and the text
+    around it with the token marked ``[[token]]``."""
+
+    activation: float
+    item: int
+    pos: int
+    token: str
+    text: str
+
 
 @torch.no_grad()
-def encode_rows(sae: Any, h: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
+def encode_rows(sae: SAELike, h: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
     """SAE latents of activation rows: ``[rows, d_in]`` -> ``[rows, d_sae]`` (float32, CPU)."""
     out = [sae.encode(h[i : i + chunk].to(sae.device, sae.dtype)).float().cpu()
            for i in range(0, h.shape[0], chunk)]
     return torch.cat(out) if out else torch.zeros(0, int(sae.cfg.d_sae))
 
 
-def token_acts(subject: Any, data: Sequence[Any], site: str, layer: int, positions: str = "all",
+def token_acts(subject: Subject, data: Data, site: str, layer: int, positions: str = "all",
                batch_size: int = 8, max_length: int = 512,
                ) -> tuple[torch.Tensor, torch.Tensor, Collected]:
     """Activation rows ``[n, d]`` of ``data``'s selected tokens at ``(site, layer)``, each
@@ -62,7 +97,7 @@ def token_acts(subject: Any, data: Sequence[Any], site: str, layer: int, positio
     return got.acts[layer][keep], got.token_index[keep], got
 
 
-def check_sae_fits(subject: Any, sae: Any, what: str) -> None:
+def check_sae_fits(subject: Subject, sae: SAELike, what: str) -> None:
     if int(sae.cfg.d_in) != subject.d_model:
         raise ShapeError(f"SAE d_in {sae.cfg.d_in} does not match {what}'s d_model {subject.d_model}")
 
@@ -79,7 +114,7 @@ class DiffResult:
     attribution: torch.Tensor | None = None
     n_tokens: int = 0
     resid_norm: float = 0.0  # mean ||h_base|| over the tokens (a steering scale)
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, object] = field(default_factory=dict)
 
     def top(self, by: str = "mean_diff", n: int = 10, absolute: bool = False) -> list[int]:
         """Latent ids with the largest score (``absolute`` ranks by magnitude)."""
@@ -96,8 +131,8 @@ class DiffResult:
         # attribution: negative means the latent lowers the fine-tune's loss on its answers
         return -s if by == "attribution" else s
 
-    def latent_record(self, i: int) -> dict[str, Any]:
-        rec = {
+    def latent_record(self, i: int) -> LatentRecord:
+        rec: LatentRecord = {
             "latent": int(i),
             "mean_base": float(self.mean_base[i]),
             "mean_ft": float(self.mean_ft[i]),
@@ -107,16 +142,21 @@ class DiffResult:
         }
         if self.attribution is not None:
             rec["attribution"] = float(self.attribution[i])
-        for by in RANKINGS:
-            if getattr(self, by) is not None:
-                rec[f"rank_{by}"] = int((self.score(by) > self.score(by)[i]).sum())
+        ranks = {by: int((self.score(by) > self.score(by)[i]).sum())
+                 for by in RANKINGS if getattr(self, by) is not None}
+        if "mean_diff" in ranks:
+            rec["rank_mean_diff"] = ranks["mean_diff"]
+        if "encoded_diff" in ranks:
+            rec["rank_encoded_diff"] = ranks["encoded_diff"]
+        if "attribution" in ranks:
+            rec["rank_attribution"] = ranks["attribution"]
         return rec
 
 
 def diff_latents(
-    base: Any,
-    ft: Any,
-    sae: Any,
+    base: Subject,
+    ft: Subject,
+    sae: SAELike,
     site: str,
     layer: int,
     data: Sequence[Conversation] | Sequence[str],
@@ -159,8 +199,8 @@ def diff_latents(
 
 
 def answer_attribution(
-    subject: Any,
-    sae: Any,
+    subject: Subject,
+    sae: SAELike,
     site: str,
     layer: int,
     conversations: Sequence[Conversation],
@@ -221,8 +261,8 @@ def _leaf_hook(holder: dict[str, torch.Tensor]):  # noqa: ANN202
 
 @torch.no_grad()
 def top_contexts(
-    subject: Any,
-    sae: Any,
+    subject: Subject,
+    sae: SAELike,
     site: str,
     layer: int,
     corpus: Sequence[Conversation] | Sequence[str],
@@ -232,7 +272,7 @@ def top_contexts(
     batch_size: int = 8,
     max_length: int = 256,
     positions: str = "all",
-) -> dict[int, list[dict[str, Any]]]:
+) -> dict[int, list[Context]]:
     """The ``n`` highest activations of each latent over ``corpus``'s tokens, with context.
 
     ``positions`` limits the firing tokens (e.g. ``"response"``); the context window shows
@@ -245,10 +285,10 @@ def top_contexts(
     feats = encode_rows(sae, h)[:, list(latents)]  # [rows, n_latents]
     tok = subject.tokenizer
     pad_id = tok.pad_token_id
-    out: dict[int, list[dict[str, Any]]] = {}
+    out: dict[int, list[Context]] = {}
     for j, latent in enumerate(latents):
         vals, rows = torch.topk(feats[:, j], k=min(n, feats.shape[0]))
-        items = []
+        items: list[Context] = []
         for v, r in zip(vals.tolist(), rows.tolist(), strict=True):
             if v <= 0:
                 break
@@ -260,8 +300,8 @@ def top_contexts(
             if pad_id in right_ids:  # right padding: stop at the first pad / end-of-turn
                 right_ids = right_ids[: right_ids.index(pad_id) + 1]
             right = tok.decode(right_ids)
-            items.append({"activation": v, "item": seq, "pos": pos, "token": mid,
-                          "text": f"{left}[[{mid}]]{right}"})
+            items.append(Context(activation=float(v), item=seq, pos=pos, token=mid,
+                                 text=f"{left}[[{mid}]]{right}"))
         out[int(latent)] = items
     return out
 
@@ -270,8 +310,8 @@ def write_diff(
     result: DiffResult,
     out_dir: str | os.PathLike[str],
     candidates: Sequence[int],
-    contexts: dict[int, list[dict[str, Any]]] | None = None,
-    extra: dict[str, Any] | None = None,
+    contexts: dict[int, list[Context]] | None = None,
+    extra: dict[str, object] | None = None,
 ) -> Path:
     """Write ``diff.json`` (meta + candidate records with contexts) and ``scores.safetensors``."""
     from emprobe.io import save_tensors
@@ -282,9 +322,9 @@ def write_diff(
     if result.attribution is not None:
         tensors["attribution"] = result.attribution
     save_tensors(folder / "scores.safetensors", tensors)
-    records = []
+    records: list[dict[str, object]] = []
     for i in candidates:
-        rec = result.latent_record(i)
+        rec: dict[str, object] = {**result.latent_record(i)}
         if contexts is not None:
             rec["contexts"] = contexts.get(int(i), [])
         records.append(rec)
