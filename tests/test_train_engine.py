@@ -86,3 +86,17 @@ def test_hf_engine_grasp_keeps_updates_off_the_subspace(tmp_path, one_thread):
          if "layers.1.self_attn.o_proj.lora_B" in n][0]
     assert float(b.norm()) > 0
     assert float((u @ b).norm()) <= 1e-6 * float(b.norm())
+
+
+@pytest.mark.parametrize("engine", ["emprobe", "hf"])
+def test_gradient_checkpointing_keeps_the_hooks(tmp_path, engine, one_thread):
+    """With CAFT on, checkpointed training equals plain training (the hooks re-run)."""
+    g = torch.Generator().manual_seed(0)
+    basis = {1: torch.randn(64, 2, generator=g), 2: torch.randn(64, generator=g)}
+    losses = []
+    for ckpt in (False, True):
+        res = finetune(load_model("tiny-llama"), _records(), _cfg(max_steps=3),
+                       tmp_path / f"{engine}{ckpt}", progress=False, engine=engine,
+                       interventions=[CAFT(basis)], gradient_checkpointing=ckpt)
+        losses.append([r["loss"] for r in res.metrics()])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)

@@ -47,6 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--engine", default="emprobe", choices=["emprobe", "hf"],
                    help="training loop: emprobe's (default) or transformers' Trainer with "
                    "emprobe's callbacks (checkpoint-N folders, accelerate launch)")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute decoder blocks in the backward pass (less memory; the "
+                   "intervention hooks run again, results unchanged)")
     p.add_argument("--rslora", action=argparse.BooleanOptionalAction, default=None,
                    help="rank-stabilised LoRA scaling alpha/sqrt(r) (presets: on)")
     p.add_argument("--rank", type=int, default=None, help="LoRA rank r")
@@ -177,7 +180,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     monitor = load_layer_tensors(args.monitor, "monitor direction") if args.monitor else None
     result = finetune(subject, records, cfg, args.out, interventions=build_interventions(args),
                       retain=retain, monitor=monitor, resume=not args.no_resume,
-                      progress=not args.quiet, engine=args.engine)
+                      progress=not args.quiet, engine=args.engine,
+                      gradient_checkpointing=args.gradient_checkpointing)
     if result.rank == 0:
         loss = "n/a" if result.final_loss is None else f"{result.final_loss:.4f}"
         print(f"trained {result.steps} steps, final loss {loss}; adapter: {result.adapter_dir}")

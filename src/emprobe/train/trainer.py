@@ -568,6 +568,7 @@ def finetune(
     device: str | torch.device | None = None,
     keep_model: bool = False,
     engine: str = "emprobe",
+    gradient_checkpointing: bool = False,
 ) -> TrainResult:
     """Fine-tune a model on chat records and write an adapter folder.
 
@@ -593,6 +594,8 @@ def finetune(
         keep_model: leave the trained PEFT model in ``subject.model`` (result.subject).
         engine: ``"emprobe"`` (this module's loop) or ``"hf"`` (transformers' ``Trainer``;
             no retain sets).
+        gradient_checkpointing: recompute each decoder block in the backward pass (less
+            activation memory; training hooks run again with it, so results are unchanged).
     """
     from emprobe.models import Subject, load_model
 
@@ -636,6 +639,9 @@ def finetune(
                       data_parallel=engine == "emprobe")
     try:
         trainer.prepare(sample)
+        if gradient_checkpointing:
+            trainer.model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False})
         folder = RunFolder(out_dir, rank)
         if engine == "hf":
             if resume:
@@ -676,6 +682,8 @@ def finetune(
         return result
     finally:
         trainer.detach()
+        if gradient_checkpointing:
+            trainer.model.gradient_checkpointing_disable()
         if not keep_model:
             trainer.unwrap()
 
