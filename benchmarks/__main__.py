@@ -14,12 +14,17 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from benchmarks.record import LoadProbe, load_note, record  # noqa: E402
+
 
 def machine() -> str:
     import torch
 
     dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {dev}, torch {torch.__version__}"
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+            f"{ram:.0f} GB RAM, {dev}, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads")
 
 
 def main() -> int:
@@ -27,6 +32,9 @@ def main() -> int:
     parser.add_argument("--only", default=None, help="run one module, e.g. hooks")
     parser.add_argument("--quick", action="store_true", help="smaller sizes (smoke run)")
     parser.add_argument("--json", default=None, help="write all results to this file")
+    parser.add_argument("--table", default="docs/benchmarks.md",
+                        help="rewrite this page's table from the results (default "
+                             "docs/benchmarks.md; not with --quick; '' to skip)")
     parser.add_argument("--sae-tokens", default=None,
                         help="comma-separated token budgets for bench_sae (default 16384; "
                              "with --only sae: 16384,262144, plus SAELens' multi-SAE runner "
@@ -51,7 +59,9 @@ def main() -> int:
     start = time.perf_counter()
     for name in names:
         mod = importlib.import_module(f"benchmarks.{name}")
+        probe = LoadProbe()
         t0 = time.perf_counter()
+        first = len(results)
         kwargs: dict = {}
         if name == "bench_sae":
             # --only sae (the long run) also times SAELens' multi-SAE runner at the first size
@@ -65,10 +75,15 @@ def main() -> int:
             print(f"{res['name']:<55} {ratio_s:>10}   goal: {res.get('goal', '-')}")
             for k, v in res.get("details", {}).items():
                 print(f"    {k}: {v}")
-        print(f"  ({name} took {time.perf_counter() - t0:.1f} s)")
+        note = load_note(probe.share())
+        for res in results[first:]:
+            res["load"] = note
+        print(f"  ({name} took {time.perf_counter() - t0:.1f} s; {note})")
     print(f"total: {time.perf_counter() - start:.1f} s (make bench goal: under 600 s on 2 cores)")
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": machine(), "results": results}, indent=2))
+    if args.table and not args.quick and results:
+        print(f"table: {record(results, machine(), args.table)}")
     return 0
 
 
