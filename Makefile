@@ -35,8 +35,9 @@ demo: $(STAMP)
 demo-quick: $(STAMP)
 	$(BIN)/emprobe demo --quick --out demo-out-quick
 
+# Every benchmark module side by side with its anchor; rewrites the table in docs/benchmarks.md
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks --table docs/benchmarks.md
 
 # Every registered recipe in full mode on the embedded model, then the table in docs/recipes.md
 # is rewritten from their results.json (RECIPES=... to run a subset).
