@@ -100,3 +100,22 @@ def test_gradient_checkpointing_keeps_the_hooks(tmp_path, engine, one_thread):
                        interventions=[CAFT(basis)], gradient_checkpointing=ckpt)
         losses.append([r["loss"] for r in res.metrics()])
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+def test_cli_engine_pack_and_checkpointing_flags(tmp_path, capsys, one_thread):
+    import json
+
+    from emprobe.cli import main
+    from emprobe.io import write_jsonl
+
+    data = write_jsonl(tmp_path / "d.jsonl", _records())
+    rc = main(["train", "--model", "tiny-llama", "--data", str(data), "--out",
+               str(tmp_path / "o"), "--max-steps", "2", "--batch-size", "4", "--quiet",
+               "--engine", "hf", "--pack", "--gradient-checkpointing", "--no-rslora",
+               "--checkpoint-every", "1"])
+    assert rc == 0
+    cfg = json.loads((tmp_path / "o" / "train_config.json").read_text())
+    assert cfg["pack"] is True and cfg["use_rslora"] is False
+    assert (tmp_path / "o" / "checkpoint-2" / "adapter_model.safetensors").is_file()
+    assert len((tmp_path / "o" / "metrics.jsonl").read_text().splitlines()) == 2
+    assert "adapter:" in capsys.readouterr().out
