@@ -87,6 +87,7 @@ class Counts:
     inputs: int = 0
     by_kind: Counter = field(default_factory=Counter)
     by_target: Counter = field(default_factory=Counter)
+    bad_by_target: Counter = field(default_factory=Counter)
     examples: list[str] = field(default_factory=list)
     timing: dict[str, float] = field(default_factory=dict)
     generator_errors: int = 0
@@ -95,6 +96,8 @@ class Counts:
         self.inputs += 1
         self.by_kind[out.kind] += 1
         self.by_target[target] += 1
+        if out.kind in BAD_KINDS:
+            self.bad_by_target[(target, out.kind)] += 1
         if out.kind in BAD_KINDS and len(self.examples) < 20:
             self.examples.append(f"{target} [{case.label}]: {out.kind}: {out.detail[:300]}")
 
@@ -942,8 +945,15 @@ class Fuzzer:
         p.write_bytes(bytes(data))
 
         def check(subject: Any) -> str | None:
+            import gguf
+
             if not hasattr(subject, "d_model") or subject.d_model < 1:
                 return f"returned {type(subject).__name__}"
+            names = [t.name for t in gguf.GGUFReader(str(p)).tensors]
+            blocks = {n.split(".")[1] for n in names if n.startswith("blk.")}
+            if subject.n_layers != len(blocks):  # every block must come from the file
+                return (f"{subject.n_layers} blocks loaded, the file has weights for "
+                        f"{len(blocks)} (the rest would be random)")
             return None
 
         return Case(lambda: emprobe.load_model(str(p)), str(p), False, check, f"gguf-model-{op}")
@@ -1444,7 +1454,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"fuzz: {c.inputs} inputs over {len(c.by_target)} loaders in {wall:.1f} s "
           f"(seed {args.seed}, {args.time_limit:g} s per input)")
     for target, n in sorted(c.by_target.items()):
-        print(f"  {target:<10} {n}")
+        bad = ", ".join(f"{kind} {k}" for (t, kind), k in sorted(c.bad_by_target.items())
+                        if t == target)
+        print(f"  {target:<14} {n}" + (f"  ({bad})" if bad else ""))
     print(f"rejected with a one-line error: {c.by_kind['rejected']}")
     print(f"accepted (valid):               {c.by_kind['accepted']}")
     print(f"unexpected exceptions:          {c.by_kind['unexpected']}")
