@@ -12,9 +12,15 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+
+    from emprobe.geometry.compare import GeometryResult
+    from emprobe.geometry.connectivity import ConnectivityResult
 
 __all__ = ["layer_figure", "heatmap_figure", "connectivity_figure", "write_html", "METRIC_TITLES"]
 
@@ -29,7 +35,7 @@ METRIC_TITLES = {
 }
 
 
-def _band(fig: Any, x: list[Any], mean: list[float], lo: list[float], hi: list[float],
+def _band(fig: go.Figure, x: list[int], mean: list[float], lo: list[float], hi: list[float],
           name: str, color: str, dash: str | None = None) -> None:
     import plotly.graph_objects as go
 
@@ -53,9 +59,9 @@ def _pair_groups(labels: Sequence[str], groups: Sequence[str] | Mapping[str, str
             for (a, b), pairs in group_pairs(labels, groups).items()}
 
 
-def layer_figure(result: Any, metric: str = "overlap_right",
+def layer_figure(result: GeometryResult, metric: str = "overlap_right",
                  groups: Sequence[str] | Mapping[str, str] | None = None,
-                 module_type: str | None = None) -> Any:
+                 module_type: str | None = None) -> go.Figure:
     """Per-layer curves of a pairwise metric (a :class:`GeometryResult`), with baselines."""
     import plotly.graph_objects as go
 
@@ -88,8 +94,8 @@ def layer_figure(result: Any, metric: str = "overlap_right",
     return fig
 
 
-def heatmap_figure(result: Any, metric: str = "overlap_right", layer: int | None = None,
-                   module_type: str | None = None) -> Any:
+def heatmap_figure(result: GeometryResult, metric: str = "overlap_right", layer: int | None = None,
+                   module_type: str | None = None) -> go.Figure:
     """Adapter-by-adapter heatmap of a metric averaged over the selected modules."""
     import plotly.graph_objects as go
 
@@ -106,7 +112,7 @@ def heatmap_figure(result: Any, metric: str = "overlap_right", layer: int | None
     return fig
 
 
-def connectivity_figure(result: Any) -> Any:
+def connectivity_figure(result: ConnectivityResult) -> go.Figure:
     """One panel per metric along the path, with intervals and the end-point line."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -141,7 +147,7 @@ def connectivity_figure(result: Any) -> Any:
     return fig
 
 
-def write_html(fig: Any, path: str | os.PathLike[str]) -> Path:
+def write_html(fig: go.Figure, path: str | os.PathLike[str]) -> Path:
     """Write a figure as standalone HTML, atomically, with plotly.js beside it (offline):
     ``emprobe.plot.save.save_figure`` with ``include_plotlyjs="directory"``."""
     from emprobe.plot.save import save_figure

@@ -26,7 +26,7 @@ from emprobe.plot.style import NEGATIVE, NEUTRAL, POSITIVE, apply_style, color
 _MARKED = re.compile(r"\[\[(.+?)\]\]", re.S)
 
 
-def _context_line(ctx: Any, width: int, max_chars: int) -> str:
+def _context_line(ctx: object, width: int, max_chars: int) -> str:
     """One context as hover HTML: escaped, shortened, wrapped; ``act`` (or ``activation``)
     shown when given; a ``[[token]]`` marker is drawn in bold."""
     if isinstance(ctx, Mapping):
@@ -44,7 +44,7 @@ def _context_line(ctx: Any, width: int, max_chars: int) -> str:
     return f"• {body}" + (f" <i>({float(act):.3g})</i>" if act is not None else "")
 
 
-def hover_contexts(contexts: Sequence[Any], n: int = 5, width: int = 72, max_chars: int = 220) -> str:
+def hover_contexts(contexts: Sequence[object], n: int = 5, width: int = 72, max_chars: int = 220) -> str:
     """Hover text listing up to ``n`` contexts (strings or ``{"text", "act"}`` dicts)."""
     if isinstance(contexts, (str, Mapping)):
         contexts = [contexts]
@@ -219,9 +219,10 @@ def norm_ratio_hist(
                        y_title="count", barmode="overlay")
 
 
-def _numbers(values: Any, where: str) -> list[float]:
-    if hasattr(values, "tolist"):
-        values = values.tolist()
+def _numbers(values: object, where: str) -> list[float]:
+    tolist = getattr(values, "tolist", None)  # tensors and arrays
+    if callable(tolist):
+        values = tolist()
     if not isinstance(values, Sequence) or isinstance(values, str):
         raise DataError(f"{where}: expected a sequence of numbers, got {type(values).__name__}")
     flat: list[float] = []

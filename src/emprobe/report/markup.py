@@ -11,7 +11,6 @@ import html
 import json
 import math
 import re
-from typing import Any
 
 _CODE = re.compile(r"`([^`]+)`")
 _BOLD = re.compile(r"\*\*([^*]+)\*\*")
@@ -49,11 +48,11 @@ def slug(text: str, taken: set[str]) -> str:
     return name
 
 
-def is_number(value: Any) -> bool:
+def is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def cell(value: Any, digits: int = 4) -> str:
+def cell(value: object, digits: int = 4) -> str:
     """A value as table-cell HTML: numbers to ``digits`` significant figures, None as a dash."""
     if value is None:
         return "—"
@@ -65,8 +64,9 @@ def cell(value: Any, digits: int = 4) -> str:
         if math.isnan(value):
             return "—"
         return f"{value:.{digits}g}"
-    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
-        return cell(value.item(), digits)
+    item = getattr(value, "item", None)  # 0-d tensors and arrays
+    if callable(item) and getattr(value, "ndim", 1) == 0:
+        return cell(item(), digits)
     if isinstance(value, (dict, list, tuple)):
         text = json.dumps(value, default=str, ensure_ascii=False)
         if len(text) > 120:

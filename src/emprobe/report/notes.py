@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, SupportsFloat
 
 from emprobe.errors import DataError
 
@@ -50,10 +50,12 @@ def _bounds(estimate_lo: Any, estimate_hi: Any) -> tuple[float, float]:
     return _float(estimate_lo), _float(estimate_hi)
 
 
-def _float(value: Any) -> float:
+def _float(value: object) -> float:
     if value is None:
         return math.nan
     try:
+        if not isinstance(value, (str, SupportsFloat)):
+            raise TypeError
         return float(value)
     except (TypeError, ValueError):
         raise DataError(f"significance_note: interval bound {value!r} is not a number") from None
