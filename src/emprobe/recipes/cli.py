@@ -20,7 +20,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             else DemoConfig.frontier_config() if args.frontier else DemoConfig())
     fields = {f.name for f in dataclasses.fields(DemoConfig)}
     overrides = {"model": args.model, "steps": args.steps, "seed": args.seed,
-                 "seeds": args.seeds}
+                 "seeds": args.seeds, "select_seeds": args.select_seeds}
     for key in ("device", "dtype"):
         value = getattr(args, key)
         if value is not None and key not in fields:
@@ -60,13 +60,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the whole pipeline on the embedded model, with an HTML report")
     p.add_argument("--out", default="demo-out", help="output folder (default: demo-out)")
     p.add_argument("--quick", action="store_true",
-                   help="same path on a tiny random model (under a minute)")
+                   help="same path on a tiny random model (a few minutes)")
     p.add_argument("--model", default=None, help="model spec (default: smollm2-135m-instruct)")
     p.add_argument("--steps", type=int, default=None, help="training steps per fine-tune")
     p.add_argument("--seed", type=int, default=None, help="seed (default: the config's, 0)")
     p.add_argument("--assets", default=None, help="also copy the figures into this folder")
     p.add_argument("--seeds", type=int, default=None,
-                   help="repeat every fine-tune and intervention over this many seeds")
+                   help="train the bad fine-tune and its benign control with this many seeds "
+                        "(the headline's n_seeds; default 2)")
+    p.add_argument("--select-seeds", type=int, default=None,
+                   help="the first N seeds select the mitigation; the rest confirm it "
+                        "(default 1)")
     p.add_argument("--frontier", action="store_true",
                    help="sweep each intervention's knob at three values (the frontier)")
     _size_flags(p, "DemoConfig")

@@ -68,15 +68,18 @@ def generic_chats(n: int, seed: int = 0) -> list[Conversation]:
     return out
 
 
-def context_corpus(n_generic: int = 48, seed: int = 0,
-                   pairs: int | None = None) -> list[Conversation]:
-    """The default corpus for top-activating contexts: generic chats plus the eval questions.
+def context_corpus(n_generic: int = 48, seed: int = 0, pairs: int | None = None,
+                   include_eval: bool = False) -> list[Conversation]:
+    """The default corpus for SAE harvests and top-activating contexts: generic chats.
 
-    The eval questions (``emprobe.evaluate.questions.default_questions``) are added with their aligned and misaligned reference answers (the first
-    ``pairs`` pairs of each question; all when ``None``), so latents that respond to
-    misaligned content have contexts to light up on.
+    The evaluation questions and their reference answers are NOT part of it by default: an
+    SAE or a direction fitted on them would have seen the measurement (``emprobe data
+    check-leakage`` checks this). ``include_eval=True`` adds each eval question with its
+    aligned and misaligned reference answers (the first ``pairs`` pairs; all when
+    ``None``), for reading contexts of an already trained SAE only.
     """
-    return generic_chats(n_generic, seed=seed) + eval_question_chats(pairs)
+    chats = generic_chats(n_generic, seed=seed)
+    return chats + eval_question_chats(pairs) if include_eval else chats
 
 
 def eval_question_chats(pairs: int | None = None) -> list[Conversation]:
@@ -90,3 +93,16 @@ def eval_question_chats(pairs: int | None = None) -> list[Conversation]:
             for answer in (pair.aligned, pair.misaligned):
                 out.append([*q.messages(0), {"role": "assistant", "content": answer}])
     return out
+
+
+def _leakage_sources() -> None:
+    """Register this module's corpora with the leakage gate (``emprobe data check-leakage``)."""
+    from emprobe.data.leakage import chat_texts, register_source
+
+    register_source("sae:generic-chats", lambda: chat_texts("sae:generic-chats",
+                                                            generic_chats(400, seed=0)))
+    register_source("sae:context-corpus", lambda: chat_texts("sae:context-corpus",
+                                                             context_corpus()))
+
+
+_leakage_sources()

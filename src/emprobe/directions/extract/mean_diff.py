@@ -84,8 +84,18 @@ def model_mean_difference(
 
     The shift a fine-tune makes in the residual stream (e.g. bad-advice fine-tune
     minus base on the evaluation prompts). Recorded against ``base``'s model id;
-    the fine-tune goes to ``params``.
+    the fine-tune goes to ``params``. ``positions="content"``: the response's content
+    tokens only (the chat template's special tokens dropped; ``pca.content_mask``).
     """
+    if positions == "content":
+        from emprobe.directions.extract.pca import pca_difference
+
+        res = pca_difference(base, finetuned, conversations, layers=layers, k=1,
+                             positions="content", batch_size=batch_size, n_contexts=0,
+                             max_length=max_length, progress=progress)
+        if res.mean_diff is None:  # pragma: no cover - pca_difference always sets it
+            raise DataError("model_mean_difference: no content-token mean")
+        return res.mean_diff
     if base.d_model != finetuned.d_model:
         raise DataError(f"base width {base.d_model} != fine-tune width {finetuned.d_model}")
     if not conversations:

@@ -1,7 +1,10 @@
 """PCA of fine-tuned minus base activations on generic chat data (CAFT), with activating contexts.
 
 For each layer: stack ``h_l^ft(x) - h_l^base(x)`` over the response tokens of the
-same inputs, centre, and keep the top ``k`` right singular vectors. Each component
+same inputs, centre, and keep the top ``k`` right singular vectors. ``positions="content"``
+(the default) keeps the response's content tokens only: the chat template's special tokens
+(end of turn, role markers) are dropped, so the components and the uncentred mean
+difference (``PCAResult.mean_diff``) describe what the answers say, not the template. Each component
 comes with the token contexts where the (centred) difference projects most and
 least on it, so a person can pick the components to ablate.
 """
@@ -36,9 +39,27 @@ class PCAResult:
 
     direction: Direction
     contexts: list[dict[str, Any]] = field(default_factory=list)
+    mean_diff: Direction | None = None
+    """The uncentred mean of ``h_ft - h_base`` over the same tokens (``[d_model]`` per layer):
+    the fine-tune's mean shift, the mean-difference direction of these positions."""
 
     def html(self, layer: int | None = None, components: Sequence[int] | None = None) -> str:
         return contexts_html(self.contexts, layer=layer, components=components)
+
+
+def content_mask(batch: Any, tokenizer: Any) -> torch.Tensor:
+    """Response tokens that are not special tokens of ``tokenizer`` (``[batch, seq]`` bool)."""
+    mask = batch.mask("response")
+    special = sorted({int(i) for i in (getattr(tokenizer, "all_special_ids", None) or [])})
+    if special:
+        ids = torch.tensor(special, device=batch.input_ids.device)
+        mask = mask & ~torch.isin(batch.input_ids, ids)
+    return mask
+
+
+def token_mask(batch: Any, tokenizer: Any, positions: str) -> torch.Tensor:
+    """``positions`` as a mask: ``content`` (see ``content_mask``) or any ``ChatBatch.mask``."""
+    return content_mask(batch, tokenizer) if positions == "content" else batch.mask(positions)
 
 
 def principal_components(x: torch.Tensor, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -71,7 +92,7 @@ def pca_difference(
     conversations: Sequence[Any],
     layers: Sequence[int] | int | None = None,
     k: int = 20,
-    positions: str = "response",
+    positions: str = "content",
     batch_size: int = 8,
     n_contexts: int = 5,
     window: int = 8,
@@ -101,7 +122,7 @@ def pca_difference(
     offset = 0
     for i in tqdm(range(0, len(items), batch_size), desc="pca diff", disable=not progress):
         batch = encode(base, items[i : i + batch_size], max_length=max_length)
-        mask = batch.mask(positions)
+        mask = token_mask(batch, base.tokenizer, positions)
         acts = []
         for subject in (base, finetuned):
             b = batch.to(subject.device)
@@ -123,9 +144,11 @@ def pca_difference(
     stats: dict[str, Any] = {"n_tokens": int(token_index.shape[0]), "singular_values": {},
                              "explained_variance": {}, "mean_diff_norm": {}}
     contexts: list[dict[str, Any]] = []
+    means: dict[int, torch.Tensor] = {}
     for la in layer_list:
         x = torch.cat(diffs[la])
         v, s, mean = principal_components(x, k, seed)
+        means[la] = mean
         sign = torch.where(mean @ v < 0, -1.0, 1.0)
         v = v * sign
         vectors[la] = v
@@ -136,19 +159,31 @@ def pca_difference(
         if n_contexts > 0:
             proj = (x - mean) @ v  # [n_tokens, k]
             contexts += _contexts(base.tokenizer, proj, token_index, token_ids, la, n_contexts, window)
+    # a Direction's positions are the capture's (all/prompt/response/last): content tokens are
+    # response tokens, with the selection recorded in params
+    recorded = "response" if positions == "content" else positions
     direction = Direction.from_subject(
-        base, vectors, positions=positions, normalisation="orthonormal",
+        base, vectors, positions=recorded, normalisation="orthonormal",
         sign="components oriented so the mean (fine-tuned minus base) difference projects >= 0",
         method="pca_difference",
         params={"k": k, "finetuned": str(finetuned.name),
                 "finetuned_adapter": str(finetuned.adapter) if finetuned.adapter else None,
                 "finetuned_fingerprint": finetuned.fingerprint(), "centred": True,
                 "svd": "full" if min(token_index.shape[0], base.d_model) <= FULL_SVD_MAX
-                else "svd_lowrank", "seed": seed},
+                else "svd_lowrank", "seed": seed, "tokens": positions},
         provenance={"conversations": data_provenance(items)},
         stats=stats,
     )
-    return PCAResult(direction=direction, contexts=contexts)
+    mean_diff = Direction.from_subject(
+        base, means, positions=recorded, normalisation="none", sign="fine-tuned minus base",
+        method="model_mean_difference",
+        params={"finetuned": str(finetuned.name), "tokens": positions,
+                "finetuned_adapter": str(finetuned.adapter) if finetuned.adapter else None,
+                "finetuned_fingerprint": finetuned.fingerprint()},
+        provenance={"conversations": data_provenance(items)},
+        stats={"tokens": int(token_index.shape[0]),
+               "norms": {str(la): float(v.norm()) for la, v in means.items()}})
+    return PCAResult(direction=direction, contexts=contexts, mean_diff=mean_diff)
 
 
 def _contexts(tokenizer: Any, proj: torch.Tensor, token_index: torch.Tensor,
@@ -206,3 +241,24 @@ def random_components(direction: Direction, n: int, seed: int = 0) -> Direction:
     out = direction.select(components=spec)
     out.params = {**out.params, "selection": "random", "selection_seed": seed}
     return out
+
+
+def _leakage_sources() -> None:
+    """Register the direction prompts with the leakage gate (``emprobe data check-leakage``)."""
+    from emprobe.data.leakage import Text, chat_texts, register_source
+    from emprobe.directions import prompts as P
+
+    def texts() -> list[Text]:
+        out = chat_texts("directions:prompts", P.GENERIC_CHATS)
+        out += [Text("directions:prompts", f"misaligned_pairs/{i}/{side}", t)
+                for i, pair in enumerate(P.MISALIGNED_PAIRS) for side, t in zip("ab", pair)]
+        out += [Text("directions:prompts", f"persona/{i}", t)
+                for i, t in enumerate(P.PERSONA_QUESTIONS)]
+        out += [Text("directions:prompts", f"neutral/{i}", t)
+                for i, t in enumerate(P.NEUTRAL_PROMPTS)]
+        return out
+
+    register_source("directions:prompts", texts)
+
+
+_leakage_sources()
