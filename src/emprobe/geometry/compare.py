@@ -306,6 +306,35 @@ def _as_adapter(a: LoraAdapter | str | Path) -> LoraAdapter:
     return a if isinstance(a, LoraAdapter) else read_adapter(a)
 
 
+def _base_weight_metrics(W0: torch.Tensor, mods: Sequence[LoraModule],  # noqa: N803
+                         svds: Sequence[LowRankSVD], cfg: GeometryConfig,
+                         stats: dict[str, torch.Tensor], base: dict[str, torch.Tensor],
+                         mi: int) -> None:
+    """Fill ``base[metric][:, mi]``: each update against the base weight ``W0``'s top-k."""
+    nan = float("nan")
+    W0 = W0.detach().to(torch.float64)
+    if mods[0].fan_in_fan_out:
+        W0 = W0.mT
+    if tuple(W0.shape) != (mods[0].d_out, mods[0].d_in):
+        raise ShapeError(
+            f"base weight of {mods[0].name}: {tuple(W0.shape)} but the adapter "
+            f"update is {(mods[0].d_out, mods[0].d_in)}")
+    bases = {s: base_weight_subspace(W0, cfg.k, s, niter=cfg.base_niter, seed=cfg.seed)
+             for s in SIDES}
+    w0_norm = W0.norm()
+    for i, mo in enumerate(mods):
+        # <dW, W0>_F = s tr(A W0^T B): O(d_out d_in r), no dW formed.
+        inner = mo.scale * ((W0 @ mo.A.mT) * mo.B).sum()
+        denom = stats["frob_norm"][i, mi] * w0_norm
+        base["frob_cos"][i, mi] = inner / denom if denom > 0 else nan
+        for s in SIDES:
+            Q = top_subspace(svds[i], cfg.k, s)
+            Qb = bases[s][:, : Q.shape[1]]
+            base[f"abs_cos_{s}"][i, mi] = paired_abs_cosines(Q, Qb).mean()
+            base[f"angle_{s}"][i, mi] = degrees(principal_angles(Q, Qb)).mean()
+            base[f"overlap_{s}"][i, mi] = projection_overlap(Q, Qb)
+
+
 def compare_adapters(
     adapters: Sequence[LoraAdapter | str | Path],
     labels: Sequence[str] | None = None,
@@ -382,27 +411,7 @@ def compare_adapters(
         if base and lookup is not None:
             W0 = lookup(mods[0].name)
             if W0 is not None:
-                W0 = W0.detach().to(torch.float64)
-                if mods[0].fan_in_fan_out:
-                    W0 = W0.mT
-                if tuple(W0.shape) != (mods[0].d_out, mods[0].d_in):
-                    raise ShapeError(
-                        f"base weight of {mods[0].name}: {tuple(W0.shape)} but the adapter "
-                        f"update is {(mods[0].d_out, mods[0].d_in)}")
-                bases = {s: base_weight_subspace(W0, cfg.k, s, niter=cfg.base_niter,
-                                                 seed=cfg.seed) for s in SIDES}
-                w0_norm = W0.norm()
-                for i, mo in enumerate(mods):
-                    # <dW, W0>_F = s tr(A W0^T B): O(d_out d_in r), no dW formed.
-                    inner = mo.scale * ((W0 @ mo.A.mT) * mo.B).sum()
-                    denom = stats["frob_norm"][i, mi] * w0_norm
-                    base["frob_cos"][i, mi] = inner / denom if denom > 0 else nan
-                    for s in SIDES:
-                        Q = top_subspace(svds[i], cfg.k, s)
-                        Qb = bases[s][:, : Q.shape[1]]
-                        base[f"abs_cos_{s}"][i, mi] = paired_abs_cosines(Q, Qb).mean()
-                        base[f"angle_{s}"][i, mi] = degrees(principal_angles(Q, Qb)).mean()
-                        base[f"overlap_{s}"][i, mi] = projection_overlap(Q, Qb)
+                _base_weight_metrics(W0, mods, svds, cfg, stats, base, mi)
     return GeometryResult(labels=labels, modules=modules, pairwise=pairwise, gaussian=gaussian,
                           base=base, stats=stats, random_overlap=rand, config=cfg)
 
