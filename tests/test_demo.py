@@ -88,3 +88,23 @@ def test_demo_config_checks():
         DemoConfig.quick_config(no_such_field=1)
     cfg = DemoConfig.frontier_config()
     assert len(cfg.caft_k) == 3 and len(cfg.steer_coeff) == 3
+
+
+def test_directions_read_content_tokens(tiny_llama):
+    """Directions and PCA use the answers' content tokens: never the template's specials."""
+    from emprobe.directions.activations import encode
+    from emprobe.directions.extract.pca import content_mask, pca_difference
+
+    convs = [[{"role": "user", "content": "How do I water a fern?"},
+              {"role": "assistant", "content": "Keep the soil moist but never soggy."}]] * 3
+    batch = encode(tiny_llama, convs, max_length=128)
+    resp, content = batch.mask("response"), content_mask(batch, tiny_llama.tokenizer)
+    special = {int(i) for i in tiny_llama.tokenizer.all_special_ids}
+    assert bool((content & ~resp).sum() == 0) and int(content.sum()) > 0
+    assert not {int(i) for i in batch.input_ids[content]} & special
+    dropped = {int(i) for i in batch.input_ids[resp & ~content]}
+    assert dropped <= special
+    res = pca_difference(tiny_llama, tiny_llama, convs, layers=[1], k=1, n_contexts=0)
+    assert res.mean_diff is not None and res.direction.params["tokens"] == "content"
+    assert res.mean_diff.stats["tokens"] == int(content.sum())
+    assert res.mean_diff.positions == "response"  # content tokens are response tokens
