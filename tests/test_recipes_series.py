@@ -96,10 +96,11 @@ def test_series_command_writes_json_and_figure(tmp_path):
 def test_series_on_a_short_embedded_run(tmp_path):
     """Three checkpoints of a short embedded-model LoRA run (tiny budget)."""
     _embedded_run(tmp_path / "run")
-    qs = [q for q in default_questions() if q.reference_pairs][:4]
+    qs = [q for q in default_questions() if q.reference_pairs][:2]
     series = run_series(tmp_path / "run", model="smollm2-135m-instruct", questions=qs,
-                        n_boot=200, batch_size=8)
+                        reference="first", n_boot=200, batch_size=8)
     assert [p.step for p in series.points] == [1, 2, 3]
+    assert series.points[0].shift == 0.0 and series.points[0].p_holm is None
     assert all(p.norm > 0 for p in series.points)
     assert series.points[1].rotation_deg is not None
     print(series.summary())  # noqa: T201

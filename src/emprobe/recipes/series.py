@@ -194,7 +194,8 @@ def run_series(run_dir: str | Path, model: str | None = None,
         vecs = _top_vectors(adapter)
         rot = top_rotation(prev_vecs, vecs) if prev_vecs is not None else (None, None)
         prev_vecs = vecs
-        score = _score(model, path, questions, n_boot, batch_size)
+        score = ref if reference == "first" and path == found[0][1] else _score(
+            model, path, questions, n_boot, batch_size)
         d = compare(ref, score, n_boot=n_boot, labels=(reference, f"step {step}")).per_answer
         points.append(CheckpointPoint(step, str(path), adapter_norm(adapter), rot[0], rot[1],
                                       score.per_answer.mean, d.mean, d.lo, d.hi, d.p))
