@@ -233,3 +233,16 @@ def test_sft_trainer_on_embedded_model(tmp_path):
     steer.close()
     tol = 1e-6 * float(base.abs().max()) + 1e-5  # float32 rounding of large activations
     assert torch.allclose(moved - base, (2.0 * d.vectors[20]).expand_as(base), atol=tol)
+
+
+def test_grasp_refuses_sharded_engines(monkeypatch):
+    from types import SimpleNamespace
+
+    from emprobe.errors import ConfigError
+
+    cb = GRASPCallback(_direction(layers=(1,)))
+    with pytest.raises(ConfigError, match="FSDP shards"):
+        cb.on_train_begin(SimpleNamespace(fsdp="full_shard", deepspeed=None), None, None)
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(ConfigError, match="DeepSpeed shards"):
+        cb.on_train_begin(SimpleNamespace(fsdp=None, deepspeed=None), None, None)
