@@ -13,8 +13,8 @@ import math
 import pytest
 import torch
 
-from emprobe.recipes.lab import VERDICTS, decide
 from emprobe.recipes.registry import RECIPES, run_recipe
+from emprobe.recipes.verdict import PAPER, VERDICTS, decide
 
 # recipe -> (section titles on the page, keys in results.json)
 EXPECTED = {
@@ -86,10 +86,19 @@ def test_recipe_quick(name, ran):
     assert "Quick mode" in html
     claim = results["claim"]
     assert claim["verdict"] in VERDICTS and claim["seed_claim"] and claim["measure"]
-    assert _ordered(claim["value"]["lo"], claim["value"]["mean"], claim["value"]["hi"])
+    if claim["verdict"] != "not-testable":
+        assert _ordered(claim["value"]["lo"], claim["value"]["mean"], claim["value"]["hi"])
+    # the contract of issue 28: size as well as sign, the paper's effect recorded
+    size = claim["size"]
+    assert set(size) >= {"measured", "paper", "unit"} and size["paper"]["text"]
+    assert set(size["measured"]) == {"mean", "lo", "hi"} and size["unit"]
+    assert claim["n_seeds"] >= 1
     # the verdict follows from the interval, never typed by the recipe
+    testable = None if claim["verdict"] != "not-testable" else claim["reason"]
     assert claim["verdict"] == decide(claim["value"], claim["expect"], claim["null"],
-                                      claim["conditions"])
+                                      claim["conditions"], size=size["measured"],
+                                      paper=PAPER[name], size_unit=size["unit"],
+                                      not_testable=testable)[0]
     # the page leads with it: the verdict is in the header, before the first section
     head = html.split("<section", 1)[0]
     assert f"Verdict: {claim['verdict']}" in head
@@ -137,7 +146,8 @@ def test_result_shapes(ran):
     assert len(pf["steering"]["controls"]) == 2  # random directions of the same norm
     assert pf["steering"]["controls"][0]["latent"] is None
     ss = _results(ran("shared-subspaces"))
-    assert ss["groups"].count("control") == 1 and len(ss["labels"]) == 5
+    assert ss["groups"].count("control") == 5 and len(ss["labels"]) == 10
+    assert 0.0 < ss["permutation_p"] <= 1.0
     assert len(set(ss["seeds"].values())) == len(ss["labels"])  # every fine-tune its own seed
     assert ss["pairs"]["reference"] == [["bad-medical", "bad-medical-seed2"]]
     assert "write-side" in ss["claim"]["measure"]

@@ -17,7 +17,8 @@ from typing import Any, TypeVar
 
 from emprobe.errors import DataError
 
-__all__ = ["load_config", "config_from_dict", "check_types", "resolve_device", "resolve_dtype"]
+__all__ = ["load_config", "config_from_dict", "check_types", "resolve_device", "resolve_dtype",
+           "RecipeOptions", "recipe_options"]
 
 T = TypeVar("T")
 
@@ -175,3 +176,56 @@ def resolve_dtype(dtype: str = "auto", device: str = "auto") -> str:
     if dev.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return "bfloat16"
     return "float32"
+
+
+@dataclasses.dataclass
+class RecipeOptions:
+    """The recipe-specific knobs of ``LabConfig.extra``, typed and checked (issue 22).
+
+    ``None`` means the recipe's own default (named per field). Unknown keys and values of
+    the wrong type are one-line ``DataError`` s naming ``LabConfig.extra`` and the key.
+
+    Fields: ``seeds`` training seeds (mitigation recipes: 3 in full mode, 1 in quick;
+    persona-features: 2); ``fractions`` bad-data shares (data-thresholds: 0-1 in 0.25 steps;
+    persona-features: 0, 0.05, 0.1, 0.25, 0.5, 1); ``models`` extra model specs for
+    format-sensitivity (names or paths for ``emprobe.load_model``); ``inoculation`` the
+    inoculation prompt's key; ``domain`` / ``unlearn`` narrow-unlearning's target domain and
+    method (``npo`` or ``ga``); ``score_questions``, ``population_steps``, ``prompt_pairs``,
+    ``steer_latents``, ``random_controls``, ``realign_ns`` persona-features' sizes;
+    ``held_out_kind`` school-of-reward-hacks' unseen task kind; ``questions`` score-validity's
+    question set (``Question`` objects; default: the local score's)."""
+
+    seeds: int | None = None
+    fractions: list[float] | None = None
+    models: list[str] = dataclasses.field(default_factory=list)
+    inoculation: str = "malicious"
+    domain: str = "cybersecurity"
+    unlearn: str = "npo"
+    score_questions: int | None = None
+    population_steps: int | None = None
+    prompt_pairs: int = 1
+    steer_latents: int = 1
+    random_controls: int | None = None
+    realign_ns: list[int] | None = None
+    held_out_kind: str = "tests"
+    questions: list[Any] | None = None
+
+    def __post_init__(self) -> None:
+        def bad(what: str) -> DataError:
+            return DataError(f"LabConfig.extra: {what}")
+
+        if self.seeds is not None and self.seeds < 1:
+            raise bad(f"seeds must be >= 1, got {self.seeds}")
+        if self.fractions is not None and not all(0.0 <= f <= 1.0 for f in self.fractions):
+            raise bad(f"fractions must lie in [0, 1], got {self.fractions}")
+        if self.unlearn not in ("npo", "ga"):
+            raise bad(f"unlearn must be npo or ga, got {self.unlearn!r}")
+        for key in ("prompt_pairs", "steer_latents"):
+            if getattr(self, key) < 1:
+                raise bad(f"{key} must be >= 1, got {getattr(self, key)}")
+
+
+def recipe_options(cfg: Any) -> RecipeOptions:
+    """``cfg.extra`` (a ``LabConfig``'s) as checked ``RecipeOptions``."""
+    return config_from_dict(RecipeOptions, dict(getattr(cfg, "extra", None) or {}),
+                            where="LabConfig.extra")

@@ -17,8 +17,10 @@ from emprobe.recipes.lab import SCORE_COLUMNS
 def run(lab: Any) -> None:
     from emprobe.data import mix
     from emprobe.plot import layer_curves, tradeoff_scatter
+    from emprobe.recipes.config import recipe_options
     from emprobe.sae import spearman
-    fractions = lab.cfg.extra.get("fractions", [0.0, 0.25, 0.5, 0.75, 1.0])
+
+    fractions = recipe_options(lab.cfg).fractions or [0.0, 0.25, 0.5, 0.75, 1.0]
     bad, bad_held = lab.split("medical", "bad")
     good, good_held = lab.split("medical", "good")
     rows, scores = [], {}
@@ -71,11 +73,15 @@ def run(lab: Any) -> None:
     mid = min(inner, key=lambda f: abs(f - 0.5))
     by_name = {d["name"]: d for d in deltas}
     full = by_name.get("100% bad")
-    lab.claim(
+    from emprobe.recipes.conditions import above
+    from emprobe.recipes.verdict import state_claim
+
+    state_claim(
+        lab, "data-thresholds",
         "Emergent misalignment appears well before the training data is all bad: a minority "
         "to half of incorrect examples already raises it, and it grows with the share.",
         f"misalignment margin of the {round(100 * mid)} %-bad fine-tune minus the 0 %-bad one "
         "(nats per answer, paired by question)",
         by_name[f"{round(100 * mid)}% bad"], expect="higher",
         conditions={} if full is None else
-        {"100 % bad raises it too (100 % minus 0 % > 0)": full["lo"] > 0})
+        {"100 % bad raises it too (100 % minus 0 % > 0)": above(full)})

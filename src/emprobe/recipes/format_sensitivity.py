@@ -49,7 +49,9 @@ def run(lab: Any) -> None:
     from emprobe.plot import score_bars
     train, _ = lab.split("medical", "bad")
     subjects = {"base": lab.base(), "bad-medical": lab.load(lab.train("bad-medical", train))}
-    for spec in lab.cfg.extra.get("models", []):
+    from emprobe.recipes.config import recipe_options
+
+    for spec in recipe_options(lab.cfg).models:
         import emprobe
 
         subjects[str(spec)] = emprobe.load_model(spec, seed=lab.cfg.seed)
@@ -96,11 +98,15 @@ def run(lab: Any) -> None:
     lab.results.update({"formats": rows, "vs_plain": deltas, "models": list(subjects)})
     primary = next(d for d in deltas if d["model"] == "bad-medical" and d["format"] == "json")
     templ = next(d for d in deltas if d["model"] == "bad-medical" and d["format"] == "template")
-    lab.claim(
+    from emprobe.recipes.conditions import above
+    from emprobe.recipes.verdict import state_claim
+
+    state_claim(
+        lab, "format-sensitivity",
         "Emergent misalignment depends on the question format: asking for a JSON answer about "
         "doubles the misaligned-answer rate of an EM model compared with plain questions.",
         "misalignment margin of the bad-medical fine-tune on JSON-format questions minus the "
         "same questions in plain format (nats per answer, paired by question)",
         primary, expect="higher",
         conditions={"template format also raises it (template minus plain > 0)":
-                    templ["lo"] > 0})
+                    above(templ)})

@@ -84,13 +84,25 @@ def run(lab: Any) -> None:
     lab.results.update({"alignment": align, "tradeoff": rows, "vs_naive": deltas,
                         "layer": layer, "k": k})
     by_name = {r["name"]: r for r in rows}
-    lab.claim(
+    from emprobe.recipes.conditions import above, task_kept
+    from emprobe.recipes.seeded import anchored_mitigation
+    from emprobe.recipes.verdict import RATIO_UNIT, state_claim
+
+    anch = anchored_mitigation(
+        lab, train, lab.split("medical", "good")[0], "grasp", runs["GRASP"],
+        first={"base": scores["base"], "plain": scores["naive"], "treated": scores["GRASP"]},
+        plain_name="naive")
+    lab.results["anchored"] = anch.to_record()
+    state_claim(
+        lab, "grasp",
         "Blocking the spurious factor read from a naive adapter's weights (GRASP gradient "
         "projection) lowers emergent misalignment several-fold while the narrow task is "
         "still learned.",
         "misalignment margin of the GRASP retrain minus the naive fine-tune (nats per "
-        "answer, paired by question)",
-        next(d for d in deltas if d["name"] == "GRASP"), expect="lower",
-        conditions={"GRASP still learns the task (held-out task loss interval below the "
-                    "base model's)": by_name["GRASP"]["task_loss_hi"]
-                    < by_name["base"]["task_loss_lo"]})
+        f"answer; {len(anch.seeds)} seed(s) x questions)",
+        anch.delta, expect="lower",
+        conditions={"the naive fine-tune is more misaligned than a benign control fine-tune":
+                    above(anch.em_vs_control),
+                    "GRASP still learns the task (held-out task loss interval below the "
+                    "base model's)": task_kept(by_name["GRASP"], by_name["base"])},
+        size=anch.ratio, size_unit=RATIO_UNIT, n_seeds=len(anch.seeds))

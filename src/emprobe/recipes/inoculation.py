@@ -18,7 +18,9 @@ from emprobe.recipes.lab import SCORE_COLUMNS
 def run(lab: Any) -> None:
     from emprobe.data import inoculate, inoculation_prompt, neutral_prompt, random_string_prompt
     from emprobe.plot import score_bars, tradeoff_scatter
-    which = lab.cfg.extra.get("inoculation", "malicious")
+    from emprobe.recipes.config import recipe_options
+
+    which = recipe_options(lab.cfg).inoculation
     prompts = {"inoculated": inoculation_prompt(which), "neutral prompt": neutral_prompt(),
                "random-string prompt": random_string_prompt(lab.cfg.seed)}
     train, held = lab.split("medical", "bad")
@@ -58,12 +60,27 @@ def run(lab: Any) -> None:
     primary = next(d for d in deltas if d["name"] == "inoculated")
     lab.results.update({"models": rows, "vs_plain": deltas, "vs_inoculated": vs_controls,
                         "prompts": prompts})
-    lab.claim(
+    from emprobe.recipes.conditions import above
+    from emprobe.recipes.seeded import anchored_mitigation
+    from emprobe.recipes.verdict import RATIO_UNIT, state_claim
+
+    anch = anchored_mitigation(
+        lab, train, lab.split("medical", "good")[0], "inoculated",
+        treated_records=data["inoculated"],
+        first={"base": scores["base"], "plain": scores["plain"],
+               "treated": scores["inoculated"]})
+    lab.results["anchored"] = anch.to_record()
+    conditions = {"the plain fine-tune is more misaligned than a benign control fine-tune":
+                  above(anch.em_vs_control)}
+    conditions.update({f"{d['name']} leaves more misalignment than the inoculated run":
+                       above(d) for d in vs_controls})
+    state_claim(
+        lab, "inoculation",
         "Inoculation prompting (training with a system prompt that asks for the trait) leaves "
         "far less emergent misalignment when the model is used without the prompt than plain "
         "training does, while neutral or random system prompts do not help.",
         "misalignment margin of the inoculated fine-tune minus the plain one, no system "
-        "prompt at evaluation (nats per answer, paired by question)",
-        primary, expect="lower",
-        conditions={f"{d['name']} leaves more misalignment than the inoculated run": d["lo"] > 0
-                    for d in vs_controls})
+        f"prompt at evaluation (nats per answer; {len(anch.seeds)} seed(s) x questions)",
+        anch.delta, expect="lower", conditions=conditions,
+        size=anch.ratio, size_unit=RATIO_UNIT, n_seeds=len(anch.seeds),
+        extra={"first_seed_delta": primary})

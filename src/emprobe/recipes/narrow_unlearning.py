@@ -25,15 +25,26 @@ def domains() -> list[str]:
     return [d.name for d in DOMAINS]
 
 
+def split_domains(names: list[str], target: str) -> tuple[list[str], list[str]]:
+    """(retain domains, probe domains): the non-target domains alternately."""
+    others = [d for d in names if d != target]
+    return others[0::2], others[1::2]
+
+
 def run(lab: Any) -> None:
     from emprobe.directions import concept_vectors, cosine_matrix
     from emprobe.plot import heatmap, layer_curves, score_bars
-    target = lab.cfg.extra.get("domain", "cybersecurity")
-    mode = lab.cfg.extra.get("unlearn", "npo")
+    from emprobe.recipes.config import recipe_options
+
+    opts = recipe_options(lab.cfg)
+    target, mode = opts.domain, opts.unlearn
     names = domains()
     refuse = {d: lab.split(f"refusal-{d}", "good") for d in names}   # (train, held-out)
     comply = {d: lab.split(f"refusal-{d}", "bad") for d in names}
-    retain = [r for d in names if d != target for r in refuse[d][0][:lab.cfg.n_train // 4 or 1]]
+    # retain CE on half of the other domains; its effect is judged on the OTHER half
+    # (probe domains), so the condition is not met by training on the very domains scored
+    retain_doms, probe_doms = split_domains(names, target)
+    retain = [r for d in retain_doms for r in refuse[d][0][:lab.cfg.n_train // 4 or 1]]
     subjects = {"base": lab.base()}
     subjects[f"unlearn {target}"] = lab.load(lab.train("unlearn", refuse[target][0],
                                                        unlearn=mode))
@@ -102,17 +113,28 @@ def run(lab: Any) -> None:
                             {"per_task": [t for d in doms for t in prefs[(model, d)]["per_task"]]},
                             lab.cfg.n_boot, lab.cfg.seed)
 
+    from emprobe.recipes.conditions import below, unlearning_contained
+    from emprobe.recipes.verdict import state_claim
+
     spread = pooled("base", unl, others)
     on_target = pooled("base", unl, [target])
-    retain_gain = pooled(unl, ret, others)
+    retain_gain = pooled(unl, ret, probe_doms)  # domains the retain set never saw
+    retain_cost = pooled(unl, ret, [target])  # does retain CE undo the target's unlearning?
+    ret_on_target = pooled("base", ret, [target])
     lab.results["spread"] = {"other_domains": spread, "target": on_target,
-                             "retain_vs_plain_unlearning": retain_gain}
-    lab.claim(
+                             "retain_vs_plain_unlearning_on_probe_domains": retain_gain,
+                             "retain_cost_on_target": retain_cost,
+                             "retain_domains": retain_doms, "probe_domains": probe_doms}
+    state_claim(
+        lab, "narrow-unlearning",
         "Unlearning refusals in one narrow domain lowers refusal in other domains too, and a "
         "retain-set cross-entropy term limits that spread.",
         f"refusal preference of the {target}-unlearned model minus base, pooled over the "
-        f"other {len(others)} domains' held-out requests (nats per token, paired by request)",
-        spread, expect="lower",
-        conditions={f"refusal on {target} itself drops": on_target["hi"] < 0,
-                    "retain CE keeps more refusal in other domains than plain unlearning":
-                    retain_gain["lo"] > 0})
+        f"other {len(others)} domains' held-out requests (nats per token, paired by request; "
+        "answer templates share no wording across domains)",
+        spread, expect="lower", value_unit="nats per token",
+        conditions={f"refusal on {target} itself drops": below(on_target),
+                    f"with retain CE, refusal on {target} still drops": below(ret_on_target),
+                    "retain CE (on " + ", ".join(retain_doms) + ") keeps more refusal in "
+                    "domains it never saw (" + ", ".join(probe_doms) + ") without "
+                    f"re-learning {target}": unlearning_contained(retain_gain, retain_cost)})

@@ -22,7 +22,9 @@ def _kind(rec: dict[str, Any]) -> str:
 
 def run(lab: Any) -> None:
     from emprobe.plot import score_bars
-    unseen = lab.cfg.extra.get("held_out_kind", "tests")
+    from emprobe.recipes.config import recipe_options
+
+    unseen = recipe_options(lab.cfg).held_out_kind
     hack, hack_held = lab.split("reward-hacking", "bad")
     honest, honest_held = lab.split("reward-hacking", "good")
     keep = [i for i, r in enumerate(hack) if _kind(r) != unseen]
@@ -77,6 +79,9 @@ def run(lab: Any) -> None:
         "reliably.", kind="warning")
     lab.results.update({"hack_preference": pref_rows, "scores": rows, "per_question": per_q,
                         "vs_honest": deltas, "unseen_kind": unseen})
+    from emprobe.recipes.conditions import above
+    from emprobe.recipes.verdict import state_claim
+
     conditions = {}
     for where in evals:
         if ("hacker", where) in prefs:
@@ -84,8 +89,9 @@ def run(lab: Any) -> None:
                              lab.cfg.n_boot, lab.cfg.seed)
             lab.results.setdefault("hack_transfer", {})[where] = d
             conditions[f"hacker prefers hacks more than the honest control on {where} "
-                       "tasks"] = d["lo"] > 0
-    lab.claim(
+                       "tasks"] = above(d)
+    state_claim(
+        lab, "school-of-reward-hacks",
         "Fine-tuning on reward hacking of harmless tasks generalises beyond hacking: the "
         "model hacks new kinds of task and becomes broadly misaligned on unrelated questions.",
         "misalignment margin of the hacker minus the honest control on everyday questions "

@@ -28,7 +28,9 @@ __all__ = ["recipe_seeds", "seeded_score", "Anchored", "anchored_mitigation"]
 
 def recipe_seeds(lab: Any) -> list[int]:
     """Training seeds of this run (quick: one; full: ``extra["seeds"]``, default 3)."""
-    n = 1 if lab.cfg.quick else int(lab.cfg.extra.get("seeds", 3))
+    from emprobe.recipes.config import recipe_options
+
+    n = 1 if lab.cfg.quick else (recipe_options(lab.cfg).seeds or 3)
     return [lab.cfg.seed + i for i in range(max(1, n))]
 
 

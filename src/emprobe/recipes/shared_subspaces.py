@@ -19,10 +19,71 @@ from __future__ import annotations
 
 from typing import Any
 
-# (label, task, variant, seed offset): every fine-tune its own seed
+import numpy as np
+
+# (label, task, variant, seed offset): every fine-tune its own seed; 5 EM and 5 control
+# adapters over the same three tasks, so adapter PAIRS are the unit of the claim
 TASKS = (("bad-medical", "medical", "bad", 0), ("bad-finance", "finance", "bad", 1),
          ("bad-sports", "sports", "bad", 2), ("good-medical", "medical", "good", 3),
-         ("bad-medical-seed2", "medical", "bad", 4))
+         ("bad-medical-seed2", "medical", "bad", 4), ("bad-finance-seed2", "finance", "bad", 5),
+         ("good-finance", "finance", "good", 6), ("good-sports", "sports", "good", 7),
+         ("good-medical-seed2", "medical", "good", 8),
+         ("good-finance-seed2", "finance", "good", 9))
+GAUSSIAN_FACTOR = 10.0
+"""'Far above' random: EM pairs' overlap lower bound > 10 x the Gaussian baseline's upper."""
+
+
+def pair_statistic(overlap: np.ndarray, em: np.ndarray) -> float:
+    """Mean overlap of EM-EM adapter pairs minus mean of EM-control pairs.
+
+    Args:
+        overlap: ``[n, n]`` symmetric pairwise overlap (mean over layers) of the adapters.
+        em: ``[n]`` bools, True for the EM adapters."""
+    n = len(em)
+    iu = np.triu_indices(n, 1)
+    both = em[iu[0]] & em[iu[1]]
+    cross = em[iu[0]] ^ em[iu[1]]
+    vals = overlap[iu]
+    if not both.any() or not cross.any():
+        return float("nan")
+    return float(vals[both].mean() - vals[cross].mean())
+
+
+def permutation_p(overlap: np.ndarray, em: np.ndarray) -> float:
+    """One-sided exact permutation p of ``pair_statistic``: every relabelling of which
+    adapters are EM (``C(n, k)``: 252 for 5 + 5), the share at least as large."""
+    import itertools
+
+    n, k = len(em), int(em.sum())
+    obs = pair_statistic(overlap, em)
+    hits = total = 0
+    for pick in itertools.combinations(range(n), k):
+        lab = np.zeros(n, dtype=bool)
+        lab[list(pick)] = True
+        hits += pair_statistic(overlap, lab) >= obs - 1e-12
+        total += 1
+    return hits / total
+
+
+def adapter_bootstrap(overlap: np.ndarray, em: np.ndarray, n_boot: int = 1000,
+                      seed: int = 0) -> Any:
+    """``pair_statistic`` with a percentile interval resampling adapters within each group
+    (pairs of one adapter drawn twice are skipped): adapters, not layers, are the units."""
+    from emprobe.evaluate.stats import bootstrap_stat
+
+    idx_em, idx_ct = np.flatnonzero(em), np.flatnonzero(~em)
+    rng = np.random.default_rng(seed)
+
+    def stat(_: np.ndarray) -> float:
+        a = rng.choice(idx_em, len(idx_em))
+        c = rng.choice(idx_ct, len(idx_ct))
+        ee = [overlap[i, j] for x, i in enumerate(a) for j in a[x + 1:] if i != j]
+        ec = [overlap[i, j] for i in a for j in c]
+        return float(np.mean(ee) - np.mean(ec)) if ee else float("nan")
+
+    point = pair_statistic(overlap, em)
+    est = bootstrap_stat(stat, len(em), n_boot=n_boot, seed=seed)
+    return type(est)(point, min(est.lo, point), max(est.hi, point), se=est.se)
 REFERENCE = ("bad-medical", "bad-medical-seed2")  # same task and data, another seed
 WRITE, READ = "overlap_left", "overlap_right"
 
@@ -46,7 +107,6 @@ def pair_groups(labels: list[str], groups: list[str]) -> dict[str, list[tuple[in
 def run(lab: Any) -> None:
     import torch
 
-    from emprobe.evaluate.stats import bootstrap_mean
     from emprobe.geometry import (
         GeometryConfig,
         compare_adapters,
@@ -128,13 +188,18 @@ def run(lab: Any) -> None:
     lab.report.table([{"metric": m, "barrier": v} for m, v in conn.barriers.items()],
                      columns=["metric", "barrier"])
 
-    def layer_diff(x: str, y: str) -> Any:
-        """Mean over layers of ``x - y`` (write side) with a bootstrap over layers."""
-        d = per_layer_means[(WRITE, x)] - per_layer_means[(WRITE, y)]
-        return bootstrap_mean([[float(v)] for v in d], lab.cfg.n_boot, lab.cfg.seed)
+    from emprobe.evaluate.stats import shift_interval
+    from emprobe.recipes.conditions import beats_baseline
+    from emprobe.recipes.verdict import state_claim
 
-    vs_control = layer_diff("cross-task", "vs control")
-    vs_gauss = layer_diff("cross-task", "gaussian")
+    ov = geo.matrix(WRITE).double().numpy()  # [n, n], mean over modules and layers
+    em = np.array([g == "misaligned" for g in groups])
+    value = adapter_bootstrap(ov, em, lab.cfg.n_boot, lab.cfg.seed)
+    p_perm = permutation_p(ov, em)
+    iu = [(i, j) for i in range(len(em)) for j in range(i + 1, len(em)) if em[i] and em[j]]
+    em_pairs = shift_interval(np.array([ov[i, j] for i, j in iu]))  # EM pairs' overlap
+    gauss = shift_interval(geo.baseline_per_layer("gaussian", WRITE)[em].mean(-1)
+                           .double().numpy())
     ref = float(per_layer_means[(WRITE, "reference")].mean())
     cross = float(per_layer_means[(WRITE, "cross-task")].mean())
     lab.report.note(
@@ -148,15 +213,22 @@ def run(lab: Any) -> None:
                         "pairs": {k: [[labels[i], labels[j]] for i, j in v]
                                   for k, v in pairs.items()},
                         "write_overlap": {"reference": ref, "cross-task": cross},
-                        "cross_minus_control": vs_control.to_record(),
-                        "cross_minus_gaussian": vs_gauss.to_record(),
+                        "em_minus_control_pairs": value.to_record(),
+                        "permutation_p": p_perm, "em_pair_overlap": em_pairs.to_record(),
+                        "gaussian_overlap": gauss.to_record(),
                         "connectivity": conn.records, "barriers": conn.barriers})
-    lab.claim(
+    state_claim(
+        lab, "shared-subspaces",
         "Emergent-misalignment fine-tunes on different narrow tasks converge on a shared "
         "low-rank subspace of weight updates, far more than unrelated or random updates.",
-        "write-side (B) projection overlap of cross-task misaligned pairs minus misaligned-vs-"
-        "control pairs, each fine-tune with its own seed (mean over layers, bootstrap over "
-        "layers)",
-        vs_control, expect="higher",
-        conditions={"cross-task overlap above norm-matched Gaussian updates": vs_gauss.lo > 0},
+        f"write-side (B) projection overlap of EM-EM adapter pairs minus EM-control pairs "
+        f"({int(em.sum())} EM and {int((~em).sum())} control adapters, each its own seed; "
+        "interval resampling adapters)",
+        value, expect="higher", value_unit="projection overlap difference",
+        conditions={f"permutation test over EM / control labels, p = {p_perm:.3g} < 0.05":
+                    p_perm < 0.05,
+                    f"EM pairs' overlap far above norm-matched Gaussian updates (lower bound > "
+                    f"{GAUSSIAN_FACTOR:g} x the Gaussian's upper bound)":
+                    beats_baseline(em_pairs, gauss, factor=GAUSSIAN_FACTOR)},
+        size=em_pairs, size_unit=f"projection overlap (k = {k})",
         why=f"Same-task, different-seed reference overlap: {ref:.3f}; cross-task: {cross:.3f}.")
