@@ -14,7 +14,8 @@ Reads these ``DemoConfig`` fields (``getattr`` defaults for the optional ones):
 The harvest (and the SAE's training step) run under bf16 autocast only where bf16 is fast
 (``bf16_is_fast``: CUDA, or a CPU whose oneDNN has bf16 kernels, i.e. AVX-512 / AMX). On an
 AVX2-only CPU autocast converts every matmul and ran about 9x slower than float32 (measured:
-one 3840 x 576 x 1536 linear layer, 2.16 s vs 0.24 s, on this project's AVX2 machine), the
+one 3840 x 576 x 1536 linear layer, 2.16 s vs 0.24 s; the embedded model's forward over
+543 tokens, about 130 s vs 20 s; both on this project's AVX2 machine under load), the
 likely cause of a fresh-machine SAE stage of 720 s against the README's 145 s.
 
 The harvest reads neutral chat only (``generic_chats``): never the evaluation questions or
