@@ -67,3 +67,18 @@ def test_protocols_describe_the_real_objects(tiny_llama):
     assert isinstance(tiny_llama.tokenizer, TokenizerLike)
     assert isinstance(tiny_llama.model, CausalLMLike)
     assert not isinstance(object(), SubjectLike)
+
+
+def test_one_error_hierarchy():
+    from emprobe import errors
+    from emprobe.directions import ModelMismatchError as from_directions
+
+    assert from_directions is errors.ModelMismatchError
+    for name in ("DataError", "FormatError", "ConfigError", "ShapeError", "SiteError",
+                 "ModelMismatchError", "ModelNotFoundError", "EndpointError", "QualityError"):
+        cls = getattr(errors, name)
+        assert issubclass(cls, emprobe.EmprobeError), name
+        assert name in errors.__doc__, f"{name} missing from the documented tree"
+    from emprobe.recipes.demo import DemoQualityError
+
+    assert issubclass(DemoQualityError, errors.QualityError)
