@@ -41,6 +41,8 @@ def main() -> int:
                              "at the first size)")
     parser.add_argument("--sae-precision", default="fp32", choices=["fp32", "bf16"],
                         help="bench_sae: both sides in float32 (default) or bf16 autocast")
+    parser.add_argument("--no-sae-multi", action="store_true",
+                        help="with --only sae: skip SAELens' multi-SAE runner comparison")
     args = parser.parse_args()
     sae_sizes = None
     if args.sae_tokens:
@@ -66,7 +68,7 @@ def main() -> int:
         if name == "bench_sae":
             # --only sae (the long run) also times SAELens' multi-SAE runner at the first size
             kwargs = {"sizes": sae_sizes, "precision": args.sae_precision,
-                      "multi": args.only == "sae" and not args.quick}
+                      "multi": args.only == "sae" and not args.quick and not args.no_sae_multi}
         for res in mod.run(quick=args.quick, **kwargs):
             res.setdefault("module", name)
             results.append(res)
