@@ -60,6 +60,10 @@ def test_quick_demo_end_to_end(tmp_path):
     stages = [t["stage"] for t in results["timings"]]
     assert stages[:3] == ["data", "fine-tune", "score"]
     assert results["directions"]["mean_diff_norms"]  # was always null before
+    from emprobe.recipes.assets import export_assets
+
+    names = {p.stem for p in export_assets(out, tmp_path / "assets")}
+    assert {"demo_frontier", "demo_shifts", "demo_connectivity"} <= names
 
 
 def test_demo_assets_need_results(tmp_path):

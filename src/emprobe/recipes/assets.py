@@ -41,12 +41,16 @@ def export_assets(demo_out: str | os.PathLike[str], assets: str | os.PathLike[st
                            y_title="EM-shift ratio",
                            title=f"Mitigation frontier ({model}, {seeds} seed(s))")
     written += _save(save_figure, fig, out / "demo_frontier")
-    rows = [{"model": name, **{k: rec["per_answer"][k] for k in ("mean", "lo", "hi")}}
-            for name, rec in results["shifts"].items()]
+    labels = {"em_vs_control": "bad advice - benign control",
+              "em_vs_base": "bad advice - base", "control_vs_base": "benign control - base"}
+    rows = [{"model": labels.get(name, name),
+             **{k: rec["per_answer"][k] for k in ("mean", "lo", "hi")}}
+            for name, rec in results["shifts"].items()
+            if isinstance(rec, dict) and "per_answer" in rec]
     if results.get("positive_control"):
-        rows.append({"model": "malicious system prompt (positive control)",
+        rows.append({"model": "malicious system prompt - base (positive control)",
                      **{k: results["positive_control"][k] for k in ("mean", "lo", "hi")}})
-    fig = score_bars(rows, title=f"Paired shift over the base model ({model})",
+    fig = score_bars(rows, title=f"Paired shifts ({model}, {seeds} seed(s))",
                      y_title="shift of the misaligned − aligned margin (nats per answer)")
     written += _save(save_figure, fig, out / "demo_shifts")
     conn = results.get("connectivity")
