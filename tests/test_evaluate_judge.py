@@ -59,12 +59,12 @@ def test_score_from_logprobs_rules():
 
 def test_server_logprobs_match_model(tiny_llama):
     with serve_in_background(tiny_llama, model_name="tiny") as url:
-        models = httpx.get(f"{url}/models").json()
+        models = httpx.get(f"{url}/models", timeout=120).json()
         assert models["data"][0]["id"] == "tiny"
         body = {"model": "tiny", "messages": [{"role": "user", "content": "2+2?"}],
                 "max_tokens": 1, "temperature": 0, "logprobs": True, "top_logprobs": 5}
-        got = httpx.post(f"{url}/chat/completions", json=body).json()
-        bad = httpx.post(f"{url}/chat/completions", json={"messages": []})
+        got = httpx.post(f"{url}/chat/completions", json=body, timeout=120).json()
+        bad = httpx.post(f"{url}/chat/completions", json={"messages": []}, timeout=120)
         assert bad.status_code == 400 and "messages" in bad.json()["error"]["message"]
     batch = tiny_llama.encode_chats([body["messages"]], add_generation_prompt=True)
     with torch.no_grad():
@@ -240,7 +240,7 @@ def test_stop_token_keeps_its_top_logprobs():
         with serve_in_background(subject) as url:
             body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,
                     "temperature": 0, "logprobs": True, "top_logprobs": 3}
-            got = httpx.post(f"{url}/chat/completions", json=body).json()["choices"][0]
+            got = httpx.post(f"{url}/chat/completions", json=body, timeout=120).json()["choices"][0]
     finally:
         handle.remove()
     assert got["message"]["content"] == "" and got["finish_reason"] == "stop"
