@@ -30,6 +30,7 @@ the callbacks first so the reporting integrations (wandb, TensorBoard ...) see t
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -42,7 +43,13 @@ from emprobe.hooks import ablate, as_layer_table, patch, steer
 from emprobe.hooks.layer_table import default_site
 from emprobe.hooks.types import check_site
 from emprobe.train.interventions import GRASP, lora_modules
-from emprobe.train.sources import read_direction, subject_for_model, unwrap_model
+from emprobe.train.sources import (
+    check_layers,
+    check_number,
+    read_direction,
+    subject_for_model,
+    unwrap_model,
+)
 
 __all__ = [
     "CAFTCallback",
@@ -118,10 +125,16 @@ def per_rank(value: float) -> list[float]:
     return [value]
 
 
+def _where(callback: object, source: Any) -> str:
+    """How errors name a callback's input: the file it read, else the callback's class."""
+    name = type(callback).__name__
+    if isinstance(source, (str, os.PathLike)):
+        return f"{source} ({name})"
+    return name
+
+
 def sharded_engine(args: Any = None) -> str | None:
     """``"FSDP"`` / ``"DeepSpeed"`` when the run shards parameters or gradients, else None."""
-    import os
-
     if getattr(args, "deepspeed", None) or os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true":
         return "DeepSpeed"
     if getattr(args, "fsdp", None) or os.environ.get("ACCELERATE_USE_FSDP") == "true":
@@ -147,7 +160,8 @@ class HookCallback(TrainerCallback):
     def __init__(self, direction: Any, layers: Layers = None, site: str | None = None,
                  allow_other_model: bool = True, model_name: str | None = None) -> None:
         self.direction = read_direction(direction, model=model_name)
-        self.layers = layers
+        self.where = _where(self, direction)
+        self.layers = check_layers(layers, self.where)
         self.site = check_site(site or default_site(self.direction))
         self.allow_other_model = allow_other_model
         self._stack: contextlib.ExitStack | None = None
@@ -258,7 +272,7 @@ class SteeringCallback(HookCallback):
                  site: str | None = None, allow_other_model: bool = True,
                  model_name: str | None = None) -> None:
         super().__init__(direction, layers, site, allow_other_model, model_name)
-        self.coeff = float(coeff)
+        self.coeff = check_number(coeff, self.where, "coeff")
 
     def _enter(self, subject: Any, stack: contextlib.ExitStack) -> None:
         table = self.table(subject, "steering vector", -1)
@@ -290,10 +304,12 @@ class PersonaMonitorCallback(HookCallback):
                  allow_other_model: bool = True, model_name: str | None = None) -> None:
         named = {n: read_direction(s, model=model_name)
                  for n, s in _named_sources(directions).items()}
+        check_layers(layers, _where(self, directions))
         first = next(iter(named.values()))
         super().__init__(first, layers, site, allow_other_model, model_name)
-        if every < 1:
-            raise ConfigError(f"PersonaMonitorCallback: every must be >= 1, got {every}")
+        self.where = _where(self, directions)
+        if type(every) is not int or every < 1:
+            raise ConfigError(f"{self.where}: every must be an integer >= 1, got {every!r}")
         if positions not in ("response", "all"):
             raise ConfigError(f"PersonaMonitorCallback: positions must be response or all, "
                               f"not {positions!r}")
@@ -378,7 +394,8 @@ class GRASPCallback(TrainerCallback):
     def __init__(self, source: Any, k: int = 1, modules: Sequence[str] = ("o_proj", "down_proj"),
                  layers: Layers = None, verify: bool = False,
                  model_name: str | None = None) -> None:
-        self.modules, self.layers, self.verify = tuple(modules), layers, verify
+        self.modules, self.verify = tuple(modules), verify
+        self.layers = check_layers(layers, _where(self, source))
         self.grasp: GRASP | None = None
         self.direction: Any = None
         if isinstance(source, GRASP):

@@ -26,7 +26,8 @@ from emprobe.hooks import DirectionLike
 if TYPE_CHECKING:
     from emprobe.models.subject import Subject
 
-__all__ = ["DirectionSource", "drop_gguf_tag", "read_direction", "subject_for_model", "unwrap_model"]
+__all__ = ["DirectionSource", "check_layers", "check_number", "drop_gguf_tag", "read_direction",
+           "subject_for_model", "table_layer", "table_vector", "unwrap_model"]
 
 DirectionSource = DirectionLike | Mapping[int, torch.Tensor] | str | os.PathLike[str] | object
 
@@ -54,6 +55,13 @@ def _read_path(p: Path, model: str | None) -> DirectionLike:
                       "CAFT folder, .pt / .safetensors persona vectors, .gguf or .npz)")
 
 
+def _finite(direction: DirectionLike, where: str) -> DirectionLike:
+    for la, v in direction.vectors.items():
+        if not v.is_floating_point() or not bool(torch.isfinite(v).all()):
+            raise FormatError(f"{where}: the vector at layer {la} is not finite real numbers")
+    return direction
+
+
 def read_direction(source: Any, model: str | None = None
                    ) -> DirectionLike | dict[int, torch.Tensor]:
     """Any supported direction source -> a ``Direction`` (or ``{layer: tensor}`` as given).
@@ -61,9 +69,9 @@ def read_direction(source: Any, model: str | None = None
     ``model`` names the model the file came from, for formats that do not record it.
     """
     if isinstance(source, DirectionLike):
-        return source
+        return _finite(source, "direction")
     if isinstance(source, (str, os.PathLike)):
-        return _read_path(Path(source), model)
+        return _finite(_read_path(Path(source), model), str(source))
     if isinstance(source, Mapping) and "layer_activations" in source:
         from emprobe.directions.formats import from_steering_vector
 
@@ -73,15 +81,51 @@ def read_direction(source: Any, model: str | None = None
 
         return from_steering_vector(source, model=model or "unknown")
     if isinstance(source, Mapping) and source:
-        out = {}
-        for k, v in source.items():
-            if not isinstance(v, torch.Tensor):
-                raise ConfigError(f"direction table: layer {k!r} holds a "
-                                  f"{type(v).__name__}, not a tensor")
-            out[int(k)] = v
-        return out
+        return {table_layer(k): table_vector(k, v) for k, v in source.items()}
     raise ConfigError(f"direction: expected a Direction, {{layer: tensor}}, a SteeringVector or a "
                       f"file path, got {type(source).__name__}")
+
+
+def table_layer(key: Any) -> int:
+    """A ``{layer: tensor}`` key: a non-negative int (or its decimal string), never a bool."""
+    if isinstance(key, str) and key.isdigit():
+        return int(key)
+    if type(key) is not int or key < 0:
+        raise ConfigError(f"direction table: layer key {key!r} is not a non-negative integer")
+    return key
+
+
+def table_vector(key: Any, value: Any) -> torch.Tensor:
+    """A ``{layer: tensor}`` value: a finite real floating tensor of 1 or 2 dimensions."""
+    if not isinstance(value, torch.Tensor):
+        raise ConfigError(f"direction table: layer {key!r} holds a {type(value).__name__}, "
+                          "not a tensor")
+    if not value.is_floating_point() or value.dim() not in (1, 2) or value.numel() == 0:
+        raise ConfigError(f"direction table: layer {key!r} must be a real floating [d_model] "
+                          f"or [d_model, k] tensor, got {value.dtype} {tuple(value.shape)}")
+    if not bool(torch.isfinite(value).all()):
+        raise ConfigError(f"direction table: layer {key!r} holds non-finite values")
+    return value
+
+
+def check_layers(layers: Any, where: str) -> int | list[int] | None:
+    """``layers=`` of a callback: None, a non-negative int, or a list of them (no bools)."""
+    if layers is None:
+        return None
+    items = [layers] if not isinstance(layers, (list, tuple)) else list(layers)
+    if not items or any(type(x) is not int or x < 0 for x in items):
+        raise ConfigError(f"{where}: layers must be a non-negative int or a list of them, got "
+                          f"{layers!r}")
+    return layers if isinstance(layers, int) else items
+
+
+def check_number(value: Any, where: str, name: str) -> float:
+    """A finite real number argument (no bools, strings or None)."""
+    import math
+
+    if type(value) not in (int, float) or not math.isfinite(value):
+        raise ConfigError(f"{where}: {name} must be a finite number, got {value!r}")
+    return float(value)
 
 
 def unwrap_model(model: Any) -> Any:
