@@ -115,6 +115,11 @@ def _save_tiny(folder, style):
     return folder
 
 
+def _fmt_name(subject):
+    assert subject.chat_format is not None
+    return subject.chat_format.name
+
+
 CONV = [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "hi there"}]
 
 
@@ -135,7 +140,7 @@ def test_template_that_writes_bos_gets_exactly_one(tmp_path):
 
     s = load_model(_save_tiny(tmp_path / "m", "gemma"))
     bos = s.tokenizer.bos_token_id
-    assert s.chat_format.name == "tokenizer"
+    assert _fmt_name(s) == "tokenizer"
     for b in (s.encode_chats([CONV]), s.encode_texts(["hello"])):
         ids = b.input_ids[0].tolist()
         assert ids[0] == bos and ids.count(bos) == 1
@@ -152,7 +157,7 @@ def test_base_tokenizer_gets_plain_format_with_warning_and_bos(tmp_path):
     folder = _save_tiny(tmp_path / "base", "base")
     with pytest.warns(ChatTemplateWarning, match="plain 'User:/Assistant:'"):
         s = load_model(folder)
-    assert s.chat_format.name == "plain" and s.tokenizer.chat_template == PLAIN_TEMPLATE
+    assert _fmt_name(s) == "plain" and s.tokenizer.chat_template == PLAIN_TEMPLATE
     b = s.encode_chats([CONV])
     ids = b.input_ids[0].tolist()
     assert ids[0] == s.tokenizer.bos_token_id and ids.count(ids[0]) == 1
@@ -180,12 +185,12 @@ def test_explicit_choices(tmp_path):
     jinja = tmp_path / "t.jinja"
     jinja.write_text("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}")
     s = load_model(folder, chat_template=jinja)
-    assert s.chat_format.name == "file"
+    assert _fmt_name(s) == "file"
     b = s.encode_chats([CONV])
     assert "[assistant] hi there" in s.tokenizer.decode(b.input_ids[0])
     # chatml is allowed where the vocabulary has its tokens; plain overrides an own template
-    assert load_model("tiny-llama", chat_template="chatml").chat_format.name == "chatml"
-    assert load_model("tiny-llama", chat_template="plain").chat_format.name == "plain"
+    assert _fmt_name(load_model("tiny-llama", chat_template="chatml")) == "chatml"
+    assert _fmt_name(load_model("tiny-llama", chat_template="plain")) == "plain"
 
 
 def test_cli_chat_template_flag_anywhere(tmp_path, capsys):
@@ -228,6 +233,7 @@ def test_layer_means_leave_out_the_sink(tiny_llama, one_thread):
     got = layer_means(tiny_llama, texts, layers=[1], positions="all")
     kept = layer_means(tiny_llama, texts, layers=[1], positions="all", exclude_sink=False)
     c = emprobe.collect(tiny_llama, texts, layers=[1], positions="all", reduce="tokens")
+    assert c.token_index is not None
     first = c.token_index[:, 1] == 0
     assert torch.allclose(got.pooled[1], c.acts[1][~first].mean(0), atol=1e-5)
     assert torch.allclose(kept.pooled[1], c.acts[1].mean(0), atol=1e-5)

@@ -113,6 +113,7 @@ def test_default_lora_targets_and_peft_parity(spec):
     base = s.forward(batch).logits
     peft = get_peft_model(s.model, LoraConfig(r=2, lora_alpha=4, target_modules=targets))
     for block_attn, block_mlp in zip(s.layers.attn, s.layers.mlp):  # both halves adapted
+        assert block_attn is not None and block_mlp is not None
         assert any("lora_A" in n for n, _ in block_attn.named_modules())
         assert any("lora_A" in n for n, _ in block_mlp.named_modules())
     s.model = peft
