@@ -197,11 +197,12 @@ def _score_arm(subject: Subject, arm: Arm, scorer: SubjectScorer, coeffs: list[f
         entry: ScoreEntry = {"coeff": c, "mean": est.mean, "lo": est.lo, "hi": est.hi,
                              "delta": est.mean - baseline.mean}
         if isinstance(scorer, PairedScorer):
+            # the paired estimate's own mean, so delta always lies inside its interval
             d = scorer.paired(baseline_raw, raw)
-            entry.update({"delta_lo": d.lo, "delta_hi": d.hi})
+            entry.update({"delta": d.mean, "delta_lo": d.lo, "delta_hi": d.hi})
         arm.raws.append(raw)
         arm.scores.append(entry)
-        deltas.append(est.mean - baseline.mean)
+        deltas.append(entry["delta"])
     arm.best_delta = max(deltas) if sign > 0 else min(deltas)
 
 
