@@ -62,3 +62,37 @@ def test_convert_writes_a_folder_transformers_and_peft_load(tmp_path, embedded, 
         assert torch.allclose(model(x).logits, embedded.model(x).logits, atol=1e-5)
         peft = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "down_proj"]))
         assert torch.allclose(peft(x).logits, embedded.model(x).logits, atol=1e-5)
+
+
+def _write_gguf(path, block_count: int, blocks: int, width: int = 8, embed_width: int = 8):
+    import numpy as np
+    from gguf import GGUFWriter
+
+    writer = GGUFWriter(str(path), "llama")
+    writer.add_block_count(block_count)
+    writer.add_embedding_length(width)
+    writer.add_tensor("token_embd.weight", np.zeros((16, embed_width), dtype=np.float32))
+    for b in range(blocks):
+        writer.add_tensor(f"blk.{b}.attn_norm.weight", np.ones(width, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def test_gguf_header_must_match_its_tensors(tmp_path):
+    from emprobe.models.gguf import check_gguf_layout
+
+    good = tmp_path / "good.gguf"
+    _write_gguf(good, block_count=2, blocks=2)
+    check_gguf_layout(good)  # consistent: no error
+    short = tmp_path / "short.gguf"
+    _write_gguf(short, block_count=17, blocks=1)
+    with pytest.raises(FormatError, match=r"short\.gguf: llama\.block_count says 17 blocks"):
+        check_gguf_layout(short)
+    wide = tmp_path / "wide.gguf"
+    _write_gguf(wide, block_count=1, blocks=1, width=1 << 20)
+    with pytest.raises(FormatError, match=r"wide\.gguf: llama\.embedding_length"):
+        check_gguf_layout(wide)
+    with pytest.raises(FormatError, match="short.gguf"):
+        convert_gguf(short, tmp_path / "out")

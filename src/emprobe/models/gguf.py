@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,49 @@ def gguf_model_dir(path: Path, name: str | None = None, source: dict[str, Any] |
     return target
 
 
+def _gguf_int(reader: Any, key: str) -> int | None:
+    field = reader.fields.get(key)
+    if field is None or not field.parts:
+        return None
+    try:
+        return int(field.parts[-1][0])
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def check_gguf_layout(path: Path) -> None:
+    """Refuse a GGUF whose header disagrees with its tensors, before any model is built.
+
+    transformers fills every weight a GGUF lacks with random values, so a file that claims
+    more blocks than it carries would load as a silently half-random model; and an absurd
+    width or block count would build a huge model before failing. Checks: ``block_count``
+    equals the number of ``blk.N`` blocks present (numbered 0..N-1), and ``embedding_length``
+    is the width of ``token_embd.weight``. ``FormatError`` names the file and the field.
+    """
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(str(path))
+        names = [str(t.name) for t in reader.tensors]
+        shapes = {str(t.name): [int(d) for d in t.shape] for t in reader.tensors}
+        arch_field = reader.fields.get("general.architecture")
+        arch = bytes(arch_field.parts[-1]).decode("utf-8") if arch_field is not None else ""
+    except Exception as exc:  # noqa: BLE001 - a foreign file that the reader cannot parse
+        if isinstance(exc, MemoryError):
+            raise
+        raise FormatError(f"{path}: cannot read this GGUF ({type(exc).__name__})") from None
+    blocks = {int(m.group(1)) for n in names if (m := re.match(r"blk\.(\d+)\.", n))}
+    declared = _gguf_int(reader, f"{arch}.block_count")
+    if declared is not None and blocks and sorted(blocks) != list(range(declared)):
+        raise FormatError(f"{path}: {arch}.block_count says {declared} blocks but the file "
+                          f"holds weights for {len(blocks)} (blk.{min(blocks)}..blk.{max(blocks)})")
+    width = _gguf_int(reader, f"{arch}.embedding_length")
+    embed = shapes.get("token_embd.weight")
+    if width is not None and embed and width not in embed:
+        raise FormatError(f"{path}: {arch}.embedding_length {width} disagrees with "
+                          f"token_embd.weight of shape {embed}")
+
+
 def convert_gguf(path: Path, out: Path, source: dict[str, Any] | None = None) -> Path:
     """De-quantise a GGUF file to float32 and write a safetensors model folder at ``out``.
 
@@ -81,6 +125,7 @@ def convert_gguf(path: Path, out: Path, source: dict[str, Any] | None = None) ->
     path = Path(path).expanduser()
     if not is_gguf_file(path):
         raise FormatError(f"{path}: not a GGUF file (no GGUF magic bytes)")
+    check_gguf_layout(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         loaded = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
