@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from emprobe.errors import ConfigError, DataError
+from emprobe.errors import ConfigError, DataError, EmprobeError
 from emprobe.hooks import ablate, as_layer_table, patch, steer
 from emprobe.hooks.layer_table import default_site
 from emprobe.hooks.types import check_site
@@ -125,6 +125,17 @@ def per_rank(value: float) -> list[float]:
     return [value]
 
 
+def _located(exc: EmprobeError, where: str) -> EmprobeError:
+    """The same error type, its message prefixed with the callback's input (file or class)."""
+    message = str(exc)
+    if message.startswith(where):
+        return exc
+    try:
+        return type(exc)(f"{where}: {message}")
+    except TypeError:  # an error class with another constructor: keep it as it is
+        return exc
+
+
 def _where(callback: object, source: Any) -> str:
     """How errors name a callback's input: the file it read, else the callback's class."""
     name = type(callback).__name__
@@ -185,6 +196,9 @@ class HookCallback(TrainerCallback):
         stack = contextlib.ExitStack()
         try:
             self._enter(subject, stack)
+        except EmprobeError as exc:
+            stack.close()
+            raise _located(exc, self.where) from None
         except BaseException:
             stack.close()
             raise
