@@ -210,3 +210,13 @@ def test_checkpoint_steps_add_exact_points(tmp_path):
     assert not torch.equal(first[key], third[key]) and not torch.equal(third[key], final[key])
     with pytest.raises(ConfigError, match="checkpoint_steps"):
         tiny_config(checkpoint_steps=[0])
+
+
+@pytest.mark.parametrize("family", ["tiny-gpt2", "tiny-phi"])
+def test_default_targets_follow_the_family(tmp_path, family):
+    """The default seven Llama projections resolve to the family's own linear modules."""
+    res = finetune(load_model(family), make_records(8),
+                   tiny_config(max_steps=1, checkpoint_every=0), tmp_path, progress=False)
+    cfg = json.loads((res.adapter_dir / "adapter_config.json").read_text())
+    targets = cfg["target_modules"]
+    assert targets and "gate_proj" not in targets  # the family's own modules, not Llama's

@@ -50,7 +50,7 @@ from emprobe.train.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from emprobe.train.config import TrainConfig
+from emprobe.train.config import SEVEN_PROJECTIONS, TrainConfig
 from emprobe.train.data import (
     TokenizedSet,
     apply_inoculation,
@@ -113,6 +113,17 @@ def linear_module_names(subject: Subject) -> list[str]:
     return sorted(names)
 
 
+def lora_targets(subject: Any, targets: Sequence[str]) -> list[str]:
+    """LoRA target modules for ``subject``: the default seven projections resolve to the
+    family's own linear modules where the blocks lack them (GPT-2, Phi, GPT-NeoX, ...);
+    an explicit list is used as given (and checked by ``validate_setup``)."""
+    if list(targets) != list(SEVEN_PROJECTIONS):
+        return list(targets)
+    from emprobe.models.targets import lora_target_modules
+
+    return lora_target_modules(subject.model, None, subject.layers)
+
+
 def validate_setup(subject: Subject, config: TrainConfig,
                    interventions: Sequence[Intervention] = ()) -> None:
     """Every check that can fail before training: config values, module names, layers, widths."""
@@ -122,7 +133,7 @@ def validate_setup(subject: Subject, config: TrainConfig,
                         "(or load it with merge_adapter=True)")
     if not config.full_finetune:
         have = linear_module_names(subject)
-        targets = config.target_modules
+        targets = lora_targets(subject, config.target_modules)
         if targets != ["all-linear"]:
             unknown = [t for t in targets if t not in have]
             if unknown:
@@ -320,7 +331,7 @@ class Trainer:
         else:
             from peft import LoraConfig, get_peft_model
 
-            targets: Any = cfg.target_modules
+            targets: Any = lora_targets(subject, cfg.target_modules)
             if targets == ["all-linear"]:
                 targets = "all-linear"
             lcfg = LoraConfig(
