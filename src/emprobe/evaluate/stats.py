@@ -586,23 +586,33 @@ def auroc_p_value(scores: ArrayLike, labels: ArrayLike,
     else ``n_perm`` random shuffles with the ``(1 + hits) / (1 + n_perm)`` correction. Unlike
     a bootstrap interval over models, which collapses to [1, 1] when the classes separate
     perfectly, it says how likely that separation is by chance with so few models."""
-    import itertools
 
     s = np.asarray(scores, dtype=float)
     y = np.asarray(labels).astype(bool)
     observed = auroc(s, y)
     n, k = len(y), int(y.sum())
     if math.comb(n, k) <= n_perm:
-        hits = total = 0
-        for pos in itertools.combinations(range(n), k):
-            lab = np.zeros(n, dtype=bool)
-            lab[list(pos)] = True
-            hits += auroc(s, lab) >= observed - 1e-12
-            total += 1
-        return hits / total
+        return exact_permutation_p(lambda lab: auroc(s, lab), y)
     rng = np.random.default_rng(seed)
     hits = sum(auroc(s, y[rng.permutation(n)]) >= observed - 1e-12 for _ in range(n_perm))
     return (1 + hits) / (1 + n_perm)
+
+
+def exact_permutation_p(statistic: Callable[[np.ndarray], float], labels: np.ndarray) -> float:
+    """One-sided exact permutation p: the share of all ``C(n, k)`` relabellings of the ``k``
+    positives in ``labels`` [n] (bool) whose ``statistic(labels)`` is at least the observed."""
+    import itertools
+
+    y = np.asarray(labels).astype(bool)
+    n, k = len(y), int(y.sum())
+    observed = statistic(y)
+    hits = total = 0
+    for pos in itertools.combinations(range(n), k):
+        lab = np.zeros(n, dtype=bool)
+        lab[list(pos)] = True
+        hits += statistic(lab) >= observed - 1e-12
+        total += 1
+    return hits / total
 
 
 def holm(pvalues: Mapping[str, float]) -> dict[str, float]:

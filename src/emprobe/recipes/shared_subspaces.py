@@ -52,17 +52,9 @@ def pair_statistic(overlap: np.ndarray, em: np.ndarray) -> float:
 def permutation_p(overlap: np.ndarray, em: np.ndarray) -> float:
     """One-sided exact permutation p of ``pair_statistic``: every relabelling of which
     adapters are EM (``C(n, k)``: 252 for 5 + 5), the share at least as large."""
-    import itertools
+    from emprobe.evaluate.stats import exact_permutation_p
 
-    n, k = len(em), int(em.sum())
-    obs = pair_statistic(overlap, em)
-    hits = total = 0
-    for pick in itertools.combinations(range(n), k):
-        lab = np.zeros(n, dtype=bool)
-        lab[list(pick)] = True
-        hits += pair_statistic(overlap, lab) >= obs - 1e-12
-        total += 1
-    return hits / total
+    return exact_permutation_p(lambda lab: pair_statistic(overlap, lab), em)
 
 
 def adapter_bootstrap(overlap: np.ndarray, em: np.ndarray, n_boot: int = 1000,
