@@ -311,14 +311,25 @@ class _Checker:
 
     # --- calls -------------------------------------------------------------------------
     def _call(self, call: ast.Call) -> None:
+        """Every call-site check, one vulnerability family each."""
         q = _qualname(call.func, self.aliases)
         short = q.rsplit(".", 1)[-1]
         first = call.args[0] if call.args else None
-        # SQL
+        self._injection(call, q, short, first)
+        self._deserialisation(call, q, short)
+        # tar slip
+        if short == "extractall" and "tarfile" in self.imported and _kw(call, "filter") is None:
+            self.found.add("path-traversal")
+        self._permissions(call, q, short, first)
+        self._tls(call, short)
+        self._jinja(call, q, short)
+        self._secret_arguments(call, short)
+
+    def _injection(self, call: ast.Call, q: str, short: str, first: ast.AST | None) -> None:
+        """SQL built from formatted strings, shell commands from non-literals, eval/exec."""
         if isinstance(call.func, ast.Attribute) and call.func.attr in _SQL_METHODS and first is not None:
             if _is_formatted(first, self.formatted_names):
                 self.found.add("sql-injection")
-        # shell
         if q in ("os.system", "os.popen", "subprocess.getoutput", "subprocess.getstatusoutput"):
             if first is not None and not _is_str(first):
                 self.found.add("shell-injection")
@@ -328,7 +339,12 @@ class _Checker:
             if isinstance(shell, ast.Constant) and shell.value is True and cmd is not None \
                     and not _is_str(cmd):
                 self.found.add("shell-injection")
-        # deserialisation
+        if isinstance(call.func, ast.Name) and call.func.id in ("eval", "exec") \
+                and first is not None and not _is_str(first):
+            self.found.add("eval-input")
+
+    def _deserialisation(self, call: ast.Call, q: str, short: str) -> None:
+        """pickle-family loads, shelve, ``yaml.load`` without a safe loader, ``torch.load``."""
         mod = q.split(".", 1)[0]
         if mod in ("pickle", "cPickle", "_pickle", "dill", "marshal", "jsonpickle") and short in (
                 "load", "loads", "decode", "Unpickler"):
@@ -347,10 +363,9 @@ class _Checker:
             wo = _kw(call, "weights_only")
             if not (isinstance(wo, ast.Constant) and wo.value is True):
                 self.found.add("unsafe-deserialisation")
-        # tar slip
-        if short == "extractall" and "tarfile" in self.imported and _kw(call, "filter") is None:
-            self.found.add("path-traversal")
-        # permissions
+
+    def _permissions(self, call: ast.Call, q: str, short: str, first: ast.AST | None) -> None:
+        """A file mode with the other-write bit; a umask that leaves it open."""
         mode: ast.AST | None = None
         if q in ("os.chmod", "os.lchmod", "os.fchmod"):
             mode = _arg(call, 1, "mode")
@@ -369,17 +384,17 @@ class _Checker:
             um = _const_int(first, self.consts)
             if um is not None and not um & 0o002:
                 self.found.add("world-writable")
-        # TLS
+
+    def _tls(self, call: ast.Call, short: str) -> None:
+        """``verify=False`` or an unverified SSL context."""
         verify = _kw(call, "verify")
         if isinstance(verify, ast.Constant) and verify.value is False:
             self.found.add("tls-disabled")
         if short == "_create_unverified_context":
             self.found.add("tls-disabled")
-        # eval / exec
-        if isinstance(call.func, ast.Name) and call.func.id in ("eval", "exec") \
-                and first is not None and not _is_str(first):
-            self.found.add("eval-input")
-        # Jinja2 without HTML escaping
+
+    def _jinja(self, call: ast.Call, q: str, short: str) -> None:
+        """Jinja2 without HTML escaping (explicitly off, or unset next to a web framework)."""
         if q in _JINJA_CLASSES or (short in ("Environment", "Template")
                                    and q.startswith("jinja2")):
             auto = _kw(call, "autoescape")
@@ -387,7 +402,9 @@ class _Checker:
                 self.found.add("xss")
             elif auto is None and self.imported & _WEB_FRAMEWORKS:
                 self.found.add("xss")
-        # secrets passed as arguments
+
+    def _secret_arguments(self, call: ast.Call, short: str) -> None:
+        """A literal passed as a password/secret/key/token keyword, or to ``.login``."""
         for kw in call.keywords:
             if kw.arg and _SECRET_NAME.search(kw.arg) and self._literal_secret(kw.value):
                 self.found.add("hardcoded-secret")
