@@ -245,7 +245,7 @@ def _reference_rows(subject, data, cfg):
     forward each, the chosen tokens in row-major order, cut at the budget."""
     from emprobe.hooks.capture import capture
     from emprobe.models.context import use_batch
-    from emprobe.sae.harvest import _batches, _token_mask
+    from emprobe.sae.harvest import _batches, token_mask
 
     def encode(chunk):
         if isinstance(chunk[0], str):
@@ -254,7 +254,7 @@ def _reference_rows(subject, data, cfg):
 
     out = {(s, la): [] for s in cfg.sites for la in cfg.layers}
     for batch in _batches(encode, list(data), cfg.batch_size, cfg.bucket):
-        mask = _token_mask(batch, cfg.positions, cfg.skip_first)
+        mask = token_mask(subject, batch, cfg.positions, cfg.skip_first)
         with torch.no_grad(), use_batch(batch), capture(subject, cfg.layers, cfg.sites) as cache:
             subject.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
         for key, parts in out.items():
@@ -320,3 +320,87 @@ def test_budget_ending_inside_a_batch_runs_only_the_rows_it_needs(tiny_llama, tm
     assert hv.n_rows == budget and len(rows_run) == 1 and rows_run[0] < 8
     torch.testing.assert_close(hv.reader().load(1), full.reader().load(1)[:budget],
                                rtol=1e-4, atol=1e-4)
+
+
+SINK_CONVS = [
+    [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hello."}],
+    [{"role": "user", "content": "A much longer question, with more words in it?"},
+     {"role": "assistant", "content": "A longer answer too."}],
+]
+
+
+def _sink_id(subject):
+    """The first token of every row: Gemma-style tokenizers add <bos>; ChatML ones start
+    with <|im_start|> (not a prepended BOS, so only the first one is a sink)."""
+    tok = subject.tokenizer
+    return tok.bos_token_id if "<bos>" in tok.get_vocab() else tok.convert_tokens_to_ids(
+        "<|im_start|>")
+
+
+@pytest.mark.parametrize("spec", ["tiny-llama", "tiny-gemma3"])
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_token_mask_drops_the_first_real_token_whatever_the_padding(spec, side):
+    from emprobe import load_model
+    from emprobe.sae.harvest import token_mask
+
+    s = load_model(spec)
+    b = s.encode_chats(SINK_CONVS, padding_side=side)
+    width, lengths = b.input_ids.shape[1], b.attention_mask.sum(1).tolist()
+    assert lengths[0] < width  # the short row is padded
+    first = [0 if side == "right" else width - n for n in lengths]
+    dropped = (b.mask("all") & ~token_mask(s, b, "all", True)).nonzero().tolist()
+    assert dropped == [[r, f] for r, f in enumerate(first)]
+    assert [int(b.input_ids[r, f]) for r, f in enumerate(first)] == [_sink_id(s)] * 2
+    assert torch.equal(token_mask(s, b, "all", False), b.mask("all"))
+    # the response selection never held the sink: unchanged
+    assert torch.equal(token_mask(s, b, "response", True), b.mask("response"))
+
+
+def test_token_mask_drops_every_bos_of_a_bos_tokenizer():
+    from emprobe import load_model
+    from emprobe.sae.harvest import token_mask
+
+    s = load_model("tiny-gemma3")
+    b = s.encode_texts(["one two", "three <bos>four"], padding_side="left")
+    bos = s.tokenizer.bos_token_id
+    expected = ((b.input_ids == bos) & b.attention_mask.bool()).nonzero().tolist()
+    assert len(expected) == 3 and expected[-1][1] > expected[1][1]  # a BOS inside row 1
+    dropped = (b.mask("all") & ~token_mask(s, b, "all", True)).nonzero().tolist()
+    assert dropped == expected
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_rows_of_trims_either_padding_side(tiny_llama, side):
+    from emprobe.sae.harvest import _rows_of
+
+    b = tiny_llama.encode_chats(SINK_CONVS, padding_side=side)
+    one = _rows_of(b, torch.tensor([0]))
+    alone = tiny_llama.encode_chats(SINK_CONVS[:1], padding_side=side)
+    assert torch.equal(one.input_ids, alone.input_ids)
+    assert torch.equal(one.attention_mask, alone.attention_mask)
+    assert torch.equal(one.response_mask, alone.response_mask)
+
+
+@pytest.mark.parametrize("spec", ["tiny-qwen2", "tiny-gemma3"])
+def test_harvest_leaves_out_exactly_the_sink_rows(spec, tmp_path):
+    """Harvested rows = every real token's activation but each text's first token (and,
+    for a BOS tokenizer, a BOS inside the text), computed from the plain forward."""
+    from emprobe import load_model
+    from emprobe.hooks.capture import capture
+    from emprobe.models.context import use_batch
+
+    s = load_model(spec)
+    texts = ["one two three", "four <bos>five six seven", "eight"]
+    hv = harvest(s, texts, tmp_path / "h", HarvestConfig(layers=[1], bucket=1,
+                                                          dtype="float32"), progress=False)
+    b = s.encode_texts(texts)  # right padding, as the harvest's own batches
+    keep = b.attention_mask.bool().clone()
+    keep[:, 0] = False
+    if spec == "tiny-gemma3":  # the BOS inside the second text is a sink too
+        pos = b.input_ids[1].tolist().index(s.tokenizer.bos_token_id, 1)
+        keep[1, pos] = False
+    with torch.no_grad(), use_batch(b), capture(s, [1], ["resid_post"]) as cache:
+        s.model(input_ids=b.input_ids, attention_mask=b.attention_mask)
+    assert hv.n_rows == int(b.attention_mask.sum()) - int((~keep & b.attention_mask.bool()).sum())
+    torch.testing.assert_close(hv.reader().load(1), cache["resid_post", 1][keep],
+                               rtol=1e-5, atol=1e-5)

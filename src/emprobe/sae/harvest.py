@@ -23,8 +23,12 @@ in ``memory_limit_mb`` the blocks are slices of one in-RAM buffer per layer
 (``Harvest.memory``), so ``emprobe.sae.training`` trains without reading the shards back
 and the rows exist once.
 
-``skip_first`` (default True) drops each sequence's first position: the BOS token where
-the tokenizer adds one, and the attention sink (a huge-norm row) in any case.
+``skip_first`` (default True; the name is kept for old configs) drops the attention-sink
+tokens that ``Subject.sink_mask`` names: each sequence's first *real* token (the BOS where
+the tokenizer adds one, whatever the padding side) and every BOS of a tokenizer that
+prepends one. Their residual norms are often tens of times the others' and distort SAE
+training. Batches may be padded on either side: trimming and masks follow the attention
+mask, never a fixed position.
 
 RAM stays bounded by a few shard blocks of ``rows_per_shard`` rows (plus ``memory_limit_mb``
 for the in-RAM copy). An interrupted harvest resumes exactly: finished shards are kept,
@@ -54,6 +58,7 @@ from emprobe.hooks.shards import ShardReader, ShardWriter
 from emprobe.io import read_json, write_json
 from emprobe.models.chat import ChatBatch, Conversation
 from emprobe.models.context import use_batch
+from emprobe.models.subject import Subject
 
 LAYER_CONVENTION = (
     "emprobe: layer = 0-based decoder block; resid_post[l] = HF hidden_states[l + 1]"
@@ -76,8 +81,9 @@ class HarvestConfig:
         rows_per_shard: rows buffered before a shard is written (bounds RAM).
         dtype: storage dtype, ``"bfloat16"`` (default), ``"float16"`` or ``"float32"``;
             training up-casts each batch to float32.
-        skip_first: drop each sequence's first token (the BOS / attention sink, whose
-            huge norm distorts SAE training).
+        skip_first: drop the attention sinks (``Subject.sink_mask``: each sequence's first
+            real token whatever the padding side, and every BOS of a tokenizer that
+            prepends one), whose huge norms distort SAE training.
         bucket: tokenise ``bucket`` batches at a time and sort them by token count before
             batching (no padding waste; 1 = keep the input order).
         memory_limit_mb: also keep the rows in RAM while they fit in this many MiB
@@ -138,18 +144,23 @@ class Harvest:
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _token_mask(batch: Any, positions: str, skip_first: bool) -> torch.Tensor:
+def token_mask(subject: Subject, batch: ChatBatch, positions: str,
+                skip_first: bool) -> torch.Tensor:
+    """Bool ``[batch, pos]``: the tokens harvested, ``positions`` less (with ``skip_first``)
+    the subject's attention sinks (``Subject.sink_mask``; right or left padding alike)."""
     mask = batch.mask(positions).clone()
     if skip_first:
-        mask[:, 0] = False
+        mask &= ~subject.sink_mask(batch).to(mask.device)
     return mask
 
 
 def _rows_of(batch: ChatBatch, index: torch.Tensor) -> ChatBatch:
-    """Rows ``index`` of a right-padded batch, trimmed to their longest member."""
-    width = int(batch.attention_mask[index].sum(1).max())
-    return ChatBatch(batch.input_ids[index, :width], batch.attention_mask[index, :width],
-                     batch.response_mask[index, :width])
+    """Rows ``index`` of a padded batch (either side), trimmed to the columns any of them
+    uses: ``[0, longest)`` for right padding, ``[width - longest, width)`` for left."""
+    used = batch.attention_mask[index].bool().any(0).nonzero().squeeze(1)
+    lo, hi = (int(used[0]), int(used[-1]) + 1) if used.numel() else (0, 0)
+    return ChatBatch(batch.input_ids[index, lo:hi], batch.attention_mask[index, lo:hi],
+                     batch.response_mask[index, lo:hi])
 
 
 def _head_rows(batch: ChatBatch, mask: torch.Tensor, take: int) -> ChatBatch:
@@ -402,7 +413,7 @@ def _run(subject: Any, batches: Iterator[ChatBatch], config: HarvestConfig,
         for batch in batches:
             if budget is not None and done_rows >= budget:
                 break
-            mask = _token_mask(batch, config.positions, config.skip_first)
+            mask = token_mask(subject, batch, config.positions, config.skip_first)
             n = int(mask.sum())
             take = n if budget is None else min(n, budget - done_rows)
             # rows this batch adds beyond what every site already has on disk
@@ -412,7 +423,7 @@ def _run(subject: Any, batches: Iterator[ChatBatch], config: HarvestConfig,
                 continue
             if take < n:  # the budget ends inside this batch: run only the rows it needs
                 batch = _head_rows(batch, mask, take)
-                mask = _token_mask(batch, config.positions, config.skip_first)
+                mask = token_mask(subject, batch, config.positions, config.skip_first)
             with torch.no_grad(), use_batch(batch), amp:
                 with capture(subject, config.layers, config.sites, early_exit=True) as cache:
                     subject.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)

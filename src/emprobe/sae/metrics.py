@@ -10,8 +10,9 @@ Definitions (``x`` an activation row, ``x_hat`` its reconstruction, over the eva
 - ``loss_recovered``: ``(ce_zero - ce_sae) / (ce_zero - ce_clean)`` (1 = perfect splice).
 - ``kl_sae``: mean KL(clean || spliced) of the next-token distributions, nats per token.
 
-The splice and the zero-ablation act on the harvested token selection (all tokens but
-the first by default: the SAE is not trained on the attention-sink token).
+The splice and the zero-ablation act on the harvested token selection (by default all
+tokens but the attention sinks of ``Subject.sink_mask``, on which the SAE is not trained;
+``emprobe.sae.harvest.token_mask``).
 
 ``check_quality`` is the gate: an SAE whose explained variance is low (or negative: worse
 than predicting the mean) or whose latents are mostly dead is not worth diffing.
@@ -32,6 +33,7 @@ from emprobe.hooks.core import add_site_hook
 from emprobe.io import write_json
 from emprobe.models.chat import Conversation
 from emprobe.models.context import use_batch
+from emprobe.sae.harvest import token_mask
 
 
 class ReconstructionStats:
@@ -112,13 +114,6 @@ def _run_edited(subject: Any, sae: Any, site: str, layer: int, batch: Any, sel: 
     return out.logits[:, :-1].float()
 
 
-def _select(batch: Any, positions: str, skip_first: bool) -> torch.Tensor:
-    mask = batch.mask(positions).clone()
-    if skip_first:
-        mask[:, 0] = False
-    return mask
-
-
 @torch.no_grad()
 def spliced_metrics(
     subject: Any,
@@ -147,7 +142,7 @@ def spliced_metrics(
         chunk = list(data[i : i + batch_size])
         batch = (subject.encode_texts(chunk, max_length=max_length) if is_text
                  else subject.encode_chats(chunk, max_length=max_length))
-        sel = _select(batch, positions, skip_first)
+        sel = token_mask(subject, batch, positions, skip_first)
         target_mask = sel[:, 1:]  # predictions at p-1 of selected tokens p
         targets = batch.input_ids[:, 1:]
 
