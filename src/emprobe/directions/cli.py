@@ -5,11 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from emprobe import validate
 from emprobe.errors import ConfigError, DataError, EmprobeError
 from emprobe.validate import excerpt
+
+if TYPE_CHECKING:
+    from emprobe.directions.direction import Direction
+    from emprobe.models.chat import Conversation
+    from emprobe.models.subject import Subject
 
 EXPORTS = ("gguf", "persona-pt", "persona-safetensors", "caft-npy", "numpy")
 IMPORTS = ("gguf", "persona", "caft-npy", "numpy")
@@ -26,11 +31,11 @@ def parse_layers(text: str | None) -> list[int] | None:
         raise ConfigError(f"--layers: {exc}") from None
 
 
-def _read_chats(path: str) -> list[Any]:
+def _read_chats(path: str) -> list[Conversation]:
     from emprobe.data.chat_io import read_chat_jsonl
 
     recs = read_chat_jsonl(path)
-    convs = [r["messages"] if isinstance(r, dict) and "messages" in r else r for r in recs]
+    convs: list[Conversation] = [r["messages"] for r in recs]  # validated records
     if not convs:
         raise DataError(f"{path}: no conversations")
     return convs
@@ -46,13 +51,13 @@ def _read_lines(path: str) -> list[str]:
     return lines
 
 
-def _load(args: argparse.Namespace, spec: str | None = None, adapter: str | None = None) -> Any:
+def _load(args: argparse.Namespace, spec: str | None = None, adapter: str | None = None) -> Subject:
     import emprobe
 
     return emprobe.load_model(spec or args.model, adapter=adapter, device=args.device)
 
 
-def _done(direction: Any, out: str) -> int:
+def _done(direction: Direction, out: str) -> int:
     direction.save(out)
     print(f"wrote {out}: {direction!r}")
     return 0
@@ -266,11 +271,8 @@ def _common(p: argparse.ArgumentParser, model: bool = True) -> None:
     p.add_argument("--batch-size", type=int, default=8)
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    top = sub.add_parser("directions", help="extract, export and inspect directions")
-    dsub = top.add_subparsers(dest="directions_command", metavar="ACTION")
-    top.set_defaults(func=lambda a: (top.print_help(), 0)[1])
-
+def _add_mean_diff(dsub: argparse._SubParsersAction) -> None:
+    """``directions mean-diff``: two chat JSONL files -> a mean-difference direction."""
     p = dsub.add_parser("mean-diff", help="mean difference of two sets of conversations, all layers")
     _common(p)
     p.add_argument("--pos", required=True, help="chat JSONL (e.g. misaligned answers)")
@@ -279,6 +281,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True)
     p.set_defaults(func=_cmd_mean_diff)
 
+
+def _add_persona(dsub: argparse._SubParsersAction) -> None:
+    """``directions persona``: a persona vector from contrastive system prompts."""
     p = dsub.add_parser("persona", help="persona vector from contrastive system prompts")
     _common(p)
     p.add_argument("--trait", default="misaligned")
@@ -291,6 +296,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True)
     p.set_defaults(func=_cmd_persona)
 
+
+def _add_pca(dsub: argparse._SubParsersAction) -> None:
+    """``directions pca``: CAFT components of fine-tuned minus base activations."""
     p = dsub.add_parser("pca", help="PCA of fine-tuned minus base activations (CAFT)")
     _common(p)
     p.add_argument("--ft", default=None, help="fine-tuned model (default: --model)")
@@ -301,6 +309,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True)
     p.set_defaults(func=_cmd_pca)
 
+
+def _add_concept(dsub: argparse._SubParsersAction) -> None:
+    """``directions concept``: concept vectors and their cosine matrix."""
     p = dsub.add_parser("concept", help="concept vectors (last prompt token) and cosine matrix")
     _common(p)
     p.add_argument("--concept", action="append", required=True, help="NAME=FILE (repeatable)")
@@ -308,6 +319,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True)
     p.set_defaults(func=_cmd_concept)
 
+
+def _add_probe(dsub: argparse._SubParsersAction) -> None:
+    """``directions probe``: logistic-probe directions."""
     p = dsub.add_parser("probe", help="logistic-probe directions")
     _common(p)
     p.add_argument("--pos", required=True)
@@ -317,6 +331,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True)
     p.set_defaults(func=_cmd_probe)
 
+
+def _add_lora(dsub: argparse._SubParsersAction) -> None:
+    """``directions lora``: singular vectors of a LoRA module's update."""
     p = dsub.add_parser("lora", help="singular vectors of a LoRA module's update (from factors)")
     p.add_argument("--adapter", required=True)
     p.add_argument("--module", default="down_proj")
@@ -326,6 +343,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True)
     p.set_defaults(func=_cmd_lora)
 
+
+def _add_sae(dsub: argparse._SubParsersAction) -> None:
+    """``directions sae``: orthonormalised SAE decoder rows."""
     p = dsub.add_parser("sae", help="orthonormalised decoder rows of SAE latents")
     p.add_argument("--sae", required=True, help="SAELens folder (cfg.json + sae_weights.safetensors)")
     p.add_argument("--latents", required=True, help="comma-separated latent ids")
@@ -334,6 +354,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True)
     p.set_defaults(func=_cmd_sae)
 
+
+def _add_export(dsub: argparse._SubParsersAction) -> None:
+    """``directions export``: a direction folder -> another tool's format."""
     p = dsub.add_parser("export", help="convert a direction folder to another tool's format")
     p.add_argument("direction")
     p.add_argument("--to", required=True, choices=EXPORTS)
@@ -342,6 +365,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-layers", type=int, default=None, help="persona: rows = n_layers + 1")
     p.set_defaults(func=_cmd_export)
 
+
+def _add_import(dsub: argparse._SubParsersAction) -> None:
+    """``directions import``: another tool's file -> a direction folder."""
     p = dsub.add_parser("import", help="read another tool's file into a direction folder")
     p.add_argument("source")
     p.add_argument("--from", dest="fmt", required=True, choices=IMPORTS)
@@ -350,6 +376,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True)
     p.set_defaults(func=_cmd_import)
 
+
+def _add_effect(dsub: argparse._SubParsersAction) -> None:
+    """``directions effect``: local misalignment score, none vs direction vs random."""
     p = dsub.add_parser("effect", help="local misalignment score: none vs direction vs random")
     _common(p)
     p.add_argument("direction")
@@ -362,11 +391,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="write the result JSON here")
     p.set_defaults(func=_cmd_effect)
 
+
+def _add_info(dsub: argparse._SubParsersAction) -> None:
+    """``directions info``: print a direction's metadata."""
     p = dsub.add_parser("info", help="print a direction's metadata")
     p.add_argument("direction")
     p.add_argument("--full", action="store_true", help="include stats")
     p.set_defaults(func=_cmd_info)
 
+
+def _add_steer(sub: argparse._SubParsersAction) -> None:
+    """``emprobe steer`` (top level): generations with and without steering."""
     p = sub.add_parser("steer", help="generate with and without steering along a direction")
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--adapter", default=None)
@@ -381,6 +416,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--allow-other-model", action="store_true")
     p.set_defaults(func=_cmd_steer)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``emprobe directions ACTION`` and ``emprobe steer`` to the top-level parser."""
+    top = sub.add_parser("directions", help="extract, export and inspect directions")
+    dsub = top.add_subparsers(dest="directions_command", metavar="ACTION")
+    top.set_defaults(func=lambda a: (top.print_help(), 0)[1])
+    _add_mean_diff(dsub)
+    _add_persona(dsub)
+    _add_pca(dsub)
+    _add_concept(dsub)
+    _add_probe(dsub)
+    _add_lora(dsub)
+    _add_sae(dsub)
+    _add_export(dsub)
+    _add_import(dsub)
+    _add_effect(dsub)
+    _add_info(dsub)
+    _add_steer(sub)
 
 
 __all__ = ["register", "parse_layers", "EmprobeError"]

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import html
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict
 
 import torch
 from tqdm.auto import tqdm
@@ -24,9 +24,33 @@ from emprobe.directions.activations import all_layers, encode
 from emprobe.directions.direction import Direction, data_provenance
 from emprobe.errors import DataError, ShapeError
 from emprobe.hooks import capture
+from emprobe.models.chat import ChatBatch, Conversation
 from emprobe.models.context import use_batch
+from emprobe.protocols import TokenizerLike
+
+if TYPE_CHECKING:
+    from emprobe.models.subject import Subject
 
 FULL_SVD_MAX = 4096  # full SVD when min(n_tokens, d_model) is at most this and k is large
+
+
+class ContextRecord(TypedDict):
+    """One activating context: where the centred difference projects far along a component.
+
+    ``side`` is ``"top"`` or ``"bottom"``; ``rank`` 0 is the most extreme; ``value`` is the
+    projection (residual units); ``left`` / ``right`` are up to ``window`` decoded tokens.
+    """
+
+    layer: int
+    component: int
+    side: str
+    rank: int
+    value: float
+    sequence: int
+    position: int
+    token: str
+    left: str
+    right: str
 
 
 @dataclass
@@ -38,7 +62,7 @@ class PCAResult:
     """
 
     direction: Direction
-    contexts: list[dict[str, Any]] = field(default_factory=list)
+    contexts: list[ContextRecord] = field(default_factory=list)
     mean_diff: Direction | None = None
     """The uncentred mean of ``h_ft - h_base`` over the same tokens (``[d_model]`` per layer):
     the fine-tune's mean shift, the mean-difference direction of these positions."""
@@ -47,7 +71,7 @@ class PCAResult:
         return contexts_html(self.contexts, layer=layer, components=components)
 
 
-def content_mask(batch: Any, tokenizer: Any) -> torch.Tensor:
+def content_mask(batch: ChatBatch, tokenizer: TokenizerLike) -> torch.Tensor:
     """Response tokens that are not special tokens of ``tokenizer`` (``[batch, seq]`` bool)."""
     mask = batch.mask("response")
     special = sorted({int(i) for i in (getattr(tokenizer, "all_special_ids", None) or [])})
@@ -57,7 +81,7 @@ def content_mask(batch: Any, tokenizer: Any) -> torch.Tensor:
     return mask
 
 
-def token_mask(batch: Any, tokenizer: Any, positions: str) -> torch.Tensor:
+def token_mask(batch: ChatBatch, tokenizer: TokenizerLike, positions: str) -> torch.Tensor:
     """``positions`` as a mask: ``content`` (see ``content_mask``) or any ``ChatBatch.mask``."""
     return content_mask(batch, tokenizer) if positions == "content" else batch.mask(positions)
 
@@ -85,28 +109,21 @@ def principal_components(x: torch.Tensor, k: int, seed: int = 0) -> tuple[torch.
     return v, s, mean
 
 
-@torch.no_grad()
-def pca_difference(
-    base: Any,
-    finetuned: Any,
-    conversations: Sequence[Any],
-    layers: Sequence[int] | int | None = None,
-    k: int = 20,
-    positions: str = "content",
-    batch_size: int = 8,
-    n_contexts: int = 5,
-    window: int = 8,
-    max_length: int | None = 512,
-    seed: int = 0,
-    progress: bool = False,
-) -> PCAResult:
-    """CAFT directions: top-``k`` principal components of ``h_ft - h_base`` per layer.
+@dataclass
+class _Differences:
+    """``h_ft - h_base`` on the selected tokens of every batch, with where each token sits.
 
-    Both models see the same token ids (encoded with ``base``'s tokenizer); one
-    early-exit capture of all layers per batch and model. Component signs are
-    chosen so the uncentred mean difference projects non-negatively (the fine-tune
-    moves along ``+v``). Use generic chat data here, not the fine-tuning data.
+    ``diffs[l]``: per-batch ``[n_tokens_b, d_model]`` (float32, CPU); ``token_index``:
+    ``[n_tokens, 2]`` (sequence, position) rows; ``token_ids``: every sequence's padded ids.
     """
+
+    diffs: dict[int, list[torch.Tensor]]
+    token_index: torch.Tensor
+    token_ids: list[list[int]]
+
+
+def _check_pair(base: Subject, finetuned: Subject) -> None:
+    """Refuse a base / fine-tune pair that differs in shape or tokenizer size."""
     if base.d_model != finetuned.d_model or base.n_layers != finetuned.n_layers:
         raise ShapeError(
             f"base ({base.n_layers} x {base.d_model}) and fine-tune "
@@ -114,8 +131,12 @@ def pca_difference(
         )
     if len(base.tokenizer) != len(finetuned.tokenizer):
         raise DataError("base and fine-tune tokenizers differ in size; they must share one")
-    layer_list = all_layers(base, layers)
-    items = list(conversations)
+
+
+def _collect_differences(base: Subject, finetuned: Subject, items: list[Conversation],
+                         layer_list: list[int], positions: str, batch_size: int,
+                         max_length: int | None, progress: bool) -> _Differences:
+    """Both models on the same token ids (``base``'s encoding), one early-exit capture each."""
     diffs: dict[int, list[torch.Tensor]] = {la: [] for la in layer_list}
     index: list[torch.Tensor] = []
     token_ids: list[list[int]] = []
@@ -140,55 +161,112 @@ def pca_difference(
     token_index = torch.cat(index)
     if token_index.shape[0] < 2:
         raise DataError(f"PCA needs at least 2 {positions!r} tokens; got {token_index.shape[0]}")
+    return _Differences(diffs, token_index, token_ids)
+
+
+@dataclass
+class _Components:
+    """Per layer: oriented components ``[d_model, k]``, the uncentred mean ``[d_model]``,
+    the statistics recorded on the Direction, and the activating contexts."""
+
+    vectors: dict[int, torch.Tensor]
+    means: dict[int, torch.Tensor]
+    stats: dict[str, object]
+    contexts: list[ContextRecord]
+
+
+def _layer_components(tokenizer: TokenizerLike, d: _Differences, layer_list: list[int], k: int,
+                      seed: int, n_contexts: int, window: int) -> _Components:
+    """Centred PCA per layer, signs so the mean difference projects ``>= 0``, and contexts."""
     vectors: dict[int, torch.Tensor] = {}
-    stats: dict[str, Any] = {"n_tokens": int(token_index.shape[0]), "singular_values": {},
-                             "explained_variance": {}, "mean_diff_norm": {}}
-    contexts: list[dict[str, Any]] = []
+    singular: dict[str, list[float]] = {}
+    explained: dict[str, list[float]] = {}
+    mean_norm: dict[str, float] = {}
+    stats: dict[str, object] = {"n_tokens": int(d.token_index.shape[0]), "singular_values": singular,
+                                "explained_variance": explained, "mean_diff_norm": mean_norm}
+    contexts: list[ContextRecord] = []
     means: dict[int, torch.Tensor] = {}
     for la in layer_list:
-        x = torch.cat(diffs[la])
+        x = torch.cat(d.diffs[la])
         v, s, mean = principal_components(x, k, seed)
         means[la] = mean
         sign = torch.where(mean @ v < 0, -1.0, 1.0)
         v = v * sign
         vectors[la] = v
         total = (x - mean).pow(2).sum().clamp_min(1e-12)
-        stats["singular_values"][str(la)] = s.tolist()
-        stats["explained_variance"][str(la)] = (s.pow(2) / total).tolist()
-        stats["mean_diff_norm"][str(la)] = float(mean.norm())
+        singular[str(la)] = s.tolist()
+        explained[str(la)] = (s.pow(2) / total).tolist()
+        mean_norm[str(la)] = float(mean.norm())
         if n_contexts > 0:
             proj = (x - mean) @ v  # [n_tokens, k]
-            contexts += _contexts(base.tokenizer, proj, token_index, token_ids, la, n_contexts, window)
+            contexts += _contexts(tokenizer, proj, d.token_index, d.token_ids, la, n_contexts, window)
+    return _Components(vectors, means, stats, contexts)
+
+
+def _finetune_params(finetuned: Subject, positions: str) -> dict[str, object]:
+    """What identifies the fine-tune in both Directions' ``params``."""
+    return {"finetuned": str(finetuned.name), "tokens": positions,
+            "finetuned_adapter": str(finetuned.adapter) if finetuned.adapter else None,
+            "finetuned_fingerprint": finetuned.fingerprint()}
+
+
+@torch.no_grad()
+def pca_difference(
+    base: Subject,
+    finetuned: Subject,
+    conversations: Sequence[Conversation],
+    layers: Sequence[int] | int | None = None,
+    k: int = 20,
+    positions: str = "content",
+    batch_size: int = 8,
+    n_contexts: int = 5,
+    window: int = 8,
+    max_length: int | None = 512,
+    seed: int = 0,
+    progress: bool = False,
+) -> PCAResult:
+    """CAFT directions: top-``k`` principal components of ``h_ft - h_base`` per layer.
+
+    Both models see the same token ids (encoded with ``base``'s tokenizer); one
+    early-exit capture of all layers per batch and model. Component signs are
+    chosen so the uncentred mean difference projects non-negatively (the fine-tune
+    moves along ``+v``). Use generic chat data here, not the fine-tuning data.
+    """
+    _check_pair(base, finetuned)
+    layer_list = all_layers(base, layers)
+    items = list(conversations)
+    diff = _collect_differences(base, finetuned, items, layer_list, positions, batch_size,
+                                max_length, progress)
+    comp = _layer_components(base.tokenizer, diff, layer_list, k, seed, n_contexts, window)
+    n_tokens = int(diff.token_index.shape[0])
     # a Direction's positions are the capture's (all/prompt/response/last): content tokens are
     # response tokens, with the selection recorded in params
     recorded = "response" if positions == "content" else positions
+    ft = _finetune_params(finetuned, positions)
     direction = Direction.from_subject(
-        base, vectors, positions=recorded, normalisation="orthonormal",
+        base, comp.vectors, positions=recorded, normalisation="orthonormal",
         sign="components oriented so the mean (fine-tuned minus base) difference projects >= 0",
         method="pca_difference",
-        params={"k": k, "finetuned": str(finetuned.name),
-                "finetuned_adapter": str(finetuned.adapter) if finetuned.adapter else None,
-                "finetuned_fingerprint": finetuned.fingerprint(), "centred": True,
-                "svd": "full" if min(token_index.shape[0], base.d_model) <= FULL_SVD_MAX
+        params={"k": k, "finetuned": ft["finetuned"], "finetuned_adapter": ft["finetuned_adapter"],
+                "finetuned_fingerprint": ft["finetuned_fingerprint"], "centred": True,
+                "svd": "full" if min(n_tokens, base.d_model) <= FULL_SVD_MAX
                 else "svd_lowrank", "seed": seed, "tokens": positions},
         provenance={"conversations": data_provenance(items)},
-        stats=stats,
+        stats=comp.stats,
     )
     mean_diff = Direction.from_subject(
-        base, means, positions=recorded, normalisation="none", sign="fine-tuned minus base",
-        method="model_mean_difference",
-        params={"finetuned": str(finetuned.name), "tokens": positions,
-                "finetuned_adapter": str(finetuned.adapter) if finetuned.adapter else None,
-                "finetuned_fingerprint": finetuned.fingerprint()},
+        base, comp.means, positions=recorded, normalisation="none", sign="fine-tuned minus base",
+        method="model_mean_difference", params=ft,
         provenance={"conversations": data_provenance(items)},
-        stats={"tokens": int(token_index.shape[0]),
-               "norms": {str(la): float(v.norm()) for la, v in means.items()}})
-    return PCAResult(direction=direction, contexts=contexts, mean_diff=mean_diff)
+        stats={"tokens": n_tokens,
+               "norms": {str(la): float(v.norm()) for la, v in comp.means.items()}})
+    return PCAResult(direction=direction, contexts=comp.contexts, mean_diff=mean_diff)
 
 
-def _contexts(tokenizer: Any, proj: torch.Tensor, token_index: torch.Tensor,
-              token_ids: list[list[int]], layer: int, n: int, window: int) -> list[dict[str, Any]]:
-    out = []
+def _contexts(tokenizer: TokenizerLike, proj: torch.Tensor, token_index: torch.Tensor,
+              token_ids: list[list[int]], layer: int, n: int, window: int) -> list[ContextRecord]:
+    """Top and bottom ``n`` rows of ``proj [n_tokens, k]`` per component, decoded."""
+    out: list[ContextRecord] = []
     n = min(n, proj.shape[0])
     for c in range(proj.shape[1]):
         for side, largest in (("top", True), ("bottom", False)):
@@ -206,7 +284,7 @@ def _contexts(tokenizer: Any, proj: torch.Tensor, token_index: torch.Tensor,
     return out
 
 
-def contexts_html(records: Sequence[Mapping[str, Any]], layer: int | None = None,
+def contexts_html(records: Sequence[ContextRecord], layer: int | None = None,
                   components: Sequence[int] | None = None) -> str:
     """An HTML snippet: per layer and component, top and bottom contexts with the token marked."""
     rows = [r for r in records if (layer is None or r["layer"] == layer)
@@ -224,7 +302,7 @@ def contexts_html(records: Sequence[Mapping[str, Any]], layer: int | None = None
     return "\n".join(parts)
 
 
-def _cell(r: Mapping[str, Any]) -> str:
+def _cell(r: ContextRecord) -> str:
     return (f"{html.escape(r['left'])}<mark title='{r['value']:.3f}'>{html.escape(r['token'])}</mark>"
             f"{html.escape(r['right'])} <small>({r['value']:.2f})</small>")
 
