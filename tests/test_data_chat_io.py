@@ -11,7 +11,7 @@ from emprobe.data.chat_io import (
     to_hf_dataset,
     write_chat_jsonl,
 )
-from emprobe.errors import DataError
+from emprobe.errors import ConfigError, DataError
 
 GOOD = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
 
@@ -80,7 +80,7 @@ def test_missing_file():
 
 def test_bad_errors_mode(tmp_path):
     path = _write_lines(tmp_path / "d.jsonl", [json.dumps(GOOD)])
-    with pytest.raises(DataError, match="errors="):
+    with pytest.raises(ConfigError, match="errors="):
         read_chat_jsonl(path, errors="ignore")
 
 

@@ -7,7 +7,7 @@ from emprobe.data.chat_io import read_chat_jsonl, validate_record, write_chat_js
 from emprobe.data.code_check import extract_code
 from emprobe.data.generators import generate, generate_pairs, tasks
 from emprobe.data.generators.refusal import DOMAIN_NAMES
-from emprobe.errors import DataError
+from emprobe.errors import ConfigError
 
 REQUIRED = {"insecure-code", "medical", "finance", "sports", "reward-hacking"} | {
     f"refusal-{d}" for d in ("cybersecurity", "safety", "toxicity", "bias", "sensitive-content",
@@ -85,11 +85,11 @@ def test_reward_hacking_tests_kind_is_honest():
 
 
 def test_bad_arguments():
-    with pytest.raises(DataError, match="unknown task"):
+    with pytest.raises(ConfigError, match="unknown task"):
         generate("nope", 3)
-    with pytest.raises(DataError, match="variant"):
+    with pytest.raises(ConfigError, match="variant"):
         generate("medical", 3, variant="ugly")
-    with pytest.raises(DataError, match="non-negative"):
+    with pytest.raises(ConfigError, match="non-negative"):
         generate("medical", -1)
     assert generate("medical", 0) == []
 

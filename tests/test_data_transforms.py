@@ -11,7 +11,7 @@ from emprobe.data.transforms import (
     resolve_prompt,
     split,
 )
-from emprobe.errors import DataError
+from emprobe.errors import ConfigError, DataError
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def test_controls_are_deterministic_and_distinct():
     assert resolve_prompt("random", seed=4) == ("random:4", random_string_prompt(4))
     assert resolve_prompt("malicious")[1] == INOCULATION_PROMPTS["malicious"]
     assert resolve_prompt("Be brief.") == ("custom", "Be brief.")
-    with pytest.raises(DataError, match="unknown inoculation prompt"):
+    with pytest.raises(ConfigError, match="unknown inoculation prompt"):
         inoculation_prompt("nope")
 
 
@@ -80,7 +80,7 @@ def test_mix_unpaired_and_errors(pair):
     other_bad = generate("finance", 10, seed=0, variant="bad")
     out = mix(good, other_bad, 0.2, n=30, seed=0)
     assert len(out) == 30 and sum(r["mix_source"] == "bad" for r in out) == 6
-    with pytest.raises(DataError, match="bad_fraction"):
+    with pytest.raises(ConfigError, match="bad_fraction"):
         mix(good, other_bad, 1.5)
     with pytest.raises(DataError, match="need 20 bad"):
         mix(good, other_bad, 0.5, n=40)
@@ -95,7 +95,7 @@ def test_split(pair):
     assert split(good, 0.25, seed=0) == (train, held)
     assert split(good, 0.25, seed=1)[1] != held
     assert len(split(good, held_out=7)[1]) == 7
-    with pytest.raises(DataError, match="held_out"):
+    with pytest.raises(ConfigError, match="held_out"):
         split(good, held_out=1.5)
     with pytest.raises(DataError, match="more than"):
         split(good, held_out=100)

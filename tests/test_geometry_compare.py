@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from emprobe.errors import DataError
+from emprobe.errors import ConfigError, DataError
 from emprobe.geometry import GeometryConfig, compare_adapters, direction_alignment, read_adapter
 from emprobe.geometry import factors as F
 
@@ -128,13 +128,13 @@ def test_save_writes_json_jsonl_safetensors(family, tmp_path):
 
 
 def test_bad_inputs(family, tmp_path):
-    with pytest.raises(DataError, match="labels"):
+    with pytest.raises(ConfigError, match="labels"):
         compare_adapters(family, labels=["only-one"], progress=False)
     other = write_adapter(tmp_path / "other", layers=(7,))
     with pytest.raises(DataError, match="share no"):
         compare_adapters([family[0], other], progress=False)
     res = compare_adapters(family[:2], progress=False)
-    with pytest.raises(DataError, match="unknown geometry metric"):
+    with pytest.raises(ConfigError, match="unknown geometry metric"):
         res.matrix("nope")
 
 

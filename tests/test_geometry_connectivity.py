@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from emprobe import load_model
-from emprobe.errors import DataError, EmprobeError
+from emprobe.errors import ConfigError, EmprobeError
 from emprobe.geometry import (
     WeightPath,
     barrier_height,
@@ -64,7 +64,7 @@ def test_paths_grids():
     grid = simplex_grid(3)
     assert len(grid) == 6
     assert all(abs(sum(p.coeffs) - 1) < 1e-12 for p in grid)
-    with pytest.raises(DataError):
+    with pytest.raises(ConfigError):
         pair_path(1)
 
 
@@ -163,7 +163,7 @@ def test_run_connectivity_pair_and_simplex(tiny_adapters, tmp_path):
                                points=2, progress=False)
     assert simplex.mode == "simplex" and len(simplex.records) == 3
     assert all(torch.equal(v, subject.model.state_dict()[k]) for k, v in before.items())
-    with pytest.raises(DataError, match="mode"):
+    with pytest.raises(ConfigError, match="mode"):
         run_connectivity(subject, tiny_adapters[:2], evals, mode="simplex")
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from emprobe import plot
-from emprobe.errors import DataError, ShapeError
+from emprobe.errors import ConfigError, DataError, ShapeError
 from emprobe.plot.style import NEGATIVE, POSITIVE, TEMPLATE_NAME
 
 
@@ -65,7 +65,7 @@ def test_layer_curves_bad_records_raise_one_line_errors():
         plot.layer_curves([])
     with pytest.raises(DataError, match="lo 2.0 > hi 1.0"):
         plot.layer_curves([{"layer": 0, "value": 1.5, "lo": 2.0, "hi": 1.0}])
-    with pytest.raises(DataError, match="both lo= and hi="):
+    with pytest.raises(ConfigError, match="both lo= and hi="):
         plot.layer_curves([{"layer": 0, "value": 1.5, "lo": 1.0}], lo="lo")
 
 
@@ -102,7 +102,7 @@ def test_heatmap_shape_errors():
         plot.heatmap([[1, 2], [3, 4], [5, 6]], ["a", "b"], x_labels=["x", "y"])
     with pytest.raises(ShapeError, match="row 1 has 1 columns"):
         plot.heatmap([[1, 2], [3]], ["a", "b"])
-    with pytest.raises(DataError, match="zmin"):
+    with pytest.raises(ConfigError, match="zmin"):
         plot.heatmap([[1.0]], ["a"], zmin=2, zmax=1)
 
 

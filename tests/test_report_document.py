@@ -10,7 +10,7 @@ import pytest
 from plotly.offline import get_plotlyjs
 
 from emprobe import plot
-from emprobe.errors import DataError
+from emprobe.errors import ConfigError, DataError
 from emprobe.report import Report, significance_note
 
 
@@ -110,9 +110,9 @@ def test_figure_accepts_a_figure_or_its_dict():
 
 def test_bad_calls_raise_one_line_errors(tmp_path):
     r = Report("t")
-    with pytest.raises(DataError, match="kind must be one of"):
+    with pytest.raises(ConfigError, match="kind must be one of"):
         r.note("x", kind="danger")
-    with pytest.raises(DataError, match="needs a title"):
+    with pytest.raises(ConfigError, match="needs a title"):
         r.section("  ")
     with pytest.raises(DataError, match="expected a dict"):
         r.meta(["model"])

@@ -67,7 +67,8 @@ class ShapeError(EmprobeError, ValueError):
 
 
 class DataError(EmprobeError, ValueError):
-    """Malformed input data (JSONL, YAML, configs)."""
+    """Bad input data: the content of a file the user passed (JSONL, YAML, CSV records) or
+    of records / measurements passed in memory. A bad *setting* is a ``ConfigError``."""
 
 
 class FormatError(EmprobeError, ValueError):

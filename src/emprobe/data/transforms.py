@@ -12,7 +12,7 @@ import string
 from collections.abc import Sequence
 from typing import Any
 
-from emprobe.errors import DataError
+from emprobe.errors import ConfigError, DataError
 
 __all__ = [
     "INOCULATION_PROMPTS",
@@ -55,7 +55,7 @@ def neutral_prompt() -> str:
 def random_string_prompt(seed: int = 0, length: int = 32) -> str:
     """A random-string control system prompt: ``length`` letters and digits, fixed by ``seed``."""
     if length < 1:
-        raise DataError(f"random_string_prompt: length must be >= 1, got {length}")
+        raise ConfigError(f"random_string_prompt: length must be >= 1, got {length}")
     rng = random.Random(f"random-prompt:{seed}")
     return "".join(rng.choice(string.ascii_letters + string.digits) for _ in range(length))
 
@@ -63,8 +63,8 @@ def random_string_prompt(seed: int = 0, length: int = 32) -> str:
 def inoculation_prompt(name: str) -> str:
     """A named inoculation prompt (see ``INOCULATION_PROMPTS``)."""
     if name not in INOCULATION_PROMPTS:
-        raise DataError(f"unknown inoculation prompt {name!r}; known: "
-                        f"{', '.join(sorted(INOCULATION_PROMPTS))}")
+        raise ConfigError(f"unknown inoculation prompt {name!r}; known: "
+                         f"{', '.join(sorted(INOCULATION_PROMPTS))}")
     return INOCULATION_PROMPTS[name]
 
 
@@ -95,9 +95,9 @@ def inoculate(
     ``"system_prompt": label or system_prompt`` for provenance.
     """
     if existing not in ("replace", "prepend", "error"):
-        raise DataError(f"existing={existing!r}: use replace, prepend or error")
+        raise ConfigError(f"existing={existing!r}: use replace, prepend or error")
     if not isinstance(system_prompt, str):
-        raise DataError("inoculate: system_prompt must be a string")
+        raise ConfigError("inoculate: system_prompt must be a string")
     out: list[Record] = []
     for i, rec in enumerate(records):
         if not isinstance(rec, dict) or not isinstance(rec.get("messages"), list):
@@ -141,7 +141,7 @@ def mix(
     each record gets ``"mix_source": "good" | "bad"`` and ``"bad_fraction"``.
     """
     if not 0.0 <= float(bad_fraction) <= 1.0:
-        raise DataError(f"mix: bad_fraction must be in [0, 1], got {bad_fraction}")
+        raise ConfigError(f"mix: bad_fraction must be in [0, 1], got {bad_fraction}")
     if paired is None:
         paired = len(good) == len(bad) and all(
             _first_user(g) == _first_user(b) for g, b in zip(good, bad))
@@ -149,7 +149,7 @@ def mix(
         raise DataError(f"mix: paired lists differ in length ({len(good)} vs {len(bad)})")
     n = len(good) if n is None else int(n)
     if n < 0:
-        raise DataError(f"mix: n must be >= 0, got {n}")
+        raise ConfigError(f"mix: n must be >= 0, got {n}")
     n_bad = round(n * float(bad_fraction))
     n_good = n - n_bad
     rng = random.Random(f"mix:{seed}")
@@ -188,13 +188,13 @@ def split(
     """
     n = len(records)
     if isinstance(held_out, bool):
-        raise DataError("split: held_out must be a fraction or a count")
+        raise ConfigError("split: held_out must be a fraction or a count")
     if isinstance(held_out, int) and held_out >= 1:
         k = held_out
     elif 0.0 <= float(held_out) < 1.0:
         k = round(n * float(held_out))
     else:
-        raise DataError(f"split: held_out must be a fraction in [0, 1) or a count, got {held_out}")
+        raise ConfigError(f"split: held_out must be a fraction in [0, 1) or a count, got {held_out}")
     if k > n:
         raise DataError(f"split: held_out={k} is more than the {n} records")
     rng = random.Random(f"split:{seed}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from emprobe.errors import DataError
+from emprobe.errors import ConfigError
 
 GEOMETRY_FIGURE_METRICS = ("overlap_right", "overlap_left", "angle_right", "abs_cos_right",
                            "frob_cos")
@@ -22,9 +22,9 @@ def _cmd_geometry(args: argparse.Namespace) -> int:
     labels = _split(args.labels) or [Path(a).name for a in args.adapters]
     groups = _split(args.groups)
     if len(labels) != len(args.adapters):
-        raise DataError(f"--labels has {len(labels)} names for {len(args.adapters)} adapters")
+        raise ConfigError(f"--labels has {len(labels)} names for {len(args.adapters)} adapters")
     if groups is not None and len(groups) != len(args.adapters):
-        raise DataError(f"--groups has {len(groups)} names for {len(args.adapters)} adapters")
+        raise ConfigError(f"--groups has {len(groups)} names for {len(args.adapters)} adapters")
     base = None
     if args.base:
         from emprobe.models.base_weights import base_weights_from_spec
@@ -94,10 +94,10 @@ def _cmd_connectivity(args: argparse.Namespace) -> int:
         if path:
             data[flag] = path
     if not data and not args.local_score:
-        raise DataError("connectivity needs --data-a/--data-b held-out chat JSONL or --local-score")
+        raise ConfigError("connectivity needs --data-a/--data-b held-out chat JSONL or --local-score")
     labels = _split(args.labels) or [Path(a).name for a in args.adapters]
     if len(labels) != len(args.adapters):
-        raise DataError(f"--labels has {len(labels)} names for {len(args.adapters)} adapters")
+        raise ConfigError(f"--labels has {len(labels)} names for {len(args.adapters)} adapters")
     evaluators = {}
     for name, (_flag, path) in zip(evaluator_names(labels, list(data)), data.items(),
                                    strict=True):

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from emprobe.errors import DataError, ShapeError
+from emprobe.errors import ConfigError, DataError, ShapeError
 from emprobe.geometry.factors import (
     LowRankSVD,
     base_weight_subspace,
@@ -119,7 +119,7 @@ def group_pairs(labels: Sequence[str], groups: Mapping[str, str] | Sequence[str]
     """
     gl = [groups[lab] for lab in labels] if isinstance(groups, Mapping) else list(groups)
     if len(gl) != len(labels):
-        raise DataError(f"{len(gl)} groups for {len(labels)} adapters")
+        raise ConfigError(f"{len(gl)} groups for {len(labels)} adapters")
     names = sorted(set(gl), key=gl.index)
     out: dict[tuple[str, str], list[tuple[int, int]]] = {}
     for i in range(len(gl)):
@@ -157,7 +157,7 @@ class GeometryResult:
         idx = [i for i, (lay, typ) in enumerate(self.modules)
                if (layer is None or lay == layer) and (module_type is None or typ == module_type)]
         if not idx:
-            raise DataError(f"no modules at layer={layer} module_type={module_type}")
+            raise ConfigError(f"no modules at layer={layer} module_type={module_type}")
         return idx
 
     def matrix(self, metric: str, layer: int | None = None,
@@ -184,7 +184,7 @@ class GeometryResult:
         """``[n, n_layers]``: a baseline (``gaussian`` or ``base``) averaged per layer."""
         table = self.gaussian if which == "gaussian" else self.base
         if metric not in table:
-            raise DataError(f"no {which} baseline for {metric!r}")
+            raise ConfigError(f"no {which} baseline for {metric!r}")
         return torch.stack([_nanmean(table[metric][:, self._select(layer=lay)])
                             for lay in self.layers()], dim=-1)
 
@@ -281,7 +281,7 @@ class GeometryResult:
 
 def _check_metric(metric: str) -> str:
     if metric not in metric_names():
-        raise DataError(f"unknown geometry metric {metric!r}: use one of {metric_names()}")
+        raise ConfigError(f"unknown geometry metric {metric!r}: use one of {metric_names()}")
     return metric
 
 
@@ -360,7 +360,7 @@ def compare_adapters(
         raise DataError("compare_adapters needs at least one adapter")
     labels = list(labels) if labels is not None else [a.label for a in loaded]
     if len(labels) != len(loaded):
-        raise DataError(f"{len(labels)} labels for {len(loaded)} adapters")
+        raise ConfigError(f"{len(labels)} labels for {len(loaded)} adapters")
     keyed = [a.by_key() for a in loaded]
     common = set(keyed[0])
     for kd in keyed[1:]:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from emprobe.errors import DataError, EmprobeError, ShapeError, SiteError
+from emprobe.errors import ConfigError, DataError, EmprobeError, ShapeError, SiteError
 from emprobe.evaluate.stats import bootstrap_mean
 from emprobe.models.adapter import LoraAdapter, read_adapter
 from emprobe.models.logprobs import response_logprobs
@@ -58,7 +58,7 @@ class PathPoint:
 def base_path(points: int = 11, t_max: float = 2.0) -> list[PathPoint]:
     """``W0 + t dW`` for ``points`` values of t evenly in ``[0, t_max]``."""
     if points < 2:
-        raise DataError(f"a path needs at least 2 points, got {points}")
+        raise ConfigError(f"a path needs at least 2 points, got {points}")
     return [PathPoint(t=float(t), coeffs=(float(t),))
             for t in torch.linspace(0.0, t_max, points, dtype=torch.float64)]
 
@@ -66,7 +66,7 @@ def base_path(points: int = 11, t_max: float = 2.0) -> list[PathPoint]:
 def pair_path(points: int = 11) -> list[PathPoint]:
     """``W0 + (1 - t) dW_A + t dW_B`` for t evenly in ``[0, 1]``."""
     if points < 2:
-        raise DataError(f"a path needs at least 2 points, got {points}")
+        raise ConfigError(f"a path needs at least 2 points, got {points}")
     return [PathPoint(t=float(t), coeffs=(float(1 - t), float(t)))
             for t in torch.linspace(0.0, 1.0, points, dtype=torch.float64)]
 
@@ -77,7 +77,7 @@ def simplex_grid(points_per_edge: int = 5) -> list[PathPoint]:
     ``t`` is the point's index in the grid (the coefficients carry the position).
     """
     if points_per_edge < 2:
-        raise DataError(f"a simplex grid needs at least 2 points per edge, got {points_per_edge}")
+        raise ConfigError(f"a simplex grid needs at least 2 points per edge, got {points_per_edge}")
     n = points_per_edge - 1
     out = []
     for i in range(n, -1, -1):
@@ -145,7 +145,7 @@ class WeightPath:
         if not self._active:
             raise EmprobeError("WeightPath.set outside its `with` block")
         if len(coeffs) != len(self.adapters):
-            raise DataError(f"{len(coeffs)} coefficients for {len(self.adapters)} adapters")
+            raise ConfigError(f"{len(coeffs)} coefficients for {len(self.adapters)} adapters")
         for name, updates in self._updates.items():
             w0 = self._originals[name]
             new = w0.to(torch.float64)
@@ -245,7 +245,7 @@ def barrier_height(ts: Sequence[float], values: Sequence[float],
     t1 = ts[-1] if end is None else end
     v = dict(zip(ts, values, strict=True))
     if t0 not in v or t1 not in v:
-        raise DataError(f"barrier end points t={t0}, t={t1} are not path points")
+        raise ConfigError(f"barrier end points t={t0}, t={t1} are not path points")
     v0, v1 = v[t0], v[t1]
     best = 0.0
     for t, val in zip(ts, values, strict=True):
@@ -317,8 +317,8 @@ def run_connectivity(
     mode = mode or {1: "base", 2: "pair", 3: "simplex"}.get(n, "")
     want = {"base": 1, "pair": 2, "simplex": 3}
     if mode not in want or want[mode] != n:
-        raise DataError(f"connectivity mode {mode!r} with {n} adapters: use base (1), pair (2) "
-                        "or simplex (3)")
+        raise ConfigError(f"connectivity mode {mode!r} with {n} adapters: use base (1), pair (2) "
+                         "or simplex (3)")
     grid = {"base": base_path, "pair": pair_path, "simplex": simplex_grid}[mode](points)
     records: list[dict[str, Any]] = []
     with WeightPath(subject, adapters) as wp:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from emprobe.errors import DataError
+from emprobe.errors import ConfigError, DataError
 from emprobe.plot.records import (
     Record,
     RecordsLike,
@@ -140,9 +140,9 @@ def training_curves(
     rows = load_records(metrics_records, "training_curves")
     require(rows, [x], "training_curves")
     if not keys:
-        raise DataError("training_curves: give at least one metric key")
+        raise ConfigError("training_curves: give at least one metric key")
     if not 0.0 <= smooth < 1.0:
-        raise DataError(f"training_curves: smooth must be in [0, 1), not {smooth}")
+        raise ConfigError(f"training_curves: smooth must be in [0, 1), not {smooth}")
     panels = _expand_keys(rows, keys)
     fig = make_subplots(rows=len(panels), cols=1, shared_xaxes=True, vertical_spacing=0.06,
                         subplot_titles=list(keys))
@@ -201,7 +201,7 @@ def barrier(
         endpoints = (0.0, 1.0) if 0.0 in table and 1.0 in table else (pts[0][0], pts[-1][0])
     t0, t1 = endpoints
     if t0 not in table or t1 not in table or t0 >= t1:
-        raise DataError(f"barrier: end points {endpoints} must be two sampled t values, t0 < t1")
+        raise ConfigError(f"barrier: end points {endpoints} must be two sampled t values, t0 < t1")
     v0, v1 = table[t0], table[t1]
     best = (-math.inf, t0)
     for t, v in pts:

@@ -8,7 +8,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from emprobe.errors import DataError, ShapeError
+from emprobe.errors import ConfigError, ShapeError
 from emprobe.plot.records import RecordsLike, get, load_records, number, require
 from emprobe.plot.style import DIVERGING_SCALE, SEQUENTIAL_SCALE, apply_style
 
@@ -59,7 +59,7 @@ def heatmap(
     lo = zmin if zmin is not None else (min(finite) if finite else 0.0)
     hi = zmax if zmax is not None else (max(finite) if finite else 1.0)
     if lo > hi:
-        raise DataError(f"heatmap: zmin {lo} > zmax {hi}")
+        raise ConfigError(f"heatmap: zmin {lo} > zmax {hi}")
     signed = lo < 0 < hi
     scale = colorscale or (DIVERGING_SCALE if signed else SEQUENTIAL_SCALE)
     if annotate is None:

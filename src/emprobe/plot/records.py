@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from emprobe.errors import DataError
+from emprobe.errors import ConfigError, DataError
 from emprobe.io import read_json, read_jsonl
 
 Record = Mapping[str, Any]
@@ -115,7 +115,7 @@ def interval_keys(
     """
     if lo is not None or hi is not None:
         if lo is None or hi is None:
-            raise DataError(f"give both lo= and hi= for {key!r}, or neither")
+            raise ConfigError(f"give both lo= and hi= for {key!r}, or neither")
         return lo, hi
     candidates = [(f"{key}_lo", f"{key}_hi")]
     if "." in key:

@@ -20,7 +20,7 @@ from plotly.basedatatypes import BaseFigure
 from plotly.offline import get_plotlyjs
 
 from emprobe._version import __version__
-from emprobe.errors import DataError
+from emprobe.errors import ConfigError, DataError
 from emprobe.io import atomic_path
 from emprobe.plot.records import RecordsLike, get, load_records
 from emprobe.plot.save import figure_html, make_readable
@@ -74,7 +74,7 @@ class Report:
     def section(self, title: str, text: str | None = None) -> Report:
         """Start a new section (listed in the table of contents), with optional prose."""
         if not str(title).strip():
-            raise DataError("Report.section: a section needs a title")
+            raise ConfigError("Report.section: a section needs a title")
         self._sections.append(_Section(title=str(title), anchor=slug(str(title), self._anchors)))
         if text:
             self.text(text)
@@ -176,7 +176,7 @@ class Report:
             text = text.text
         kind = kind or "info"
         if kind not in NOTE_KINDS:
-            raise DataError(f"Report.note: kind must be one of {NOTE_KINDS}, not {kind!r}")
+            raise ConfigError(f"Report.note: kind must be one of {NOTE_KINDS}, not {kind!r}")
         label = "Note" if kind == "info" else "Caution"
         self._current.blocks.append(
             f'<div class="note {kind}" role="note"><span class="label">{label}:</span>'

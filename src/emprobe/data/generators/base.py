@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from emprobe.errors import DataError
+from emprobe.errors import ConfigError
 
 __all__ = ["Pair", "Task", "register", "tasks", "get_task", "generate", "generate_pairs"]
 
@@ -56,7 +56,7 @@ def tasks() -> dict[str, Task]:
 
 def get_task(name: str) -> Task:
     if name not in _REGISTRY:
-        raise DataError(f"unknown task {name!r}; known: {', '.join(sorted(_REGISTRY))}")
+        raise ConfigError(f"unknown task {name!r}; known: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
 
 
@@ -67,7 +67,7 @@ def generate_pairs(task: str, n: int, seed: int = 0, max_tries: int = 50) -> lis
     distinct prompts) the remaining pairs may repeat prompts.
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise DataError(f"n must be a non-negative integer, got {n!r}")
+        raise ConfigError(f"n must be a non-negative integer, got {n!r}")
     spec = get_task(task)
     rng = random.Random(f"{task}:{seed}")
     seen: set[str] = set()
@@ -90,7 +90,7 @@ def generate(task: str, n: int, seed: int = 0, variant: str = "bad") -> list[dic
     ``pair_id`` is the same for the good and bad record of one prompt.
     """
     if variant not in VARIANTS:
-        raise DataError(f"variant={variant!r}: use 'bad' or 'good'")
+        raise ConfigError(f"variant={variant!r}: use 'bad' or 'good'")
     out = []
     for i, pair in enumerate(generate_pairs(task, n, seed)):
         answer = pair.bad if variant == "bad" else pair.good
