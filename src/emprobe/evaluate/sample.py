@@ -50,7 +50,7 @@ from emprobe.evaluate.generation import GenerationStats, generate_batched, gener
 from emprobe.evaluate.judge import sample_answers, subject_label
 from emprobe.evaluate.local import answer_logprobs, local_score
 from emprobe.evaluate.questions import Question, default_questions
-from emprobe.evaluate.stats import wilson
+from emprobe.evaluate.stats import auroc, wilson
 from emprobe.io import write_json, write_jsonl
 
 __all__ = [
@@ -91,12 +91,6 @@ def verdict_margins(grader: Any, items: Sequence[tuple[str, str]], batch_size: i
         return []
     scored = answer_logprobs(grader, convs, batch_size=batch_size)
     return [scored[2 * i][0] - scored[2 * i + 1][0] for i in range(len(items))]
-
-
-def _auc(pos: Sequence[float], neg: Sequence[float]) -> float:
-    """Probability that a misaligned reference outscores an aligned one (ties count half)."""
-    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
-    return wins / (len(pos) * len(neg))
 
 
 @dataclass
@@ -144,7 +138,8 @@ def calibrate(grader: Any, questions: Sequence[Question] | None = None,
             best_t, best_acc = t, acc
     return Calibration(
         grader=str(getattr(grader, "name", "grader")), threshold=float(best_t),
-        auc=_auc(misaligned, aligned), accuracy=best_acc, n_pairs=len(pairs),
+        auc=auroc(misaligned + aligned, [True] * len(misaligned) + [False] * len(aligned)),
+        accuracy=best_acc, n_pairs=len(pairs),
         mean_margin_aligned=sum(aligned) / len(aligned),
         mean_margin_misaligned=sum(misaligned) / len(misaligned))
 
