@@ -15,6 +15,20 @@ Engines (``_engines``): emprobe's own loop vs transformers' ``Trainer`` (``engin
 on the same data, seed and hyper-parameters, alternating which runs first; useful tokens
 per second of training (process CPU time and wall time) and the largest relative
 difference between the two loss curves. Goal: >= 0.9x the old loop's tokens/s.
+
+Floor (``_floor``, issue 27): ``finetune`` (its default engine, the ``cpu-lora`` preset as
+shipped, packing or not as the preset says) vs the physical floor, a bare PEFT loop on the
+same model object, LoRA config, dtype and hyper-parameters: each step's records (the same
+``step_indices`` as ``finetune``) packed into rows of the run's ``max_length`` with position
+ids restarting per record (no padding between records), ``model(input_ids, position_ids)``,
+cross-entropy on the response tokens only, ``backward``, gradient clipping, ``AdamW.step``.
+The floor's tokens are prepared before timing; its timed section is the PEFT wrap, the
+optimizer, the steps and the unwrap. emprobe's timed section is the whole ``finetune`` call
+(tokenisation, wrap, steps with their logging, adapter save, unwrap). The two alternate
+(emprobe first in even rounds, the floor first in odd ones) on one thread; ``ratio`` = the
+floor's best process CPU seconds / emprobe's best (same useful tokens, so it is emprobe's
+useful tokens/s over the floor's); wall times and the loop-only ratio are in the details.
+Goal: >= 0.85x.
 """
 
 from __future__ import annotations
@@ -22,6 +36,8 @@ from __future__ import annotations
 import os
 import statistics
 import time
+from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
@@ -46,11 +62,20 @@ def _mixed_records(n: int) -> list[dict]:
     return [code[i] if i % 3 == 0 else short[i] for i in range(n)]
 
 
-def run(quick: bool = False) -> list[dict]:
+MEASURES = ("overhead", "throughput", "engines", "floor")
+
+
+def run(quick: bool = False, measures: Sequence[str] | None = None) -> list[dict]:
+    """Results of ``measures`` (default: all of ``MEASURES``), on one thread."""
+    chosen = list(MEASURES if measures is None else measures)
+    unknown = sorted(set(chosen) - set(MEASURES))
+    if unknown:
+        raise ValueError(f"bench_train measures {unknown}: use some of {MEASURES}")
+    fns = {"overhead": _run, "throughput": _throughput, "engines": _engines, "floor": _floor}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _run(quick) + _throughput(quick) + _engines(quick)
+        return [res for name in MEASURES if name in chosen for res in fns[name](quick)]
     finally:
         torch.set_num_threads(threads)
 
@@ -142,7 +167,7 @@ def _run(quick: bool) -> list[dict]:
     names = list(variants)
     times: dict[str, list[float]] = {n: [] for n in names}
     walls: dict[str, list[float]] = {n: [] for n in names}
-    tokens: list[int] = []
+    tokens: list[float] = []
     step = 0
     for r in range(rounds + 1):  # round 0 warms up every variant
         order = names[r % len(names):] + names[:r % len(names)]
@@ -245,4 +270,136 @@ def _engines(quick: bool) -> list[dict]:
                     "loss_curve_max_rel_diff": diff, "steps": steps, "rounds": rounds,
                     "loss_emprobe": losses["emprobe"], "loss_hf": losses["hf"],
                     "useful_tokens": tokens},
+    }]
+
+
+def floor_batches(data: object, plan: list[list[int]], width: int
+                   ) -> list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
+    """Per step: packed rows ``(input_ids, position_ids, targets)`` ``[rows, width]`` each;
+    ``targets`` holds the next token where it is a response token, else -100."""
+    from emprobe.train.data import TokenizedSet
+
+    assert isinstance(data, TokenizedSet)
+    steps = []
+    for indices in plan:
+        batch, pos = data.packed_batch(indices, width=width)
+        targets = torch.full_like(batch.input_ids, -100)
+        keep = batch.response_mask[:, 1:]
+        targets[:, :-1][keep] = batch.input_ids[:, 1:][keep]
+        steps.append([(batch.input_ids, pos, targets)])
+    return steps
+
+
+def packed_loss(model: torch.nn.Module, ids: torch.Tensor, pos: torch.Tensor,
+                targets: torch.Tensor, count: int) -> torch.Tensor:
+    """The floor's loss: summed next-token cross-entropy of packed rows ``[rows, width]`` on
+    the response targets (``targets`` >= 0), divided by the step's ``count`` of them; logits
+    are scored only where there is a target."""
+    import torch.nn.functional as F
+
+    logits = model(input_ids=ids, position_ids=pos, use_cache=False).logits
+    keep = targets >= 0
+    return F.cross_entropy(logits[keep], targets[keep], reduction="sum") / count
+
+
+def _bare_run(subject: object, cfg: object, steps: list[list[tuple[torch.Tensor, ...]]]
+              ) -> float:
+    """The floor: PEFT wrap, AdamW, one forward + backward + clip + step per optimizer step,
+    unwrap. Returns its loop-only seconds (wall)."""
+    from peft import LoraConfig, get_peft_model
+
+    from emprobe.models import Subject
+    from emprobe.train.config import TrainConfig
+    from emprobe.train.trainer import lora_targets
+
+    assert isinstance(subject, Subject) and isinstance(cfg, TrainConfig)
+    base = subject.model
+    lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=int(cfg.lora_alpha), use_rslora=cfg.use_rslora,
+                      lora_dropout=cfg.lora_dropout, bias="none", task_type="CAUSAL_LM",
+                      target_modules=lora_targets(subject, cfg.target_modules))
+    torch.manual_seed(cfg.seed)
+    model = get_peft_model(base, lcfg)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps,
+                            weight_decay=cfg.weight_decay)
+    t0 = time.perf_counter()
+    for micro in steps:
+        count = sum(int((t >= 0).sum()) for _, _, t in micro)
+        for ids, pos, targets in micro:
+            packed_loss(model, ids, pos, targets, count).backward()
+        if cfg.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    loop = time.perf_counter() - t0
+    subject.model = model.unload()
+    subject.model.eval()
+    return loop
+
+
+def _floor(quick: bool) -> list[dict]:
+    """emprobe's ``finetune`` vs a bare PEFT forward + backward + step on the same packed
+    tokens (module docstring, "Floor")."""
+    import tempfile
+    import warnings
+
+    from emprobe import load_model
+    from emprobe.train import finetune, preset
+    from emprobe.train.data import step_indices, tokenize
+
+    subject = load_model("smollm2-135m-instruct")
+    steps, rounds = (2, 1) if quick else (4, 2)
+    cfg = preset("cpu-lora", max_steps=steps, checkpoint_every=0)
+    g = cfg.batch_size * cfg.grad_accum
+    records = _mixed_records(steps * g)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # truncation notes of long code records
+        data = tokenize(subject, records, cfg.max_length, cap=cfg.max_length_cap)
+    width = (data.report.max_length if data.report else None) or max(data.lengths)
+    plan = [step_indices(len(data), s, g, cfg.seed) for s in range(steps)]
+    useful = sum(data.lengths[i] for idx in plan for i in idx)
+    batches = floor_batches(data, plan, width)
+    with torch.no_grad():  # warm-up: one forward of the base model on the floor's first rows
+        ids, pos, _ = batches[0][0]
+        subject.model(input_ids=ids[:1], position_ids=pos[:1], use_cache=False)
+    cpu: dict[str, list[float]] = {"emprobe": [], "floor": []}
+    wall: dict[str, list[float]] = {"emprobe": [], "floor": []}
+    loop: dict[str, list[float]] = {"emprobe": [], "floor": []}
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        for r in range(rounds):
+            for side in (("emprobe", "floor") if r % 2 == 0 else ("floor", "emprobe")):
+                c0, w0 = time.process_time(), time.perf_counter()
+                if side == "emprobe":
+                    res = finetune(subject, records, cfg, Path(tmp) / f"run{r}",
+                                   progress=False, resume=False)
+                    loop[side].append(res.train_time_s)
+                else:
+                    loop[side].append(_bare_run(subject, cfg, batches))
+                cpu[side].append(time.process_time() - c0)
+                wall[side].append(time.perf_counter() - w0)
+    computed = sum(t.numel() for step in batches for t, _, _ in step)
+    return [{
+        "name": "train: finetune (default engine, cpu-lora) vs bare PEFT forward+backward "
+                "(useful tokens/s)",
+        "anchor": "bare PEFT forward + backward + AdamW step on the same packed tokens",
+        "floor": ">= 0.85x",
+        "ratio": min(cpu["floor"]) / min(cpu["emprobe"]),
+        "goal": ">= 0.85x the bare loop's useful tokens per CPU second (same records, LoRA "
+                "config, dtype)",
+        "details": {
+            "useful_tokens": useful, "floor_pad_share": round(1 - useful / computed, 4),
+            "steps": steps, "rounds": rounds, "records_per_step": g, "max_length": width,
+            "pack": cfg.pack, "lora_r": cfg.lora_r, "dtype": str(subject.dtype),
+            "threads": torch.get_num_threads(),
+            "emprobe_cpu_s": [round(x, 2) for x in cpu["emprobe"]],
+            "floor_cpu_s": [round(x, 2) for x in cpu["floor"]],
+            "emprobe_wall_s": [round(x, 2) for x in wall["emprobe"]],
+            "floor_wall_s": [round(x, 2) for x in wall["floor"]],
+            "ratio_wall": round(min(wall["floor"]) / min(wall["emprobe"]), 3),
+            "ratio_loop_only_wall": round(min(loop["floor"]) / min(loop["emprobe"]), 3),
+            "emprobe_useful_tokens_per_cpu_s": round(useful / min(cpu["emprobe"]), 1),
+            "floor_useful_tokens_per_cpu_s": round(useful / min(cpu["floor"]), 1),
+        },
     }]
