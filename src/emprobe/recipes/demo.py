@@ -14,7 +14,8 @@ the same workbench as the seed-study recipes.
    shift, and fails the run loudly if not;
 4. directions: fine-tune minus base mean difference and PCA over the content tokens of
    neutral task answers; ablating the mean difference at inference vs several random
-   directions of equal norm (paired by question), sized against the control-anchored shift;
+   directions of equal norm (``evaluate.controls.versus_controls``, paired by question),
+   sized against the control-anchored shift;
 5. mitigation: the bad task retrained with CAFT (zero and mean ablation), preventative
    steering, GRASP, inoculation and a KL retain term, each knob at one or several values,
    on the selection seeds: control-anchored EM-shift ratio (Fieller) and task cost with
@@ -35,7 +36,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -47,6 +48,9 @@ from emprobe.io import write_json
 from emprobe.recipes.lab import Lab, LabConfig, _load_average
 from emprobe.recipes.mitigation import TaskLosses, seed_cells
 from emprobe.recipes.runner import StageRunner
+
+if TYPE_CHECKING:
+    from emprobe.directions import Direction
 
 __all__ = ["DemoConfig", "run_demo", "DemoQualityError"]
 
@@ -111,8 +115,8 @@ class DemoConfig(LabConfig):
     sae_controls: int = 2
     sae_steer_questions: int = 6
     positive_control_questions: int = 6
-    # the ablation check scores the ablated fine-tune 1 + ablation_randoms times: on the
-    # first N scored questions (0 = all)
+    # the ablation check scores the fine-tune 2 + ablation_randoms times (un-ablated, the
+    # direction, each random): on the first N scored questions (0 = all)
     ablation_questions: int = 8
     ablation_randoms: int = 3
     connectivity_points: int = 3
@@ -191,7 +195,7 @@ def plan_for(cfg: DemoConfig) -> dict[str, float]:
     return {**PLAN_FULL,
             "fine-tune": PER_FINETUNE_S * 2 * cfg.seeds,
             "score": PER_SCORE_S * q * (1 + 2 * cfg.seeds) + 10,
-            "directions": 20 + PER_SCORE_S * (1 + cfg.ablation_randoms)
+            "directions": 20 + PER_SCORE_S * (2 + cfg.ablation_randoms)
             * max(1, cfg.ablation_questions or 12) / 12,
             "mitigation": mitigation_runs * (PER_FINETUNE_S + PER_SCORE_S * q)}
 
@@ -410,39 +414,53 @@ class Demo:
 
     def ablation_check(self, ft: Any) -> dict[str, Any]:
         """Ablate the mean difference (and equal-norm random directions) while scoring the
-        fine-tune: per question, the change over the plain fine-tune; the direction's effect
-        against the randoms' (paired by question) and against the control-anchored shift."""
-        from emprobe.directions import ablation, random_like
+        fine-tune, through ``evaluate.controls.versus_controls`` (the one steer-vs-controls
+        routine, ``effect="decrease"``): per question, the change over the un-ablated
+        fine-tune (scored in the same call); the direction's effect against the randoms'
+        (paired by question) and against the control-anchored shift."""
+        from emprobe.directions import random_like
+        from emprobe.evaluate.controls import LocalScorer, versus_controls
+        from emprobe.hooks import Ablate
 
         cfg, s0 = self.cfg, self.seeds[0]
         subset = self.questions[: cfg.ablation_questions or None]
         ids = {q.id for q in subset}
-        plain = _restrict(self.scores[BAD][s0], ids)
-        control = _restrict(self.scores[GOOD][s0], ids)
-        draws = {"mean difference": self.mean_diff,
-                 **{f"random {i + 1}": random_like(self.mean_diff, cfg.seed + 1000 + i)
-                    for i in range(cfg.ablation_randoms)}}
-        per_q: dict[str, np.ndarray] = {}
-        for label, d in draws.items():
+
+        def zero(d: Direction) -> Ablate:
             # an all-token ablation does not depend on token positions, so the prompts'
             # key/value caches can be shared exactly (as without hooks)
-            with ablation(ft, d, [cfg.steer_layer], "zero", positions="all"):
-                s = self.score(ft, share_prefix=True, questions=subset)
-            per_q[label] = seed_cells(plain, [s])[0]
+            return Ablate(d, [cfg.steer_layer], "zero", positions="all")
+
+        randoms = [(f"random {i + 1}", zero(random_like(self.mean_diff, cfg.seed + 1000 + i)))
+                   for i in range(cfg.ablation_randoms)]
+        scorer = LocalScorer(questions=subset, n_boot=cfg.n_boot, seed=cfg.seed,
+                             share_prefix=True)
+        check = versus_controls(ft, [("mean difference", zero(self.mean_diff))], randoms,
+                                scorer, effect="decrease")
+        plain = _local(check.baseline_raw)
+        per_q = {str(a.key): seed_cells(plain, [_local(r) for r in a.raws])[0]
+                 for a in check.candidates + check.controls}
         d_dir = per_q["mean difference"]
         rand = [v for k, v in per_q.items() if k != "mean difference"]
         out: dict[str, Any] = {
             "ablation_questions": len(subset),
-            "ablation": {k: shift_interval(v[None, :]).to_record() for k, v in per_q.items()}}
+            "ablation": {k: shift_interval(v[None, :]).to_record() for k, v in per_q.items()},
+            "versus_controls": check.to_record()}
         if rand:
+            arm = check.candidates[0]
             vs = shift_interval((d_dir - np.mean(rand, axis=0))[None, :])
-            rel = fieller(d_dir[None, :], seed_cells([control], [plain]))
+            control = _restrict(self.scores[GOOD][s0], ids)
+            bad = _restrict(self.scores[BAD][s0], ids)
+            rel = fieller(d_dir[None, :], seed_cells([control], [bad]))
             out.update(
                 vs_random=vs.to_record(),
+                control_p=arm.control_p,
+                beats_controls_paired=bool(arm.scores[0].get("beats_controls_paired")),
                 relative_to_em_shift=mlh(rel),
                 paper_relative=-0.9,
                 carries_effect=bool(vs.hi < 0 and shift_interval(d_dir[None, :]).hi < 0))
         return out
+
     def interventions(self) -> list[tuple[str, str, str, Any, Callable[[int], dict[str, Any]]]]:
         """(name, intervention, knob, value, seed -> Lab.train kwargs) for every setting."""
         from emprobe.directions.extract.pca import top_components
@@ -634,6 +652,13 @@ def mlh(est: Estimate) -> dict[str, float | None]:
         return float(v) if v is not None and math.isfinite(float(v)) else None
 
     return {"mean": num(est.mean), "lo": num(est.lo), "hi": num(est.hi)}
+
+
+def _local(raw: object) -> LocalScore:
+    """A ``LocalScorer`` result (``versus_controls`` keeps them as ``object``)."""
+    if not isinstance(raw, LocalScore):
+        raise TypeError(f"expected a LocalScore, got {type(raw).__name__}")
+    return raw
 
 
 def _restrict(score: LocalScore, ids: set[str]) -> LocalScore:

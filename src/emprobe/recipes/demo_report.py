@@ -104,7 +104,11 @@ def _directions_section(report: Report, demo: Any) -> None:
             f"{_opt(rel)} (the seed studies report about -0.9 for ablating the mean-difference "
             "direction). " + ("The direction carries part of the effect." if d["carries_effect"]
                               else "At this scale the direction does not carry the effect "
-                                   "beyond random directions."),
+                                   "beyond random directions.")
+            + (f" Against each random direction (versus_controls): empirical p "
+               f"{d['control_p']:.3g}; every paired interval below 0: "
+               f"{'yes' if d['beats_controls_paired'] else 'no'}."
+               if d.get("control_p") is not None else ""),
             kind="info" if d["carries_effect"] else "warning")
     report.raw_html(demo.pca.html(components=list(range(min(2, max(cfg.caft_k))))))
 
