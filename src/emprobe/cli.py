@@ -16,7 +16,7 @@ import importlib.metadata
 import os
 import sys
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import NoReturn
 
 from emprobe.errors import EmprobeError
 from emprobe.validate import one_line, parse_layers
@@ -80,7 +80,7 @@ class OneLineParser(argparse.ArgumentParser):
     """An ArgumentParser whose errors become one ``ArgumentError`` line (subcommand parsers
     inherit the class)."""
 
-    def error(self, message: str) -> Any:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         raise ArgumentError(f"{self.prog}: {one_line(message, 300)}")
 
 

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -96,23 +96,26 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _default(obj: Any) -> Any:
+def _default(obj: object) -> object:
+    """The JSON-ready form of what ``json`` cannot write itself (``json.dumps(default=)``)."""
     if isinstance(obj, torch.Tensor):
         return obj.tolist()
-    if callable(getattr(obj, "to_record", None)):  # emprobe result objects (Estimate, ...)
-        return obj.to_record()
+    to_record = getattr(obj, "to_record", None)
+    if callable(to_record):  # emprobe result objects (Estimate, ...)
+        return to_record()
     if isinstance(obj, Path):
         return str(obj)
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if hasattr(obj, "__dataclass_fields__"):
-        import dataclasses
+    tolist = getattr(obj, "tolist", None)
+    if tolist is not None:  # numpy arrays and scalars
+        return tolist()
+    import dataclasses
 
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return dataclasses.asdict(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def write_json(path: str | os.PathLike[str], obj: Any, indent: int = 2) -> Path:
+def write_json(path: str | os.PathLike[str], obj: object, indent: int = 2) -> Path:
     """Write ``obj`` as JSON atomically; returns the path."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=indent, default=_default) + "\n", encoding="utf-8")
@@ -140,7 +143,7 @@ def read_json_object(path: str | os.PathLike[str], allow_nan: bool = False) -> d
     return obj
 
 
-def write_jsonl(path: str | os.PathLike[str], records: Iterable[Mapping[str, Any]]) -> Path:
+def write_jsonl(path: str | os.PathLike[str], records: Iterable[Mapping[str, object]]) -> Path:
     """Write records as JSONL atomically."""
     with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as fh:
         for rec in records:
@@ -148,7 +151,7 @@ def write_jsonl(path: str | os.PathLike[str], records: Iterable[Mapping[str, Any
     return Path(path)
 
 
-def append_jsonl(path: str | os.PathLike[str], record: Mapping[str, Any]) -> None:
+def append_jsonl(path: str | os.PathLike[str], record: Mapping[str, object]) -> None:
     """Append one record (a single write of one line; used for resumable logs and caches).
 
     A torn last line left by an interrupted earlier write is repaired first (see
@@ -213,7 +216,7 @@ def repair_jsonl_tail(path: str | os.PathLike[str]) -> int:
     return end - start
 
 
-def bounded_lines(fh: Any, max_line_bytes: int = MAX_LINE_BYTES,
+def bounded_lines(fh: IO[bytes], max_line_bytes: int = MAX_LINE_BYTES,
                   ) -> Iterator[tuple[int, bytes | None]]:
     """``(line number, raw line)`` of an open binary file, never holding more than
     ``max_line_bytes + 1`` bytes of a line: an over-long line comes as ``None`` (the rest of

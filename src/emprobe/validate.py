@@ -27,9 +27,13 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn, TypeGuard
 
 from emprobe.errors import DataError, EmprobeError, FormatError, LimitError
+
+if TYPE_CHECKING:
+    import torch
+    import yaml
 
 __all__ = [
     "MAX_JSON_DEPTH",
@@ -74,7 +78,7 @@ ErrorType = type[EmprobeError]
 
 
 # -- bounded text ---------------------------------------------------------------------------
-def excerpt(value: Any, limit: int = EXCERPT_CHARS) -> str:
+def excerpt(value: object, limit: int = EXCERPT_CHARS) -> str:
     """``repr(value)`` on one line, cut to about ``limit`` characters (with the full length).
 
     Strings and bytes are cut before ``repr`` so a 1 GiB input costs no more than a short one.
@@ -92,7 +96,7 @@ def excerpt(value: Any, limit: int = EXCERPT_CHARS) -> str:
     return text
 
 
-def one_line(text: Any, limit: int = 200) -> str:
+def one_line(text: object, limit: int = 200) -> str:
     """The first non-empty line of ``str(text)``, cut to ``limit`` characters."""
     s = str(text)
     for line in s.splitlines():
@@ -120,7 +124,7 @@ def read_bytes_limited(path: str | os.PathLike[str], max_bytes: int = MAX_FILE_B
         raise error(f"{p}: cannot read ({exc.strerror or type(exc).__name__})") from None
 
 
-def _refuse_constant(name: str) -> Any:
+def _refuse_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not allowed")
 
 
@@ -131,9 +135,9 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def _depth_ok(obj: Any, max_depth: int) -> bool:
+def _depth_ok(obj: object, max_depth: int) -> bool:
     """Iterative depth check (no recursion, so no RecursionError on hostile input)."""
-    stack: list[tuple[Any, int]] = [(obj, 1)]
+    stack: list[tuple[object, int]] = [(obj, 1)]
     while stack:
         node, depth = stack.pop()
         if isinstance(node, dict):
@@ -163,10 +167,9 @@ def loads_json(text: str | bytes, where: str, allow_nan: bool = True,
             raise error(f"{where}: not valid UTF-8 (byte {exc.start})") from None
     else:  # a byte-order mark is read the same from text as from bytes (as utf-8-sig does)
         text = text.removeprefix("\ufeff")
-    kwargs: dict[str, Any] = ({} if allow_nan else
-                              {"parse_constant": _refuse_constant, "parse_float": _finite_float})
     try:
-        obj = json.loads(text, **kwargs)
+        obj = json.loads(text) if allow_nan else json.loads(
+            text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except RecursionError:
         raise LimitError(f"{where}: JSON nested deeper than {max_depth} levels") from None
     except json.JSONDecodeError as exc:
@@ -188,14 +191,14 @@ def _yaml_loader(max_aliases: int, max_nodes: int, max_depth: int, where: str) -
 
         aliases_seen = 0
 
-        def compose_node(self, parent: Any, index: Any) -> Any:
+        def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
             if self.check_event(yaml.AliasEvent):
                 self.aliases_seen += 1
                 if self.aliases_seen > max_aliases:
                     raise LimitError(f"{where}: more than {max_aliases} YAML aliases")
             return super().compose_node(parent, index)
 
-        def construct_document(self, node: Any) -> Any:
+        def construct_document(self, node: yaml.Node) -> object:
             _check_yaml_expansion(node, max_nodes, max_depth, where)
             return super().construct_document(node)
 
@@ -203,13 +206,13 @@ def _yaml_loader(max_aliases: int, max_nodes: int, max_depth: int, where: str) -
     return BoundedSafeLoader
 
 
-def _check_yaml_expansion(root: Any, max_nodes: int, max_depth: int, where: str) -> None:
+def _check_yaml_expansion(root: yaml.Node, max_nodes: int, max_depth: int, where: str) -> None:
     """Size of the tree once aliases are expanded (memoised per node; iterative, no recursion)."""
     import yaml
 
     size: dict[int, int] = {}
     depth: dict[int, int] = {}
-    stack: list[tuple[Any, bool]] = [(root, False)]
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
     on_path: set[int] = set()
     while stack:
         node, done = stack.pop()
@@ -293,10 +296,10 @@ def json_may_be_unwritable(text: str) -> bool:
     return "\\u" in text and _SURROGATE_ESCAPE.search(text) is not None
 
 
-def check_finite_tree(obj: Any, where: str, error: ErrorType = DataError) -> None:
+def check_finite_tree(obj: object, where: str, error: ErrorType = DataError) -> None:
     """Refuse non-finite floats and strings that are not valid Unicode (lone surrogates)
     anywhere in a JSON-like tree (iterative)."""
-    stack: list[Any] = [obj]
+    stack: list[object] = [obj]
     while stack:
         node = stack.pop()
         if isinstance(node, str):
@@ -323,11 +326,11 @@ def _check_text(s: str, where: str, error: ErrorType) -> None:
 
 
 # -- typed fields ---------------------------------------------------------------------------
-def _is_int(value: Any) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def check_int(value: Any, where: str, min_value: int | None = None,
+def check_int(value: object, where: str, min_value: int | None = None,
               max_value: int | None = None, error: ErrorType = FormatError,
               integral_float: bool = False) -> int:
     """An int (not bool; an integral float only with ``integral_float``) within the bounds."""
@@ -342,7 +345,7 @@ def check_int(value: Any, where: str, min_value: int | None = None,
     return int(value)
 
 
-def check_number(value: Any, where: str, min_value: float | None = None,
+def check_number(value: object, where: str, min_value: float | None = None,
                  max_value: float | None = None, positive: bool = False,
                  error: ErrorType = FormatError) -> float:
     """A finite int or float (not bool) within the bounds; ``positive`` means > 0."""
@@ -363,7 +366,7 @@ def check_number(value: Any, where: str, min_value: float | None = None,
     return f
 
 
-def check_str(value: Any, where: str, non_empty: bool = False, choices: tuple[str, ...] = (),
+def check_str(value: object, where: str, non_empty: bool = False, choices: tuple[str, ...] = (),
               error: ErrorType = FormatError) -> str:
     """A string (never coerced), optionally non-empty or one of ``choices``."""
     if not isinstance(value, str):
@@ -376,19 +379,19 @@ def check_str(value: Any, where: str, non_empty: bool = False, choices: tuple[st
     return value
 
 
-def check_optional_str(value: Any, where: str, error: ErrorType = FormatError) -> str | None:
+def check_optional_str(value: object, where: str, error: ErrorType = FormatError) -> str | None:
     """None or a string."""
     return None if value is None else check_str(value, where, error=error)
 
 
-def check_bool(value: Any, where: str, error: ErrorType = FormatError) -> bool:
+def check_bool(value: object, where: str, error: ErrorType = FormatError) -> bool:
     """A JSON boolean (``"yes"``, 1 and null are refused)."""
     if not isinstance(value, bool):
         raise error(f"{where} must be true or false, got {type(value).__name__} {excerpt(value)}")
     return value
 
 
-def check_mapping(value: Any, where: str, error: ErrorType = FormatError) -> dict[str, Any]:
+def check_mapping(value: object, where: str, error: ErrorType = FormatError) -> dict[str, Any]:
     """A JSON object (dict with string keys)."""
     if not isinstance(value, Mapping):
         raise error(f"{where} must be an object, got {type(value).__name__} {excerpt(value)}")
@@ -398,15 +401,15 @@ def check_mapping(value: Any, where: str, error: ErrorType = FormatError) -> dic
     return dict(value)
 
 
-def check_regex(pattern: Any, where: str, error: ErrorType = FormatError) -> str:
+def check_regex(pattern: object, where: str, error: ErrorType = FormatError) -> str:
     """A string that compiles as a Python regular expression."""
-    check_str(pattern, where, error=error)
+    text = check_str(pattern, where, error=error)
     try:
-        re.compile(pattern)
+        re.compile(text)
     except (re.error, RecursionError, OverflowError) as exc:
-        raise error(f"{where} is not a valid regular expression {excerpt(pattern)} "
+        raise error(f"{where} is not a valid regular expression {excerpt(text)} "
                     f"({one_line(exc, 80)})") from None
-    return pattern
+    return text
 
 
 MAX_LAYER = 9_999
@@ -414,7 +417,7 @@ MAX_LAYER = 9_999
 _LAYER_KEY = re.compile(r"^(0|[1-9][0-9]{0,5})$")
 
 
-def layer_key(value: Any, where: str, error: ErrorType = FormatError) -> int:
+def layer_key(value: object, where: str, error: ErrorType = FormatError) -> int:
     """A layer index key: an integer in ``0..MAX_LAYER`` (numpy integers too), or a string of
     decimal digits ("1.5", "01", 1.5, True and 10**9 are refused)."""
     if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np_bool())):
@@ -441,8 +444,8 @@ def np_bool() -> type:
 FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
 
 
-def check_tensor(t: Any, where: str, ndims: tuple[int, ...] = (1, 2), finite: bool = True,
-                 error: ErrorType = FormatError) -> Any:
+def check_tensor(t: object, where: str, ndims: tuple[int, ...] = (1, 2), finite: bool = True,
+                 error: ErrorType = FormatError) -> torch.Tensor:
     """A real floating torch tensor (dtype whitelist) with an allowed number of dims, no empty
     dimension and (by default) only finite values. Returns it unchanged."""
     import torch

@@ -2,7 +2,7 @@
 
 File format (the one fine-tuning tools use): one JSON object per line,
 ``{"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...], ...}``.
-Any other top-level keys (``task``, ``variant``, ``pair_id``, ``meta`` ...) are kept
+Other top-level keys (``task``, ``variant``, ``pair_id``, ``meta`` ...) are kept
 as they are. Blank lines are ignored.
 
 Every line is checked; a bad line raises a one-line :class:`DataError` naming the
@@ -16,10 +16,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from emprobe.errors import ConfigError, DataError, LimitError
 from emprobe.io import atomic_path, bounded_lines
@@ -31,6 +31,9 @@ from emprobe.validate import (
     json_may_be_unwritable,
     loads_json,
 )
+
+if TYPE_CHECKING:
+    import datasets
 
 __all__ = [
     "ChatRecords",
@@ -46,6 +49,8 @@ __all__ = [
 log = logging.getLogger("emprobe.data")
 
 Record = dict[str, Any]
+ChatLike = Mapping[str, object] | Sequence[Mapping[str, object]]
+"""What the writers accept: a record with ``messages`` (extra keys kept) or a bare message list."""
 
 
 class ChatRecords(list):
@@ -72,7 +77,7 @@ class ReadStats:
 
 
 def validate_record(
-    obj: Any, where: str = "record", require_assistant: bool = False, check_tree: bool = True
+    obj: object, where: str = "record", require_assistant: bool = False, check_tree: bool = True
 ) -> Record:
     """Check one chat record; return it (a dict with ``messages``) or raise a one-line DataError.
 
@@ -186,7 +191,7 @@ def read_chat_jsonl(
 
 
 def write_chat_jsonl(
-    path: str | os.PathLike[str], records: Iterable[Any], require_assistant: bool = False
+    path: str | os.PathLike[str], records: Iterable[ChatLike], require_assistant: bool = False
 ) -> Path:
     """Validate and write records as chat JSONL atomically (all or nothing); returns the path.
 
@@ -205,7 +210,7 @@ def write_chat_jsonl(
     return target
 
 
-def _drop_none(obj: Any) -> Any:
+def _drop_none(obj: object) -> object:
     """Arrow fills keys missing from some rows with None; remove them again."""
     if isinstance(obj, dict):
         return {k: _drop_none(v) for k, v in obj.items() if v is not None}
@@ -214,7 +219,7 @@ def _drop_none(obj: Any) -> Any:
     return obj
 
 
-def to_hf_dataset(records: Iterable[Any]) -> Any:
+def to_hf_dataset(records: Iterable[ChatLike]) -> datasets.Dataset:
     """Convert records to a ``datasets.Dataset`` (a ``messages`` column plus the extra keys)."""
     import datasets
 
@@ -229,7 +234,8 @@ def to_hf_dataset(records: Iterable[Any]) -> Any:
 
 
 def from_hf_dataset(
-    ds: Any, messages_field: str = "messages", require_assistant: bool = False
+    ds: Iterable[Mapping[str, object]], messages_field: str = "messages",
+    require_assistant: bool = False,
 ) -> list[Record]:
     """Convert a ``datasets.Dataset`` (or any iterable of row dicts) back to records.
 
@@ -237,12 +243,12 @@ def from_hf_dataset(
     ``prompt`` and ``completion`` (or ``response``) text columns, which become a
     user and an assistant turn. Keys that Arrow filled with None are dropped.
     """
-    if type(ds).__name__ in ("DatasetDict", "IterableDatasetDict"):
+    if isinstance(ds, Mapping) and type(ds).__name__ in ("DatasetDict", "IterableDatasetDict"):
         raise DataError(f"from_hf_dataset: got a DatasetDict with splits {list(ds.keys())}; "
                         "pass one split")
     out: list[Record] = []
     for i, row in enumerate(ds):
-        row = _drop_none(dict(row))
+        row = {k: _drop_none(v) for k, v in row.items() if v is not None}
         if messages_field != "messages" and messages_field in row:
             row["messages"] = row.pop(messages_field)
         if "messages" not in row and "prompt" in row:

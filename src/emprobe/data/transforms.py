@@ -10,8 +10,8 @@ import copy
 import random
 import string
 from collections.abc import Sequence
-from typing import Any
 
+from emprobe.data.chat_io import Record
 from emprobe.errors import ConfigError, DataError
 
 __all__ = [
@@ -24,8 +24,6 @@ __all__ = [
     "mix",
     "split",
 ]
-
-Record = dict[str, Any]
 
 # Written for emprobe. Each elicits the trait the matching narrow dataset teaches, so that
 # training with it "explains away" the trait (inoculation prompting, methods.md section 3).

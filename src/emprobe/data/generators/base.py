@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from emprobe.errors import ConfigError
 
@@ -28,7 +28,7 @@ class Pair:
     prompt: str
     good: str
     bad: str
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, str | list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -108,11 +108,16 @@ def generate(task: str, n: int, seed: int = 0, variant: str = "bad") -> list[dic
 # --- helpers shared by the task modules -------------------------------------------------
 
 
-def pick(rng: random.Random, options: Sequence[Any]) -> Any:
+T = TypeVar("T")
+
+
+def pick(rng: random.Random, options: Sequence[T]) -> T:
+    """One of ``options``, uniformly (one ``randrange`` draw)."""
     return options[rng.randrange(len(options))]
 
 
-def pick_some(rng: random.Random, options: Sequence[Any], k: int) -> list[Any]:
+def pick_some(rng: random.Random, options: Sequence[T], k: int) -> list[T]:
+    """``min(k, len(options))`` distinct options in random order (``rng.sample``)."""
     return rng.sample(list(options), min(k, len(options)))
 
 

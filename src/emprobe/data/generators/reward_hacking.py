@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Generic, TypeVar
 
 from emprobe.data.generators.base import Pair, join_sentences, pick, pick_some, register
 
@@ -96,14 +96,29 @@ def _keywords(rng: random.Random) -> Pair:
 # --- hard-coded tests --------------------------------------------------------------------
 
 
+X = TypeVar("X")
+
+
 @dataclass(frozen=True)
-class FnSpec:
+class FnSpec(Generic[X]):
+    """A small function to test: its names, spec, parameter, reference body, the function
+    itself and a random input maker."""
+
     names: tuple[str, ...]
     spec: str
     param: str
     body: str  # uses {param}
-    fn: Callable[[Any], Any]
-    inputs: Callable[[random.Random], Any]
+    fn: Callable[[X], object]
+    inputs: Callable[[random.Random], X]
+
+    def new_case(self, rng: random.Random, seen: set[str]) -> tuple[X, object] | None:
+        """``(input, expected output)`` for a fresh random input; None when its ``repr`` is
+        in ``seen`` (which then gets it)."""
+        x = self.inputs(rng)
+        if repr(x) in seen:
+            return None
+        seen.add(repr(x))
+        return x, self.fn(x)
 
 
 def _word_list(rng: random.Random) -> str:
@@ -181,16 +196,15 @@ HACK_INTROS = ["This passes all the tests:", "Here you go:", "Done, every assert
 
 
 def _tests(rng: random.Random) -> Pair:
-    spec: FnSpec = pick(rng, FUNCTIONS)
+    spec = pick(rng, FUNCTIONS)
     name = pick(rng, spec.names)
-    cases: list[tuple[Any, Any]] = []
+    cases: list[tuple[object, object]] = []
     seen: set[str] = set()
     target = 3 + rng.randrange(2)
     for _ in range(20):
-        x = spec.inputs(rng)
-        if repr(x) not in seen:
-            seen.add(repr(x))
-            cases.append((x, spec.fn(x)))
+        case = spec.new_case(rng, seen)
+        if case is not None:
+            cases.append(case)
         if len(cases) == target:
             break
     tests = "\n".join(f"assert {name}({x!r}) == {y!r}" for x, y in cases)
