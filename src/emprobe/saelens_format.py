@@ -18,7 +18,9 @@ reads them):
 - ``dtype``: a real floating type; ``normalize_activations``, ``reshape_activations``: one of
   SAELens' values;
 - ``metadata`` (an object): ``hook_name`` / ``model_name`` strings, ``emprobe_site`` a known
-  site, ``emprobe_layer`` a layer index, ``sae_lens_version`` a version string; the site and
+  site, ``emprobe_layer`` a layer index, ``sae_lens_version`` a version string,
+  ``norm_scaling_factor`` / ``emprobe_folded_norm_scaling_factor`` positive numbers (an input
+  scale still to apply / already folded: ``emprobe.sae.normalise``); the site and
   layer from ``emprobe_*``, from the hook name and from ``emprobe.json`` must agree.
 
 Weights: real floating tensors, all finite (also after the cast to ``dtype``), exactly the
@@ -46,6 +48,7 @@ from emprobe.validate import (
     check_bool,
     check_int,
     check_mapping,
+    check_number,
     check_str,
     excerpt,
 )
@@ -78,6 +81,8 @@ _LEGACY_META = ("model_name", "hook_name", "model_class_name", "hook_head_index"
 _META_STR = ("model_name", "hook_name", "model_class_name", "neuronpedia_id", "dataset_path",
              "emprobe_hook_name_bridge", "emprobe_layer_convention", "emprobe_positions",
              "sae_lens_version", "sae_lens_training_version")
+# input scales (emprobe.sae.normalise): still to apply / already folded into the weights
+_META_SCALE = ("norm_scaling_factor", "emprobe_folded_norm_scaling_factor")
 
 _HOOK = re.compile(
     r"^(?:.*\.)?(?:blocks|layers)\.(0|[1-9][0-9]{0,3})\.(hook_resid_post|hook_resid_pre|"
@@ -298,6 +303,9 @@ def _check_metadata(meta: Any, where: str) -> dict[str, Any]:
     for key in ("hook_head_index", "context_size"):
         if out.get(key) is not None:
             check_int(out[key], f"{where}.{key}", min_value=0)
+    for key in _META_SCALE:
+        if out.get(key) is not None:
+            check_number(out[key], f"{where}.{key}", positive=True)
     if out.get("model_from_pretrained_kwargs") is not None:
         check_mapping(out["model_from_pretrained_kwargs"], f"{where}.model_from_pretrained_kwargs")
     return out

@@ -9,12 +9,15 @@ and weights), so SAELens never parses a file emprobe has not validated.
 from __future__ import annotations
 
 import os
+import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from emprobe.errors import FormatError
+from emprobe.sae.normalise import UNFOLDED_KEY
 from emprobe.saelens_format import (
     hook_site,
     read_sae_config,
@@ -29,6 +32,12 @@ __all__ = ["load_sae", "sae_site", "site_from_hook_name"]
 def load_sae(path: str | os.PathLike[str], device: str = "cpu") -> Any:
     """Load a SAELens-format folder (``cfg.json`` + ``sae_weights.safetensors``) as SAELens'
     inference SAE, after :func:`emprobe.saelens_format.read_sae_folder` has checked it.
+
+    A ``cfg.json`` that says ``normalize_activations: "expected_average_only_in"`` holds
+    weights that expect scaled inputs: its metadata's ``norm_scaling_factor`` is folded in
+    (SAELens' ``fold_activation_norm_scaling_factor``, as its ``from_pretrained`` does), so
+    the SAE reads raw activations; without one a warning says the inputs are not scaled
+    (SAELens' ``load_from_disk`` ignores the setting). See ``emprobe.sae.normalise``.
 
     Raises:
         FormatError / ShapeError: naming the file and field, for any folder that is not a
@@ -48,10 +57,26 @@ def load_sae(path: str | os.PathLike[str], device: str = "cpu") -> Any:
         return cfg, {k: v.to(dev) for k, v in folder.tensors.items()}
 
     try:
-        return sae_lens.SAE.load_from_disk(str(folder.path), device=device, converter=converter)
+        sae = sae_lens.SAE.load_from_disk(str(folder.path), device=device, converter=converter)
     except (KeyError, ValueError, RuntimeError, TypeError, AttributeError) as exc:
         raise FormatError(f"{folder.path}: SAELens could not build the SAE "
                           f"({type(exc).__name__}: {one_line(exc, 160)})") from None
+    _fold_pending_scale(sae, folder.cfg, folder.path / "cfg.json")
+    return sae
+
+
+def _fold_pending_scale(sae: Any, cfg: Mapping[str, Any], where: Path) -> None:
+    """Fold a recorded ``norm_scaling_factor`` into an SAE whose config still asks for
+    ``expected_average_only_in``; warn when the factor is missing."""
+    if cfg["normalize_activations"] != "expected_average_only_in":
+        return
+    factor = cfg["metadata"].get(UNFOLDED_KEY)
+    if factor is None:
+        warnings.warn(f"{where}: normalize_activations is 'expected_average_only_in' but the "
+                      f"metadata has no {UNFOLDED_KEY}: the SAE reads unscaled activations",
+                      stacklevel=3)
+        return
+    sae.fold_activation_norm_scaling_factor(float(factor))
 
 
 def sae_site(sae: Any, folder: str | os.PathLike[str] | None = None) -> tuple[str, int]:

@@ -40,6 +40,7 @@ from emprobe.hooks.shards import ShardReader
 from emprobe.io import atomic_dir, save_tensors, write_json
 from emprobe.sae.folder import load_sae, sae_site, site_from_hook_name
 from emprobe.sae.harvest import LAYER_CONVENTION, Harvest, load_harvest
+from emprobe.sae.normalise import FOLDED_KEY, NORM_MODES, estimate_norm_scaling_factor
 
 __all__ = ["ARCHITECTURES", "SAETrainConfig", "TrainedSAE", "load_sae", "memory_provider",
            "sae_hook_name", "sae_metadata", "sae_site", "shard_provider", "site_from_hook_name",
@@ -77,8 +78,12 @@ class SAETrainConfig:
         batch_size: activation rows per step.
         training_tokens: rows to train on (None: one pass over the harvest); the
             provider cycles over the harvest when this is larger.
-        normalize_activations: SAELens' ``expected_average_only_in`` (scale inputs to norm
-            sqrt(d_in) during training, folded into the weights at the end) or ``none``.
+        normalize_activations: SAELens' ``expected_average_only_in`` (the default: every
+            input row times one constant so that the mean row norm is sqrt(d_in) during
+            training, estimated from the first batches and folded into the weights at the
+            end, so the saved SAE reads raw activations and its ``cfg.json`` says ``none``;
+            ``emprobe.sae.normalise``) or ``none``. The same hyper-parameters then suit
+            models whose activation norms differ by orders of magnitude.
         dead_feature_window: steps without firing before a latent counts as dead (the
             TopK / BatchTopK auxiliary loss then trains it on the residual error).
         aux_loss_coefficient: weight of that auxiliary (aux-k) loss.
@@ -123,11 +128,9 @@ class SAETrainConfig:
             raise DataError(f"SAE config: batch_size and k must be >= 1 (got {self.batch_size}, {self.k})")
         if not 0.0 <= self.lr_decay_fraction <= 1.0:
             raise DataError(f"SAE config: lr_decay_fraction {self.lr_decay_fraction} not in [0, 1]")
-        if self.normalize_activations not in ("none", "expected_average_only_in"):
-            raise DataError(
-                f"normalize_activations {self.normalize_activations!r}: use none or "
-                "expected_average_only_in"
-            )
+        if self.normalize_activations not in NORM_MODES:
+            raise DataError(f"normalize_activations {self.normalize_activations!r}: use one "
+                            f"of {', '.join(NORM_MODES)}")
         return self
 
 
@@ -266,8 +269,11 @@ def train_sae(
                 if in_memory is not None
                 else shard_provider(reader, layer, config.batch_size, seed=config.seed))
     trainer = sae_lens.SAETrainer(trainer_cfg, training_sae, provider)
+    factor = _set_norm_scaling(trainer, provider, config, hv.d_model)
     fused = config.fused_adam and use_fused_adam(trainer)
     trained = trainer.fit() if progress else _fit_quiet(trainer)
+    if factor is not None:  # folded by the trainer: the saved cfg says "none"
+        setattr(trained.cfg.metadata, FOLDED_KEY, factor)
     train_seconds = time.perf_counter() - t_start
     record = {
         "format": "emprobe-sae/1",
@@ -284,6 +290,7 @@ def train_sae(
         "harvest_rows": reader.n_rows,
         "data_source": "memory" if in_memory is not None else "shards",
         "fused_adam": fused,
+        "norm_scaling_factor": factor,
         "sparse_topk_steps": int(getattr(trained, "sparse_steps", 0)),
         "train_seconds": train_seconds,
         "trained_tokens": trainer.n_training_samples,
@@ -299,6 +306,20 @@ def train_sae(
         save_tensors(tmp / "sparsity.safetensors", {"sparsity": trainer.log_feature_sparsity})
         write_json(tmp / "emprobe.json", record)
     return TrainedSAE(folder=folder, sae=load_sae(folder), record=record, training_sae=trained)
+
+
+def _set_norm_scaling(trainer: Any, provider: Iterator[torch.Tensor], config: SAETrainConfig,
+                      d_in: int) -> float | None:
+    """For ``expected_average_only_in``: estimate the input scale from the provider's first
+    ``n_batches_for_norm_estimate`` batches (the ones SAELens' own estimate would take) and
+    hand it to the trainer, which then skips its estimate and folds this factor into the
+    weights when training ends. None for ``none``."""
+    if config.normalize_activations != "expected_average_only_in":
+        return None
+    factor = estimate_norm_scaling_factor(provider, d_in,
+                                          trainer.cfg.n_batches_for_norm_estimate)
+    trainer.activation_scaler.scaling_factor = factor
+    return factor
 
 
 def use_fused_adam(trainer: Any) -> bool:
