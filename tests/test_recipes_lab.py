@@ -28,15 +28,36 @@ def test_quick_config_refuses_unknown_fields():
                                         ({"lr_schedule": "wavy"}, "lr_schedule")])
 def test_labconfig_checks_values(bad, what):
     with pytest.raises(DataError, match=what):
-        LabConfig(**bad)
+        LabConfig.of(**bad)
+
+
+def test_labconfig_composes_the_train_config():
+    """Flat training keys go into ``train`` (a TrainConfig); the flat record round-trips."""
+    from emprobe.recipes.demo import DemoConfig
+    from emprobe.train.config import TrainConfig
+
+    cfg = LabConfig.of(steps=5, lr=2e-4, lora_r=4, extra={"seeds": 2})
+    assert isinstance(cfg.train, TrainConfig)
+    assert (cfg.train.max_steps, cfg.train.lr, cfg.train.lora_r) == (5, 2e-4, 4)
+    assert cfg.train.lora_alpha == 8.0  # lora_r alone keeps alpha = 2 r
+    assert (cfg.steps, cfg.lr) == (5, 2e-4) and cfg.options.seeds == 2
+    assert LabConfig.of(**cfg.to_record()) == cfg
+    assert LabConfig(extra={"seeds": 4}).options.seeds == 4  # the old keyword
+    nested = load_config(LabConfig, overrides={"train": {"lr": 3e-4}})
+    assert nested.train.lr == 3e-4 and nested.train.max_steps == LabConfig().steps
+    demo = DemoConfig.of(model="tiny-llama", steps=2, seeds=1)
+    assert (demo.lab.model, demo.lab.steps, demo.seeds) == ("tiny-llama", 2, 1)
+    assert demo.lab.n_train == 96 and DemoConfig.of(**demo.to_record()) == demo
+    with pytest.raises(DataError, match="steps"):
+        DemoConfig.of(steps=0)
 
 
 def test_load_config_yaml_types_and_unknown_keys(tmp_path):
     good = tmp_path / "sizes.yaml"
     good.write_text("n_train: 32\nlr: 1e-4\nsteps: null\nextra: {seeds: 3}\n")
     cfg = load_config(LabConfig, good, overrides={"seed": 5, "model": None})
-    assert (cfg.n_train, cfg.lr, cfg.steps, cfg.seed, cfg.extra) == (32, 1e-4, None, 5,
-                                                                     {"seeds": 3})
+    assert (cfg.n_train, cfg.lr, cfg.steps, cfg.seed, cfg.options.seeds) == (32, 1e-4, None,
+                                                                             5, 3)
     assert cfg.model == LabConfig().model  # a None override leaves the default alone
     typo = tmp_path / "typo.yaml"
     typo.write_text("n_trian: 32\n")
@@ -76,7 +97,7 @@ def test_auto_device_and_dtype_without_gpu():
     cfg = LabConfig()
     if not torch.cuda.is_available():
         assert (cfg.resolved_device, cfg.resolved_dtype) == ("cpu", "float32")
-    assert LabConfig(dtype="bfloat16").resolved_dtype == "bfloat16"
+    assert LabConfig.of(dtype="bfloat16").resolved_dtype == "bfloat16"
 
 
 # -- the verdict -------------------------------------------------------------------------------
@@ -205,7 +226,7 @@ def test_embedded_model_train_reuse_and_score(tmp_path):
     """The embedded model through the lab: one LoRA step, reuse, a small scored subset."""
     from emprobe.data.generators import generate
 
-    cfg = LabConfig(n_train=2, steps=1, batch_size=2, score_questions=2, n_boot=50,
+    cfg = LabConfig.of(n_train=2, steps=1, batch_size=2, score_questions=2, n_boot=50,
                     device="cpu", dtype="float32")
     lab = Lab(tmp_path, cfg, "t")
     recs = generate("medical", 2, seed=0, variant="bad")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 
 from emprobe import load_model
@@ -13,10 +11,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_sae_stage_record(tiny_llama, tmp_path):
+    from emprobe.recipes.demo import DemoConfig
     from emprobe.recipes.demo_sae import sae_stage
 
-    cfg = SimpleNamespace(sae_layer=2, sae_tokens=600, sae_latents=128, sae_k=8, n_generic=4,
-                          seed=0, quick=True, sae_epochs=2, sae_steer=1, sae_controls=2)
+    cfg = DemoConfig.quick_config(sae_layer=2, sae_tokens=600, sae_latents=128, sae_k=8,
+                                  n_generic=4, seed=0, sae_epochs=2, sae_steer=1,
+                                  sae_controls=2, sae_diff_pairs=0, sae_steer_questions=0)
     generic = [{"messages": c} for c in generic_chats(4, seed=3)]
     ft = load_model("tiny-llama")
     out = sae_stage(tiny_llama, ft, generic, cfg, tmp_path)

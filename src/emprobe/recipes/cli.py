@@ -8,17 +8,16 @@ when a GPU is visible, else CPU + float32), used for training and evaluation ali
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from emprobe.errors import DataError
-    from emprobe.recipes.config import load_config
+    from emprobe.recipes.config import config_keys, load_config
     from emprobe.recipes.demo import DemoConfig, run_demo
 
     base = (DemoConfig.quick_config() if args.quick
             else DemoConfig.frontier_config() if args.frontier else DemoConfig())
-    fields = {f.name for f in dataclasses.fields(DemoConfig)}
+    fields = config_keys(DemoConfig)  # the lab's keys are taken flat (DemoConfig.lab)
     overrides = {"model": args.model, "steps": args.steps, "seed": args.seed,
                  "seeds": args.seeds, "select_seeds": args.select_seeds}
     for key in ("device", "dtype"):

@@ -12,13 +12,14 @@ import dataclasses
 import os
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from emprobe.errors import DataError
 
-__all__ = ["load_config", "config_from_dict", "check_types", "resolve_device", "resolve_dtype",
-           "RecipeOptions", "recipe_options"]
+__all__ = ["load_config", "config_from_dict", "config_keys", "check_types", "resolve_device",
+           "resolve_dtype", "Nested", "RecipeOptions", "recipe_options"]
 
 T = TypeVar("T")
 
@@ -85,12 +86,54 @@ def check_types(obj: Any, where: str) -> None:
             raise DataError(f"{where}: {f.name} must be {want}, got {_excerpt(value)}")
 
 
+NestFn = Callable[[dict[str, object], dict[str, object], str], None]
+
+
+@runtime_checkable
+class Nested(Protocol):
+    """A config class that also takes flat keys and folds them into its nested parts."""
+
+    @classmethod
+    def flat_keys(cls) -> dict[str, object]:
+        """Accepted keys that are not fields -> their type hints."""
+        ...
+
+    @classmethod
+    def nest(cls, values: dict[str, object], flat: dict[str, object], where: str) -> None:
+        """Fold ``flat`` (checked against ``flat_keys``) into the field ``values``."""
+        ...
+
+
+def config_keys(cls: type) -> set[str]:
+    """Every key ``config_from_dict(cls, ...)`` accepts: init fields and flat keys."""
+    keys = {f.name for f in dataclasses.fields(cls) if f.init}
+    keys |= {k for k, h in typing.get_type_hints(cls).items() if isinstance(h, dataclasses.InitVar)}
+    return keys | set(_nesting(cls)[0])
+
+
+def _checked(value: object, hint: object, key: str, where: str,
+             base: object = None) -> object:
+    """``value`` coerced and checked against ``hint``; a mapping for a nested dataclass
+    field becomes that dataclass (``base``: the current one, whose values it changes)."""
+    if _dataclass_hint(hint) and isinstance(value, dict):
+        assert isinstance(hint, type)
+        return config_from_dict(hint, value, where=f"{where}: {key}",
+                                base=base if isinstance(base, hint) else None)
+    value = _coerce(value, hint)
+    if not _matches(value, hint):
+        want = getattr(hint, "__name__", None) or str(hint)
+        raise DataError(f"{where}: {key} must be {want}, got {_excerpt(value)}")
+    return value
+
+
 def config_from_dict(cls: type[T], data: Any, where: str = "config",
                      base: T | None = None) -> T:
     """Build dataclass ``cls`` from a mapping, checking keys and types; one-line errors.
 
     ``base``: an instance whose values fill the fields ``data`` does not name (default: the
-    class defaults).
+    class defaults). A class with ``flat_keys`` / ``nest`` (``Nested``) also takes those
+    keys and folds them into its nested configs; a nested dataclass field also takes a
+    mapping of its own keys.
     """
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls!r} is not a dataclass")
@@ -98,26 +141,59 @@ def config_from_dict(cls: type[T], data: Any, where: str = "config",
         raise DataError(f"{where}: expected a mapping of field names to values, got "
                         f"{type(data).__name__}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - set(fields))
+    fields = [f.name for f in dataclasses.fields(cls) if f.init]
+    for name, hint in hints.items():  # init-only fields are keys too
+        if isinstance(hint, dataclasses.InitVar):
+            fields.append(name)
+            hints[name] = hint.type
+    flat_hints, nest = _nesting(cls)
+    unknown = sorted(set(data) - set(fields) - set(flat_hints))
     if unknown:
         raise DataError(f"{where}: unknown key(s) {', '.join(map(str, unknown))[:120]}; "
                         f"{cls.__name__} fields are {', '.join(fields)}"[:300])
     values: dict[str, Any] = {}
     if base is not None:
-        values = {name: getattr(base, name) for name in fields}
+        values = {f.name: getattr(base, f.name) for f in dataclasses.fields(cls) if f.init}
+    flat: dict[str, object] = {}
     for key, value in data.items():
-        value = _coerce(value, hints.get(key, Any))
-        if not _matches(value, hints.get(key, Any)):
-            want = getattr(hints.get(key), "__name__", None) or str(hints.get(key))
-            raise DataError(f"{where}: {key} must be {want}, got {_excerpt(value)}")
-        values[key] = value
+        if key in fields:
+            current = values[key] if key in values else _default(cls, key)
+            values[key] = _checked(value, hints.get(key, Any), key, where, current)
+        elif _dataclass_hint(flat_hints[key]):
+            flat[key] = value  # a nested config's own keys: ``nest`` checks them
+        else:
+            flat[key] = _checked(value, flat_hints[key], key, where)
     try:
+        if flat and nest is not None:
+            nest(values, flat, where)
         return cls(**values)
     except (TypeError, ValueError) as exc:
         if isinstance(exc, DataError):
-            raise DataError(f"{where}: {exc}") from None
+            msg = str(exc)
+            raise DataError(msg if msg.startswith(where) else f"{where}: {msg}") from None
         raise DataError(f"{where}: {str(exc).splitlines()[0][:200]}") from None
+
+
+def _default(cls: type, name: str) -> object:
+    """The default value of field ``name`` of dataclass ``cls`` (``None`` when it has none)."""
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            if f.default is not dataclasses.MISSING:
+                return f.default
+            if f.default_factory is not dataclasses.MISSING:
+                return f.default_factory()
+    return None
+
+
+def _dataclass_hint(hint: object) -> bool:
+    return isinstance(hint, type) and dataclasses.is_dataclass(hint)
+
+
+def _nesting(cls: type) -> tuple[dict[str, object], NestFn | None]:
+    """A ``Nested`` class's flat keys and its ``nest``; ``({}, None)`` for others."""
+    if issubclass(cls, Nested):
+        return cls.flat_keys(), cls.nest
+    return {}, None
 
 
 def load_config(cls: type[T], path: str | os.PathLike[str] | None = None,
@@ -225,7 +301,10 @@ class RecipeOptions:
                 raise bad(f"{key} must be >= 1, got {getattr(self, key)}")
 
 
-def recipe_options(cfg: Any) -> RecipeOptions:
-    """``cfg.extra`` (a ``LabConfig``'s) as checked ``RecipeOptions``."""
+def recipe_options(cfg: object) -> RecipeOptions:
+    """A ``LabConfig``'s ``options`` (an object with an ``extra`` mapping: checked)."""
+    options = getattr(cfg, "options", None)
+    if isinstance(options, RecipeOptions):
+        return options
     return config_from_dict(RecipeOptions, dict(getattr(cfg, "extra", None) or {}),
                             where="LabConfig.extra")

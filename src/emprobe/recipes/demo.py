@@ -30,11 +30,13 @@ the same workbench as the seed-study recipes.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 import time
+import typing
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +47,7 @@ from emprobe.errors import DataError, QualityError
 from emprobe.evaluate.local import LocalScore
 from emprobe.evaluate.stats import Estimate, as_estimate, fieller, shift_interval
 from emprobe.io import write_json
+from emprobe.recipes.config import check_types, config_from_dict, config_keys
 from emprobe.recipes.lab import Lab, LabConfig, _load_average
 from emprobe.recipes.mitigation import TaskLosses, seed_cells
 from emprobe.recipes.runner import StageRunner
@@ -66,12 +69,25 @@ class DemoQualityError(QualityError):
     """A quality gate of the demo failed: the instrument cannot see a known effect."""
 
 
+DEMO_LAB: dict[str, object] = {"n_train": 96, "lr": 1.5e-3, "max_length": 160}
+"""Where the demo's ``lab`` differs from ``LabConfig()`` (flat keys, as ``LabConfig.of``)."""
+
+
+def _demo_lab() -> LabConfig:
+    return LabConfig.of(**DEMO_LAB)
+
+
 @dataclass
-class DemoConfig(LabConfig):
+class DemoConfig:
     """The demo's sizes (defaults: the embedded model on 2 CPU cores, about 12 min).
 
-    Inherits every ``LabConfig`` field (model, data sizes, LoRA, lr, seed, device, dtype,
-    ``score_questions``: every score of the run uses the first N questions of the set).
+    ``lab``: the ``LabConfig`` every fine-tune, load and score goes through (model, data
+    sizes, the training settings, seed, device, dtype, ``score_questions``: every score of
+    the run uses the first N questions of the set); its defaults differ from
+    ``LabConfig()`` only in ``DEMO_LAB``. Config files, flags and ``of(...)`` also take the
+    lab's keys flat (``model``, ``steps``, ``seed``, ...: ``config_keys(DemoConfig)``), and
+    ``to_record()`` writes them flat (``results.json``'s ``config``).
+
     ``seeds``: the bad fine-tune and its benign control are trained with seeds ``seed ..
     seed + seeds - 1`` (the headline's ``n_seeds``); ``select_seeds``: the first of them,
     on which every mitigation setting is trained and the best one selected; the selected
@@ -81,18 +97,11 @@ class DemoConfig(LabConfig):
     and inoculation; ``frontier_config()`` (``emprobe demo --frontier``) adds preventative
     steering, GRASP, CAFT zero ablation and the KL retain term and sweeps every knob at
     three values. ``ablation_randoms``: random directions of equal norm against which the
-    mean-difference ablation is compared (paired by question).
+    mean-difference ablation is compared (paired by question). ``sae_*``: the SAE stage
+    (``emprobe.recipes.demo_sae``).
     """
 
-    n_train: int = 96
-    n_heldout: int = 16
-    steps: int | None = 16
-    lr: float = 1.5e-3
-    lora_r: int = 8
-    max_length: int = 160
-    lr_schedule: str = "constant"
-    n_boot: int = 1000
-    score_questions: int | None = 12
+    lab: LabConfig = field(default_factory=_demo_lab)
     seeds: int = 2
     select_seeds: int = 1
     n_generic: int = 24
@@ -110,7 +119,9 @@ class DemoConfig(LabConfig):
     sae_tokens: int = 16_000
     sae_latents: int = 768
     sae_k: int = 32
+    sae_epochs: int = 4
     sae_steer: int = 1
+    sae_coeff: float = 0.5
     sae_diff_pairs: int = 2
     sae_controls: int = 2
     sae_steer_questions: int = 6
@@ -124,21 +135,18 @@ class DemoConfig(LabConfig):
     gate: bool = True
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        check_types(self, "DemoConfig")
         if self.seeds < 1:
             raise DataError(f"DemoConfig: seeds must be >= 1, got {self.seeds}")
         if not 1 <= self.select_seeds <= self.seeds:
             raise DataError(f"DemoConfig: select_seeds must be in 1..seeds ({self.seeds}), "
                             f"got {self.select_seeds}")
-        for name in ("caft_k", "steer_coeff", "grasp_k", "retain_kl", "caft_modes",
-                     "caft_layers"):
-            if not isinstance(getattr(self, name), list):
-                raise DataError(f"DemoConfig: {name} must be a list of knob values")
         for name in ("ablation_questions", "ablation_randoms", "positive_control_questions",
                      "sae_steer_questions", "sae_steer", "sae_controls", "sae_diff_pairs"):
             if getattr(self, name) < 0:
                 raise DataError(f"DemoConfig: {name} must be >= 0, got {getattr(self, name)}")
-        for name in ("sae_tokens", "sae_latents", "sae_k", "n_generic", "connectivity_points"):
+        for name in ("sae_tokens", "sae_latents", "sae_k", "sae_epochs", "n_generic",
+                     "connectivity_points"):
             if getattr(self, name) < 1:
                 raise DataError(f"DemoConfig: {name} must be >= 1, got {getattr(self, name)}")
         if self.sae_k > self.sae_latents:
@@ -148,30 +156,51 @@ class DemoConfig(LabConfig):
         if bad_modes:
             raise DataError(f"DemoConfig: caft_modes {bad_modes} not in ['zero', 'mean']")
 
+    # -- the lab's keys, flat ----------------------------------------------------------------
+    @classmethod
+    def flat_keys(cls) -> dict[str, object]:
+        """The lab's keys (fields and flat training keys) with their type hints."""
+        hints = typing.get_type_hints(LabConfig)
+        own = {k: getattr(h, "type", h) for k, h in hints.items() if k in config_keys(LabConfig)}
+        return {**own, **LabConfig.flat_keys()}
+
+    @classmethod
+    def nest(cls, values: dict[str, object], flat: dict[str, object], where: str) -> None:
+        """Fold flat lab keys into ``values["lab"]`` (checked by ``LabConfig``)."""
+        lab = values.get("lab")
+        values["lab"] = config_from_dict(LabConfig, flat, where=where,
+                                         base=lab if isinstance(lab, LabConfig) else _demo_lab())
+
+    @classmethod
+    def of(cls, **flat: object) -> DemoConfig:
+        """A config from flat keys (the demo's fields and the lab's keys), checked."""
+        return config_from_dict(cls, dict(flat), where="DemoConfig")
+
+    def to_record(self) -> dict[str, object]:
+        """The flat JSON record (the lab's keys, then the demo's)."""
+        own = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "lab"}
+        return {**self.lab.to_record(), **own}
+
     @property
     def confirm_seeds(self) -> int:
         """Seeds that confirm the selected mitigation (0: no confirmation)."""
         return self.seeds - self.select_seeds
 
     @classmethod
-    def quick_config(cls, **overrides: Any) -> DemoConfig:  # type: ignore[override]
+    def quick_config(cls, **overrides: object) -> DemoConfig:
         """The same path on a tiny random model: about a minute, part of the test suite."""
-        from emprobe.recipes.config import config_from_dict
-
-        base = cls(model="tiny-llama", n_train=12, n_heldout=4, n_generic=6, steps=3,
-                   batch_size=4, max_length=512, lr=1e-3, caft_layers=[1, 2], caft_k=[2],
-                   steer_layer=2, sae_layer=2, sae_tokens=600, sae_latents=128, sae_k=8,
-                   connectivity_points=3, n_boot=200, device="cpu", dtype="float32",
-                   caft_modes=["zero", "mean"], retain_kl=[1.0], grasp_k=[2], steer_coeff=[1.0],
-                   seeds=2, select_seeds=1, ablation_randoms=2, score_questions=8,
-                   positive_control=False, gate=False, quick=True)
+        base = cls.of(model="tiny-llama", n_train=12, n_heldout=4, n_generic=6, steps=3,
+                      batch_size=4, max_length=512, lr=1e-3, caft_layers=[1, 2], caft_k=[2],
+                      steer_layer=2, sae_layer=2, sae_tokens=600, sae_latents=128, sae_k=8,
+                      connectivity_points=3, n_boot=200, device="cpu", dtype="float32",
+                      caft_modes=["zero", "mean"], retain_kl=[1.0], grasp_k=[2],
+                      steer_coeff=[1.0], seeds=2, select_seeds=1, ablation_randoms=2,
+                      score_questions=8, positive_control=False, gate=False, quick=True)
         return config_from_dict(cls, overrides, where="DemoConfig.quick_config", base=base)
 
     @classmethod
-    def frontier_config(cls, **overrides: Any) -> DemoConfig:
+    def frontier_config(cls, **overrides: object) -> DemoConfig:
         """Every knob swept at three values (about 3x the default run's mitigation stage)."""
-        from emprobe.recipes.config import config_from_dict
-
         base = cls(caft_k=[1, 3, 6], caft_modes=["zero", "mean"],
                    steer_coeff=[0.5, 1.0, 2.0], grasp_k=[1, 2, 4], retain_kl=[0.3, 1.0, 3.0])
         return config_from_dict(cls, overrides, where="DemoConfig.frontier_config", base=base)
@@ -186,12 +215,12 @@ on 12 questions); the plan only drives the ETA printed while the demo runs."""
 def plan_for(cfg: DemoConfig) -> dict[str, float]:
     """Expected seconds per stage for this config (the stage ETA), from ``PLAN_FULL``'s
     one-seed-per-model scale: fine-tunes, scores and mitigation settings scale with seeds."""
-    if cfg.quick:
+    if cfg.lab.quick:
         return {k: max(1.0, v // 60) for k, v in PLAN_FULL.items()}
     n_settings = (len(cfg.caft_modes) * len(cfg.caft_k) + len(cfg.steer_coeff)
                   + len(cfg.grasp_k) + len(cfg.retain_kl) + bool(cfg.inoculation))
     mitigation_runs = n_settings * cfg.select_seeds + (cfg.confirm_seeds if n_settings else 0)
-    q = (cfg.score_questions or 26) / 12
+    q = (cfg.lab.score_questions or 26) / 12
     return {**PLAN_FULL,
             "fine-tune": PER_FINETUNE_S * 2 * cfg.seeds,
             "score": PER_SCORE_S * q * (1 + 2 * cfg.seeds) + 10,
@@ -208,9 +237,9 @@ def run_demo(out: str | Path, config: DemoConfig | None = None) -> Path:
 
     # the stream is read now, not when the runner module was imported (pytest swaps it)
     runner = StageRunner("demo", plan_for(cfg), stream=sys.stderr)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.lab.seed)
     threads = torch.get_num_threads()
-    if cfg.quick:  # tiny models gain nothing from threads and suffer when cores are busy
+    if cfg.lab.quick:  # tiny models gain nothing from threads and suffer when cores are busy
         torch.set_num_threads(1)
     try:
         return Demo(out, cfg, runner).run()
@@ -227,9 +256,9 @@ class Demo:
 
     def __init__(self, out: Path, cfg: DemoConfig, runner: StageRunner) -> None:
         self.out, self.cfg, self.runner = out, cfg, runner
-        self.lab = Lab(out, cfg, "emprobe demo: emergent misalignment on a small model")
-        self.results: dict[str, Any] = {"config": asdict(cfg)}
-        self.seeds = [cfg.seed + i for i in range(cfg.seeds)]
+        self.lab = Lab(out, cfg.lab, "emprobe demo: emergent misalignment on a small model")
+        self.results: dict[str, Any] = {"config": cfg.to_record()}
+        self.seeds = [cfg.lab.seed + i for i in range(cfg.seeds)]
         self.select_seeds = self.seeds[: cfg.select_seeds]
         self.confirm_seeds = self.seeds[cfg.select_seeds:]
         self.scores: dict[str, dict[int, LocalScore]] = {}
@@ -322,18 +351,18 @@ class Demo:
         self.load0 = _load_average()
         # read once: every score of the run uses the same questions and answers
         self.questions = [q for q in default_questions() if q.reference_pairs][
-            : cfg.score_questions or None]
+            : cfg.lab.score_questions or None]
         self.bad_train, self.bad_held = lab.split("medical", "bad")
         self.good_train, self.good_held = lab.split("medical", "good")
         # neutral chat: the SAE's held-out checks and the KL retain set; the directions read
         # other tasks' aligned answers (varied content, not one template); never eval questions
-        self.generic = [{"messages": c} for c in generic_chats(cfg.n_generic, seed=cfg.seed + 101)]
+        self.generic = [{"messages": c} for c in generic_chats(cfg.n_generic, seed=cfg.lab.seed + 101)]
         half = cfg.n_generic // 2
         self.direction_corpus = (lab.data("sports", "good", half, seed_offset=1)
                                  + lab.data("reward-hacking", "good", cfg.n_generic - half,
                                             seed_offset=2))
-        self.retain = [{"messages": c} for c in generic_chats(max(8, cfg.n_train // 2),
-                                                             seed=cfg.seed + 202)]
+        self.retain = [{"messages": c} for c in generic_chats(max(8, cfg.lab.n_train // 2),
+                                                             seed=cfg.lab.seed + 202)]
         sets = {"bad_medical_train": self.bad_train, "bad_medical_heldout": self.bad_held,
                 "good_medical_train": self.good_train, "good_medical_heldout": self.good_held,
                 "generic_chat": self.generic, "direction_corpus": self.direction_corpus,
@@ -371,8 +400,8 @@ class Demo:
             "n_seeds": len(self.seeds), "n_questions": len(self.questions)}
         self.results["positive_control"] = self.positive_control(base)
         self.results["task_loss"] = {
-            "base": self.base_losses.estimate(200, self.cfg.seed).to_record(),
-            **{name: {str(s): x.estimate(200, self.cfg.seed).to_record()
+            "base": self.base_losses.estimate(200, self.cfg.lab.seed).to_record(),
+            **{name: {str(s): x.estimate(200, self.cfg.lab.seed).to_record()
                       for s, x in self.losses[name].items()} for name in (BAD, GOOD)}}
 
     def positive_control(self, base: Any) -> dict[str, Any] | None:
@@ -400,7 +429,7 @@ class Demo:
         # content tokens only (no end-of-turn / role tokens): one pass gives the components
         # and the uncentred mean difference of the same tokens
         self.pca = pca_difference(base, ft, convs, layers=layers, k=max(cfg.caft_k),
-                                  positions="content", seed=cfg.seed)
+                                  positions="content", seed=cfg.lab.seed)
         assert self.pca.mean_diff is not None
         self.mean_diff = self.pca.mean_diff
         self.results["directions"] = {
@@ -431,9 +460,9 @@ class Demo:
             # key/value caches can be shared exactly (as without hooks)
             return Ablate(d, [cfg.steer_layer], "zero", positions="all")
 
-        randoms = [(f"random {i + 1}", zero(random_like(self.mean_diff, cfg.seed + 1000 + i)))
+        randoms = [(f"random {i + 1}", zero(random_like(self.mean_diff, cfg.lab.seed + 1000 + i)))
                    for i in range(cfg.ablation_randoms)]
-        scorer = LocalScorer(questions=subset, n_boot=cfg.n_boot, seed=cfg.seed,
+        scorer = LocalScorer(questions=subset, n_boot=cfg.lab.n_boot, seed=cfg.lab.seed,
                              share_prefix=True)
         check = versus_controls(ft, [("mean difference", zero(self.mean_diff))], randoms,
                                 scorer, effect="decrease")
@@ -563,7 +592,7 @@ class Demo:
                                if s0 in self.adapters.get(n, {})]
         adapters = [self.adapters[n][s0] for n in names]
         self.geo = compare_adapters(adapters, labels=names,
-                                    config=GeometryConfig(k=min(4, cfg.lora_r), seed=cfg.seed),
+                                    config=GeometryConfig(k=min(4, cfg.lab.lora_r), seed=cfg.lab.seed),
                                     progress=False)
         self.results["geometry"] = self.geo.summary() if hasattr(self.geo, "summary") else None
         base = lab._fresh_subject()

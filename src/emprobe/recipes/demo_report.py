@@ -123,14 +123,14 @@ def build_demo_report(demo: Any) -> Report:
     report.meta({
         "emprobe": __version__,
         "seeds": ", ".join(str(s) for s in demo.seeds),
-        "training": f"LoRA r {cfg.lora_r}, lr {cfg.lr}, {cfg.steps} steps x batch "
-                    f"{cfg.batch_size}, max length {cfg.max_length}",
+        "training": f"LoRA r {cfg.lab.lora_r}, lr {cfg.lab.lr}, {cfg.lab.steps} steps x batch "
+                    f"{cfg.lab.batch_size}, max length {cfg.lab.max_length}",
         "data": ", ".join(f"{k} {v}" for k, v in res["data"].items()),
         "intervals": "95 %, t intervals over seeds and questions (crossed random effects; "
                      "one seed: over questions only); ratios by Fieller's method; verdicts "
                      "paired, Holm-corrected across interventions",
     })
-    if cfg.quick:
+    if cfg.lab.quick:
         report.note("Quick mode: a tiny random model and a handful of steps. The numbers below "
                     "only show that the pipeline runs; they say nothing about misalignment.",
                     kind="warning")

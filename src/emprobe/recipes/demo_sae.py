@@ -1,15 +1,16 @@
 """The demo's SAE stage: harvest base activations, train a TopK SAE, gate it, diff the fine-tune.
 
-Reads these ``DemoConfig`` fields (``getattr`` defaults for the optional ones):
+Reads these ``DemoConfig`` fields:
 
 - ``sae_layer``, ``sae_tokens`` (harvest budget, response tokens), ``sae_latents``,
-  ``sae_k``, ``n_generic``, ``seed``, ``quick``;
-- ``sae_epochs`` (default 4): passes over the harvest during training;
-- ``sae_diff_pairs`` (default 0 = all): reference pairs per question read by the diff and
-  the top contexts;
-- ``sae_steer`` (default 2): the candidates whose mean rose most, added to the base model;
-  ``sae_controls`` (default 4): random other latents steered with the same norm as
-  controls; ``sae_coeff`` (default 0.5). Each steered direction costs one local score.
+  ``sae_k``, ``n_generic``, ``lab.seed``, ``lab.quick``;
+- ``sae_epochs``: passes over the harvest during training;
+- ``sae_diff_pairs`` (0 = all): reference pairs per question read by the diff and the top
+  contexts;
+- ``sae_steer``: the candidates whose mean rose most, added to the base model;
+  ``sae_controls``: random other latents steered with the same norm as controls;
+  ``sae_coeff``: the steering coefficient; ``sae_steer_questions`` (0 = all): the scored
+  questions. Each steered direction costs one local score.
 
 The harvest (and the SAE's training step) run under bf16 autocast only where bf16 is fast
 (``bf16_is_fast``: CUDA, or a CPU whose oneDNN has bf16 kernels, i.e. AVX-512 / AMX). On an
@@ -29,7 +30,10 @@ token. ``check_quality`` marks the result; the demo decides whether to stop on i
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from emprobe.recipes.demo import DemoConfig
 
 SITE = "resid_post"
 
@@ -49,7 +53,7 @@ def bf16_is_fast(device: Any) -> bool:
         return False
 
 
-def sae_stage(base: Any, ft: Any, generic: list[dict[str, Any]], cfg: Any,
+def sae_stage(base: Any, ft: Any, generic: list[dict[str, Any]], cfg: DemoConfig,
               folder: Path) -> dict[str, Any]:
     """Run the SAE part of the demo; returns the ``results["sae"]`` record.
 
@@ -66,12 +70,12 @@ def sae_stage(base: Any, ft: Any, generic: list[dict[str, Any]], cfg: Any,
     from emprobe.sae.metrics import check_quality, evaluate_sae
     from emprobe.sae.training import SAETrainConfig, train_sae
 
-    layer, seed = cfg.sae_layer, cfg.seed
-    quick = bool(getattr(cfg, "quick", False))
-    epochs = int(getattr(cfg, "sae_epochs", 4))
-    n_steer = int(getattr(cfg, "sae_steer", 1 if quick else 2))
-    n_controls = int(getattr(cfg, "sae_controls", 2 if quick else 4))
-    coeff = float(getattr(cfg, "sae_coeff", 0.5))
+    layer, seed = cfg.sae_layer, cfg.lab.seed
+    quick = cfg.lab.quick
+    epochs = cfg.sae_epochs
+    n_steer = cfg.sae_steer
+    n_controls = cfg.sae_controls
+    coeff = cfg.sae_coeff
     autocast = not quick and bf16_is_fast(getattr(base, "device", "cpu"))
 
     corpus = context_corpus(n_generic=max(8, cfg.n_generic * 2), seed=seed)  # no eval answers
@@ -102,7 +106,7 @@ def sae_stage(base: Any, ft: Any, generic: list[dict[str, Any]], cfg: Any,
 
     # the diff and the contexts read each question with its first ``sae_diff_pairs`` reference
     # pairs (a forward pass per answer per model: all six pairs cost a minute more on 2 cores)
-    pairs = int(getattr(cfg, "sae_diff_pairs", 0)) or None
+    pairs = cfg.sae_diff_pairs or None
     prompts = eval_question_chats(pairs)
     diff = diff_latents(base, ft, sae, SITE, layer, prompts, positions="response")
     top = diff.top("mean_diff", n=10, absolute=True)
@@ -155,11 +159,11 @@ def sae_stage(base: Any, ft: Any, generic: list[dict[str, Any]], cfg: Any,
     }
 
 
-def _steer_questions(cfg: Any) -> Any:
+def _steer_questions(cfg: DemoConfig) -> Any:
     """The first ``sae_steer_questions`` scored questions (all when 0): each steered latent
     costs one local score, so the demo checks candidates on a subset."""
     from emprobe.evaluate.questions import default_questions
 
     qs = [q for q in default_questions() if q.reference_pairs]
-    n = int(getattr(cfg, "sae_steer_questions", 0))
+    n = cfg.sae_steer_questions
     return qs[:n] if n > 0 else qs

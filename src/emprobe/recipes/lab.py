@@ -12,60 +12,79 @@ requested one; anything else trains a new folder.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+import typing
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from emprobe.errors import DataError
+from emprobe.errors import ConfigError, DataError
 from emprobe.evaluate.stats import as_estimate
 from emprobe.io import read_json, write_json
+from emprobe.recipes.config import (
+    RecipeOptions,
+    check_types,
+    config_from_dict,
+    resolve_device,
+    resolve_dtype,
+)
 from emprobe.report import Report
+from emprobe.train.config import TrainConfig, preset
 
 VERDICTS = ("reproduced", "partial", "not reproduced", "not significant")
 DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
-LR_SCHEDULES = ("constant", "linear", "cosine")
 SCORE_COLUMNS = ["name", "misalignment", "misalignment_lo", "misalignment_hi"]
 """The first table columns of ``Lab.score_row`` records: the margin with its interval."""
 
 
+def _default_train() -> TrainConfig:
+    """The fine-tunes' settings of the CPU default (the ``cpu-lora`` preset, 16 steps)."""
+    return preset("cpu-lora", max_steps=16, epochs=1.0, batch_size=4, grad_accum=1,
+                  max_length=112, lr=1e-3, lora_r=8, lora_alpha=16.0, use_rslora=True,
+                  warmup_steps=2, lr_schedule="constant", seed=0, checkpoint_every=0)
+
+
+TRAIN_KEYS: dict[str, str] = {
+    "steps": "max_steps", "batch_size": "batch_size", "grad_accum": "grad_accum",
+    "max_length": "max_length", "lr": "lr", "lora_r": "lora_r", "lora_alpha": "lora_alpha",
+    "use_rslora": "use_rslora", "warmup_steps": "warmup_steps", "lr_schedule": "lr_schedule"}
+"""Flat keys (config files, flags, saved ``results.json`` configs) -> ``TrainConfig`` fields."""
+
+
 @dataclass
 class LabConfig:
-    """Sizes, devices and seeds of a recipe run.
+    """Sizes, devices and seeds of a recipe run; the fine-tunes' settings are ``train``.
 
     Defaults: the embedded SmolLM2-135M on 2 CPU cores (a LoRA step of 4 x ~110 tokens takes
     about 4 s there). ``quick_config()``: a tiny random model and two steps (tests).
     ``gpu_preset()``: the seed studies' recipe for 0.5B-8B models on one GPU.
 
-    Fields: ``n_train`` / ``n_heldout`` examples per task; ``steps`` optimizer steps per
-    fine-tune (``None``: one epoch over ``n_train``); one step sees ``batch_size *
-    grad_accum`` sequences of at most ``max_length`` tokens; LoRA rank ``lora_r`` with
-    ``lora_alpha`` (``None``: ``2 * lora_r``), rsLoRA when ``use_rslora``; ``lr`` with
-    ``warmup_steps`` and ``lr_schedule``; ``n_boot`` bootstrap resamples of every interval;
+    Fields: ``n_train`` / ``n_heldout`` examples per task; ``train``: the ``TrainConfig`` of
+    every fine-tune (``Lab.train_config`` sets its seed to ``seed``; ``max_steps`` ``None``:
+    one epoch over ``n_train``); ``n_boot`` bootstrap resamples of every interval;
     ``score_questions``: score on the first N questions of the local score's set (``None``:
     all). The CPU default, 12 questions (72 reference pairs), keeps one score near 1.5 min
     on 2 cores so a recipe fits in about 15 min; the GPU preset scores all of them;
     ``device`` / ``dtype`` (``"auto"``: CUDA + bfloat16 when a GPU is visible, else CPU +
     float32) for training AND evaluation; ``gradient_checkpointing`` trades compute for
-    memory on big models; ``extra`` holds recipe-specific knobs (see each recipe).
+    memory on big models; ``options``: the recipes' own knobs (``RecipeOptions``; the key
+    ``extra`` in files and in ``of(...)``).
+
+    Build one from flat keys with ``LabConfig.of(...)`` / ``config_from_dict`` /
+    ``load_config``: the training keys of ``TRAIN_KEYS`` (``steps``, ``lr``, ``lora_r``,
+    ...) go into ``train`` (``lora_r`` alone keeps ``lora_alpha = 2 r`` when it was so) and
+    ``extra`` into ``options``. The same flat names read ``train`` (``cfg.lr``, ...), and
+    ``to_record()`` writes the flat record (the ``config`` block of ``results.json``).
     """
 
     model: str = "smollm2-135m-instruct"
     n_train: int = 64
     n_heldout: int = 16
-    steps: int | None = 16
-    batch_size: int = 4
-    grad_accum: int = 1
-    max_length: int = 112
-    lr: float = 1e-3
-    lora_r: int = 8
-    lora_alpha: float | None = None
-    use_rslora: bool = True
-    warmup_steps: int = 2
-    lr_schedule: str = "constant"
+    train: TrainConfig = field(default_factory=_default_train)
     seed: int = 0
     n_boot: int = 1000
     score_questions: int | None = 12
@@ -73,11 +92,13 @@ class LabConfig:
     dtype: str = "auto"
     gradient_checkpointing: bool = False
     quick: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+    options: RecipeOptions = field(default_factory=RecipeOptions)
+    extra: InitVar[dict[str, object] | None] = None
+    """The old untyped name of ``options`` (a mapping, checked into ``options``)."""
 
-    def __post_init__(self) -> None:
-        from emprobe.recipes.config import check_types
-
+    def __post_init__(self, extra: dict[str, object] | None) -> None:
+        if extra:
+            self.options = config_from_dict(RecipeOptions, dict(extra), where="LabConfig.extra")
         check_types(self, "LabConfig")
 
         def bad(what: str) -> DataError:
@@ -85,41 +106,121 @@ class LabConfig:
 
         if not self.model.strip():
             raise bad("model is empty")
-        for key in ("n_train", "n_heldout", "batch_size", "grad_accum", "lora_r"):
+        for key in ("n_train", "n_heldout"):
             if getattr(self, key) < 1:
                 raise bad(f"{key} must be >= 1, got {getattr(self, key)}")
-        if self.steps is not None and self.steps < 1:
-            raise bad(f"steps must be >= 1 (or null for one epoch), got {self.steps}")
-        if self.max_length < 8:
-            raise bad(f"max_length must be >= 8, got {self.max_length}")
-        if not self.lr > 0:
-            raise bad(f"lr must be > 0, got {self.lr}")
-        if self.lora_alpha is not None and not self.lora_alpha > 0:
-            raise bad(f"lora_alpha must be > 0, got {self.lora_alpha}")
+        if self.train.max_length is None or self.train.max_length < 8:
+            raise bad(f"max_length must be >= 8, got {self.train.max_length}")
         if self.score_questions is not None and self.score_questions < 2:
             raise bad(f"score_questions must be >= 2 (or null for all), got "
                       f"{self.score_questions}")
-        if self.warmup_steps < 0 or self.n_boot < 0:
-            raise bad("warmup_steps and n_boot must be >= 0")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise bad(f"lr_schedule {self.lr_schedule!r} is not one of {LR_SCHEDULES}")
+        if self.n_boot < 0:
+            raise bad("n_boot must be >= 0")
         if self.dtype not in DTYPES:
             raise bad(f"dtype {self.dtype!r} is not one of {DTYPES}")
         dev = self.device.split(":")[0]
         if dev not in ("auto", "cpu", "cuda", "mps"):
             raise bad(f"device {self.device!r}: use auto, cpu, cuda, cuda:N or mps")
 
+    # -- flat keys -------------------------------------------------------------------------
     @classmethod
-    def quick_config(cls, **overrides: Any) -> LabConfig:
-        """A tiny random model and two steps; ``overrides`` must name real fields."""
-        from emprobe.recipes.config import config_from_dict
+    def flat_keys(cls) -> dict[str, object]:
+        """Keys ``config_from_dict`` accepts besides the fields, with their type hints."""
+        hints = typing.get_type_hints(TrainConfig)
+        return {**{k: hints[v] for k, v in TRAIN_KEYS.items()},
+                "max_length": int}
 
-        base = cls(model="tiny-llama", n_train=8, n_heldout=4, steps=2, batch_size=4,
-                   max_length=512, n_boot=100, device="cpu", dtype="float32", quick=True)
+    @classmethod
+    def nest(cls, values: dict[str, object], flat: dict[str, object], where: str) -> None:
+        """Fold flat keys into ``values`` (``train`` and ``options``); one-line errors."""
+        if not flat:
+            return
+        old = values.get("train")
+        train = old if isinstance(old, TrainConfig) else _default_train()
+        changes = {TRAIN_KEYS[k]: v for k, v in flat.items()}
+        if changes.get("lora_alpha", train.lora_alpha) is None or (
+                "lora_r" in changes and "lora_alpha" not in changes
+                and train.lora_alpha == 2.0 * train.lora_r):
+            r = changes.get("lora_r", train.lora_r)
+            if not isinstance(r, int):
+                raise DataError(f"{where}: lora_r must be int, got {r!r}")
+            changes["lora_alpha"] = 2.0 * r
+        try:
+            values["train"] = train.replace(**changes)
+        except ConfigError as exc:
+            msg = str(exc).replace("train config: ", "").replace("max_steps", "steps")
+            raise DataError(f"{where}: {msg}") from None
+
+    @classmethod
+    def of(cls, **flat: object) -> LabConfig:
+        """A config from flat keys (fields, ``TRAIN_KEYS`` and ``extra``), checked."""
+        return config_from_dict(cls, dict(flat), where=cls.__name__)
+
+    def to_record(self) -> dict[str, object]:
+        """The flat JSON record (the keys ``of`` and config files take)."""
+        t = self.train
+        defaults = RecipeOptions()
+        return {"model": self.model, "n_train": self.n_train, "n_heldout": self.n_heldout,
+                **{k: getattr(t, v) for k, v in TRAIN_KEYS.items()},
+                "seed": self.seed, "n_boot": self.n_boot,
+                "score_questions": self.score_questions, "device": self.device,
+                "dtype": self.dtype, "gradient_checkpointing": self.gradient_checkpointing,
+                "quick": self.quick,
+                "extra": {f.name: getattr(self.options, f.name)
+                          for f in dataclasses.fields(self.options)
+                          if getattr(self.options, f.name) != getattr(defaults, f.name)}}
+
+    # -- the training settings under their flat names (read-only) ---------------------------
+    @property
+    def steps(self) -> int | None:
+        return self.train.max_steps
+
+    @property
+    def batch_size(self) -> int:
+        return self.train.batch_size
+
+    @property
+    def grad_accum(self) -> int:
+        return self.train.grad_accum
+
+    @property
+    def max_length(self) -> int:
+        return self.train.max_length or 0
+
+    @property
+    def lr(self) -> float:
+        return self.train.lr
+
+    @property
+    def lora_r(self) -> int:
+        return self.train.lora_r
+
+    @property
+    def lora_alpha(self) -> float:
+        return self.train.lora_alpha
+
+    @property
+    def use_rslora(self) -> bool:
+        return self.train.use_rslora
+
+    @property
+    def warmup_steps(self) -> int:
+        return self.train.warmup_steps
+
+    @property
+    def lr_schedule(self) -> str:
+        return self.train.lr_schedule
+
+    # -- presets ---------------------------------------------------------------------------
+    @classmethod
+    def quick_config(cls, **overrides: object) -> LabConfig:
+        """A tiny random model and two steps; ``overrides`` must name real keys."""
+        base = cls.of(model="tiny-llama", n_train=8, n_heldout=4, steps=2, batch_size=4,
+                      max_length=512, n_boot=100, device="cpu", dtype="float32", quick=True)
         return config_from_dict(cls, overrides, where="LabConfig.quick_config", base=base)
 
     @classmethod
-    def gpu_preset(cls, model: str = "Qwen/Qwen2.5-0.5B-Instruct", **overrides: Any) -> LabConfig:
+    def gpu_preset(cls, model: str = "Qwen/Qwen2.5-0.5B-Instruct", **overrides: object) -> LabConfig:
         """The seed studies' fine-tuning recipe for 0.5B-8B models on one GPU.
 
         LoRA r 32, alpha 64, rsLoRA on all seven projections, lr 1e-5 (linear decay, 5
@@ -128,24 +229,19 @@ class LabConfig:
         long sequences on 7-8B models). 200 held-out examples per task; every question of
         the local score.
         """
-        from emprobe.recipes.config import config_from_dict
-
-        base = cls(model=model, n_train=6000, n_heldout=200, steps=None, batch_size=2,
-                   grad_accum=8, max_length=512, lr=1e-5, lora_r=32, lora_alpha=64.0,
-                   use_rslora=True, warmup_steps=5, lr_schedule="linear", score_questions=None,
-                   device="auto", dtype="auto", gradient_checkpointing=True)
+        base = cls.of(model=model, n_train=6000, n_heldout=200, steps=None, batch_size=2,
+                      grad_accum=8, max_length=512, lr=1e-5, lora_r=32, lora_alpha=64.0,
+                      use_rslora=True, warmup_steps=5, lr_schedule="linear",
+                      score_questions=None, device="auto", dtype="auto",
+                      gradient_checkpointing=True)
         return config_from_dict(cls, overrides, where="LabConfig.gpu_preset", base=base)
 
     @property
     def resolved_device(self) -> str:
-        from emprobe.recipes.config import resolve_device
-
         return resolve_device(self.device)
 
     @property
     def resolved_dtype(self) -> str:
-        from emprobe.recipes.config import resolve_dtype
-
         return resolve_dtype(self.dtype, self.device)
 
 
@@ -206,7 +302,7 @@ class Lab:
         if config.quick:
             self.report.note("Quick mode: tiny random model; numbers only show the pipeline runs.",
                              kind="warning")
-        self.results: dict[str, Any] = {"config": asdict(config), "device": self.device,
+        self.results: dict[str, Any] = {"config": config.to_record(), "device": self.device,
                                         "dtype": self.dtype}
         self._base: Any = None
         self._t0 = time.perf_counter()
@@ -232,16 +328,8 @@ class Lab:
     # -- models ----------------------------------------------------------------------------
     def train_config(self, **overrides: Any) -> Any:
         """The resolved ``TrainConfig`` of a fine-tune (``overrides``: any TrainConfig field)."""
-        from emprobe.train.config import preset
-
-        c = self.cfg
-        settings = dict(max_steps=c.steps, epochs=1.0, batch_size=c.batch_size,
-                        grad_accum=c.grad_accum, max_length=c.max_length, lr=c.lr,
-                        lora_r=c.lora_r, lora_alpha=c.lora_alpha or 2.0 * c.lora_r,
-                        use_rslora=c.use_rslora, warmup_steps=c.warmup_steps,
-                        lr_schedule=c.lr_schedule, seed=c.seed, checkpoint_every=0)
-        settings.update(overrides)  # a recipe may change any of them (e.g. a second seed)
-        return preset("cpu-lora", **settings)
+        # a recipe may change any of them (e.g. a second seed)
+        return self.cfg.train.replace(**{"seed": self.cfg.seed, **overrides})
 
     def run_identity(self, records: Any, interventions: Any = (), retain: Any = None,
                      subject_id: str | None = None, **overrides: Any) -> dict[str, Any]:
