@@ -16,28 +16,60 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from benchmarks.record import LoadProbe, load_note, record  # noqa: E402
 
+# What `make bench` costs on 2 quiet cores (x86_64, no GPU), module by module: estimates
+# from earlier quiet runs (522 s for the modules before harvest, sample, the training floor
+# and the SAE at 262,144 tokens) and from reduced-size runs of the new measures on a busy
+# machine; shown by --help.
+EXPECTED = """expected time on 2 quiet cores (estimates, not measurements of this version):
+  bench_data, bench_directions, bench_evaluate, bench_geometry, bench_hooks: ~6 min together
+  bench_harvest ~1 min; bench_sample ~1 min
+  bench_train ~6 min (of which the floor row, finetune vs bare forward+backward, ~2 min)
+  bench_sae ~13 min (16,384 tokens ~1.5 min; 262,144 tokens ~11 min: both sides run it)
+  all (make bench): ~27 min; --set issue27 (harvest, SAE at 262,144, training floor,
+  sampling only): ~15 min"""
 
-def machine() -> str:
+# --set issue27: only the four rows of issue 27's "done when", each module with its kwargs
+SETS: dict[str, dict[str, dict[str, object]]] = {
+    "issue27": {
+        "bench_harvest": {},
+        "bench_sae": {"sizes": [262144]},
+        "bench_train": {"measures": ["floor"]},
+        "bench_sample": {},
+    },
+}
+
+
+def machine(threads: object = None) -> str:
+    """The machine in words; ``threads`` (a result's own thread count) when given, else
+    torch's current count."""
     import torch
 
     dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    n = threads if isinstance(threads, int) else torch.get_num_threads()
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-            f"{ram:.0f} GB RAM, {dev}, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads")
+            f"{ram:.0f} GB RAM, {dev}, torch {torch.__version__}, {n} threads")
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks")
-    parser.add_argument("--only", default=None, help="run one module, e.g. hooks")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", epilog=EXPECTED,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default=None,
+                        help="run these modules only, comma-separated, e.g. hooks or sae,train")
+    parser.add_argument("--set", default=os.environ.get("EMPROBE_BENCH_SET", "all"),
+                        choices=["all", *SETS],
+                        help="all (default) or issue27: only the rows of issue 27's goals "
+                             "(harvest vs bare forward, SAE vs SAELens at 262,144 tokens, "
+                             "finetune vs bare forward+backward, batched sampling); also "
+                             "from the environment: EMPROBE_BENCH_SET=issue27 make bench")
     parser.add_argument("--quick", action="store_true", help="smaller sizes (smoke run)")
     parser.add_argument("--json", default=None, help="write all results to this file")
     parser.add_argument("--table", default="docs/benchmarks.md",
                         help="rewrite this page's table from the results (default "
                              "docs/benchmarks.md; not with --quick; '' to skip)")
     parser.add_argument("--sae-tokens", default=None,
-                        help="comma-separated token budgets for bench_sae (default 16384; "
-                             "with --only sae: 16384,262144, plus SAELens' multi-SAE runner "
+                        help="comma-separated token budgets for bench_sae (default "
+                             "16384,262144; with --only sae also SAELens' multi-SAE runner "
                              "at the first size)")
     parser.add_argument("--sae-precision", default="fp32", choices=["fp32", "bf16"],
                         help="bench_sae: both sides in float32 (default) or bf16 autocast")
@@ -47,16 +79,20 @@ def main() -> int:
     sae_sizes = None
     if args.sae_tokens:
         sae_sizes = [int(x) for x in args.sae_tokens.split(",") if x.strip()]
-    elif args.only == "sae" and not args.quick:
-        sae_sizes = [16384, 262144]
     here = Path(__file__).parent
     names = sorted(m.name for m in pkgutil.iter_modules([str(here)]) if m.name.startswith("bench_"))
+    chosen = SETS.get(args.set)
+    if chosen is not None:
+        names = [n for n in names if n in chosen]
     if args.only:
-        names = [n for n in names if n == f"bench_{args.only}"]
-        if not names:
-            print(f"no benchmark module bench_{args.only}", file=sys.stderr)
+        wanted = [f"bench_{x.strip()}" for x in args.only.split(",") if x.strip()]
+        missing = [w for w in wanted if w not in names]
+        if missing:
+            print(f"no benchmark module {', '.join(missing)} (in --set {args.set})",
+                  file=sys.stderr)
             return 2
-    print(f"machine: {machine()}")
+        names = [n for n in names if n in wanted]
+    print(f"machine: {machine()}; set: {args.set}; modules: {', '.join(names)}")
     results = []
     start = time.perf_counter()
     for name in names:
@@ -64,13 +100,19 @@ def main() -> int:
         probe = LoadProbe()
         t0 = time.perf_counter()
         first = len(results)
-        kwargs: dict = {}
+        kwargs: dict = dict(chosen[name]) if chosen is not None else {}
         if name == "bench_sae":
             # --only sae (the long run) also times SAELens' multi-SAE runner at the first size
-            kwargs = {"sizes": sae_sizes, "precision": args.sae_precision,
-                      "multi": args.only == "sae" and not args.quick and not args.no_sae_multi}
+            kwargs.update({"precision": args.sae_precision,
+                           "multi": args.only == "sae" and not args.quick
+                           and not args.no_sae_multi})
+            if sae_sizes:
+                kwargs["sizes"] = sae_sizes
+            elif args.quick:
+                kwargs.pop("sizes", None)
         for res in mod.run(quick=args.quick, **kwargs):
             res.setdefault("module", name)
+            res.setdefault("machine", machine(res.get("details", {}).get("threads")))
             results.append(res)
             ratio = res.get("ratio")
             ratio_s = f"{ratio:.2f}x" if isinstance(ratio, (int, float)) else str(ratio)
@@ -81,7 +123,8 @@ def main() -> int:
         for res in results[first:]:
             res["load"] = note
         print(f"  ({name} took {time.perf_counter() - t0:.1f} s; {note})")
-    print(f"total: {time.perf_counter() - start:.1f} s (make bench goal: under 600 s on 2 cores)")
+    print(f"total: {time.perf_counter() - start:.1f} s (set {args.set}; see --help for the "
+          "expected time)")
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": machine(), "results": results}, indent=2))
     if args.table and not args.quick and results:

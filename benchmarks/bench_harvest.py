@@ -27,7 +27,7 @@ TOKENS = 8192  # 2 rounds of both sides: about 35 s of make bench on 2 quiet cor
 
 def same_batches(subject: Any, texts: list[str], cfg: Any) -> list[Any]:
     """The harvest's batches for ``cfg`` (its budget cut included), tokenised now."""
-    from emprobe.sae.harvest import _batches, _head_rows, _token_mask
+    from emprobe.sae.harvest import _batches, _head_rows, token_mask
 
     def encode(chunk: Any) -> Any:
         return subject.encode_texts(list(chunk), max_length=cfg.max_length)
@@ -36,7 +36,7 @@ def same_batches(subject: Any, texts: list[str], cfg: Any) -> list[Any]:
     for batch in _batches(encode, texts, cfg.batch_size, cfg.bucket):
         if cfg.max_tokens is not None and done >= cfg.max_tokens:
             break
-        mask = _token_mask(batch, cfg.positions, cfg.skip_first)
+        mask = token_mask(subject, batch, cfg.positions, cfg.skip_first)
         n = int(mask.sum())
         take = n if cfg.max_tokens is None else min(n, cfg.max_tokens - done)
         out.append(batch if take == n else _head_rows(batch, mask, take))

@@ -1,8 +1,9 @@
 """The benchmark table in ``docs/benchmarks.md``, written from measured results only.
 
 ``python -m benchmarks`` hands every result to ``record``: one row per measure (the
-result's ``name``), with its anchor, floor (goal), emprobe's ratio, the machine, whether it
-was quiet and the date. Rows are kept in ``docs/benchmarks.json`` (the measured numbers
+result's ``name``), with its anchor, floor (goal), emprobe's ratio, the machine (the
+result's own ``machine`` when it has one, e.g. with the threads it ran on), whether it was
+quiet and the date. Rows are kept in ``docs/benchmarks.json`` (the measured numbers
 and details) and the table between the two markers of ``docs/benchmarks.md`` is rewritten
 from that file; the rest of the page is left as it is. A run of some modules
 (``--only``) replaces their rows and keeps the others with their own machine and date.
@@ -106,7 +107,8 @@ def record(results: list[dict[str, Any]], machine: str, doc: str | os.PathLike[s
         rows[res["name"]] = {
             "name": res["name"], "module": res.get("module"), "anchor": _anchor(res),
             "floor": res.get("floor") or res.get("goal", "-"), "ratio": res.get("ratio"),
-            "machine": machine, "load": res.get("load", "-"), "date": date,
+            "machine": res.get("machine") or machine, "load": res.get("load", "-"),
+            "date": date,
             "details": res.get("details", {}),
         }
     ordered = sorted(rows.values(), key=lambda r: (str(r.get("module")), r["name"]))
