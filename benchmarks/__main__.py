@@ -23,9 +23,9 @@ from benchmarks.record import LoadProbe, load_note, record  # noqa: E402
 EXPECTED = """expected time on 2 quiet cores (estimates, not measurements of this version):
   bench_data, bench_directions, bench_evaluate, bench_geometry, bench_hooks: ~6 min together
   bench_harvest ~1 min; bench_sample ~1 min
-  bench_train ~6 min (of which the floor row, finetune vs bare forward+backward, ~2 min)
+  bench_train ~6-8 min (of which the floor row, finetune vs bare forward+backward, ~2 min)
   bench_sae ~13 min (16,384 tokens ~1.5 min; 262,144 tokens ~11 min: both sides run it)
-  all (make bench): ~27 min; --set issue27 (harvest, SAE at 262,144, training floor,
+  all (make bench): ~27-30 min; --set issue27 (harvest, SAE at 262,144, training floor,
   sampling only): ~15 min"""
 
 # --set issue27: only the four rows of issue 27's "done when", each module with its kwargs
