@@ -224,7 +224,20 @@ def read_adapter(path: str | Path, dtype: torch.dtype | None = None) -> LoraAdap
     cfg = _read_config(folder)
     tensors = _read_weights(folder)
     cfg_path, st_path = folder / "adapter_config.json", folder / "adapter_model.safetensors"
+    pairs, skipped = _pair_factors(tensors)
+    if not pairs:
+        raise FormatError(f"{folder / 'adapter_model.safetensors'}: no lora_A/lora_B weights found")
+    modules: dict[str, LoraModule] = {}
+    for name in sorted(pairs, key=_natural_key):
+        A, B = _chained_factors(name, pairs[name], st_path)
+        modules[name] = _lora_module(name, A, B, cfg, cfg_path, dtype)
+    return LoraAdapter(path=folder, config=cfg, modules=modules, skipped=skipped)
 
+
+def _pair_factors(tensors: dict[str, torch.Tensor],
+                  ) -> tuple[dict[str, dict[str, torch.Tensor]], list[str]]:
+    """``{module: {"A": lora_A, "B": lora_B}}`` from PEFT's tensor names, and the names that
+    are no LoRA factor (kept as ``LoraAdapter.skipped``)."""
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     skipped: list[str] = []
     for key, value in tensors.items():
@@ -233,63 +246,67 @@ def read_adapter(path: str | Path, dtype: torch.dtype | None = None) -> LoraAdap
             skipped.append(key)
             continue
         pairs.setdefault(m.group("module"), {})[m.group("side")] = value
-    if not pairs:
-        raise FormatError(f"{folder / 'adapter_model.safetensors'}: no lora_A/lora_B weights found")
+    return pairs, skipped
 
-    rank_pattern = cfg.get("rank_pattern") or {}
-    alpha_pattern = cfg.get("alpha_pattern") or {}
-    use_rslora = bool(cfg.get("use_rslora", False))
+
+def _chained_factors(name: str, got: dict[str, torch.Tensor],
+                     st_path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Module ``name``'s ``A [r, d_in]`` and ``B [d_out, r]``: both present, 2-D, chaining."""
+    if set(got) != {"A", "B"}:
+        missing = "lora_B" if "A" in got else "lora_A"
+        raise FormatError(f"{st_path}: module {name} has no {missing} weight")
+    A, B = got["A"], got["B"]
+    if A.ndim != 2 or B.ndim != 2:
+        raise ShapeError(
+            f"{st_path}: module {name}: only Linear LoRA is supported "
+            f"(lora_A {tuple(A.shape)}, lora_B {tuple(B.shape)})"
+        )
+    if A.shape[0] != B.shape[1]:
+        raise ShapeError(
+            f"{st_path}: module {name}: lora_A {tuple(A.shape)} and lora_B {tuple(B.shape)} "
+            "do not chain (A [r, d_in], B [d_out, r])"
+        )
+    return A, B
+
+
+def _lora_module(name: str, A: torch.Tensor, B: torch.Tensor, cfg: dict[str, Any],
+                 cfg_path: Path, dtype: torch.dtype | None) -> LoraModule:
+    """One module's ``LoraModule``, checked against the config: its rank (``r`` or
+    ``rank_pattern``), ``target_modules`` and ``layers_to_transform``; alpha from
+    ``lora_alpha`` or ``alpha_pattern``, scale with or without rsLoRA."""
+    rank = int(A.shape[0])
+    want_rank = _pattern_value(cfg.get("rank_pattern") or {}, name)
+    want_rank = cfg["r"] if want_rank is None else want_rank
+    if int(want_rank) != rank:
+        raise FormatError(
+            f"{cfg_path}: module {name} has rank {rank} in the weights but the config says "
+            f"r={want_rank}"
+        )
+    module_type = name.rsplit(".", 1)[-1]
+    if not _targets(name, cfg.get("target_modules")):
+        raise FormatError(
+            f"{cfg_path}: module {name} has LoRA weights but is not in target_modules "
+            f"{cfg.get('target_modules')!r}"
+        )
+    lm = _LAYER.search(name)
+    layer = int(lm.group(1)) if lm else None
     layers_to_transform = cfg.get("layers_to_transform")
     if isinstance(layers_to_transform, int):
         layers_to_transform = [layers_to_transform]
-    modules: dict[str, LoraModule] = {}
-    for name in sorted(pairs, key=_natural_key):
-        got = pairs[name]
-        if set(got) != {"A", "B"}:
-            missing = "lora_B" if "A" in got else "lora_A"
-            raise FormatError(f"{st_path}: module {name} has no {missing} weight")
-        A, B = got["A"], got["B"]
-        if A.ndim != 2 or B.ndim != 2:
-            raise ShapeError(
-                f"{st_path}: module {name}: only Linear LoRA is supported "
-                f"(lora_A {tuple(A.shape)}, lora_B {tuple(B.shape)})"
-            )
-        if A.shape[0] != B.shape[1]:
-            raise ShapeError(
-                f"{st_path}: module {name}: lora_A {tuple(A.shape)} and lora_B {tuple(B.shape)} "
-                "do not chain (A [r, d_in], B [d_out, r])"
-            )
-        rank = int(A.shape[0])
-        want_rank = _pattern_value(rank_pattern, name)
-        want_rank = cfg["r"] if want_rank is None else want_rank
-        if int(want_rank) != rank:
-            raise FormatError(
-                f"{cfg_path}: module {name} has rank {rank} in the weights but the config says "
-                f"r={want_rank}"
-            )
-        module_type = name.rsplit(".", 1)[-1]
-        if not _targets(name, cfg.get("target_modules")):
-            raise FormatError(
-                f"{cfg_path}: module {name} has LoRA weights but is not in target_modules "
-                f"{cfg.get('target_modules')!r}"
-            )
-        lm = _LAYER.search(name)
-        layer = int(lm.group(1)) if lm else None
-        if layers_to_transform is not None and layer is not None and layer not in layers_to_transform:
-            raise FormatError(
-                f"{cfg_path}: module {name} is at layer {layer}, outside layers_to_transform "
-                f"{layers_to_transform}"
-            )
-        alpha = _pattern_value(alpha_pattern, name)
-        alpha = float(cfg["lora_alpha"] if alpha is None else alpha)
-        if dtype is not None:
-            A, B = A.to(dtype), B.to(dtype)
-        modules[name] = LoraModule(
-            name=name, layer=layer, module_type=module_type, A=A, B=B,
-            scale=lora_scale(alpha, rank, use_rslora), rank=rank, alpha=alpha,
-            fan_in_fan_out=bool(cfg.get("fan_in_fan_out", False)),
+    if layers_to_transform is not None and layer is not None and layer not in layers_to_transform:
+        raise FormatError(
+            f"{cfg_path}: module {name} is at layer {layer}, outside layers_to_transform "
+            f"{layers_to_transform}"
         )
-    return LoraAdapter(path=folder, config=cfg, modules=modules, skipped=skipped)
+    alpha = _pattern_value(cfg.get("alpha_pattern") or {}, name)
+    alpha = float(cfg["lora_alpha"] if alpha is None else alpha)
+    if dtype is not None:
+        A, B = A.to(dtype), B.to(dtype)
+    return LoraModule(
+        name=name, layer=layer, module_type=module_type, A=A, B=B,
+        scale=lora_scale(alpha, rank, bool(cfg.get("use_rslora", False))), rank=rank,
+        alpha=alpha, fan_in_fan_out=bool(cfg.get("fan_in_fan_out", False)),
+    )
 
 
 def _natural_key(name: str) -> list[Any]:

@@ -30,7 +30,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -41,6 +41,13 @@ from emprobe.io import atomic_dir, save_tensors, write_json
 from emprobe.sae.folder import load_sae, sae_site, site_from_hook_name
 from emprobe.sae.harvest import LAYER_CONVENTION, Harvest, load_harvest
 from emprobe.sae.normalise import FOLDED_KEY, NORM_MODES, estimate_norm_scaling_factor
+
+if TYPE_CHECKING:
+    from sae_lens import SAETrainer, TrainingSAE, TrainingSAEConfig
+    from sae_lens.config import SAETrainerConfig
+
+    _TrainingSAE = TrainingSAE[TrainingSAEConfig]
+    _Trainer = SAETrainer[_TrainingSAE, TrainingSAEConfig]
 
 __all__ = ["ARCHITECTURES", "SAETrainConfig", "TrainedSAE", "load_sae", "memory_provider",
            "sae_hook_name", "sae_metadata", "sae_site", "shard_provider", "site_from_hook_name",
@@ -230,29 +237,65 @@ def train_sae(
     ``sae_lens.SAE.load_from_disk``; the record holds ``data_source`` and ``train_seconds``.
     """
     import sae_lens
-    from sae_lens.config import SAETrainerConfig
 
     config.check()
     check_site(site)
     t_start = time.perf_counter()
     hv = harvest if isinstance(harvest, Harvest) else load_harvest(harvest)
-    reader = hv.reader(site)
-    if layer not in reader.layers:
-        raise DataError(f"{hv.folder}: layer {layer} not harvested at {site} (have {reader.layers})")
-    in_memory = hv.rows(site, layer)
-    n_tokens = config.training_tokens or reader.n_rows
-    steps = max(1, n_tokens // config.batch_size)
+    reader, in_memory = _layer_rows(hv, site, layer)
+    steps = max(1, (config.training_tokens or reader.n_rows) // config.batch_size)
     metadata = sae_metadata(hv.meta.get("model", "?"), site, layer,
                             {"emprobe_positions": hv.config.positions})
     torch.manual_seed(config.seed)
-    sae_cfg = _training_sae_config(config, hv.d_model, metadata)
+    training_sae = _training_sae(config, hv.d_model, metadata)
+    provider = (memory_provider(in_memory, config.batch_size, seed=config.seed)
+                if in_memory is not None
+                else shard_provider(reader, layer, config.batch_size, seed=config.seed))
+    trainer = sae_lens.SAETrainer(_trainer_config(config, steps), training_sae, provider)
+    factor = _set_norm_scaling(trainer, provider, config, hv.d_model)
+    fused = config.fused_adam and use_fused_adam(trainer)
+    trained = trainer.fit() if progress else _fit_quiet(trainer)
+    if factor is not None:  # folded by the trainer: the saved cfg says "none"
+        setattr(trained.cfg.metadata, FOLDED_KEY, factor)
+    record = {**_data_record(hv, site, layer, reader.n_rows, in_memory is not None),
+              **_training_record(trainer, trained, config, fused, factor,
+                                 time.perf_counter() - t_start)}
+    folder = Path(out_dir)
+    with atomic_dir(folder) as tmp:
+        trained.save_inference_model(str(tmp))
+        save_tensors(tmp / "sparsity.safetensors", {"sparsity": trainer.log_feature_sparsity})
+        write_json(tmp / "emprobe.json", record)
+    return TrainedSAE(folder=folder, sae=load_sae(folder), record=record, training_sae=trained)
+
+
+def _layer_rows(hv: Harvest, site: str, layer: int) -> tuple[ShardReader, torch.Tensor | None]:
+    """The harvest's shard reader for ``site`` and its in-memory rows ``[n_rows, d_model]`` of
+    ``layer`` (None when the harvest did not keep them); ``DataError`` for a missing layer."""
+    reader = hv.reader(site)
+    if layer not in reader.layers:
+        raise DataError(f"{hv.folder}: layer {layer} not harvested at {site} (have {reader.layers})")
+    return reader, hv.rows(site, layer)
+
+
+def _training_sae(config: SAETrainConfig, d_in: int,
+                  metadata: dict[str, object]) -> _TrainingSAE:
+    """SAELens' training SAE for ``config`` (emprobe's sparse-step TopK subclass when
+    ``sparse_topk``); its weights are drawn from torch's global generator."""
+    import sae_lens
+
+    sae_cfg = _training_sae_config(config, d_in, metadata)
     if config.arch == "topk" and config.sparse_topk:
         from emprobe.sae.topk_step import sparse_topk_class
 
-        training_sae = sparse_topk_class()(sae_lens.TopKTrainingSAEConfig.from_dict(sae_cfg.to_dict()))
-    else:
-        training_sae = sae_lens.TrainingSAE.from_dict(sae_cfg.to_dict())
-    trainer_cfg = SAETrainerConfig(
+        return sparse_topk_class()(sae_lens.TopKTrainingSAEConfig.from_dict(sae_cfg.to_dict()))
+    return sae_lens.TrainingSAE.from_dict(sae_cfg.to_dict())
+
+
+def _trainer_config(config: SAETrainConfig, steps: int) -> SAETrainerConfig:
+    """SAELens' trainer settings for ``steps`` steps of ``config.batch_size`` rows."""
+    from sae_lens.config import SAETrainerConfig
+
+    return SAETrainerConfig(
         total_training_samples=steps * config.batch_size,
         train_batch_size_samples=config.batch_size,
         lr=config.lr,
@@ -265,17 +308,12 @@ def train_sae(
         feature_sampling_window=max(steps, 1),
         n_batches_for_norm_estimate=min(64, steps),
     )
-    provider = (memory_provider(in_memory, config.batch_size, seed=config.seed)
-                if in_memory is not None
-                else shard_provider(reader, layer, config.batch_size, seed=config.seed))
-    trainer = sae_lens.SAETrainer(trainer_cfg, training_sae, provider)
-    factor = _set_norm_scaling(trainer, provider, config, hv.d_model)
-    fused = config.fused_adam and use_fused_adam(trainer)
-    trained = trainer.fit() if progress else _fit_quiet(trainer)
-    if factor is not None:  # folded by the trainer: the saved cfg says "none"
-        setattr(trained.cfg.metadata, FOLDED_KEY, factor)
-    train_seconds = time.perf_counter() - t_start
-    record = {
+
+
+def _data_record(hv: Harvest, site: str, layer: int, n_rows: int,
+                 in_memory: bool) -> dict[str, object]:
+    """``emprobe.json``'s first half: what the SAE reads and where its rows came from."""
+    return {
         "format": "emprobe-sae/1",
         "model": hv.meta.get("model"),
         "adapter": hv.meta.get("adapter"),
@@ -287,12 +325,22 @@ def train_sae(
         "hook_name_transformer_lens_bridge": tl_hook_name(site, layer),
         "positions": hv.config.positions,
         "harvest": str(hv.folder),
-        "harvest_rows": reader.n_rows,
-        "data_source": "memory" if in_memory is not None else "shards",
+        "harvest_rows": n_rows,
+        "data_source": "memory" if in_memory else "shards",
+    }
+
+
+def _training_record(trainer: _Trainer,
+                     trained: _TrainingSAE, config: SAETrainConfig,
+                     fused: bool, factor: float | None, seconds: float) -> dict[str, object]:
+    """``emprobe.json``'s second half: how the training went (counts, time, settings)."""
+    import sae_lens
+
+    return {
         "fused_adam": fused,
         "norm_scaling_factor": factor,
         "sparse_topk_steps": int(getattr(trained, "sparse_steps", 0)),
-        "train_seconds": train_seconds,
+        "train_seconds": seconds,
         "trained_tokens": trainer.n_training_samples,
         "steps": trainer.n_training_steps,
         "train_dead_latents": int(trainer.dead_neurons.sum()),
@@ -300,12 +348,6 @@ def train_sae(
         "config": asdict(config),
         "sae_lens_version": sae_lens.__version__,
     }
-    folder = Path(out_dir)
-    with atomic_dir(folder) as tmp:
-        trained.save_inference_model(str(tmp))
-        save_tensors(tmp / "sparsity.safetensors", {"sparsity": trainer.log_feature_sparsity})
-        write_json(tmp / "emprobe.json", record)
-    return TrainedSAE(folder=folder, sae=load_sae(folder), record=record, training_sae=trained)
 
 
 def _set_norm_scaling(trainer: Any, provider: Iterator[torch.Tensor], config: SAETrainConfig,
