@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from emprobe import load_model
-from emprobe.errors import ConfigError, EmprobeError
+from emprobe.errors import ConfigError, DataError, EmprobeError
 from emprobe.geometry import (
     WeightPath,
     barrier_height,
@@ -17,6 +18,7 @@ from emprobe.geometry import (
     loss_evaluator,
     pair_path,
     response_loss,
+    response_losses,
     run_connectivity,
     simplex_grid,
 )
@@ -139,6 +141,24 @@ def test_response_loss_matches_manual_ce():
     assert got["n_tokens"] == count
     assert got["mean"] == pytest.approx(total / count, rel=1e-5)
     assert got["lo"] <= got["mean"] <= got["hi"]
+
+
+def test_response_losses_is_the_mitigation_task_loss():
+    """One held-out loss computation: per record, bit-identical to recipes' task_losses, and
+    response_loss is its token-weighted mean."""
+    from emprobe.recipes.mitigation import task_losses
+
+    subject = load_model("tiny-llama")
+    per = response_losses(subject, CHATS, batch_size=2)
+    ref = task_losses(subject, CHATS, batch_size=2)
+    assert per.nll.shape == per.tokens.shape == (len(CHATS),)
+    assert np.array_equal(per.nll, ref.nll) and np.array_equal(per.tokens, ref.tokens)
+    assert per.mean == ref.mean
+    summary = response_loss(subject, CHATS, batch_size=2, n_boot=0)
+    assert summary["mean"] == per.mean == summary["lo"] == summary["hi"]
+    assert summary["n_tokens"] == per.tokens.sum() and summary["n_seq"] == len(CHATS)
+    with pytest.raises(DataError, match=r"held\[1\]"):
+        response_losses(subject, [CHATS[0], {"messages": []}], where="held")
 
 
 def test_barrier_height():

@@ -10,6 +10,7 @@ from emprobe.geometry.compare import (
 from emprobe.geometry.connectivity import (
     ConnectivityResult,
     PathPoint,
+    ResponseLosses,
     WeightPath,
     barrier_height,
     base_path,
@@ -17,6 +18,7 @@ from emprobe.geometry.connectivity import (
     loss_evaluator,
     pair_path,
     response_loss,
+    response_losses,
     run_connectivity,
     simplex_grid,
 )
@@ -46,6 +48,7 @@ __all__ = [
     "LoraModule",
     "LowRankSVD",
     "PathPoint",
+    "ResponseLosses",
     "WeightPath",
     "barrier_height",
     "base_path",
@@ -70,6 +73,7 @@ __all__ = [
     "random_subspace",
     "read_adapter",
     "response_loss",
+    "response_losses",
     "run_connectivity",
     "simplex_grid",
     "top_subspace",

@@ -20,12 +20,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from emprobe.errors import ConfigError, DataError, EmprobeError, ShapeError, SiteError
-from emprobe.evaluate.stats import bootstrap_mean
-from emprobe.models.adapter import LoraAdapter, read_adapter
-from emprobe.models.logprobs import response_logprobs
+from emprobe.evaluate.local import answer_logprobs
+from emprobe.evaluate.stats import Estimate, bootstrap_stat
+from emprobe.models.adapter import LoraAdapter, LoraModule, read_adapter
 
 if TYPE_CHECKING:
     from emprobe.models.subject import Subject
@@ -36,6 +37,8 @@ __all__ = [
     "base_path",
     "pair_path",
     "simplex_grid",
+    "ResponseLosses",
+    "response_losses",
     "response_loss",
     "loss_evaluator",
     "local_score_evaluator",
@@ -44,7 +47,10 @@ __all__ = [
     "run_connectivity",
 ]
 
-Evaluator = Callable[[Any], "float | Mapping[str, float]"]
+Evaluator = Callable[["Subject"], "float | Mapping[str, float]"]
+"""A measurement at one path point: ``subject -> value`` or ``{"mean", "lo", "hi"}``."""
+HeldOut = Sequence["Mapping[str, object] | Sequence[Mapping[str, str]]"]
+"""Held-out chat records (``{"messages": [...]}``) or bare conversations."""
 
 
 @dataclass(frozen=True)
@@ -86,12 +92,15 @@ def simplex_grid(points_per_edge: int = 5) -> list[PathPoint]:
     return out
 
 
-def _model_of(subject_or_model: Any) -> Any:
+def _model_of(subject_or_model: Subject | torch.nn.Module) -> torch.nn.Module:
     model = getattr(subject_or_model, "model", subject_or_model)
     if hasattr(model, "peft_config"):
         raise EmprobeError(
             "connectivity edits base weights: load the base model without an adapter "
             "(load_model(spec)), not a PeftModel")
+    if not isinstance(model, torch.nn.Module):
+        raise EmprobeError(f"connectivity needs a Subject or a torch model, got "
+                           f"{type(subject_or_model).__name__}")
     return model
 
 
@@ -107,7 +116,7 @@ class WeightPath:
         # weights are bit-identical to before here
     """
 
-    def __init__(self, subject_or_model: Any, adapters: Sequence[LoraAdapter | str | Path]):
+    def __init__(self, subject_or_model: Subject | torch.nn.Module, adapters: Sequence[LoraAdapter | str | Path]):
         self.model = _model_of(subject_or_model)
         self.adapters = [a if isinstance(a, LoraAdapter) else read_adapter(a) for a in adapters]
         if not self.adapters:
@@ -115,7 +124,7 @@ class WeightPath:
         named = dict(self.model.named_modules())
         self._weights: dict[str, torch.Tensor] = {}
         self._originals: dict[str, torch.Tensor] = {}
-        self._updates: dict[str, list[tuple[int, Any]]] = {}
+        self._updates: dict[str, list[tuple[int, LoraModule]]] = {}
         for ai, ad in enumerate(self.adapters):
             for mo in ad:
                 module = named.get(mo.name)
@@ -174,7 +183,7 @@ class WeightPath:
 
 # ---------- evaluations along a path ----------
 
-def _conversations(records: Sequence[Any], where: str) -> list[list[dict[str, str]]]:
+def _conversations(records: HeldOut, where: str) -> list[list[dict[str, str]]]:
     from emprobe.models.chat import validate_conversation
 
     convs = []
@@ -186,9 +195,55 @@ def _conversations(records: Sequence[Any], where: str) -> list[list[dict[str, st
     return convs
 
 
+@dataclass(frozen=True)
+class ResponseLosses:
+    """Held-out response losses, per record (in the records' order).
+
+    Attributes:
+        nll: ``[n_records]`` float64, summed negative log-likelihood of the record's
+            response (assistant) tokens, nats.
+        tokens: ``[n_records]`` float64, the number of response tokens.
+    """
+
+    nll: np.ndarray
+    tokens: np.ndarray
+
+    @property
+    def mean(self) -> float:
+        """Token-weighted mean loss over all records (nats / token)."""
+        return float(self.nll.sum() / self.tokens.sum())
+
+    def bootstrap(self, n_boot: int = 200, seed: int = 0) -> Estimate:
+        """The token-weighted mean with a percentile bootstrap 95 % interval that resamples
+        whole records (``n_boot=0``: no interval)."""
+        nll, tokens = self.nll, self.tokens
+        return bootstrap_stat(lambda idx: float(nll[idx].sum() / tokens[idx].sum()),
+                              len(nll), n_boot=n_boot, seed=seed)
+
+
 @torch.no_grad()
+def response_losses(subject: Subject, records: HeldOut, batch_size: int = 8,
+                    where: str = "held-out data") -> ResponseLosses:
+    """Per-record response loss of ``subject`` on held-out chats: the one held-out
+    task-loss computation (connectivity curves, mitigation task costs).
+
+    Args:
+        subject: an emprobe ``Subject``.
+        records: chat records (``{"messages": [...]}``) or conversations; checked first
+            (a one-line ``DataError`` naming ``where`` and the record).
+        batch_size: conversations per forward pass.
+
+    Scored by ``emprobe.evaluate.local.answer_logprobs`` (the local score's engine:
+    logits only at response positions, shared prompts run once), so a record with no
+    response token after tokenisation is a ``DataError``.
+    """
+    convs = _conversations(records, where)
+    got = answer_logprobs(subject, convs, batch_size=batch_size)
+    return ResponseLosses(np.array([-lp for lp, _ in got]), np.array([n for _, n in got], float))
+
+
 def response_loss(
-    subject: Subject, records: Sequence[Any], batch_size: int = 8, n_boot: int = 200, seed: int = 0,
+    subject: Subject, records: HeldOut, batch_size: int = 8, n_boot: int = 200, seed: int = 0,
     where: str = "held-out data",
 ) -> dict[str, float]:
     """Mean cross-entropy (nats) over response tokens, with a bootstrap 95 % interval.
@@ -199,22 +254,16 @@ def response_loss(
         n_boot: bootstrap resamples of conversations for the interval (0: no interval).
 
     Returns:
-        ``{"mean", "lo", "hi", "n_tokens", "n_seq"}``; ``mean`` is token-weighted.
+        ``{"mean", "lo", "hi", "n_tokens", "n_seq"}``; ``mean`` is token-weighted
+        (see :class:`ResponseLosses`).
     """
-    convs = _conversations(records, where)
-    per_seq: list[list[float]] = []
-    for start in range(0, len(convs), batch_size):
-        batch = subject.encode_chats(convs[start : start + batch_size])
-        logp, mask = response_logprobs(subject.forward(batch).logits, batch)  # [batch, pos-1]
-        per_seq.extend((-logp[row][mask[row]]).double().tolist() for row in range(len(mask)))
-    n_tokens = sum(len(s) for s in per_seq)
-    if n_tokens == 0:
-        raise DataError(f"{where}: no response tokens")
-    est = bootstrap_mean(per_seq, n_boot=n_boot, seed=seed)
-    return {**est.to_record(), "n_tokens": float(n_tokens), "n_seq": float(len(convs))}
+    losses = response_losses(subject, records, batch_size=batch_size, where=where)
+    est = losses.bootstrap(n_boot=n_boot, seed=seed)
+    return {"mean": est.mean, "lo": est.lo, "hi": est.hi,
+            "n_tokens": float(losses.tokens.sum()), "n_seq": float(len(losses.nll))}
 
 
-def loss_evaluator(records: Sequence[Any], batch_size: int = 8, n_boot: int = 200,
+def loss_evaluator(records: HeldOut, batch_size: int = 8, n_boot: int = 200,
                    where: str = "held-out data") -> Evaluator:
     """An evaluator ``subject -> response_loss(subject, records)`` (conversations checked now)."""
     convs = _conversations(records, where)
