@@ -144,7 +144,7 @@ def test_rows_that_finish_leave_the_batch(tiny, monkeypatch):
     prompts = _prompts(6)
     free = generate_token_ids(tiny, prompts, max_new_tokens=10, batch_size=6)
     stop = free[0][3]  # a token row 0 emits at step 4: some rows stop early
-    monkeypatch.setattr(tiny, "end_of_turn_id", lambda: stop)
+    monkeypatch.setattr(tiny, "stop_token_ids", lambda: [stop])  # both samplers stop there
     single = [tiny.generate([p], max_new_tokens=10)[0] for p in prompts]
     stats = GenerationStats()
     ids = generate_token_ids(tiny, prompts, max_new_tokens=10, batch_size=6, stats=stats)
@@ -171,6 +171,61 @@ def test_seeded_sampling_is_reproducible_and_per_prompt(tiny):
     assert both[4] == alone[0]
     with pytest.raises(ConfigError, match="seed"):
         generate_batched(tiny, prompts, seed=[1, 2], **kw)
+
+
+def test_plain_format_stops_at_its_stop_string_like_subject_generate():
+    """A plain-format model (no special end-of-turn token) ends its answer with "\nUser:":
+    rows leave the batch when they complete it and the text is cut there, as
+    ``Subject.generate`` cuts it. The lm_head is hooked to write a fixed reply."""
+    import torch
+
+    from emprobe.evaluate.generation import GenerationStats, generate_batched
+
+    s = load_model("tiny-gpt2", chat_template="plain")
+    script = s.tokenizer("Fine.\nUser: and more text", add_special_tokens=False)["input_ids"]
+    calls = {"n": 0}
+
+    def force(_mod, _inp, out):
+        tok = script[min(calls["n"], len(script) - 1)]
+        calls["n"] += 1
+        forced = torch.full_like(out, -1e4)
+        forced[..., tok] = 1e4
+        return forced
+
+    handle = s.model.lm_head.register_forward_hook(force)
+    try:
+        prompts = _prompts(3)
+        single = []
+        for p in prompts:
+            calls["n"] = 0
+            single.append(s.generate([p], max_new_tokens=30)[0])
+        calls["n"] = 0
+        stats = GenerationStats()
+        batched = generate_batched(s, prompts, max_new_tokens=30, batch_size=3, stats=stats)
+    finally:
+        handle.remove()
+    assert single == ["Fine."] * 3 and batched == single
+    n_stop = len(s.tokenizer("Fine.\nUser:", add_special_tokens=False)["input_ids"])
+    assert stats.new_tokens == 3 * n_stop  # every row left the batch at its stop string
+
+
+def test_sample_answers_are_seeded_per_answer(tiny, tmp_path):
+    """An answer depends on its own key only: not on batch_size, nor on a resumed cache."""
+    from emprobe.evaluate.judge import sample_answers
+
+    qs = load_questions(FIELD)[:2]
+    kw = dict(n=2, max_new_tokens=6, temperature=1.0, seed=4)
+    one = sample_answers(tiny, qs, batch_size=1, **kw)
+    many = sample_answers(tiny, qs, batch_size=5, **kw)
+    assert [a["answer"] for a in one] == [a["answer"] for a in many]
+    assert len({a["answer"] for a in one}) > 1  # sampled, not one repeated answer
+    assert sample_answers(tiny, qs, batch_size=5, **{**kw, "seed": 5}) != many
+    # a run interrupted part way (first question, first samples only), resumed with another
+    # batch size: the cached answers are kept, the missing ones equal a fresh run's
+    sample_answers(tiny, qs[:1], batch_size=3, cache_dir=tmp_path, **{**kw, "n": 1})
+    resumed = sample_answers(tiny, qs, batch_size=2, cache_dir=tmp_path, **kw)
+    assert resumed == many
+    assert len((tmp_path / "answers.jsonl").read_text().splitlines()) == len(many)
 
 
 def test_top_p_and_top_k_filters():

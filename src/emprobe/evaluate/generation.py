@@ -4,8 +4,11 @@
 ``evaluate_sampled``, figures). Prompts are sorted by token count and cut into batches of
 ``batch_size`` (little padding), each batch is left padded and prefilled once (logits of the
 last position only), then decoded one token per step from the model's key/value cache.
-Rows that emit the end-of-turn token leave the batch at once (their cache rows are dropped),
-so a batch costs what its live rows cost. Outputs come back in the input order.
+Rows that emit a stop token (``Subject.stop_token_ids``: the end-of-turn marker, then EOS) or
+complete one of the chat format's stop strings (``"\nUser:"`` for the plain format) leave the
+batch at once (their cache rows are dropped), so a batch costs what its live rows cost; the
+reply text is cut at the first stop string, as ``Subject.generate`` cuts it. Outputs come back
+in the input order.
 
 Sampling is seeded per prompt: each row draws from its own ``torch.Generator``, so a
 prompt's answer depends on its seed and text, not on ``batch_size`` or on which prompts
@@ -25,13 +28,20 @@ from __future__ import annotations
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from emprobe.errors import ConfigError
 from emprobe.models.chat import ChatBatch, Conversation
 from emprobe.models.context import use_batch
+
+if TYPE_CHECKING:
+    from transformers.cache_utils import Cache
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    from emprobe.models.subject import Subject
+    from emprobe.protocols import TokenizerLike
 
 __all__ = ["GenerationStats", "generate_batched", "generate_token_ids", "row_seeds"]
 
@@ -84,19 +94,56 @@ def _choose(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: 
     return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, gens)])
 
 
-def _cache_kwarg(subject: Any) -> str:
+@dataclass(frozen=True)
+class _Stops:
+    """When a row's answer ends: a token in ``ids`` (``[n_stop]`` long tensor) or decoded text
+    that contains one of ``strings`` (read from the last ``tail`` tokens only)."""
+
+    ids: torch.Tensor
+    strings: tuple[str, ...]
+    tokenizer: TokenizerLike
+    tail: int
+
+    @classmethod
+    def of(cls, subject: Subject) -> _Stops:
+        subject.end_of_turn_id()  # a ConfigError when the template and tokenizer have none
+        fmt = subject.chat_format
+        strings = tuple(fmt.stop_strings) if fmt is not None else ()
+        ids = torch.tensor(subject.stop_token_ids(), device=subject.device)
+        return cls(ids, strings, subject.tokenizer, max((len(x) for x in strings), default=0) + 2)
+
+    def ended(self, nxt: torch.Tensor, rows: list[int], out: list[list[int]]) -> torch.Tensor:
+        """Which of the live rows (``nxt [rows]``, just appended to ``out[row]``) are done."""
+        done = torch.isin(nxt, self.ids)
+        if self.strings:
+            for j, row in enumerate(rows):
+                if not bool(done[j]):
+                    text = self.tokenizer.decode(out[row][-self.tail :])
+                    done[j] = any(x in text for x in self.strings)
+        return done
+
+    def clean(self, text: str) -> str:
+        """A decoded reply cut at its stop strings and stripped (``Subject.generate``'s rule)."""
+        for stop in self.strings:
+            cut = text.find(stop)
+            if cut >= 0:
+                text = text[:cut]
+        return text.strip()
+
+
+def _cache_kwarg(subject: Subject) -> str:
     """The forward's key/value cache argument: ``cache`` (transformers >= 5.2x) or
     ``past_key_values`` (earlier 5.x)."""
     params = inspect.signature(subject.base_model.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
 
-def _cache_of(res: Any) -> Any:
+def _cache_of(res: CausalLMOutputWithPast) -> Cache:
     cache = getattr(res, "cache", None)
     return cache if cache is not None else res.past_key_values
 
 
-def _decode_batch(subject: Any, batch: ChatBatch, max_new_tokens: int, stop_id: int,
+def _decode_batch(subject: Subject, batch: ChatBatch, max_new_tokens: int, stops: _Stops,
                   sampling: tuple[float, int | None, float],
                   gens: list[torch.Generator | None], stats: GenerationStats) -> list[list[int]]:
     """New token ids of each row of a left-padded prompt batch (stop token included)."""
@@ -118,7 +165,7 @@ def _decode_batch(subject: Any, batch: ChatBatch, max_new_tokens: int, stop_id: 
         for row, tok in zip(alive.tolist(), nxt.tolist()):
             out[row].append(tok)
         stats.new_tokens += len(nxt)
-        keep = nxt != stop_id
+        keep = ~stops.ended(nxt, alive.tolist(), out)
         if step == max_new_tokens - 1 or not bool(keep.any()):
             break
         if not bool(keep.all()):
@@ -140,7 +187,7 @@ def _decode_batch(subject: Any, batch: ChatBatch, max_new_tokens: int, stop_id: 
 
 @torch.no_grad()
 def generate_token_ids(
-    subject: Any,
+    subject: Subject,
     prompts: Sequence[Conversation],
     max_new_tokens: int = 64,
     temperature: float = 0.0,
@@ -150,7 +197,7 @@ def generate_token_ids(
     batch_size: int = 16,
     stats: GenerationStats | None = None,
 ) -> list[list[int]]:
-    """New token ids per prompt (in input order; a final end-of-turn token is included).
+    """New token ids per prompt (in input order; a final stop token is included).
 
     Args:
         subject: a loaded ``Subject`` (adapter allowed). prompts: conversations; the
@@ -171,7 +218,7 @@ def generate_token_ids(
     lengths = [len(subject.encode_chats([p], add_generation_prompt=True).input_ids[0])
                for p in prompts] if len(prompts) > batch_size else [0] * len(prompts)
     order = sorted(range(len(prompts)), key=lambda i: lengths[i])
-    stop_id = subject.end_of_turn_id()
+    stops = _Stops.of(subject)
     results: list[list[int]] = [[] for _ in prompts]
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
@@ -180,7 +227,7 @@ def generate_token_ids(
         gens: list[torch.Generator | None] = [None] * len(rows)
         if seeds is not None:
             gens = [torch.Generator(device=subject.device).manual_seed(seeds[i]) for i in rows]
-        ids = _decode_batch(subject, batch, max_new_tokens, stop_id,
+        ids = _decode_batch(subject, batch, max_new_tokens, stops,
                             (temperature, top_k, top_p), gens, stats)
         for i, toks in zip(rows, ids):
             results[i] = toks
@@ -188,7 +235,7 @@ def generate_token_ids(
 
 
 def generate_batched(
-    subject: Any,
+    subject: Subject,
     prompts: Sequence[Conversation],
     max_new_tokens: int = 64,
     temperature: float = 0.0,
@@ -203,4 +250,5 @@ def generate_batched(
     ids = generate_token_ids(subject, prompts, max_new_tokens, temperature, top_p, top_k,
                              seed, batch_size, stats)
     texts = subject.tokenizer.batch_decode(ids, skip_special_tokens=True)
-    return [t.strip() for t in texts]
+    stops = _Stops.of(subject)
+    return [stops.clean(t) for t in texts]

@@ -27,15 +27,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from tqdm.auto import tqdm
 
 from emprobe.errors import DataError, EndpointError
+from emprobe.evaluate.generation import generate_batched
 from emprobe.evaluate.questions import Question
 from emprobe.io import append_jsonl, resume_jsonl
 from emprobe.validate import excerpt, loads_json, one_line
+
+if TYPE_CHECKING:
+    from emprobe.models.subject import Subject
 
 __all__ = [
     "JudgeClient",
@@ -367,7 +371,7 @@ def _error_text(resp: httpx.Response) -> str:
     return one_line(resp.content[:120].decode("utf-8", "replace"), 120) or resp.reason_phrase
 
 
-def subject_label(subject: Any) -> str:
+def subject_label(subject: Subject) -> str:
     """The cache key of a subject: its spec, adapter and a weight fingerprint."""
     name = str(getattr(subject, "name", "model"))
     adapter = getattr(subject, "adapter", None)
@@ -405,7 +409,7 @@ def _seed_for(seed: int, qid: str, paraphrase: int, sample: int) -> int:
 
 
 def sample_answers(
-    subject: Any,
+    subject: Subject,
     questions: Sequence[Question],
     n: int | None = None,
     temperature: float = 1.0,
@@ -418,6 +422,9 @@ def sample_answers(
 ) -> list[dict[str, Any]]:
     """Sample ``n`` answers per paraphrase (default: each question's ``samples_per_paraphrase``).
 
+    Answers come from ``generate_batched`` (key/value cache, ``batch_size`` prompts at a time),
+    each seeded by its own key (``seed``, question id, paraphrase, sample): an answer does not
+    depend on ``batch_size``, on the other prompts or on what a resumed run found cached.
     Returns records ``{question, group, format, paraphrase, sample, model, prompt, answer,
     temperature, max_new_tokens}``. With ``cache_dir``, answers already in
     ``answers.jsonl`` are reused and new ones are appended batch by batch.
@@ -439,10 +446,10 @@ def sample_answers(
     steps = range(0, len(todo), batch_size)
     for start in tqdm(steps, desc="sampling", disable=len(steps) < 2, leave=False):
         chunk = todo[start : start + batch_size]
-        q0, p0, s0 = chunk[0]
-        texts = subject.generate([q.messages(pi) for q, pi, _ in chunk],
+        texts = generate_batched(subject, [q.messages(pi) for q, pi, _ in chunk],
                                  max_new_tokens=max_new_tokens, temperature=temperature,
-                                 top_p=top_p, seed=_seed_for(seed, q0.id, p0, s0),
+                                 top_p=top_p, seed=[_seed_for(seed, q.id, pi, s)
+                                                    for q, pi, s in chunk],
                                  batch_size=batch_size)
         for (q, pi, s), text in zip(chunk, texts):
             rec = {"question": q.id, "group": q.group, "format": q.format, "paraphrase": pi,
