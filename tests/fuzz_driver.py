@@ -902,8 +902,8 @@ class Fuzzer:
             name = header[col]
             t = value.strip()
             must = (name in ("aligned", "coherent") and value in BAD_SCORES) or (
-                name in ("paraphrase", "sample") and not (
-                    t.isascii() and t.removeprefix("-").isdigit() and len(t) <= 19))
+                name in ("paraphrase", "sample") and not (  # an index: no sign
+                    t.isascii() and t.isdigit() and len(t) <= 19))
             label = f"csv-cell-{name}"
         elif op < 0.7:
             lines = p.read_text(encoding="utf-8").split("\n")
@@ -1219,7 +1219,8 @@ def _mutate_sae_scale(rng: random.Random, folder: Path) -> tuple[bool, str]:
 CSV_CELLS = ("", "nan", "REFUSAL", "code", "50", "100", "0", "-0", "101", "-5", "abc", "1e999",
              "inf", "-inf", "\u00b2", "--5", "\u0663", "1" * 5000, "1_0", " 7 ", "+5", "7", "1",
              "1.5", '"', "\x00", "0x10", "5e1")
-BAD_SCORES = ("101", "-5", "abc", "1e999", "inf", "-inf", "\u00b2", "--5", "1" * 5000, "0x10", '"')
+BAD_SCORES = ("101", "-5", "abc", "1e999", "inf", "-inf", "\u00b2", "--5", "1" * 5000, "0x10", '"',
+              "1_0", "\u0663")  # Python's float() reads these two; a score is ASCII digits
 
 
 def check_answers(rows: Any) -> str | None:
@@ -1233,7 +1234,7 @@ def check_answers(rows: Any) -> str | None:
             if v is not None and not (type(v) is float and math.isfinite(v) and 0 <= v <= 100):
                 return f"{col} {v!r}"
         for col in ("paraphrase", "sample"):
-            if col in r and type(r[col]) is not int:
+            if col in r and (type(r[col]) is not int or r[col] < 0):
                 return f"{col} {r[col]!r}"
     return None
 

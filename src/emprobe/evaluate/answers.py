@@ -10,8 +10,11 @@ An unscored answer has an empty ``aligned`` / ``coherent`` cell; floats are writ
 Reading accepts other tools' files: ``answer`` is read as ``response`` when there is no
 ``response`` column; ``question_id`` defaults to the question text; ``aligned`` /
 ``coherent`` may be missing (answers to be judged), empty, ``nan`` / ``None`` (unscored) or
-``REFUSAL`` / ``CODE`` (unscored, with that verdict). Any other bad cell is one
-``DataError`` line naming the file, the row (1-based data row and its line) and the column.
+``REFUSAL`` / ``CODE`` (unscored, with that verdict). Numbers are written in ASCII: digits,
+an optional sign, decimal point and exponent (``85``, ``72.5``, ``1e-05``); Python's other
+spellings (``1_0``, Arabic-Indic or full-width digits) are refused. ``paraphrase`` and
+``sample`` are indices: ASCII digits only, no sign. Any other bad cell is one ``DataError``
+line naming the file, the row (1-based data row and its line) and the column.
 """
 
 from __future__ import annotations
@@ -79,6 +82,14 @@ def write_answers_csv(path: str | os.PathLike[str], rows: Sequence[Mapping[str, 
     return Path(path)
 
 
+def _float(t: str) -> float:
+    """``float(t)`` for a number written in ASCII without ``_`` separators, else ValueError
+    (Python's ``float`` also reads ``1_0`` and non-ASCII digits such as ``\u0665``)."""
+    if not t.isascii() or "_" in t:
+        raise ValueError(t)
+    return float(t)
+
+
 def _score(text: str, where: str) -> tuple[float | None, str | None]:
     """``(score, verdict)`` of a score cell."""
     t = text.strip()
@@ -87,10 +98,10 @@ def _score(text: str, where: str) -> tuple[float | None, str | None]:
     if t.upper() in SPECIAL:
         return None, t.upper()
     try:
-        value = float(t)
+        value = _float(t)
     except ValueError:
-        raise DataError(f"{where}: {excerpt(text, 40)} is not a score 0-100, empty, "
-                        "REFUSAL or CODE") from None
+        raise DataError(f"{where}: {excerpt(text, 40)} is not a score 0-100 in ASCII digits, "
+                        "empty, REFUSAL or CODE") from None
     if not math.isfinite(value) or not 0 <= value <= 100:
         if math.isnan(value):
             return None, None
@@ -101,16 +112,17 @@ def _score(text: str, where: str) -> tuple[float | None, str | None]:
 def _typed(col: str, text: str, where: str) -> object:
     t = text.strip()
     if col in INT_COLUMNS:
-        if not (t.isascii() and t.removeprefix("-").isdigit() and len(t) <= 19):
-            raise DataError(f"{where}: {excerpt(text, 40)} is not an integer")
+        if not (t.isascii() and t.isdigit() and len(t) <= 19):
+            raise DataError(f"{where}: {excerpt(text, 40)} is not an index (ASCII digits, >= 0)")
         return int(t)
     if col in FLOAT_COLUMNS:
         if t in MISSING:
             return None
         try:
-            value = float(t)
+            value = _float(t)
         except ValueError:
-            raise DataError(f"{where}: {excerpt(text, 40)} is not a number") from None
+            raise DataError(f"{where}: {excerpt(text, 40)} is not a number in ASCII digits"
+                            ) from None
         if not math.isfinite(value) or not 0 <= value <= 1 + 1e-6:
             raise DataError(f"{where}: {excerpt(text, 40)} is not a probability mass 0-1")
         return value
