@@ -42,6 +42,7 @@ def test_hf_engine_matches_the_old_loop(tmp_path, pack, one_thread):
         s = load_model("tiny-llama")
         res = finetune(s, recs, _cfg(pack=pack), tmp_path / engine, progress=False,
                        engine=engine, keep_model=True)
+        assert res.subject is not None
         runs[engine] = ([r["loss"] for r in res.metrics()],
                         {n: p.detach().clone() for n, p in res.subject.model.named_parameters()
                          if "lora_" in n})
@@ -61,7 +62,7 @@ def test_hf_engine_interventions_checkpoints_and_resume(tmp_path, one_thread):
     s = load_model("tiny-llama")
     full = finetune(s, recs, cfg, tmp_path / "full", progress=False, engine="hf",
                     interventions=[CAFT(basis)])
-    assert [p.name for p in full.checkpoints] == ["checkpoint-2", "checkpoint-4"]
+    assert [p.name for p in full.checkpoints] == ["step-000002", "step-000004"]
     s2 = load_model("tiny-llama")
     part = finetune(s2, recs, cfg, tmp_path / "cut", progress=False, engine="hf",
                     interventions=[CAFT(basis)], stop_after=2)
@@ -82,6 +83,7 @@ def test_hf_engine_grasp_keeps_updates_off_the_subspace(tmp_path, one_thread):
     name = "model.layers.1.self_attn.o_proj"
     res = finetune(s, _records(), _cfg(), tmp_path / "g", progress=False, engine="hf",
                    interventions=[GRASP(blocked={name: u})], keep_model=True)
+    assert res.subject is not None
     b = [p for n, p in res.subject.model.named_parameters()
          if "layers.1.self_attn.o_proj.lora_B" in n][0]
     assert float(b.norm()) > 0
@@ -116,6 +118,8 @@ def test_cli_engine_pack_and_checkpointing_flags(tmp_path, capsys, one_thread):
     assert rc == 0
     cfg = json.loads((tmp_path / "o" / "train_config.json").read_text())
     assert cfg["pack"] is True and cfg["use_rslora"] is False
-    assert (tmp_path / "o" / "checkpoint-2" / "adapter_model.safetensors").is_file()
+    ck = tmp_path / "o" / "checkpoints" / "step-000002"
+    assert (ck / "adapter" / "adapter_model.safetensors").is_file()
+    assert not list((tmp_path / "o").glob("checkpoint-*"))
     assert len((tmp_path / "o" / "metrics.jsonl").read_text().splitlines()) == 2
     assert "adapter:" in capsys.readouterr().out

@@ -15,15 +15,18 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from peft import PeftModel
 
 from emprobe.errors import FormatError
 from emprobe.io import atomic_dir, load_tensors, read_json, save_tensors, write_json
 
-__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "list_checkpoints",
+__all__ = ["save_checkpoint", "load_checkpoint", "load_weights", "load_optimizer", "load_rng",
+           "checkpoint_step", "rng_tensors", "set_rng", "latest_checkpoint", "list_checkpoints",
            "optimizer_to_tensors", "optimizer_from_tensors", "adapter_base"]
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -58,7 +61,8 @@ def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.
     opt.load_state_dict({"state": state, "param_groups": fixed})
 
 
-def _rng_tensors() -> dict[str, torch.Tensor]:
+def rng_tensors() -> dict[str, torch.Tensor]:
+    """The torch RNG states now: ``cpu`` and ``cuda.<i>`` (uint8 tensors)."""
     out = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         for i, st in enumerate(torch.cuda.get_rng_state_all()):
@@ -66,25 +70,29 @@ def _rng_tensors() -> dict[str, torch.Tensor]:
     return out
 
 
-def _set_rng(tensors: dict[str, torch.Tensor]) -> None:
+def set_rng(tensors: Mapping[str, torch.Tensor]) -> None:
+    """Restore RNG states written by ``rng_tensors``."""
     torch.set_rng_state(tensors["cpu"])
     cuda = [tensors[k] for k in sorted(t for t in tensors if t.startswith("cuda."))]
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
 
 
-def save_checkpoint(folder: str | os.PathLike[str], step: int, model: Any,
-                    opt: torch.optim.Optimizer, extra: dict[str, Any],
+def save_checkpoint(folder: str | os.PathLike[str], step: int, model: torch.nn.Module,
+                    opt: torch.optim.Optimizer, extra: Mapping[str, object],
                     save_adapter: bool = True) -> Path:
-    """Write ``folder/step-<step>/`` atomically; returns its path."""
+    """Write ``folder/step-<step>/`` atomically; returns its path.
+
+    Both engines write this layout, so either resumes the other's checkpoints.
+    """
     target = Path(folder) / f"step-{step:06d}"
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     opt_tensors, groups = optimizer_to_tensors(opt)
     with atomic_dir(target) as tmp:
         save_tensors(tmp / "trainable.safetensors", trainable)
         save_tensors(tmp / "optimizer.safetensors", opt_tensors)
-        save_tensors(tmp / "rng.safetensors", _rng_tensors())
-        if save_adapter and hasattr(model, "peft_config"):
+        save_tensors(tmp / "rng.safetensors", rng_tensors())
+        if save_adapter and isinstance(model, PeftModel):
             model.save_pretrained(str(tmp / "adapter"))
         write_json(tmp / "trainer_state.json", {"step": step, "param_groups": groups, **extra})
     return target
@@ -108,11 +116,18 @@ def latest_checkpoint(folder: str | os.PathLike[str]) -> Path | None:
     return found[-1][1] if found else None
 
 
-def load_checkpoint(path: str | os.PathLike[str], model: Any, opt: torch.optim.Optimizer
-                    ) -> dict[str, Any]:
-    """Restore weights, optimizer and RNG from a checkpoint folder; returns its trainer state."""
+def checkpoint_step(path: str | os.PathLike[str]) -> int:
+    """The optimizer step a checkpoint folder holds (``step-N`` or the engine's ``checkpoint-N``)."""
+    name = Path(path).name
+    m = _STEP_DIR.match(name) or re.fullmatch(r"checkpoint-(\d+)", name)
+    if m is None:
+        raise FormatError(f"{path}: not a checkpoint folder (step-N or checkpoint-N)")
+    return int(m.group(1))
+
+
+def load_weights(path: str | os.PathLike[str], model: torch.nn.Module) -> None:
+    """Copy ``trainable.safetensors`` into ``model``'s parameters (names must match both ways)."""
     p = Path(path)
-    state = read_json(p / "trainer_state.json")
     weights = load_tensors(p / "trainable.safetensors")
     params = dict(model.named_parameters())
     missing = [n for n, prm in params.items() if prm.requires_grad and n not in weights]
@@ -124,8 +139,29 @@ def load_checkpoint(path: str | os.PathLike[str], model: Any, opt: torch.optim.O
             if name not in params:
                 raise FormatError(f"{p}: checkpoint weight {name!r} is not in the model")
             params[name].copy_(t.to(params[name].device, params[name].dtype))
+
+
+def load_optimizer(path: str | os.PathLike[str], opt: torch.optim.Optimizer) -> dict[str, Any]:
+    """Restore the optimizer state; returns the checkpoint's ``trainer_state.json``."""
+    p = Path(path)
+    state = read_json(p / "trainer_state.json")
+    if not isinstance(state, dict) or not isinstance(state.get("param_groups"), list):
+        raise FormatError(f"{p / 'trainer_state.json'}: param_groups: expected a list")
     optimizer_from_tensors(opt, load_tensors(p / "optimizer.safetensors"), state["param_groups"])
-    _set_rng(load_tensors(p / "rng.safetensors"))
+    return state
+
+
+def load_rng(path: str | os.PathLike[str]) -> None:
+    """Restore the torch RNG states saved with a checkpoint."""
+    set_rng(load_tensors(Path(path) / "rng.safetensors"))
+
+
+def load_checkpoint(path: str | os.PathLike[str], model: torch.nn.Module,
+                    opt: torch.optim.Optimizer) -> dict[str, Any]:
+    """Restore weights, optimizer and RNG from a checkpoint folder; returns its trainer state."""
+    load_weights(path, model)
+    state = load_optimizer(path, opt)
+    load_rng(path)
     return state
 
 

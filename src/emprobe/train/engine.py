@@ -1,53 +1,71 @@
-"""``finetune(..., engine="hf")``: emprobe's fine-tuning on transformers' ``Trainer``.
+"""``finetune(engine="hf")``: emprobe's fine-tuning on transformers' ``Trainer``.
 
-The same data order, objective, optimizer and schedule as emprobe's own loop, run by the
-engine the field uses, so ``accelerate launch`` (DDP, FSDP, DeepSpeed), gradient
-checkpointing and the engine's logging integrations apply:
+The same data order, objectives, optimizer, schedule, checkpoints and log as emprobe's own
+loop, run by the engine the field uses, so ``accelerate launch`` (DDP, FSDP, DeepSpeed),
+gradient checkpointing and the engine's logging integrations apply:
 
 - data: ``StepSampler`` yields each optimizer step's records (``step_indices``, sorted by
   length within the step); the collator pads (or, with ``pack``, packs) them and sets
   ``labels`` to the token id on assistant tokens and -100 elsewhere;
 - loss: ``emprobe.train.objectives`` on the logits, normalised by the step's loss tokens
-  over all ranks (``num_items_in_batch``), times the world size because DDP averages;
+  over all ranks (``num_items_in_batch``), times the world size because DDP averages; with
+  a retain set, each micro-batch also runs the retain micro-batch emprobe's loop pairs with
+  it and adds ``retain_ce`` / ``retain_kl`` (normalised by the retain step's tokens);
 - optimizer and schedule: AdamW with the config's betas / eps / weight decay and the old
   loop's warm-up and decay (``lr_lambda``);
 - interventions: emprobe ``Intervention`` objects through ``InterventionCallback``
-  (hooks from ``on_train_begin`` to ``on_train_end``, gradient edits in
-  ``on_pre_optimizer_step``, parameter edits in ``on_optimizer_step``);
-- output: the same folder (``adapter/``, ``train_config.json``, ``run.json``,
-  ``metrics.jsonl``, ``result.json``) with the engine's ``checkpoint-N/`` folders for
-  checkpoints and resume.
-
-Not supported here (use the default engine): retain sets (``retain_ce`` / ``retain_kl``).
+  (hooks from ``on_train_begin`` to ``on_train_end``, gradient edits before clipping,
+  parameter edits in ``on_optimizer_step``); the forward runs inside ``use_batch`` so
+  ``positions="response"`` / ``"prompt"`` interventions see the token masks;
+- checkpoints: emprobe's ``checkpoints/step-N/`` (adapter, trainable weights, optimizer,
+  RNG; ``emprobe.train.checkpoint``) at emprobe's steps (``checkpoint_every``,
+  ``checkpoint_steps``), so either engine resumes the other's run; under FSDP / DeepSpeed
+  the engine's own ``checkpoint-N/`` folders (the sharded state is the engine's to write);
+- output: the same folder and ``metrics.jsonl`` fields as emprobe's loop (``RunLog``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
-import os
-import re
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
+from peft import PeftModel
 from transformers import Trainer as HFTrainer
-from transformers import TrainerCallback, TrainingArguments
+from transformers import TrainerState, TrainingArguments
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from emprobe.io import append_jsonl, write_jsonl
 from emprobe.models.chat import ChatBatch
-from emprobe.train import monitor as mon
-from emprobe.train.config import TrainConfig
-from emprobe.train.data import TokenizedSet, step_indices
-from emprobe.train.interventions import Intervention
-from emprobe.train.objectives import Objective, StepCounts
+from emprobe.models.context import use_batch
+from emprobe.train.checkpoint import (
+    checkpoint_step,
+    load_optimizer,
+    load_rng,
+    load_weights,
+    rng_tensors,
+    save_checkpoint,
+)
+from emprobe.train.data import TokenizedSet, micro_batches, step_indices
+from emprobe.train.engine_callbacks import (
+    InterventionCallback,
+    RunLog,
+    StepRecord,
+    is_checkpoint_step,
+    lr_lambda,
+)
+from emprobe.train.folder import RunFolder
+from emprobe.train.objectives import Reference, StepCounts
 
 if TYPE_CHECKING:
-    from emprobe.models.subject import Subject
+    from emprobe.train.config import TrainConfig
+    from emprobe.train.trainer import Trainer as EmprobeTrainer
 
 __all__ = ["EmprobeHFTrainer", "InterventionCallback", "StepSampler", "collate", "lr_lambda",
-           "training_arguments", "latest_hf_checkpoint", "run_hf"]
+           "training_arguments", "run_hf", "is_checkpoint_step"]
+
+Inputs = Mapping[str, torch.Tensor]
 
 
 class StepSampler(torch.utils.data.Sampler[int]):
@@ -66,7 +84,7 @@ class StepSampler(torch.utils.data.Sampler[int]):
         return self.steps * self.g
 
 
-class _Indices(torch.utils.data.Dataset):
+class _Indices(torch.utils.data.Dataset[int]):
     def __init__(self, n: int) -> None:
         self.n = n
 
@@ -93,174 +111,156 @@ def collate(data: TokenizedSet, indices: Sequence[int], pack: bool = False,
     return out
 
 
-def lr_lambda(config: TrainConfig, total_steps: int) -> Any:
-    """The multiplier of ``config.lr`` at optimizer step ``s`` (emprobe's schedule)."""
-    def f(step: int) -> float:
-        if config.warmup_steps and step < config.warmup_steps:
-            return (step + 1) / config.warmup_steps
-        if config.lr_schedule == "constant":
-            return 1.0
-        span = max(1, total_steps - config.warmup_steps)
-        frac = min(1.0, (step - config.warmup_steps) / span)
-        if config.lr_schedule == "linear":
-            return 1.0 - frac
-        return 0.5 * (1.0 + math.cos(math.pi * frac))
-
-    return f
-
-
-class InterventionCallback(TrainerCallback):
-    """emprobe ``Intervention`` objects run by a transformers ``Trainer``."""
-
-    def __init__(self, subject: Subject, interventions: Sequence[Intervention]) -> None:
-        self.subject, self.interventions = subject, list(interventions)
-        self._checks: contextlib.ExitStack | None = None
-        self.max_rel_proj: float | None = None
-
-    def _attach(self) -> None:
-        from emprobe.hooks import patch
-        from emprobe.train.callbacks import ablation_checker
-        from emprobe.train.interventions import CAFT
-
-        for iv in self.interventions:
-            if not iv.attached:
-                iv.attach(self.subject)
-        if self._checks is None:  # CAFT verified in every forward pass, on every rank
-            self._checks = contextlib.ExitStack()
-            for iv in self.interventions:
-                if isinstance(iv, CAFT) and iv.positions == "all":
-                    means = iv.means if iv.mode == "mean" else None
-                    self._checks.enter_context(patch(self.subject, iv.site, {
-                        la: ablation_checker(q, (means or {}).get(la), self._seen)
-                        for la, q in iv.bases.items()}))
-
-    def _detach(self) -> None:
-        if self._checks is not None:
-            self._checks.close()
-            self._checks = None
-        for iv in self.interventions:
-            iv.detach()
-
-    def _seen(self, value: float) -> None:
-        self.max_rel_proj = max(self.max_rel_proj or 0.0, value)
-
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None,
-               **kwargs: Any) -> None:
-        from emprobe.train.callbacks import per_rank
-
-        if logs is not None and self._checks is not None and "loss" in logs:
-            vals = per_rank(self.max_rel_proj if self.max_rel_proj is not None else -1.0)
-            logs.update({f"caft/max_rel_proj/rank{r}": v for r, v in enumerate(vals) if v >= 0})
-            self.max_rel_proj = None
-
-    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        from emprobe.train.callbacks import refuse_sharded
-
-        if any(iv.needs_lora and not iv.edits_activations for iv in self.interventions):
-            refuse_sharded("GRASP", args)
-        self._attach()
-        if state.global_step == 0:
-            for iv in self.interventions:  # start inside any constrained subspace
-                iv.after_step(self.subject.model)
-
-    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        for iv in self.interventions:
-            iv.after_backward(self.subject.model)
-
-    def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        for iv in self.interventions:
-            iv.after_step(self.subject.model)
-
-    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self._detach()
-
-    @contextlib.contextmanager
-    def suspended(self) -> Iterator[None]:
-        if self._checks is None:
-            yield
-            return
-        self._detach()
-        try:
-            yield
-        finally:
-            self._attach()
-
-
-class _RunLog(TrainerCallback):
-    """``metrics.jsonl`` lines (rank 0), checkpoints at emprobe's steps, monitoring, stop."""
-
-    def __init__(self, path: Path, config: TrainConfig, end: int, lora: bool,
-                 monitor: Mapping[str, Mapping[int, torch.Tensor]], probe: Any) -> None:
-        self.path, self.cfg, self.end, self.lora = path, config, end, lora
-        self.monitor, self.probe = monitor, probe
-        self.last_loss: float | None = None
-
-    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        done, cfg = state.global_step, self.cfg
-        if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or \
-                done in cfg.checkpoint_steps or (cfg.checkpoint_every and done == self.end):
-            control.should_save = True
-        if done % cfg.log_every == 0 or done == self.end:
-            control.should_log = True
-        if done >= self.end:
-            control.should_training_stop = True
-
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None,
-               model: Any = None, **kwargs: Any) -> None:
-        logs = logs or {}
-        if "loss" not in logs:
-            return
-        self.last_loss = float(logs["loss"])
-        rec: dict[str, Any] = {"step": state.global_step, "loss": float(logs["loss"]),
-                               "lr": float(logs.get("learning_rate", float("nan"))),
-                               "grad_norm": float(logs.get("grad_norm", float("nan")))}
-        rec.update({k: v for k, v in logs.items() if "/" in k})
-        if self.lora and model is not None:
-            rec.update(mon.lora_norms(mon.lora_factors(model)))
-        if self.monitor and self.probe is not None:
-            rec.update(self.probe())
-        if state.is_world_process_zero:
-            append_jsonl(self.path, rec)
+def chat_batch(inputs: Inputs) -> tuple[ChatBatch, dict[str, torch.Tensor]]:
+    """The ``ChatBatch`` of collated inputs (response = labelled tokens) and the model's feed
+    (the inputs without ``labels``)."""
+    labels = inputs["labels"]
+    att = inputs.get("attention_mask")
+    batch = ChatBatch(inputs["input_ids"], att if att is not None else torch.ones_like(labels),
+                      labels != -100)
+    return batch, {k: v for k, v in inputs.items() if k != "labels"}
 
 
 class EmprobeHFTrainer(HFTrainer):
-    """transformers' ``Trainer`` with emprobe's sampler, collator and objective."""
+    """transformers' ``Trainer`` with emprobe's sampler, objectives, retain set and checkpoints.
 
-    def __init__(self, *args: Any, emprobe_data: TokenizedSet, emprobe_config: TrainConfig,
-                 emprobe_objective: Objective, emprobe_steps: int, emprobe_hooks: Any = None,
-                 **kwargs: Any) -> None:
-        self.e_data, self.e_cfg, self.e_obj = emprobe_data, emprobe_config, emprobe_objective
-        self.e_steps, self.e_hooks = emprobe_steps, emprobe_hooks
-        super().__init__(*args, **kwargs)
+    ``emprobe``: the run's ``emprobe.train.Trainer`` state (model, optimizer, data, objectives,
+    interventions); ``hooks``: its ``InterventionCallback``; ``record``: the ``StepRecord``
+    ``RunLog`` reads; ``checkpoint_dir``: where ``checkpoints/step-N`` go; ``schedule``: the
+    ``LambdaLR`` also passed in ``optimizers`` (restored on resume).
+    """
 
-    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
-        g = self.e_cfg.batch_size * self.e_cfg.grad_accum * self.args.world_size
-        return StepSampler(self.e_data.lengths, self.e_steps, g, self.e_cfg.seed)
+    def __init__(self, *args: object, emprobe: EmprobeTrainer, hooks: InterventionCallback,
+                 record: StepRecord, checkpoint_dir: Path,
+                 schedule: torch.optim.lr_scheduler.LambdaLR, **kwargs: object) -> None:
+        self.e, self.e_hooks, self.e_record, self.e_schedule = emprobe, hooks, record, schedule
+        self.e_checkpoints = checkpoint_dir
+        self.e_resume: Path | None = None  # an emprobe step-N folder this run resumes from
+        super().__init__(*args, **kwargs)  # pyright: ignore[reportArgumentType]
 
-    def _reference(self, model: Any, inputs: dict[str, Any]) -> Any:
+    @property
+    def global_batch(self) -> int:
+        return self.e.config.batch_size * self.e.config.grad_accum * self.args.world_size
+
+    def _get_train_sampler(self, train_dataset: object = None) -> StepSampler:
+        return StepSampler(self.e.train_set.lengths, self.e.total_steps, self.global_batch,
+                           self.e.config.seed)
+
+    # -- the loss ---------------------------------------------------------------------------
+    def _reference(self, feed: Inputs) -> Reference:
+        """The frozen model's logits on ``feed`` (adapter off or the reference copy, hooks off)."""
+        et, hooks = self.e, self.e_hooks
+
         def ref(batch: ChatBatch) -> torch.Tensor:
-            feed = {k: v for k, v in inputs.items() if k != "labels"}
-            suspend = self.e_hooks.suspended() if self.e_hooks else contextlib.nullcontext()
-            with torch.no_grad(), suspend, model.disable_adapter():
-                return model(**feed, use_cache=False).logits
+            with torch.no_grad(), hooks.suspended(), use_batch(batch):
+                if et.ref_model is not None:
+                    return et.ref_model(**feed, use_cache=False).logits
+                assert isinstance(et.model, PeftModel)
+                with et.model.disable_adapter():
+                    return et.model(**feed, use_cache=False).logits
 
         return ref
 
-    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
-                     num_items_in_batch: Any = None) -> Any:
+    def _add_retain(self, model: torch.nn.Module, loss: torch.Tensor, micro: int
+                    ) -> torch.Tensor:
+        """``loss`` plus the weighted retain terms of retain micro-batch ``micro`` of this step
+        (the pairing and normalisation of emprobe's loop)."""
+        et, cfg = self.e, self.e.config
+        if et.retain_set is None or not et.regularisers:
+            return loss
+        data = et.retain_set
+        r_idx = step_indices(len(data), self.state.global_step, self.global_batch,
+                             cfg.seed + 7919)
+        r_micro = micro_batches(r_idx, cfg.batch_size, cfg.grad_accum, self.args.process_index,
+                                data.lengths)
+        if micro >= len(r_micro):
+            return loss
+        counts = StepCounts(max(1, data.n_loss_tokens(r_idx)), len(r_idx))
+        width = data.report.max_length if data.report else None
+        inputs = {k: v.to(self.args.device)
+                  for k, v in collate(data, r_micro[micro], cfg.pack, width).items()}
+        batch, feed = chat_batch(inputs)
+        with use_batch(batch):
+            logits = model(**feed, use_cache=False).logits
+        for weight, obj in et.regularisers:
+            term = obj(logits, batch, counts, self._reference(feed))
+            loss = loss + weight * term
+            self.e_record.add(obj.key, term)
+        return loss
+
+    def compute_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor],
+                     return_outputs: bool = False,
+                     num_items_in_batch: torch.Tensor | int | None = None
+                     ) -> torch.Tensor | tuple[torch.Tensor, CausalLMOutputWithPast]:
+        et, rec = self.e, self.e_record
+        if rec.step != self.state.global_step:
+            rec.begin(self.state.global_step, [obj.key for _, obj in et.objectives])
+        batch, feed = chat_batch(inputs)
+        with use_batch(batch):
+            out = model(**feed, use_cache=False)
         labels = inputs["labels"]
-        feed = {k: v for k, v in inputs.items() if k != "labels"}
-        out = model(**feed, use_cache=False)
-        att = inputs.get("attention_mask")
-        batch = ChatBatch(inputs["input_ids"], att if att is not None
-                          else torch.ones_like(labels), labels != -100)
-        g = self.e_cfg.batch_size * self.e_cfg.grad_accum * self.args.world_size
         tokens = int(num_items_in_batch) if num_items_in_batch is not None else \
             int((labels[:, 1:] != -100).sum())
-        counts = StepCounts(tokens=max(1, tokens), sequences=g)
-        loss = self.e_obj(out.logits, batch, counts, self._reference(model, inputs))
+        counts = StepCounts(tokens=max(1, tokens), sequences=self.global_batch)
+        rec.tokens, rec.sequences = counts.tokens, counts.sequences
+        loss = et.objective(out.logits, batch, counts, self._reference(feed))
+        rec.add(et.objective.key, loss)
+        loss = self._add_retain(model, loss, rec.micro)
+        rec.micro += 1
         loss = loss * self.accelerator.num_processes  # DDP averages; the loss is a global sum
         return (loss, out) if return_outputs else loss
+
+    def training_step(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor],
+                      num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
+        if self.e.retain_set is not None:  # two batches per micro-step: no single context
+            return super().training_step(model, inputs, num_items_in_batch)
+        with use_batch(chat_batch(inputs)[0]):  # also for blocks recomputed in the backward
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    def _clip_grad_norm(self, model: torch.nn.Module) -> torch.Tensor | float | None:
+        self.e_hooks.project_gradients(self.state.global_step)  # before clipping, as the loop
+        return super()._clip_grad_norm(model)
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def _sharded(self) -> bool:
+        return bool(self.is_fsdp_enabled or self.is_deepspeed_enabled)
+
+    def _save_checkpoint(self, model: torch.nn.Module, trial: object) -> None:
+        if self._sharded():
+            super()._save_checkpoint(model, trial)  # pyright: ignore[reportArgumentType]
+            return
+        if self.args.should_save:
+            step = self.state.global_step
+            save_checkpoint(self.e_checkpoints, step, self.e.model, self.e.optimizer, {
+                "total_steps": self.e.total_steps, "data_position": step * self.global_batch,
+                "world_size": self.args.world_size})
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str,
+                              model: torch.nn.Module | None = None) -> None:
+        if self.e_resume is None:
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+            return
+        load_weights(self.e_resume, self.e.model)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        if self.e_resume is None:
+            super()._load_optimizer_and_scheduler(checkpoint)
+            return
+        cfg, step = self.e.config, checkpoint_step(self.e_resume)
+        load_optimizer(self.e_resume, self.e.optimizer)
+        lr = cfg.lr * lr_lambda(cfg, self.e.total_steps)(step)
+        groups = self.e.optimizer.param_groups
+        for g in groups:  # the lr of the next step (emprobe's loop saves the last one)
+            g["lr"] = lr
+        self.e_schedule.load_state_dict({
+            "base_lrs": [cfg.lr] * len(groups), "last_epoch": step, "_step_count": step + 1,
+            "_last_lr": [lr] * len(groups), "lr_lambdas": [None] * len(groups)})
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        if self.e_resume is None:
+            super()._load_rng_state(checkpoint)
+            return
+        load_rng(self.e_resume)
 
 
 def training_arguments(out: Path, config: TrainConfig, total_steps: int,
@@ -279,91 +279,48 @@ def training_arguments(out: Path, config: TrainConfig, total_steps: int,
     )
 
 
-def latest_hf_checkpoint(out: str | os.PathLike[str]) -> Path | None:
-    """The newest complete ``checkpoint-N`` folder (``trainer_state.json`` present)."""
-    best: tuple[int, Path] | None = None
-    root = Path(out)
-    if not root.is_dir():
-        return None
-    for p in root.iterdir():
-        m = re.fullmatch(r"checkpoint-(\d+)", p.name)
-        if m and (p / "trainer_state.json").is_file():
-            if best is None or int(m.group(1)) > best[0]:
-                best = (int(m.group(1)), p)
-    return None if best is None else best[1]
+def _engine_state(folder: Path, step: int, total: int, config: TrainConfig) -> str:
+    """A ``trainer_state.json`` for the engine's resume (step ``step`` of ``total``)."""
+    TrainerState(global_step=step, max_steps=total, logging_steps=config.log_every,
+                 train_batch_size=config.batch_size).save_to_json(
+        str(folder / "trainer_state.json"))
+    return str(folder)
 
 
-def clear_hf_checkpoints(out: Path, metrics: Path) -> None:
-    """Start over: drop earlier checkpoint-N folders and metrics."""
-    import shutil
-
-    if out.is_dir():
-        for p in out.iterdir():
-            if re.fullmatch(r"checkpoint-\d+", p.name):
-                shutil.rmtree(p, ignore_errors=True)
-    if metrics.exists():
-        metrics.unlink()
-
-
-def trim_metrics(metrics: Path, step: int) -> None:
-    """Drop log lines written after the checkpoint a run resumes from."""
-    from emprobe.io import read_jsonl
-
-    if metrics.exists():
-        write_jsonl(metrics, [r for r in read_jsonl(metrics) if int(r.get("step", 0)) <= step])
-
-
-def _probe(et: Any, monitor: Mapping[str, Mapping[int, torch.Tensor]],
-           hooks: InterventionCallback) -> Any:
-    """Projections on a fixed batch with the training hooks off (as emprobe's loop logs them)."""
-    batch = et.train_set.batch(list(range(min(8, len(et.train_set)))), et.subject.device)
-
-    def probe() -> dict[str, float]:
-        was = et.model.training
-        et.model.eval()
-        with hooks.suspended():
-            got = mon.project(et.subject, monitor, batch)
-        et.model.train(was)
-        return got
-
-    return probe
-
-
-def run_hf(et: Any, out: Path, resume: bool, stop_after: int | None,
+def run_hf(et: EmprobeTrainer, folder: RunFolder, ck: Path | None, stop_after: int | None,
            monitor: Mapping[str, Mapping[int, torch.Tensor]], progress: bool = False,
            gradient_checkpointing: bool = False) -> tuple[int, float | None, int | None]:
-    """Train emprobe's ``Trainer`` state ``et`` with transformers' engine.
+    """Train emprobe's ``Trainer`` state ``et`` with transformers' engine into ``folder``,
+    resuming from checkpoint ``ck`` (``RunFolder.resume_point``) when given.
 
     Returns ``(steps done, last logged loss, step resumed from or None)``.
     """
-    cfg, metrics = et.config, out / "metrics.jsonl"
-    ck = latest_hf_checkpoint(out) if resume else None
-    start = int(ck.name.rsplit("-", 1)[1]) if ck is not None else 0
-    if et.rank == 0:
-        if ck is None:
-            clear_hf_checkpoints(out, metrics)
-        else:
-            trim_metrics(metrics, start)
+    cfg = et.config
+    start = checkpoint_step(ck) if ck is not None else 0
     end = et.total_steps if stop_after is None else min(et.total_steps, start + stop_after)
+    call_cfg = cfg if end >= et.total_steps else \
+        cfg.replace(checkpoint_steps=sorted(set(cfg.checkpoint_steps) | {end}))  # resumable
     sched = torch.optim.lr_scheduler.LambdaLR(et.optimizer, lr_lambda(cfg, et.total_steps))
-    hooks = InterventionCallback(et.subject, et.interventions)
-    log = _RunLog(metrics, cfg, end, not cfg.full_finetune, monitor,
-                  _probe(et, monitor, hooks) if monitor else None)
+    hooks, record = InterventionCallback(et.subject, et.interventions), StepRecord()
+    log = RunLog(et, folder.metrics_path, call_cfg, end, record, monitor, hooks,
+                 rng_tensors() if ck is None else None)
     width = et.train_set.report.max_length if et.train_set.report else None
     hf = EmprobeHFTrainer(
-        model=et.model, args=training_arguments(out, cfg, et.total_steps,
+        model=et.model, args=training_arguments(folder.out, cfg, et.total_steps,
                                                 gradient_checkpointing, progress),
         train_dataset=_Indices(len(et.train_set)),
         data_collator=lambda idx: collate(et.train_set, idx, cfg.pack, width),
         optimizers=(et.optimizer, sched), callbacks=[hooks, log],
-        emprobe_data=et.train_set, emprobe_config=cfg, emprobe_objective=et.objective,
-        emprobe_steps=et.total_steps, emprobe_hooks=hooks)
+        emprobe=et, hooks=hooks, record=record, checkpoint_dir=folder.checkpoint_dir,
+        schedule=sched)
     if not progress:  # the engine prints every log record when its progress bar is off
         from transformers.trainer_callback import PrinterCallback
 
         hf.remove_callback(PrinterCallback)
-    if end < et.total_steps:  # a later call resumes from here
-        cfg_steps = set(cfg.checkpoint_steps) | {end}
-        log.cfg = cfg.replace(checkpoint_steps=sorted(cfg_steps))
-    hf.train(resume_from_checkpoint=str(ck) if ck is not None else None)
+    with tempfile.TemporaryDirectory() as tmp:
+        target = None if ck is None else str(ck)
+        if ck is not None and ck.parent == folder.checkpoint_dir:
+            hf.e_resume = ck
+            target = _engine_state(Path(tmp), start, et.total_steps, cfg)
+        hf.train(resume_from_checkpoint=target)
     return hf.state.global_step, log.last_loss, (start if ck is not None else None)

@@ -11,9 +11,9 @@ Output folder (``out_dir``)::
     result.json         summary written when the run ends
 
 Engines: ``engine="emprobe"`` (default) runs the loop in this module; ``engine="hf"`` runs
-the same data order, objective and schedule on transformers' ``Trainer``
-(``emprobe.train.engine``), writing the engine's ``checkpoint-N/`` folders instead of
-``checkpoints/step-N/``.
+the same data order, objectives (retain sets included), schedule, checkpoints
+(``checkpoints/step-N/``) and log on transformers' ``Trainer`` (``emprobe.train.engine``);
+each resumes the other's checkpoints.
 
 Data parallelism: under ``torchrun`` / ``accelerate launch`` (``WORLD_SIZE > 1``) the model is
 wrapped for DDP by accelerate (gloo on CPU, nccl on GPU); each optimizer step's
@@ -28,7 +28,6 @@ import contextlib
 import copy
 import math
 import os
-import shutil
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -40,16 +39,10 @@ import torch
 
 from emprobe._version import __version__
 from emprobe.errors import ConfigError, DataError, SiteError
-from emprobe.io import append_jsonl, atomic_dir, read_json, read_jsonl, write_json, write_jsonl
+from emprobe.io import read_jsonl
 from emprobe.models.chat import ChatBatch
 from emprobe.models.context import use_batch
 from emprobe.train import monitor as mon
-from emprobe.train.checkpoint import (
-    latest_checkpoint,
-    list_checkpoints,
-    load_checkpoint,
-    save_checkpoint,
-)
 from emprobe.train.config import SEVEN_PROJECTIONS, TrainConfig
 from emprobe.train.data import (
     TokenizedSet,
@@ -59,6 +52,7 @@ from emprobe.train.data import (
     step_indices,
     tokenize,
 )
+from emprobe.train.folder import RunFolder
 from emprobe.train.interventions import Intervention
 from emprobe.train.objectives import Objective, StepCounts, objectives_for
 
@@ -68,10 +62,6 @@ if TYPE_CHECKING:
 
 __all__ = ["RunFolder", "TrainResult", "finetune", "Trainer", "linear_module_names",
            "validate_setup"]
-
-# config fields that may change between an interrupted run and its resumption
-_RESUME_FREE = {"log_every", "checkpoint_every", "checkpoint_steps"}
-
 
 @dataclass
 class TrainResult:
@@ -171,87 +161,6 @@ def _dist_setup(device: torch.device) -> tuple[int, int]:
 def _barrier(world: int) -> None:
     if world > 1:
         torch.distributed.barrier()
-
-
-# -- the run folder -------------------------------------------------------------------------
-
-class RunFolder:
-    """A run's output folder (layout in the module docstring): resume, metrics, checkpoints.
-
-    Only rank 0 writes; every method is safe to call on every rank.
-    """
-
-    def __init__(self, out: str | os.PathLike[str], rank: int = 0) -> None:
-        self.out = Path(out)
-        self.rank = rank
-        self.checkpoint_dir = self.out / "checkpoints"
-        self.metrics_path = self.out / "metrics.jsonl"
-
-    def check_resumable(self, config: TrainConfig) -> None:
-        """Refuse to resume a run whose saved config differs (beyond logging cadence)."""
-        old_path = self.out / "train_config.json"
-        if not old_path.is_file():
-            return
-        # a field added after the run was saved had its default value then
-        old = {**TrainConfig().to_dict(), **read_json(old_path)}
-        new = config.to_dict()
-        diff = sorted(k for k in set(old) | set(new)
-                      if k not in _RESUME_FREE and old.get(k) != new.get(k))
-        if diff:
-            raise DataError(f"{self.out}: holds a run with a different config ({', '.join(diff)});"
-                            " use another output folder or resume=False")
-
-    def open(self, config: TrainConfig, resume: bool, model: torch.nn.Module,
-             optimizer: torch.optim.Optimizer) -> int | None:
-        """Resume from the newest checkpoint (returns its step) or clear an earlier run."""
-        ck = latest_checkpoint(self.checkpoint_dir) if resume else None
-        if ck is not None:
-            self.check_resumable(config)
-            step = int(load_checkpoint(ck, model, optimizer)["step"])
-            if self.rank == 0:  # drop log lines written after the checkpoint
-                kept = [r for r in read_jsonl(self.metrics_path) if int(r.get("step", 0)) <= step]
-                write_jsonl(self.metrics_path, kept)
-            return step
-        if self.rank == 0:
-            shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
-            if self.metrics_path.exists():
-                self.metrics_path.unlink()
-        return None
-
-    def write_setup(self, config: TrainConfig, run_info: Mapping[str, Any]) -> None:
-        if self.rank == 0:
-            config.save(self.out / "train_config.json")
-            write_json(self.out / "run.json", dict(run_info))
-
-    def log(self, record: Mapping[str, Any]) -> None:
-        if self.rank == 0:
-            append_jsonl(self.metrics_path, dict(record))
-
-    def checkpoint(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                   state: Mapping[str, Any]) -> None:
-        if self.rank == 0:
-            save_checkpoint(self.checkpoint_dir, step, model, optimizer, dict(state))
-
-    def checkpoints(self) -> list[Path]:
-        """emprobe's ``checkpoints/step-N`` folders, then the engine's ``checkpoint-N``."""
-        found = [p for _, p in list_checkpoints(self.checkpoint_dir)]
-        engine = [(int(p.name.rsplit("-", 1)[1]), p) for p in self.out.glob("checkpoint-*")
-                  if p.is_dir() and p.name.rsplit("-", 1)[1].isdigit()]
-        return found + [p for _, p in sorted(engine)]
-
-    def save_model(self, model: Any, tokenizer: Any = None, full: bool = False) -> Path:
-        """The adapter (``adapter/``) or, for full fine-tuning, model + tokenizer (``model/``)."""
-        target = self.out / ("model" if full else "adapter")
-        if self.rank == 0:
-            with atomic_dir(target) as tmp:
-                model.save_pretrained(str(tmp))
-                if full and tokenizer is not None:
-                    tokenizer.save_pretrained(str(tmp))
-        return target
-
-    def write_result(self, record: Mapping[str, Any]) -> None:
-        if self.rank == 0:
-            write_json(self.out / "result.json", dict(record))
 
 
 # -- the trainer ----------------------------------------------------------------------------
@@ -603,8 +512,8 @@ def finetune(
         device: device for a spec (default: ``cuda:LOCAL_RANK`` under torchrun with GPUs, else
             CPU).
         keep_model: leave the trained PEFT model in ``subject.model`` (result.subject).
-        engine: ``"emprobe"`` (this module's loop) or ``"hf"`` (transformers' ``Trainer``;
-            no retain sets).
+        engine: ``"emprobe"`` (this module's loop) or ``"hf"`` (transformers' ``Trainer``,
+            ``emprobe.train.engine``: the same data order, objectives, checkpoints and log).
         gradient_checkpointing: recompute each decoder block in the backward pass (less
             activation memory; training hooks run again with it, so results are unchanged).
     """
@@ -614,9 +523,6 @@ def finetune(
     cfg.check()
     if engine not in ("emprobe", "hf"):
         raise ConfigError(f"engine must be 'emprobe' or 'hf', not {engine!r}")
-    if engine == "hf" and (cfg.retain_ce > 0 or cfg.retain_kl > 0):
-        raise ConfigError("engine='hf' does not support retain_ce / retain_kl yet: use "
-                          "engine='emprobe'")
     if isinstance(subject_or_spec, Subject):
         subject = subject_or_spec
     else:
@@ -654,12 +560,9 @@ def finetune(
             trainer.model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False})
         folder = RunFolder(out_dir, rank)
-        if engine == "hf":
-            if resume:
-                folder.check_resumable(cfg)
-            resumed_from = None
-        else:
-            resumed_from = folder.open(cfg, resume, trainer.model, trainer.optimizer)
+        ck = folder.resume_point(cfg, resume)
+        resumed_from = None if engine == "hf" else folder.load(ck, trainer.model,
+                                                               trainer.optimizer)
         report = train_set.report.to_dict() if train_set.report else None
         folder.write_setup(cfg, {
             "model": subject.name, "model_path": subject.path, "fingerprint": fingerprint,
@@ -677,7 +580,7 @@ def finetune(
         if engine == "hf":
             from emprobe.train.engine import run_hf
 
-            end, last_loss, resumed_from = run_hf(trainer, folder.out, resume, stop_after,
+            end, last_loss, resumed_from = run_hf(trainer, folder, ck, stop_after,
                                                   directions, progress)
         else:
             last_loss = trainer.fit(folder, start, end, directions, progress)
