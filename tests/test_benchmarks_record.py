@@ -37,3 +37,12 @@ def test_load_probe_reports_a_share():
     assert share is None or share >= 0.0
     note = load_note(share)
     assert note.startswith(("quiet", "busy", "unknown"))
+
+
+def test_a_result_may_name_its_own_machine(tmp_path):
+    doc = tmp_path / "benchmarks.md"
+    record([_res("c vs bare forward", 0.9, machine="box, 2 threads"), _res("d", 1.2)],
+           "box, 1 threads", doc)
+    text = doc.read_text()
+    assert "| c vs bare forward | bare forward | >= 1x | **0.90x** | box, 2 threads | quiet: test |" in text
+    assert "| d | - | >= 1x | **1.20x** | box, 1 threads |" in text
