@@ -44,9 +44,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pack", action="store_true", default=None,
                    help="pack each micro-batch's records into rows (position ids reset per "
                    "record; same loss, less padding)")
-    p.add_argument("--engine", default="emprobe", choices=["emprobe", "hf"],
-                   help="training loop: emprobe's (default) or transformers' Trainer with "
-                   "emprobe's callbacks (checkpoint-N folders, accelerate launch)")
+    p.add_argument("--engine", default="hf", choices=["hf", "emprobe"],
+                   help="training engine: transformers' Trainer with emprobe's objectives and "
+                   "interventions (default; accelerate launch) or emprobe's own loop "
+                   "(deprecated; the same adapter)")
     p.add_argument("--gradient-checkpointing", action="store_true",
                    help="recompute decoder blocks in the backward pass (less memory; the "
                    "intervention hooks run again, results unchanged)")

@@ -10,10 +10,10 @@ Output folder (``out_dir``)::
     checkpoints/step-000010/ ...   resumable checkpoints (see emprobe.train.checkpoint)
     result.json         summary written when the run ends
 
-Engines: ``engine="emprobe"`` (default) runs the loop in this module; ``engine="hf"`` runs
-the same data order, objectives (retain sets included), schedule, checkpoints
-(``checkpoints/step-N/``) and log on transformers' ``Trainer`` (``emprobe.train.engine``);
-each resumes the other's checkpoints.
+Engines: ``engine="hf"`` (default) runs the data order, objectives (retain sets included),
+schedule, checkpoints (``checkpoints/step-N/``) and log on transformers' ``Trainer``
+(``emprobe.train.engine``); ``engine="emprobe"`` runs the same on the loop in this module
+(deprecated, kept for one release). Each resumes the other's checkpoints.
 
 Data parallelism: under ``torchrun`` / ``accelerate launch`` (``WORLD_SIZE > 1``) the model is
 wrapped for DDP by accelerate (gloo on CPU, nccl on GPU); each optimizer step's
@@ -487,7 +487,7 @@ def finetune(
     stop_after: int | None = None,
     device: str | torch.device | None = None,
     keep_model: bool = False,
-    engine: str = "emprobe",
+    engine: str = "hf",
     gradient_checkpointing: bool = False,
 ) -> TrainResult:
     """Fine-tune a model on chat records and write an adapter folder.
@@ -512,8 +512,9 @@ def finetune(
         device: device for a spec (default: ``cuda:LOCAL_RANK`` under torchrun with GPUs, else
             CPU).
         keep_model: leave the trained PEFT model in ``subject.model`` (result.subject).
-        engine: ``"emprobe"`` (this module's loop) or ``"hf"`` (transformers' ``Trainer``,
-            ``emprobe.train.engine``: the same data order, objectives, checkpoints and log).
+        engine: ``"hf"`` (default: transformers' ``Trainer``, ``emprobe.train.engine``) or
+            ``"emprobe"`` (this module's own loop, deprecated: kept for one release; the same
+            data order, objectives, checkpoints and log, and the same adapter to 1e-5).
         gradient_checkpointing: recompute each decoder block in the backward pass (less
             activation memory; training hooks run again with it, so results are unchanged).
     """
@@ -523,6 +524,10 @@ def finetune(
     cfg.check()
     if engine not in ("emprobe", "hf"):
         raise ConfigError(f"engine must be 'emprobe' or 'hf', not {engine!r}")
+    if engine == "emprobe":
+        warnings.warn("finetune(engine='emprobe') is deprecated and will be removed in the next "
+                      "release: the default engine='hf' gives the same adapter",
+                      FutureWarning, stacklevel=2)
     if isinstance(subject_or_spec, Subject):
         subject = subject_or_spec
     else:
