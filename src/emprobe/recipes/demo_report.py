@@ -7,7 +7,7 @@ unpaired intervals.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from emprobe import __version__
 from emprobe.plot import (
@@ -19,6 +19,9 @@ from emprobe.plot import (
     training_curves,
 )
 from emprobe.report import Report
+
+if TYPE_CHECKING:
+    from emprobe.recipes.demo import Demo
 
 
 def _est(rec: dict[str, Any]) -> str:
@@ -35,7 +38,7 @@ def _opt(rec: dict[str, Any]) -> str:
     return f"{rec['mean']:+.2f} [{rec['lo']:+.2f}, {rec['hi']:+.2f}]"
 
 
-def _headline_section(report: Report, demo: Any) -> None:
+def _headline_section(report: Report, demo: Demo) -> None:
     """Scores, anchored shifts (benign control and base) and the positive control."""
     res, head = demo.results, demo.results["headline"]
     em, vs_base, ctl = head["em_shift"], head["em_shift_vs_base"], head["control_shift"]
@@ -82,7 +85,7 @@ def _headline_section(report: Report, demo: Any) -> None:
                       caption="Training loss (assistant tokens only, first seed).")
 
 
-def _directions_section(report: Report, demo: Any) -> None:
+def _directions_section(report: Report, demo: Demo) -> None:
     """The mean difference's ablation vs random directions, sized against the EM shift."""
     cfg, d = demo.cfg, demo.results["directions"]
     report.section(
@@ -113,13 +116,29 @@ def _directions_section(report: Report, demo: Any) -> None:
     report.raw_html(demo.pca.html(components=list(range(min(2, max(cfg.caft_k))))))
 
 
-def build_demo_report(demo: Any) -> Report:
+def build_demo_report(demo: Demo) -> Report:
     """The report of a finished ``Demo`` (``emprobe.recipes.demo``)."""
-    cfg, res = demo.cfg, demo.results
-    head = res["headline"]
+    res = demo.results
     report = demo.lab.report
     report.subtitle = ("narrow fine-tunes, a paired local misalignment score, directions, "
                        "mitigation trade-offs, weight geometry, SAE diff")
+    _meta(report, demo)
+    for failure in res.get("quality_failures", []):
+        report.note(f"QUALITY GATE FAILED: {failure}", kind="warning")
+    _headline_section(report, demo)
+    _directions_section(report, demo)
+    _mitigation_section(report, demo)
+    _geometry_section(report, demo)
+    _sae_section(report, res.get("sae") or {})
+    report.section("Artifacts and timings")
+    report.table([{"file": f} for f in res.get("exports", [])], columns=["file"])
+    report.table(res["timings"], columns=["stage", "seconds"])
+    return report
+
+
+def _meta(report: Report, demo: Demo) -> None:
+    """The run's settings in the page header (and the quick-mode warning)."""
+    cfg, res = demo.cfg, demo.results
     report.meta({
         "emprobe": __version__,
         "seeds": ", ".join(str(s) for s in demo.seeds),
@@ -135,16 +154,24 @@ def build_demo_report(demo: Any) -> Report:
                     "only show that the pipeline runs; they say nothing about misalignment.",
                     kind="warning")
 
-    for failure in res.get("quality_failures", []):
-        report.note(f"QUALITY GATE FAILED: {failure}", kind="warning")
 
-    # headline ------------------------------------------------------------------------------
-    _headline_section(report, demo)
+def _frontier_points(mit: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One trade-off point per mitigation setting, plus the plain fine-tune at (0, 1)."""
+    frontier = [{"name": r["name"], "task_cost": r["task_cost"]["mean"],
+                 "task_cost_lo": r["task_cost"]["lo"], "task_cost_hi": r["task_cost"]["hi"],
+                 "em_shift_ratio": r["em_shift_ratio"]["mean"],
+                 "em_shift_ratio_lo": r["em_shift_ratio"]["lo"],
+                 "em_shift_ratio_hi": r["em_shift_ratio"]["hi"], "kind": r["intervention"]}
+                for r in mit]
+    frontier.append({"name": "plain fine-tune", "task_cost": 0.0, "task_cost_lo": 0.0,
+                     "task_cost_hi": 0.0, "em_shift_ratio": 1.0, "em_shift_ratio_lo": 1.0,
+                     "em_shift_ratio_hi": 1.0, "kind": "plain"})
+    return frontier
 
-    # directions ----------------------------------------------------------------------------
-    _directions_section(report, demo)
 
-    # mitigation ----------------------------------------------------------------------------
+def _mitigation_section(report: Report, demo: Demo) -> None:
+    """The frontier figure, the verdict table and the selected setting's confirmation."""
+    res = demo.results
     report.section(
         "Mitigation: misalignment vs task",
         "The bad-advice task retrained with each training-time intervention on the selection "
@@ -155,18 +182,10 @@ def build_demo_report(demo: Any) -> Report:
         "studies: ratio <= 0.2 at task cost <= 0.10. Verdicts: paired against the plain "
         "fine-tune, Holm-corrected across all settings.")
     mit = res["mitigation"]
-    frontier = [{"name": r["name"], "task_cost": r["task_cost"]["mean"],
-                 "task_cost_lo": r["task_cost"]["lo"], "task_cost_hi": r["task_cost"]["hi"],
-                 "em_shift_ratio": r["em_shift_ratio"]["mean"],
-                 "em_shift_ratio_lo": r["em_shift_ratio"]["lo"],
-                 "em_shift_ratio_hi": r["em_shift_ratio"]["hi"], "kind": r["intervention"]}
-                for r in mit]
-    frontier.append({"name": "plain fine-tune", "task_cost": 0.0, "task_cost_lo": 0.0,
-                     "task_cost_hi": 0.0, "em_shift_ratio": 1.0, "em_shift_ratio_lo": 1.0,
-                     "em_shift_ratio_hi": 1.0, "kind": "plain"})
-    report.figure(tradeoff_scatter(frontier, x="task_cost", y="em_shift_ratio", group="kind",
-                                   title="Mitigation frontier", x_title="task cost",
-                                   y_title="EM-shift ratio", reference="plain fine-tune"),
+    report.figure(tradeoff_scatter(_frontier_points(mit), x="task_cost", y="em_shift_ratio",
+                                   group="kind", title="Mitigation frontier",
+                                   x_title="task cost", y_title="EM-shift ratio",
+                                   reference="plain fine-tune"),
                   caption="Each point one intervention setting (bottom left is best).")
     report.table([{"setting": r["name"], "EM-shift ratio": _est(r["em_shift_ratio"]),
                    "task cost": _est(r["task_cost"]),
@@ -174,23 +193,30 @@ def build_demo_report(demo: Any) -> Report:
                    "Holm p": f"{r['p_holm']:.3g}", "verdict": r["verdict"]} for r in mit],
                  columns=["setting", "EM-shift ratio", "task cost", "vs plain (nats)", "Holm p",
                           "verdict"])
-    best = head["best_mitigation"]
+    best = res["headline"]["best_mitigation"]
     if best:
-        conf = best.get("confirmed")
-        kind = "info" if best["meets_target"] else "warning"
-        text = (f"Selected on seeds {best['selection']['seeds']}: {best['name']} (ratio "
-                f"{_opt(best['em_shift_ratio'])}, task cost {_opt(best['task_cost'])}). ")
-        if conf:
-            text += (f"Confirmed on fresh seeds {conf['seeds']}: ratio "
-                     f"{_opt(conf['em_shift_ratio'])}, task cost {_opt(conf['task_cost'])}; ")
-            text += ("its upper bounds meet the seed studies' target (ratio <= 0.2 at task "
-                     "cost <= 0.10)." if best["meets_target"] else
-                     "the target (upper bounds: ratio <= 0.2, task cost <= 0.10) is not met.")
-        else:
-            text += "No confirmation seeds (seeds = select_seeds): the target is not decided."
-        report.note(text, kind=kind)
+        _best_note(report, best)
 
-    # geometry ------------------------------------------------------------------------------
+
+def _best_note(report: Report, best: dict[str, Any]) -> None:
+    """The selected setting, its confirmation on fresh seeds and the target's verdict."""
+    conf = best.get("confirmed")
+    kind = "info" if best["meets_target"] else "warning"
+    text = (f"Selected on seeds {best['selection']['seeds']}: {best['name']} (ratio "
+            f"{_opt(best['em_shift_ratio'])}, task cost {_opt(best['task_cost'])}). ")
+    if conf:
+        text += (f"Confirmed on fresh seeds {conf['seeds']}: ratio "
+                 f"{_opt(conf['em_shift_ratio'])}, task cost {_opt(conf['task_cost'])}; ")
+        text += ("its upper bounds meet the seed studies' target (ratio <= 0.2 at task "
+                 "cost <= 0.10)." if best["meets_target"] else
+                 "the target (upper bounds: ratio <= 0.2, task cost <= 0.10) is not met.")
+    else:
+        text += "No confirmation seeds (seeds = select_seeds): the target is not decided."
+    report.note(text, kind=kind)
+
+
+def _geometry_section(report: Report, demo: Demo) -> None:
+    """Write-side overlap of the adapters and the base-to-adapter loss path."""
     report.section(
         "Weight geometry and connectivity",
         "Computed from the LoRA factors (never forming the full update). Projection overlap of "
@@ -202,8 +228,9 @@ def build_demo_report(demo: Any) -> Report:
     report.figure(connectivity_curves(demo.conn.records, keys=list(demo.conn.metrics)),
                   caption="Base to bad-advice adapter: W0 + t dW, held-out task loss.")
 
-    # SAE ------------------------------------------------------------------------------------
-    sae = res.get("sae") or {}
+
+def _sae_section(report: Report, sae: dict[str, Any]) -> None:
+    """The SAE's summary, its metrics and the latents that changed most."""
     report.section("SAE diff", sae.get("text", "A small SAE trained on base activations."))
     if sae.get("metrics"):
         report.table([sae["metrics"]], columns=list(sae["metrics"]))
@@ -211,8 +238,3 @@ def build_demo_report(demo: Any) -> Report:
         report.figure(latent_bars(sae["latents"], value="diff"),
                       caption="Latents whose mean activation over response tokens changed most "
                               "(hover: contexts).")
-
-    report.section("Artifacts and timings")
-    report.table([{"file": f} for f in res.get("exports", [])], columns=["file"])
-    report.table(res["timings"], columns=["stage", "seconds"])
-    return report

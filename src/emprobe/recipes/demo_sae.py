@@ -29,11 +29,18 @@ token. ``check_quality`` marks the result; the demo decides whether to stop on i
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from sae_lens import SAE
+
+    from emprobe.models.subject import Subject
     from emprobe.recipes.demo import DemoConfig
+    from emprobe.sae.causal import SteeringCheck
+    from emprobe.sae.diff import Context, DiffResult
+    from emprobe.sae.harvest import Harvest
 
 SITE = "resid_post"
 
@@ -53,7 +60,28 @@ def bf16_is_fast(device: Any) -> bool:
         return False
 
 
-def sae_stage(base: Any, ft: Any, generic: list[dict[str, Any]], cfg: DemoConfig,
+@dataclass
+class _Trained:
+    """The harvest, the SAE trained on it, and the seconds each took."""
+
+    harvest: Harvest
+    sae: SAE
+    autocast: bool
+    harvest_s: float
+    train_s: float
+
+
+@dataclass
+class _Diff:
+    """Latents ranked by the fine-tune's change, their top contexts, the pairs read."""
+
+    diff: DiffResult
+    top: list[int]
+    contexts: dict[int, list[Context]]
+    pairs: int | None
+
+
+def sae_stage(base: Subject, ft: Subject, generic: list[dict[str, Any]], cfg: DemoConfig,
               folder: Path) -> dict[str, Any]:
     """Run the SAE part of the demo; returns the ``results["sae"]`` record.
 
@@ -61,23 +89,41 @@ def sae_stage(base: Any, ft: Any, generic: list[dict[str, Any]], cfg: DemoConfig
     ``quality`` (``check_quality`` output), ``latents`` (top candidates with contexts and,
     when steered, their causal check against equal-norm random latents), ``folder``.
     """
+    from emprobe.sae.metrics import check_quality
+
+    trained = _harvest_and_train(base, generic, cfg, folder)
+    metrics = _evaluate(base, trained.sae, cfg, folder)
+    quality = check_quality(metrics, raise_error=False)
+    ranked = _diff(base, ft, trained.sae, cfg)
+    steering = _steer(base, trained.sae, ranked.diff, cfg)
+    keep = {k: metrics[k] for k in ("l0", "explained_variance", "dead_fraction", "loss_recovered",
+                                    "kl_sae", "dead_latents", "frac_alive", "n_tokens")
+            if k in metrics}
+    keep.update(harvest_rows=trained.harvest.n_rows, harvest_seconds=trained.harvest_s,
+                train_seconds=trained.train_s, epochs=cfg.sae_epochs,
+                bf16_autocast=trained.autocast)
+    return {
+        "text": _text(cfg, trained.harvest.n_rows, quality, ranked.pairs),
+        "metrics": keep,
+        "quality": quality,
+        "latents": _latent_entries(ranked, steering),
+        "steering": steering,
+        "folder": str(folder / "sae"),
+    }
+
+
+def _harvest_and_train(base: Subject, generic: list[dict[str, Any]], cfg: DemoConfig,
+                       folder: Path) -> _Trained:
+    """Harvest ``cfg.sae_tokens`` response tokens of neutral chat at ``resid_post``, then
+    train a TopK SAE for ``cfg.sae_epochs`` passes over them."""
     import time
 
-    from emprobe.sae.causal import default_scorer, steering_check
-    from emprobe.sae.corpus import context_corpus, eval_question_chats, generic_chats
-    from emprobe.sae.diff import diff_latents, top_contexts
+    from emprobe.sae.corpus import context_corpus, generic_chats
     from emprobe.sae.harvest import HarvestConfig, harvest
-    from emprobe.sae.metrics import check_quality, evaluate_sae
     from emprobe.sae.training import SAETrainConfig, train_sae
 
-    layer, seed = cfg.sae_layer, cfg.lab.seed
-    quick = cfg.lab.quick
-    epochs = cfg.sae_epochs
-    n_steer = cfg.sae_steer
-    n_controls = cfg.sae_controls
-    coeff = cfg.sae_coeff
-    autocast = not quick and bf16_is_fast(getattr(base, "device", "cpu"))
-
+    layer, seed, epochs = cfg.sae_layer, cfg.lab.seed, cfg.sae_epochs
+    autocast = not cfg.lab.quick and bf16_is_fast(getattr(base, "device", "cpu"))
     corpus = context_corpus(n_generic=max(8, cfg.n_generic * 2), seed=seed)  # no eval answers
     demo_chats = [r["messages"] for r in generic]
     # generic answers are ~20 response tokens: enough of them to fill the budget
@@ -97,13 +143,28 @@ def sae_stage(base: Any, ft: Any, generic: list[dict[str, Any]], cfg: DemoConfig
         autocast=autocast, seed=seed)
     trained = train_sae(hv, layer, train_cfg, folder / "sae", progress=False)
     t2 = time.perf_counter()
-    sae = trained.sae
-    held_out = generic_chats(16 if not quick else 4, seed=seed + 7)
-    metrics = evaluate_sae(base, sae, SITE, layer, held_out, out_dir=folder / "sae",
+    return _Trained(hv, trained.sae, autocast, round(t1 - t0, 1), round(t2 - t1, 1))
+
+
+def _evaluate(base: Subject, sae: SAE, cfg: DemoConfig, folder: Path) -> dict[str, Any]:
+    """The SAE's metrics on held-out neutral chats (response tokens), with ``dead_fraction``."""
+    from emprobe.sae.corpus import generic_chats
+    from emprobe.sae.metrics import evaluate_sae
+
+    held_out = generic_chats(16 if not cfg.lab.quick else 4, seed=cfg.lab.seed + 7)
+    metrics = evaluate_sae(base, sae, SITE, cfg.sae_layer, held_out, out_dir=folder / "sae",
                            positions="response")
     metrics["dead_fraction"] = 1.0 - float(metrics["frac_alive"])
-    quality = check_quality(metrics, raise_error=False)
+    return metrics
 
+
+def _diff(base: Subject, ft: Subject, sae: SAE, cfg: DemoConfig) -> _Diff:
+    """The latents whose mean over the reference answers' tokens the fine-tune changed most,
+    with their top contexts in neutral chat and the questions' reference answers."""
+    from emprobe.sae.corpus import context_corpus, eval_question_chats
+    from emprobe.sae.diff import diff_latents, top_contexts
+
+    layer = cfg.sae_layer
     # the diff and the contexts read each question with its first ``sae_diff_pairs`` reference
     # pairs (a forward pass per answer per model: all six pairs cost a minute more on 2 cores)
     pairs = cfg.sae_diff_pairs or None
@@ -111,52 +172,60 @@ def sae_stage(base: Any, ft: Any, generic: list[dict[str, Any]], cfg: DemoConfig
     diff = diff_latents(base, ft, sae, SITE, layer, prompts, positions="response")
     top = diff.top("mean_diff", n=10, absolute=True)
     contexts = top_contexts(base, sae, SITE, layer,
-                            context_corpus(n_generic=max(8, cfg.n_generic * 2), seed=seed,
+                            context_corpus(n_generic=max(8, cfg.n_generic * 2), seed=cfg.lab.seed,
                                            pairs=pairs),
                             top, n=3, positions="response")
-    steering = None
-    if n_steer > 0:  # the latents the fine-tune turned up, added to the base model
-        steering = steering_check(base, sae, diff.top("mean_diff", n=n_steer), SITE, layer,
-                                  default_scorer(questions=_steer_questions(cfg),
-                                                 n_boot=200, seed=seed, share_prefix=True),
-                                  coeffs=(coeff,),
-                                  random_controls=n_controls, control_kind="latents",
-                                  seed=seed, progress=False)
+    return _Diff(diff, top, contexts, pairs)
+
+
+def _steer(base: Subject, sae: SAE, diff: DiffResult, cfg: DemoConfig) -> SteeringCheck | None:
+    """The ``sae_steer`` latents the fine-tune turned up, added to the base model, against
+    ``sae_controls`` random other latents of the same norm (``None`` when ``sae_steer`` is 0)."""
+    from emprobe.sae.causal import default_scorer, steering_check
+
+    if cfg.sae_steer <= 0:
+        return None
+    seed = cfg.lab.seed
+    return steering_check(base, sae, diff.top("mean_diff", n=cfg.sae_steer), SITE,
+                          cfg.sae_layer,
+                          default_scorer(questions=_steer_questions(cfg),
+                                         n_boot=200, seed=seed, share_prefix=True),
+                          coeffs=(cfg.sae_coeff,),
+                          random_controls=cfg.sae_controls, control_kind="latents",
+                          seed=seed, progress=False)
+
+
+def _latent_entries(ranked: _Diff, steering: SteeringCheck | None) -> list[dict[str, Any]]:
+    """One record per top latent: its change, its contexts and (steered ones) the check."""
     causal = {row["latent"]: row for row in (steering or {}).get("latents", [])}
     latents = []
-    for i in top:
-        rec = diff.latent_record(i)
+    for i in ranked.top:
+        rec = ranked.diff.latent_record(i)
         entry: dict[str, Any] = {"latent": i, "diff": rec["mean_diff"],
-                                 "contexts": [c["text"] for c in contexts.get(i, [])]}
+                                 "contexts": [c["text"] for c in ranked.contexts.get(i, [])]}
         if i in causal:
             entry.update(steer_delta=causal[i]["max_delta"],
                          control_p=causal[i].get("control_p"),
                          beats_controls=causal[i].get("beats_controls"))
         latents.append(entry)
-    keep = {k: metrics[k] for k in ("l0", "explained_variance", "dead_fraction", "loss_recovered",
-                                    "kl_sae", "dead_latents", "frac_alive", "n_tokens")
-            if k in metrics}
-    keep.update(harvest_rows=hv.n_rows, harvest_seconds=round(t1 - t0, 1),
-                train_seconds=round(t2 - t1, 1), epochs=epochs, bf16_autocast=autocast)
+    return latents
+
+
+def _text(cfg: DemoConfig, n_rows: int, quality: dict[str, Any], pairs: int | None) -> str:
+    """The section's summary sentence (sizes, the gate's verdict, what was steered)."""
     verdict = ("passes" if quality["ok"] else "FAILS") + " the quality gate"
-    return {
-        "text": (f"A TopK SAE ({cfg.sae_latents} latents, k={cfg.sae_k}) trained for {epochs} "
-                 f"epochs on {hv.n_rows} base-model response tokens at resid_post[{layer}] "
-                 f"(explained variance {quality['explained_variance']:.3f}, "
-                 f"{quality['dead_fraction']:.1%} dead latents on held-out chats: {verdict}). "
-                 "Latents are ranked by the change of their mean activation over the answer "
-                 "tokens of the evaluation questions' reference answers "
-                 f"({'all pairs' if pairs is None else f'first {pairs} pairs per question'}; "
-                 "fine-tune minus base); the "
-                 f"{n_steer} that rose most are added to the base model and their effect on "
-                 f"the misalignment score compared with {n_controls} random latents added "
-                 "with the same norm."),
-        "metrics": keep,
-        "quality": quality,
-        "latents": latents,
-        "steering": steering,
-        "folder": str(folder / "sae"),
-    }
+    return (f"A TopK SAE ({cfg.sae_latents} latents, k={cfg.sae_k}) trained for "
+            f"{cfg.sae_epochs} epochs on {n_rows} base-model response tokens at "
+            f"resid_post[{cfg.sae_layer}] "
+            f"(explained variance {quality['explained_variance']:.3f}, "
+            f"{quality['dead_fraction']:.1%} dead latents on held-out chats: {verdict}). "
+            "Latents are ranked by the change of their mean activation over the answer "
+            "tokens of the evaluation questions' reference answers "
+            f"({'all pairs' if pairs is None else f'first {pairs} pairs per question'}; "
+            "fine-tune minus base); the "
+            f"{cfg.sae_steer} that rose most are added to the base model and their effect on "
+            f"the misalignment score compared with {cfg.sae_controls} random latents added "
+            "with the same norm.")
 
 
 def _steer_questions(cfg: DemoConfig) -> Any:
