@@ -9,15 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
 
 from emprobe.errors import DataError
 from emprobe.hooks import capture
-from emprobe.models.chat import sink_mask
+from emprobe.models.chat import ChatBatch, sink_mask
 from emprobe.models.context import use_batch
+
+if TYPE_CHECKING:
+    from emprobe.models.subject import Subject
 
 
 @dataclass
@@ -36,8 +39,8 @@ class LayerMeans:
     counts: torch.Tensor
 
 
-def encode(subject: Any, items: Sequence[Any], add_generation_prompt: bool = False,
-           max_length: int | None = 512) -> Any:
+def encode(subject: Subject, items: Sequence[Any], add_generation_prompt: bool = False,
+           max_length: int | None = 512) -> ChatBatch:
     """Conversations or plain strings -> ``ChatBatch`` on the subject's device."""
     if not items:
         raise DataError("no data to run")
@@ -48,7 +51,7 @@ def encode(subject: Any, items: Sequence[Any], add_generation_prompt: bool = Fal
     )
 
 
-def all_layers(subject: Any, layers: Sequence[int] | int | None) -> list[int]:
+def all_layers(subject: Subject, layers: Sequence[int] | int | None) -> list[int]:
     if layers is None:
         return list(range(subject.n_layers))
     if isinstance(layers, int):
@@ -56,7 +59,7 @@ def all_layers(subject: Any, layers: Sequence[int] | int | None) -> list[int]:
     return sorted({subject.layers.check_layer(int(la)) for la in layers})
 
 
-def _sinks(subject: Any, batch: Any) -> torch.Tensor:
+def _sinks(subject: Subject, batch: ChatBatch) -> torch.Tensor:
     """The subject's attention-sink mask (first token only for objects without one)."""
     fn = getattr(subject, "sink_mask", None)
     got = fn(batch) if callable(fn) else None
@@ -65,7 +68,7 @@ def _sinks(subject: Any, batch: Any) -> torch.Tensor:
 
 @torch.no_grad()
 def layer_means(
-    subject: Any,
+    subject: Subject,
     data: Sequence[Any],
     layers: Sequence[int] | int | None = None,
     positions: str = "response",

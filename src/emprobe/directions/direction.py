@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -37,6 +37,9 @@ from emprobe.validate import (
     excerpt,
     layer_key,
 )
+
+if TYPE_CHECKING:
+    from emprobe.models.subject import Subject
 
 FORMAT_NAME = "emprobe.direction"
 FORMAT_VERSION = 1
@@ -122,7 +125,7 @@ class Direction:
     # -- construction -----------------------------------------------------------------
     @classmethod
     def from_subject(
-        cls, subject: Any, vectors: Mapping[int, torch.Tensor], **meta: Any
+        cls, subject: Subject, vectors: Mapping[int, torch.Tensor], **meta: Any
     ) -> Direction:
         """A direction whose model metadata (id, fingerprint, width, depth) comes from ``subject``."""
         return cls(
@@ -180,7 +183,7 @@ class Direction:
         for name in ("params", "provenance", "stats"):
             check_mapping(getattr(self, name), f"{where}: {name}", error=FormatError)
 
-    def check_compatible(self, subject: Any, allow_other_model: bool = False) -> None:
+    def check_compatible(self, subject: Subject, allow_other_model: bool = False) -> None:
         """Raise unless this direction may be applied to ``subject``.
 
         A different width is always an error. A different model (neither the same
@@ -371,7 +374,7 @@ class Direction:
         return f"Direction({self.method}, model={self.model!r}, site={self.site}, {shown})"
 
 
-def _revision(subject: Any) -> str | None:
+def _revision(subject: Subject) -> str | None:
     cfg = getattr(subject.base_model, "config", None)
     rev = getattr(cfg, "_commit_hash", None) if cfg is not None else None
     return str(rev) if rev else None

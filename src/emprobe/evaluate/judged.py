@@ -15,12 +15,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from emprobe.errors import DataError
 from emprobe.evaluate.em_rate import DEFINITIONS, FIRST_PLOT, EMRate, em_rate
 from emprobe.evaluate.judge import JudgeClient, sample_answers
 from emprobe.evaluate.judge_run import judge_rows
 from emprobe.evaluate.questions import FORMATS, Question
+
+if TYPE_CHECKING:
+    from emprobe.models.subject import Subject
 
 __all__ = ["JudgedEval", "em_rates", "evaluate_judged", "field_rows", "judge_answers"]
 
@@ -117,7 +121,7 @@ def _row_rate(row: Mapping[str, object]) -> str:
     return f"{rate:.1%} [{lo:.1%}, {hi:.1%}] ({k}/{n})"
 
 
-def evaluate_judged(subject: object, questions: Sequence[Question], client: JudgeClient,
+def evaluate_judged(subject: Subject, questions: Sequence[Question], client: JudgeClient,
                     n: int | None = None, cache_dir: str | Path | None = None,
                     temperature: float = 1.0, max_new_tokens: int = 600, seed: int = 0,
                     batch_size: int = 8, model_name: str | None = None, workers: int = 8,

@@ -24,7 +24,7 @@ import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -41,6 +41,12 @@ from emprobe.models.logprobs import (
     supports_logits_to_keep,
 )
 
+if TYPE_CHECKING:
+    from transformers.cache_utils import Cache
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    from emprobe.models.subject import Subject
+
 __all__ = [
     "LocalScore", "local_score", "answer_logprobs", "compare", "Comparison",
     "paired_differences", "shift_ratio",
@@ -51,7 +57,7 @@ METRICS = ("per_answer", "per_token", "pref_rate")
 
 @torch.no_grad()
 def answer_logprobs(
-    subject: Any, conversations: Sequence[Sequence[dict[str, str]]], batch_size: int = 8,
+    subject: Subject, conversations: Sequence[Sequence[dict[str, str]]], batch_size: int = 8,
     share_prefix: bool | None = None,
 ) -> list[tuple[float, int]]:
     """Sum of log-probabilities of the assistant tokens of each conversation.
@@ -77,7 +83,7 @@ def answer_logprobs(
     return [o if o is not None else (0.0, 0) for o in out]
 
 
-def _site_hooks_active(subject: Any) -> bool:
+def _site_hooks_active(subject: Subject) -> bool:
     """Whether an emprobe site hook (steer, ablate, capture ...) is registered on the model."""
     for module in subject.model.modules():
         hooks = list(module._forward_hooks.values()) + list(module._forward_pre_hooks.values())
@@ -86,8 +92,9 @@ def _site_hooks_active(subject: Any) -> bool:
     return False
 
 
-def _score_batches(subject: Any, conversations: Sequence[Sequence[dict[str, str]]],
-                   indices: list[int], batch_size: int, out: list[Any]) -> None:
+def _score_batches(subject: Subject, conversations: Sequence[Sequence[dict[str, str]]],
+                   indices: list[int], batch_size: int, out: list[tuple[float, int] | None]
+                   ) -> None:
     tok = subject.tokenizer
     lengths = {i: len(tok.apply_chat_template(list(conversations[i]), tokenize=False))
                for i in indices}
@@ -104,8 +111,8 @@ def _score_batches(subject: Any, conversations: Sequence[Sequence[dict[str, str]
             out[i] = (float(sums[j]), int(counts[j]))
 
 
-def _score_shared_prefixes(subject: Any, conversations: Sequence[Sequence[dict[str, str]]],
-                           out: list[Any]) -> list[int]:
+def _score_shared_prefixes(subject: Subject, conversations: Sequence[Sequence[dict[str, str]]],
+                           out: list[tuple[float, int] | None]) -> list[int]:
     """Score groups of conversations with a common prompt; returns the indices left over."""
     groups: dict[str, list[int]] = {}
     for i, conv in enumerate(conversations):
@@ -130,7 +137,7 @@ def _score_shared_prefixes(subject: Any, conversations: Sequence[Sequence[dict[s
     return sorted(rest)
 
 
-def _shared_prefix_logprobs(model: Any, batch: ChatBatch, n_prompt: int
+def _shared_prefix_logprobs(model: torch.nn.Module, batch: ChatBatch, n_prompt: int
                             ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed response log-probs (float64 ``[n]``) and counts of rows sharing a prompt.
 
@@ -160,17 +167,21 @@ def _shared_prefix_logprobs(model: Any, batch: ChatBatch, n_prompt: int
     return logp.to(torch.float64).sum(-1), mask.sum(-1)
 
 
-def _cache_kwarg(model: Any) -> str:
+def _cache_kwarg(model: torch.nn.Module) -> str:
     """transformers >= 5.2x names the key/value cache argument ``cache``; older ones
     ``past_key_values``."""
     import inspect
 
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT
+    inner = model
+    get_base = getattr(model, "get_base_model", None)  # a PEFT model wraps the base model
+    if callable(get_base):
+        base = get_base()
+        inner = base if isinstance(base, torch.nn.Module) else model
     params = inspect.signature(type(inner).forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
 
-def _returned_cache(output: Any) -> Any:
+def _returned_cache(output: CausalLMOutputWithPast) -> Cache:
     cache = output.get("cache") if hasattr(output, "get") else None
     return cache if cache is not None else output.past_key_values
 
@@ -261,7 +272,7 @@ def _with_system(q: Question, system: str | None) -> list[dict[str, str]]:
 
 
 def local_score(
-    subject: Any,
+    subject: Subject,
     questions: Sequence[Question] | None = None,
     batch_size: int = 8,
     n_boot: int = 1000,

@@ -43,7 +43,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from emprobe.errors import DataError
 from emprobe.evaluate.generation import GenerationStats, generate_batched, generate_token_ids
@@ -52,6 +52,9 @@ from emprobe.evaluate.local import answer_logprobs, local_score
 from emprobe.evaluate.questions import Question, default_questions
 from emprobe.evaluate.stats import auroc, wilson
 from emprobe.io import write_json, write_jsonl
+
+if TYPE_CHECKING:
+    from emprobe.models.subject import Subject
 
 __all__ = [
     "GRADER_PROMPT",
@@ -82,7 +85,7 @@ def _grader_conversations(question: str, answer: str) -> list[list[dict[str, str
             for v in VERDICTS]
 
 
-def verdict_margins(grader: Any, items: Sequence[tuple[str, str]], batch_size: int = 8
+def verdict_margins(grader: Subject, items: Sequence[tuple[str, str]], batch_size: int = 8
                     ) -> list[float]:
     """``log p("Yes") - log p("No")`` (nats) of the grader's verdict on each ``(question,
     answer)``; positive = the grader leans towards "harmful"."""
@@ -113,7 +116,7 @@ class Calibration:
         return asdict(self)
 
 
-def calibrate(grader: Any, questions: Sequence[Question] | None = None,
+def calibrate(grader: Subject, questions: Sequence[Question] | None = None,
               max_pairs: int = DEFAULT_CALIBRATION_PAIRS, batch_size: int = 8) -> Calibration:
     """Set the verdict threshold on reference pairs (first pair of each question, in order).
 
@@ -194,9 +197,9 @@ class SampleEval:
 
 
 def evaluate_sampled(
-    subject: Any,
+    subject: Subject,
     questions: Sequence[Question],
-    grader: Any = None,
+    grader: Subject | None = None,
     n: int | None = None,
     temperature: float = 1.0,
     max_new_tokens: int = 200,

@@ -18,12 +18,15 @@ import time
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from emprobe.errors import EmprobeError
 from emprobe.models.chat import validate_conversation
+
+if TYPE_CHECKING:
+    from emprobe.models.subject import Subject
 
 __all__ = ["LocalServer", "start_server", "serve_in_background", "chat_completion"]
 
@@ -39,14 +42,14 @@ def _token_entry(tokenizer: Any, token_id: int, logprob: float) -> dict[str, Any
     return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
 
 
-def _cache_keyword(subject: Any) -> str:
+def _cache_keyword(subject: Subject) -> str:
     # transformers 5.x renamed ``past_key_values`` to ``cache``; support both
     params = inspect.signature(subject.base_model.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
 
 @torch.no_grad()
-def chat_completion(subject: Any, body: dict[str, Any], model_name: str) -> dict[str, Any]:
+def chat_completion(subject: Subject, body: dict[str, Any], model_name: str) -> dict[str, Any]:
     """Answer one chat-completions request body with the subject (OpenAI response shape)."""
     if not isinstance(body, dict):
         raise RequestError("request body must be a JSON object")
@@ -122,7 +125,7 @@ def chat_completion(subject: Any, body: dict[str, Any], model_name: str) -> dict
 class LocalServer:
     """A running endpoint. ``url`` ends in ``/v1``; ``requests`` counts completions served."""
 
-    def __init__(self, subject: Any, host: str = "127.0.0.1", port: int = 0,
+    def __init__(self, subject: Subject, host: str = "127.0.0.1", port: int = 0,
                  model_name: str | None = None, api_key: str | None = None) -> None:
         self.subject = subject
         self.model_name = model_name or str(getattr(subject, "name", "emprobe-model"))
@@ -216,14 +219,14 @@ class LocalServer:
         return Handler
 
 
-def start_server(subject: Any, port: int = 0, host: str = "127.0.0.1",
+def start_server(subject: Subject, port: int = 0, host: str = "127.0.0.1",
                  model_name: str | None = None, api_key: str | None = None) -> LocalServer:
     """Start serving in a background thread; call ``.close()`` when done."""
     return LocalServer(subject, host, port, model_name, api_key).start()
 
 
 @contextlib.contextmanager
-def serve_in_background(subject: Any, port: int = 0, host: str = "127.0.0.1",
+def serve_in_background(subject: Subject, port: int = 0, host: str = "127.0.0.1",
                         model_name: str | None = None,
                         api_key: str | None = None) -> Iterator[str]:
     """Serve ``subject`` while the block runs; yields the base URL (``http://host:port/v1``)."""

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 
 def _pooled_difference(
-    plus: tuple[Any, Sequence[Any]], minus: tuple[Any, Sequence[Any]], layer_list: list[int],
+    plus: tuple[Subject, Sequence[Any]], minus: tuple[Subject, Sequence[Any]], layer_list: list[int],
     **kw: Any,
 ) -> tuple[dict[int, torch.Tensor], LayerMeans, LayerMeans]:
     """``{layer: pooled mean of plus - pooled mean of minus}`` and both ``layer_means``
@@ -70,8 +70,8 @@ def mean_difference(
 
 
 def model_mean_difference(
-    base: Any,
-    finetuned: Any,
+    base: Subject,
+    finetuned: Subject,
     conversations: Sequence[Any],
     layers: Sequence[int] | int | None = None,
     positions: str = "response",

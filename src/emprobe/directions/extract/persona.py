@@ -167,8 +167,8 @@ def projection(
 
 
 def finetuning_shift(
-    base: Any,
-    finetuned: Any,
+    base: Subject,
+    finetuned: Subject,
     direction: Direction,
     conversations: Sequence[Any],
     layers: Sequence[int] | None = None,
@@ -202,7 +202,7 @@ class ScreeningResult:
 
 
 def screen_dataset(
-    base: Any,
+    base: Subject,
     direction: Direction,
     records: Sequence[Any],
     layer: int | None = None,
