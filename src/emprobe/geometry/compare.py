@@ -17,7 +17,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 
@@ -67,7 +67,7 @@ class GeometryConfig:
     base_niter: int = 4
     seed: int = 0
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, int | bool]:
         return asdict(self)
 
 
@@ -188,7 +188,8 @@ class GeometryResult:
         return torch.stack([_nanmean(table[metric][:, self._select(layer=lay)])
                             for lay in self.layers()], dim=-1)
 
-    def group_summary(self, groups: Mapping[str, str] | Sequence[str]) -> dict[str, Any]:
+    def group_summary(self, groups: Mapping[str, str] | Sequence[str]
+                      ) -> dict[str, dict[str, Described] | dict[str, float]]:
         """Mean metrics within each group, across each pair of groups, and baselines.
 
         Args:
@@ -201,12 +202,13 @@ class GeometryResult:
         """
         buckets = {f"within:{a}" if a == b else f"across:{a}|{b}": pairs
                    for (a, b), pairs in group_pairs(self.labels, groups).items()}
-        out: dict[str, Any] = {}
+        out: dict[str, dict[str, Described] | dict[str, float]] = {}
         for key, pairs in buckets.items():
-            out[key] = {}
+            per_metric: dict[str, Described] = {}
             for metric in metric_names():
                 mat = self.matrix(metric)
-                out[key][metric] = _describe([float(mat[i, j]) for i, j in pairs])
+                per_metric[metric] = _describe([float(mat[i, j]) for i, j in pairs])
+            out[key] = per_metric
         for which, table in (("gaussian", self.gaussian), ("base", self.base)):
             if table:
                 out[which] = {m: _describe([float(v) for v in _nanmean(t)]) for m, t in table.items()}
@@ -215,21 +217,22 @@ class GeometryResult:
         return out
 
     # ---------- records and files ----------
-    def records(self) -> list[dict[str, Any]]:
+    def records(self) -> list[dict[str, str | int | float | None]]:
         """One record per (adapter pair i <= j, module), for plotting or pandas."""
-        recs: list[dict[str, Any]] = []
+        recs: list[dict[str, str | int | float | None]] = []
         n = len(self.labels)
         for i in range(n):
             for j in range(i, n):
                 for mi, (lay, typ) in enumerate(self.modules):
-                    rec: dict[str, Any] = {"a": self.labels[i], "b": self.labels[j],
+                    rec: dict[str, str | int | float | None] = {
+                                           "a": self.labels[i], "b": self.labels[j],
                                            "layer": lay, "module_type": typ}
                     for metric, t in self.pairwise.items():
                         rec[metric] = _num(t[i, j, mi])
                     recs.append(rec)
         return recs
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> dict[str, object]:
         """JSON-ready: config, labels, modules, mean matrices, per-layer matrices, baselines."""
         return {
             "config": self.config.to_dict(),
@@ -294,7 +297,16 @@ def _nanmean(t: torch.Tensor) -> torch.Tensor:
     return torch.nanmean(t.to(torch.float64), dim=-1)
 
 
-def _describe(values: list[float]) -> dict[str, Any]:
+class Described(TypedDict):
+    """``_describe``: mean, sample SD and count of the non-NaN values, and all the values."""
+
+    mean: float
+    sd: float
+    n: int
+    values: list[float]
+
+
+def _describe(values: list[float]) -> Described:
     clean = [v for v in values if not math.isnan(v)]
     n = len(clean)
     mean = sum(clean) / n if n else float("nan")
@@ -426,7 +438,7 @@ def _to64(mo: LoraModule) -> LoraModule:
 
 # ---------- links to activation directions ----------
 
-def _direction_vectors(direction: Any) -> Callable[[int], torch.Tensor | None]:
+def _direction_vectors(direction: object) -> Callable[[int], torch.Tensor | None]:
     """Normalise a direction input to ``layer -> [d]`` (None when that layer has none)."""
     if isinstance(direction, torch.Tensor):
         if direction.ndim != 1:
@@ -450,7 +462,7 @@ def _direction_vectors(direction: Any) -> Callable[[int], torch.Tensor | None]:
 
 def direction_alignment(
     adapter: LoraAdapter | str | Path,
-    direction: Any,
+    direction: object,
     k: int = 16,
     side: str = "auto",
     layer_offset: int = 0,

@@ -325,7 +325,8 @@ class ConnectivityResult:
     def curve(self, metric: str) -> tuple[list[float], list[float]]:
         return [r["t"] for r in self.records], [r[metric] for r in self.records]
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> dict[str, object]:
+        """JSON-ready: everything but the per-point records."""
         return {k: v for k, v in asdict(self).items() if k != "records"}
 
     def save(self, out_dir: str | Path, figures: bool = True) -> dict[str, Path]:

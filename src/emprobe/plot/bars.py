@@ -7,7 +7,7 @@ import math
 import re
 import textwrap
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, TypeAlias
 
 import plotly.graph_objects as go
 
@@ -22,6 +22,13 @@ from emprobe.plot.records import (
     require,
 )
 from emprobe.plot.style import NEGATIVE, NEUTRAL, POSITIVE, apply_style, color
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+Numbers: TypeAlias = "Sequence[float] | np.ndarray | torch.Tensor"
+"""Numbers to plot: a list, a numpy array or a torch tensor (nested ones are flattened)."""
 
 _MARKED = re.compile(r"\[\[(.+?)\]\]", re.S)
 
@@ -44,7 +51,7 @@ def _context_line(ctx: object, width: int, max_chars: int) -> str:
     return f"• {body}" + (f" <i>({float(act):.3g})</i>" if act is not None else "")
 
 
-def hover_contexts(contexts: Sequence[object], n: int = 5, width: int = 72, max_chars: int = 220) -> str:
+def hover_contexts(contexts: Sequence[object] | Mapping[str, object], n: int = 5, width: int = 72, max_chars: int = 220) -> str:
     """Hover text listing up to ``n`` contexts (strings or ``{"text", "act"}`` dicts)."""
     if isinstance(contexts, (str, Mapping)):
         contexts = [contexts]
@@ -96,6 +103,9 @@ def latent_bars(
             name += f" {tag}"
         names.append(name)
         ctx = get(r, contexts, None)
+        if ctx is not None and not isinstance(ctx, (Sequence, Mapping)):
+            raise DataError(f"latent_bars: field {contexts!r} must be a list of contexts, got "
+                            f"{type(ctx).__name__}")
         hovers.append(hover_contexts(ctx if ctx is not None else [], n=n_contexts))
     err = None
     if lo and hi:
@@ -183,7 +193,7 @@ def score_bars(
 
 
 def norm_ratio_hist(
-    ratios: Sequence[float] | Mapping[str, Sequence[float]] | Any,
+    ratios: Numbers | Mapping[str, Numbers],
     title: str | None = "Norm ratios",
     x_title: str = "norm ratio",
     reference: float | None = 1.0,

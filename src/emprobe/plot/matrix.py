@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, TypeAlias
 
 import plotly.graph_objects as go
 
@@ -12,10 +12,18 @@ from emprobe.errors import ConfigError, ShapeError
 from emprobe.plot.records import RecordsLike, get, load_records, number, require
 from emprobe.plot.style import DIVERGING_SCALE, SEQUENTIAL_SCALE, apply_style
 
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
 
-def _as_rows(matrix: Any) -> list[list[float]]:
-    if hasattr(matrix, "tolist"):  # numpy arrays, torch tensors
-        matrix = matrix.tolist()
+Matrix: TypeAlias = "Sequence[Sequence[float | None]] | np.ndarray | torch.Tensor"
+"""A 2-D table of numbers: nested lists (None = a gap), a numpy array or a torch tensor."""
+
+
+def _as_rows(matrix: object) -> list[list[float]]:
+    tolist = getattr(matrix, "tolist", None)
+    if tolist is not None:  # numpy arrays, torch tensors
+        matrix = tolist()
     if not isinstance(matrix, Sequence) or not matrix:
         raise ShapeError("heatmap: matrix must be a non-empty 2-D list / array")
     rows = []
@@ -31,7 +39,7 @@ def _as_rows(matrix: Any) -> list[list[float]]:
 
 
 def heatmap(
-    matrix: Any,
+    matrix: Matrix,
     labels: Sequence[str],
     title: str | None = None,
     zmin: float | None = None,

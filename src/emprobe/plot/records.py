@@ -11,18 +11,18 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import SupportsFloat, SupportsIndex
 
 from emprobe.errors import ConfigError, DataError
 from emprobe.io import read_json, read_jsonl
 
-Record = Mapping[str, Any]
+Record = Mapping[str, object]
 RecordsLike = Sequence[Record] | str | os.PathLike[str]
 
 _MISSING = object()
 
 
-def load_records(src: RecordsLike, where: str = "records") -> list[dict[str, Any]]:
+def load_records(src: RecordsLike, where: str = "records") -> list[dict[str, object]]:
     """Records from a list of dicts, a ``.jsonl`` file, or a ``.json`` file.
 
     A ``.json`` file may hold a list of records or an object with a ``"records"`` list.
@@ -32,7 +32,7 @@ def load_records(src: RecordsLike, where: str = "records") -> list[dict[str, Any
         if path.suffix == ".jsonl":
             if not path.is_file():
                 raise DataError(f"{path}: no such records file")
-            rows: Any = read_jsonl(path)
+            rows: object = read_jsonl(path)
         else:
             rows = read_json(path)
             if isinstance(rows, Mapping) and "records" in rows:
@@ -50,11 +50,11 @@ def load_records(src: RecordsLike, where: str = "records") -> list[dict[str, Any
     return out
 
 
-def get(record: Record, key: str, default: Any = _MISSING) -> Any:
+def get(record: Record, key: str, default: object = _MISSING) -> object:
     """``record[key]``; a dotted key walks nested dicts when the flat key is absent."""
     if key in record:
         return record[key]
-    node: Any = record
+    node: object = record
     for part in key.split("."):
         if isinstance(node, Mapping) and part in node:
             node = node[part]
@@ -87,10 +87,12 @@ def number(record: Record, key: str, where: str) -> float:
     if value is None:
         return math.nan
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        try:
-            return float(value)  # numpy / torch scalars
-        except (TypeError, ValueError):
-            raise DataError(f"{where}: field {key!r} must be a number, got {value!r}") from None
+        if isinstance(value, (str, bytes, bytearray, SupportsFloat, SupportsIndex)):
+            try:
+                return float(value)  # numpy / torch scalars, numeric text
+            except ValueError:
+                pass
+        raise DataError(f"{where}: field {key!r} must be a number, got {value!r}")
     return float(value)
 
 

@@ -53,7 +53,7 @@ def default_formats() -> tuple[str, ...]:
 def figure_html(fig: BaseFigure, include_plotlyjs: bool | str = True, full_html: bool = True,
                 div_id: str | None = None) -> str:
     """The figure as HTML (see :func:`save_figure` for ``include_plotlyjs``)."""
-    js: Any = include_plotlyjs  # plotly accepts True/False or "cdn" / "directory" / a URL
+    js: Any = include_plotlyjs  # plotly accepts True/False or "cdn" / "directory" / a URL (its stubs say bool)
     return pio.to_html(fig, include_plotlyjs=js, full_html=full_html,
                        div_id=div_id, config=PLOTLY_CONFIG)
 
@@ -129,9 +129,6 @@ def save_figure(
 
 
 def _write_static(fig: go.Figure, target: Path, fmt: str, scale: float) -> None:
-    kwargs: dict[str, Any] = {"format": fmt}
-    if fmt == "png":
-        kwargs["scale"] = scale
     with atomic_path(target) as tmp:
-        pio.write_image(fig, str(tmp), **kwargs)
+        pio.write_image(fig, str(tmp), format=fmt, scale=scale if fmt == "png" else None)
         make_readable(tmp)

@@ -58,7 +58,7 @@ BAND_ALPHA = 0.18
 def _build_template() -> go.layout.Template:
     base = pio.templates["plotly_white"]
     template = go.layout.Template(base)
-    layout: Any = template.layout  # plotly's stubs type it loosely
+    layout: Any = template.layout  # plotly's stubs type it as a union without .update
     layout.update(
         font={"family": FONT_FAMILY, "size": FONT_SIZE, "color": TEXT_COLOR},
         title={"font": {"size": FONT_SIZE + 4}, "x": 0.0, "xanchor": "left", "xref": "paper"},

@@ -13,7 +13,6 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import plotly.graph_objects as go
 from plotly.basedatatypes import BaseFigure
@@ -58,7 +57,7 @@ class Report:
         self.title = title
         self.subtitle = subtitle
         self.toc = toc
-        self._meta: dict[str, Any] = {}
+        self._meta: dict[str, object] = {}
         self._anchors: set[str] = set()
         self._intro = _Section(title="", anchor="")
         self._sections: list[_Section] = []
@@ -86,7 +85,7 @@ class Report:
         self._current.blocks.append(paragraphs(str(text)))
         return self
 
-    def figure(self, fig: BaseFigure | Mapping[str, Any], caption: str | None = None) -> Report:
+    def figure(self, fig: BaseFigure | Mapping[str, object], caption: str | None = None) -> Report:
         """A plotly figure (or its JSON dict), numbered, with a caption."""
         if isinstance(fig, Mapping):
             fig = go.Figure(fig)
@@ -184,7 +183,7 @@ class Report:
         )
         return self
 
-    def meta(self, info: Mapping[str, Any]) -> Report:
+    def meta(self, info: Mapping[str, object]) -> Report:
         """Provenance shown under the title: model, data sizes, seeds, timings ... (merged)."""
         if not isinstance(info, Mapping):
             raise DataError(f"Report.meta: expected a dict, got {type(info).__name__}")

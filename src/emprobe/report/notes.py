@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, SupportsFloat
+from typing import Protocol, SupportsFloat
 
 from emprobe.errors import DataError
 
@@ -34,18 +34,35 @@ class SignificanceNote:
     def __str__(self) -> str:
         return self.text
 
-    def to_record(self) -> dict[str, Any]:
+    def to_record(self) -> dict[str, str | bool | float]:
         return asdict(self)
 
 
-def _bounds(estimate_lo: Any, estimate_hi: Any) -> tuple[float, float]:
+class Bounds(Protocol):
+    """An interval with ``.lo`` and ``.hi`` (``emprobe.evaluate.stats.Estimate`` and alike)."""
+
+    @property
+    def lo(self) -> float: ...
+
+    @property
+    def hi(self) -> float: ...
+
+
+Bound = SupportsFloat | str | None
+"""One interval bound: a number (numeric text too); None is read as NaN."""
+_NO_ATTR = object()
+
+
+def _bounds(estimate_lo: Bounds | Mapping[str, object] | Bound,
+            estimate_hi: Bound) -> tuple[float, float]:
     if estimate_hi is None:
         # One object carrying both bounds: an Estimate-like (.lo/.hi) or a dict.
         if isinstance(estimate_lo, Mapping) and "lo" in estimate_lo and "hi" in estimate_lo:
             return _float(estimate_lo["lo"]), _float(estimate_lo["hi"])
-        est: Any = estimate_lo
-        if hasattr(est, "lo") and hasattr(est, "hi"):
-            return _float(est.lo), _float(est.hi)
+        lo = getattr(estimate_lo, "lo", _NO_ATTR)
+        hi = getattr(estimate_lo, "hi", _NO_ATTR)
+        if lo is not _NO_ATTR and hi is not _NO_ATTR:
+            return _float(lo), _float(hi)
         raise DataError("significance_note: give (lo, hi), or one object with .lo and .hi")
     return _float(estimate_lo), _float(estimate_hi)
 
@@ -66,8 +83,8 @@ def _fmt(x: float) -> str:
 
 
 def significance_note(
-    estimate_lo: Any,
-    estimate_hi: Any = None,
+    estimate_lo: Bounds | Mapping[str, object] | Bound,
+    estimate_hi: Bound = None,
     what: str = "the effect",
     level: float = 0.95,
     unit: str = "",
