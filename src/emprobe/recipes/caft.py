@@ -12,19 +12,31 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from emprobe.recipes.lab import SCORE_COLUMNS
+from emprobe.recipes.lab import SCORE_COLUMNS, Lab
+
+if TYPE_CHECKING:
+    import torch
+
+    from emprobe.directions import Direction
+    from emprobe.directions.extract.pca import PCAResult
+    from emprobe.evaluate.local import LocalScore
+    from emprobe.models import Subject
+    from emprobe.recipes.seeded import Records
 
 
-def run(lab: Any) -> None:
-    from emprobe.directions import ablation, pca_difference, random_components, top_components
-    from emprobe.plot import tradeoff_scatter
-    from emprobe.train import CAFT
-    k, n = (4, 2) if lab.cfg.quick else (8, 3)
-    train, held = lab.split("medical", "bad")
-    plain = lab.train("plain", train)
-    base, ft = lab.base(), lab.load(plain)
+def _bases(direction: Direction) -> dict[int, torch.Tensor]:
+    """``{layer: basis [d_model, k]}`` of a component selection (what ``CAFT`` ablates)."""
+    return {la: direction.basis(la) for la in direction.layers}
+
+
+def _pca_section(lab: Lab, base: Subject, ft: Subject, k: int, n: int
+                 ) -> tuple[PCAResult, list[int]]:
+    """PCA of ``h_ft - h_base`` on generic chat at two layers; the first components'
+    contexts on the page. Returns the PCA and its layers."""
+    from emprobe.directions import pca_difference
+
     layers = sorted({base.n_layers // 3, (2 * base.n_layers) // 3})
     pca = pca_difference(base, ft, lab.generic(), layers=layers, k=k, seed=lab.cfg.seed)
     lab.report.section(
@@ -36,26 +48,37 @@ def run(lab: Any) -> None:
         lab.report.text(pca.html(components=list(range(n))))
     else:
         lab.report.note("No component contexts available.", kind="warning")
+    return pca, layers
 
-    def bases(direction: Any) -> dict[int, Any]:
-        return {la: direction.basis(la) for la in direction.layers}
 
-    selections = {f"CAFT top {n}": top_components(pca.direction, n),
-                  f"CAFT random {n}": random_components(pca.direction, n, seed=lab.cfg.seed),
-                  f"CAFT all {k}": pca.direction}
+def _assess_variants(lab: Lab, base: Subject, ft: Subject, train: Records,
+                     held: list[dict[str, Any]], selections: dict[str, Direction], n: int
+                     ) -> tuple[list[dict[str, Any]], dict[str, LocalScore]]:
+    """Score and task-loss of base, plain, each CAFT retrain and test-time ablation of the
+    top ``n`` components on the plain fine-tune: trade-off rows and scores by name."""
+    from emprobe.hooks import ablate
+    from emprobe.train import CAFT
+
     rows, scores = [], {}
     for name, subj in (("base", base), ("plain", ft)):
         row, scores[name] = lab.assess(name, subj, held, kind="reference")
         rows.append(row)
     for name, direction in selections.items():
         slug = name.lower().replace(" ", "-")
-        adapter = lab.train(slug, train, [CAFT(bases(direction))])
+        adapter = lab.train(slug, train, [CAFT(_bases(direction))])
         row, scores[name] = lab.assess(name, lab.load(adapter), held, kind="CAFT")
         rows.append(row)
-    with ablation(ft, selections[f"CAFT top {n}"]):
+    with ablate(ft, selections[f"CAFT top {n}"]):
         row, scores["test-time ablation"] = lab.assess(f"test-time ablation top {n}", ft, held,
-                                                   kind="inference-time")
+                                                       kind="inference-time")
     rows.append(row)
+    return rows, scores
+
+
+def _report_tradeoff(lab: Lab, rows: list[dict[str, Any]], scores: dict[str, LocalScore]
+                     ) -> list[dict[str, object]]:
+    """The trade-off section; returns each variant minus the plain fine-tune."""
+    from emprobe.plot import tradeoff_scatter
 
     lab.report.section(
         "Misalignment vs task",
@@ -71,20 +94,35 @@ def run(lab: Any) -> None:
         "components are taken in order, uninterpreted, on a small model: expect the "
         "trade-off (less misalignment costs task loss) rather than a free lunch.",
         kind="warning")
-    stats = pca.direction.stats
-    top_name, rand_name = f"CAFT top {n}", f"CAFT random {n}"
-    vs_random = lab.versus(top_name, scores[top_name], {rand_name: scores[rand_name]})
-    lab.results.update({"tradeoff": rows, "vs_plain": deltas, "layers": layers, "k": k, "n": n,
-                        "vs_top": vs_random,
-                        "explained_variance": stats.get("explained_variance")})
-    by_name = {r["name"]: r for r in rows}
+    return deltas
+
+
+def run(lab: Lab) -> None:
+    from emprobe.directions import random_components, top_components
     from emprobe.recipes.conditions import above, below, task_kept
     from emprobe.recipes.seeded import anchored_mitigation
     from emprobe.recipes.verdict import RATIO_UNIT, state_claim
+    from emprobe.train import CAFT
 
+    k, n = (4, 2) if lab.cfg.quick else (8, 3)
+    train, held = lab.split("medical", "bad")
+    plain = lab.train("plain", train)
+    base, ft = lab.base(), lab.load(plain)
+    pca, layers = _pca_section(lab, base, ft, k, n)
+    top_name, rand_name = f"CAFT top {n}", f"CAFT random {n}"
+    selections = {top_name: top_components(pca.direction, n),
+                  rand_name: random_components(pca.direction, n, seed=lab.cfg.seed),
+                  f"CAFT all {k}": pca.direction}
+    rows, scores = _assess_variants(lab, base, ft, train, held, selections, n)
+    deltas = _report_tradeoff(lab, rows, scores)
+    vs_random = lab.versus(top_name, scores[top_name], {rand_name: scores[rand_name]})
+    lab.results.update({"tradeoff": rows, "vs_plain": deltas, "layers": layers, "k": k, "n": n,
+                        "vs_top": vs_random,
+                        "explained_variance": pca.direction.stats.get("explained_variance")})
+    by_name = {r["name"]: r for r in rows}
     anch = anchored_mitigation(
         lab, train, lab.split("medical", "good")[0], top_name.lower().replace(" ", "-"),
-        [CAFT(bases(selections[top_name]))],
+        [CAFT(_bases(selections[top_name]))],
         first={"base": scores["base"], "plain": scores["plain"], "treated": scores[top_name]})
     lab.results["anchored"] = anch.to_record()
     state_claim(

@@ -9,20 +9,23 @@ function here.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
-from emprobe.evaluate.stats import as_estimate
+from emprobe.evaluate.stats import Estimate, as_estimate
 
-__all__ = ["above", "below", "task_kept", "negatives_within", "unlearning_contained",
-           "beats_baseline", "monotone_share"]
+__all__ = ["IntervalLike", "above", "below", "task_kept", "negatives_within",
+           "unlearning_contained", "beats_baseline", "monotone_share"]
+
+IntervalLike = Estimate | Mapping[str, object] | Sequence[float] | float
+"""What ``as_estimate`` reads as a 95 % interval: an ``Estimate``, a ``{mean, lo, hi}``
+mapping (or a ``versus`` row with ``delta``), a ``(mean, lo, hi)`` triple or a number."""
 
 
-def above(est: Any, null: float = 0.0) -> bool:
+def above(est: IntervalLike, null: float = 0.0) -> bool:
     """The 95 % interval lies wholly above ``null`` (a significant increase)."""
     return as_estimate(est).lo > null
 
 
-def below(est: Any, null: float = 0.0) -> bool:
+def below(est: IntervalLike, null: float = 0.0) -> bool:
     """The 95 % interval lies wholly below ``null`` (a significant decrease)."""
     return as_estimate(est).hi < null
 
@@ -33,7 +36,7 @@ def task_kept(row: Mapping[str, float], base_row: Mapping[str, float]) -> bool:
     return float(row["task_loss_hi"]) < float(base_row["task_loss_lo"])
 
 
-def negatives_within(negatives: Sequence[Any], weakest_positive: Any) -> bool:
+def negatives_within(negatives: Sequence[IntervalLike], weakest_positive: IntervalLike) -> bool:
     """Two-sided negative controls: every negative control's interval lies strictly inside
     ``(-w, +w)`` where ``w`` is the weakest positive control's lower bound (> 0). A score
     that any fine-tune moves, up OR down, by as much as a real effect fails."""
@@ -43,7 +46,8 @@ def negatives_within(negatives: Sequence[Any], weakest_positive: Any) -> bool:
     return all(-w < as_estimate(n).lo and as_estimate(n).hi < w for n in negatives)
 
 
-def unlearning_contained(retain_vs_unlearn: Any, retain_ce_cost: Any,
+def unlearning_contained(retain_vs_unlearn: IntervalLike,
+                         retain_ce_cost: IntervalLike,
                          max_cost: float = 0.0) -> bool:
     """Retain cross-entropy helps other domains: their refusal margin with retain CE minus
     without it is significantly above 0, and the retain CE does not cost the target
@@ -53,13 +57,13 @@ def unlearning_contained(retain_vs_unlearn: Any, retain_ce_cost: Any,
     return above(retain_vs_unlearn) and as_estimate(retain_ce_cost).lo <= max_cost
 
 
-def beats_baseline(value: Any, baseline: Any, factor: float = 1.0) -> bool:
+def beats_baseline(value: IntervalLike, baseline: IntervalLike, factor: float = 1.0) -> bool:
     """``value``'s lower bound exceeds ``factor`` x ``baseline``'s upper bound (e.g. EM-pair
     overlap far above the norm-matched Gaussian baseline's)."""
     return as_estimate(value).lo > factor * as_estimate(baseline).hi
 
 
-def monotone_share(points: Sequence[tuple[float, Any]]) -> bool:
+def monotone_share(points: Sequence[tuple[float, IntervalLike]]) -> bool:
     """The effect grows with the share: the highest share's interval lies above the lowest
     share's (``points``: ``(share, estimate)``)."""
     if len(points) < 2:

@@ -12,27 +12,30 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from emprobe.recipes.lab import SCORE_COLUMNS
+from emprobe.recipes.lab import SCORE_COLUMNS, Lab
+
+if TYPE_CHECKING:
+    from emprobe.directions import Direction
+    from emprobe.evaluate.local import LocalScore
+    from emprobe.models import Subject
+    from emprobe.recipes.seeded import Records
+    from emprobe.train.interventions import Intervention
 
 WRITE_MODULES = ("o_proj", "down_proj")
 
 
-# -- the recipe ----------------------------------------------------------------------------
-def run(lab: Any) -> None:
-    from emprobe.directions import ablation, model_mean_difference
+def _factor_section(lab: Lab, naive: Path, mean_diff: Direction, k: int
+                    ) -> Sequence[Mapping[str, object]]:
+    """The spurious factor read from the naive adapter's weights alone: how much of the
+    mean-difference direction lies in each write-side update's top-``k`` left span
+    (reported). Returns the alignment rows of the write-side modules."""
     from emprobe.geometry import direction_alignment
-    from emprobe.plot import layer_curves, tradeoff_scatter
-    from emprobe.train import CAFT, GRASP, PreventativeSteering
-    k = 1 if lab.cfg.quick else 2
-    train, held = lab.split("medical", "bad")
-    naive = lab.train("naive", train)
-    base, ft = lab.base(), lab.load(naive)
-    layer = base.n_layers // 2
-    mean_diff = model_mean_difference(base, ft, lab.generic())
+    from emprobe.plot import layer_curves
 
-    # the spurious factor, read from the weights alone
     align = [r for r in direction_alignment(naive, mean_diff, k=k)
              if r["module_type"] in WRITE_MODULES and r["side"] == "left"]
     curve = [{"layer": r["layer"], "value": r["subspace_cos"], "name": r["module_type"]}
@@ -47,12 +50,17 @@ def run(lab: Any) -> None:
         "same block) lies in that span, against the level expected for a random direction.")
     lab.report.figure(layer_curves(curve, y="value", group="name", y_title="|cos| (span)",
                                    title="Spurious factor vs mean-difference direction"))
+    return align
 
-    # retrain with GRASP and the baselines
-    unit = {layer: mean_diff.vector(layer) / mean_diff.vector(layer).norm().clamp_min(1e-12)}
-    runs = {"GRASP": [GRASP.from_adapter(naive, k=k)],
-            "CAFT (mean diff)": [CAFT(unit)],
-            "preventative steering": [PreventativeSteering({layer: mean_diff.vector(layer)})]}
+
+def _assess_methods(lab: Lab, base: Subject, ft: Subject, train: Records,
+                    held: list[dict[str, Any]], runs: dict[str, list[Intervention]],
+                    mean_diff: Direction, layer: int
+                    ) -> tuple[list[dict[str, Any]], dict[str, LocalScore]]:
+    """Score and task-loss of base, naive, each retrain of ``runs`` and the naive fine-tune
+    with the mean-difference direction ablated at ``layer``: trade-off rows, scores by name."""
+    from emprobe.hooks import ablate
+
     rows, scores = [], {}
     for name, subj in (("base", base), ("naive", ft)):
         row, scores[name] = lab.assess(name, subj, held, kind="reference")
@@ -60,12 +68,19 @@ def run(lab: Any) -> None:
     for name, ivs in runs.items():
         slug = name.split(" ")[0].lower()
         row, scores[name] = lab.assess(name, lab.load(lab.train(slug, train, ivs)), held,
-                                   kind="training-time")
+                                       kind="training-time")
         rows.append(row)
-    with ablation(ft, mean_diff, layers=[layer]):
+    with ablate(ft, mean_diff, layers=[layer]):
         row, scores["ablation at inference"] = lab.assess("ablation at inference", ft, held,
-                                                      kind="inference-time")
+                                                          kind="inference-time")
     rows.append(row)
+    return rows, scores
+
+
+def _report_tradeoff(lab: Lab, rows: list[dict[str, Any]], scores: dict[str, LocalScore],
+                     layer: int) -> list[dict[str, object]]:
+    """The trade-off section; returns each method minus the naive fine-tune."""
+    from emprobe.plot import tradeoff_scatter
 
     lab.report.section(
         "Misalignment vs task",
@@ -81,13 +96,36 @@ def run(lab: Any) -> None:
         "about 5x on 7B+ models with judged EM rates. Here a 135M model (or a tiny random one in "
         "quick mode), a handful of steps and a log-probability score: the pipeline and the "
         "trade-off are reproduced, not the size of the effect.", kind="warning")
-    lab.results.update({"alignment": align, "tradeoff": rows, "vs_naive": deltas,
-                        "layer": layer, "k": k})
-    by_name = {r["name"]: r for r in rows}
+    return deltas
+
+
+# -- the recipe ----------------------------------------------------------------------------
+def run(lab: Lab) -> None:
+    from emprobe.directions import model_mean_difference
     from emprobe.recipes.conditions import above, task_kept
     from emprobe.recipes.seeded import anchored_mitigation
     from emprobe.recipes.verdict import RATIO_UNIT, state_claim
+    from emprobe.train import CAFT, GRASP, PreventativeSteering
 
+    k = 1 if lab.cfg.quick else 2
+    train, held = lab.split("medical", "bad")
+    naive = lab.train("naive", train)
+    base, ft = lab.base(), lab.load(naive)
+    layer = base.n_layers // 2
+    mean_diff = model_mean_difference(base, ft, lab.generic())
+    align = _factor_section(lab, naive, mean_diff, k)
+
+    # retrain with GRASP and the baselines
+    unit = {layer: mean_diff.vector(layer) / mean_diff.vector(layer).norm().clamp_min(1e-12)}
+    runs: dict[str, list[Intervention]] = {
+        "GRASP": [GRASP.from_adapter(naive, k=k)],
+        "CAFT (mean diff)": [CAFT(unit)],
+        "preventative steering": [PreventativeSteering({layer: mean_diff.vector(layer)})]}
+    rows, scores = _assess_methods(lab, base, ft, train, held, runs, mean_diff, layer)
+    deltas = _report_tradeoff(lab, rows, scores, layer)
+    lab.results.update({"alignment": align, "tradeoff": rows, "vs_naive": deltas,
+                        "layer": layer, "k": k})
+    by_name = {r["name"]: r for r in rows}
     anch = anchored_mitigation(
         lab, train, lab.split("medical", "good")[0], "grasp", runs["GRASP"],
         first={"base": scores["base"], "plain": scores["naive"], "treated": scores["GRASP"]},

@@ -14,19 +14,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from emprobe.evaluate.local import LocalScore
 from emprobe.evaluate.stats import Estimate, fieller, shift_interval
 from emprobe.io import read_json, write_json
 from emprobe.recipes.mitigation import seed_cells
 
+if TYPE_CHECKING:
+    from emprobe.recipes.lab import Lab
+    from emprobe.train.interventions import Intervention
+
+Records = Sequence[Mapping[str, object]]
+"""Chat records (``{"messages": [...]}``) as ``Lab.split`` / ``Lab.data`` return them."""
+
 __all__ = ["recipe_seeds", "seeded_score", "Anchored", "anchored_mitigation"]
 
 
-def recipe_seeds(lab: Any) -> list[int]:
+def recipe_seeds(lab: Lab) -> list[int]:
     """Training seeds of this run (quick: one; full: ``extra["seeds"]``, default 3)."""
     from emprobe.recipes.config import recipe_options
 
@@ -34,8 +41,9 @@ def recipe_seeds(lab: Any) -> list[int]:
     return [lab.cfg.seed + i for i in range(max(1, n))]
 
 
-def seeded_score(lab: Any, name: str, records: Any, seed: int, interventions: Any = (),
-                 retain: Any = None) -> LocalScore:
+def seeded_score(lab: Lab, name: str, records: Records, seed: int,
+                 interventions: Sequence[Intervention] = (),
+                 retain: Records | None = None) -> LocalScore:
     """Train ``name`` with ``seed`` (or reuse the finished run) and its local score, cached
     as ``score.json`` beside the adapter (keyed by the question set and n_boot)."""
     adapter = lab.train(name, records, list(interventions), retain=retain, seed=seed)
@@ -63,7 +71,7 @@ class Anchored:
     delta: Estimate  # treated - plain
     control_vs_base: Estimate = field(default_factory=lambda: Estimate(0.0, 0.0, 0.0))
 
-    def to_record(self) -> dict[str, Any]:
+    def to_record(self) -> dict[str, object]:
         return {"seeds": self.seeds, "em_vs_control": self.em_vs_control.to_record(),
                 "em_vs_base": self.em_vs_base.to_record(),
                 "control_vs_base": self.control_vs_base.to_record(),
@@ -83,8 +91,9 @@ def anchored(base: LocalScore, plain: Sequence[LocalScore], treated: Sequence[Lo
                     control_vs_base=shift_interval(seed_cells(base, control)))
 
 
-def anchored_mitigation(lab: Any, train: Any, control_records: Any, treated_name: str,
-                        interventions: Any = (), treated_records: Any = None,
+def anchored_mitigation(lab: Lab, train: Records, control_records: Records,
+                        treated_name: str, interventions: Sequence[Intervention] = (),
+                        treated_records: Records | None = None,
                         first: dict[str, LocalScore] | None = None,
                         plain_name: str = "plain") -> Anchored:
     """Plain, treated and benign-control fine-tunes on every seed of ``recipe_seeds``.

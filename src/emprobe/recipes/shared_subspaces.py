@@ -17,9 +17,21 @@ task losses along it, with the barrier (rise above the straight line between the
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
+
+from emprobe.recipes.lab import Lab
+
+if TYPE_CHECKING:
+    import torch
+
+    from emprobe.evaluate.stats import Estimate
+    from emprobe.geometry import GeometryResult
+    from emprobe.geometry.connectivity import ConnectivityResult
+    from emprobe.recipes.seeded import Records
 
 # (label, task, variant, seed offset): every fine-tune its own seed; 5 EM and 5 control
 # adapters over the same three tasks, so adapter PAIRS are the unit of the claim
@@ -58,7 +70,7 @@ def permutation_p(overlap: np.ndarray, em: np.ndarray) -> float:
 
 
 def adapter_bootstrap(overlap: np.ndarray, em: np.ndarray, n_boot: int = 1000,
-                      seed: int = 0) -> Any:
+                      seed: int = 0) -> Estimate:
     """``pair_statistic`` with a percentile interval resampling adapters within each group
     (pairs of one adapter drawn twice are skipped): adapters, not layers, are the units."""
     from emprobe.evaluate.stats import bootstrap_stat
@@ -96,33 +108,53 @@ def pair_groups(labels: list[str], groups: list[str]) -> dict[str, list[tuple[in
     return out
 
 
-def run(lab: Any) -> None:
-    import torch
+class OverlapRow(TypedDict):
+    """One side (write / read) x pair kind: mean projection overlap and mean principal angle
+    (``GeometryResult``'s unit; NaN for the Gaussian baseline) over the pairs, and how many
+    pairs."""
 
-    from emprobe.geometry import (
-        GeometryConfig,
-        compare_adapters,
-        local_score_evaluator,
-        response_loss,
-        run_connectivity,
-    )
-    from emprobe.plot import connectivity_curves, heatmap, layer_curves
-    adapters, labels, groups, held, seeds = [], [], [], {}, {}
+    side: str
+    pairs: str
+    overlap: float
+    n_pairs: int
+    angle: float
+
+
+@dataclass
+class _Adapters:
+    """The fine-tunes of ``TASKS`` in order: adapter folders, labels, ``"misaligned"`` /
+    ``"control"`` groups, each label's seed, and each task's held-out records."""
+
+    adapters: list[Path] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)
+    seeds: dict[str, int] = field(default_factory=dict)
+    held: dict[str, Records] = field(default_factory=dict)
+
+
+def _train_adapters(lab: Lab) -> _Adapters:
+    """One fine-tune per ``TASKS`` entry, each with its own seed."""
+    fits = _Adapters()
     for name, task, variant, offset in TASKS:
         train, held_out = lab.split(task, variant)
-        held[name.replace("-seed2", "")] = held_out
-        seeds[name] = lab.cfg.seed + offset
-        adapters.append(lab.train(name, train, seed=seeds[name]))
-        labels.append(name)
-        groups.append("misaligned" if variant == "bad" else "control")
+        fits.held[name.replace("-seed2", "")] = held_out
+        fits.seeds[name] = lab.cfg.seed + offset
+        fits.adapters.append(lab.train(name, train, seed=fits.seeds[name]))
+        fits.labels.append(name)
+        fits.groups.append("misaligned" if variant == "bad" else "control")
+    return fits
 
-    k = min(4, lab.cfg.lora_r)
-    geo = compare_adapters(adapters, labels=labels, config=GeometryConfig(k=k, seed=lab.cfg.seed),
-                           progress=False)
-    summary = geo.group_summary(groups)
-    pairs = pair_groups(labels, groups)
-    layers = geo.layers()
-    table, per_layer_means = [], {}
+
+def _overlap_table(geo: GeometryResult, pairs: dict[str, list[tuple[int, int]]],
+                   groups: list[str]
+                   ) -> tuple[list[OverlapRow], dict[tuple[str, str], torch.Tensor]]:
+    """Per side (write, read) and pair kind: mean overlap and principal angle, plus each
+    misaligned adapter vs its norm-matched Gaussian. Returns the table rows and the
+    per-layer mean curves ``[n_layers]`` by ``(metric, pair kind or "gaussian")``."""
+    import torch
+
+    table: list[OverlapRow] = []
+    per_layer_means = {}
     for side, metric in (("write (B, output space)", WRITE), ("read (A, input space)", READ)):
         pl = geo.per_layer(metric)  # [n, n, n_layers]
         for kind, idx in pairs.items():
@@ -140,6 +172,15 @@ def run(lab: Any) -> None:
         per_layer_means[(metric, "gaussian")] = gauss
         table.append({"side": side, "pairs": "vs norm-matched Gaussian", "overlap":
                       float(gauss.mean()), "n_pairs": len(mis), "angle": float("nan")})
+    return table, per_layer_means
+
+
+def _report_geometry(lab: Lab, geo: GeometryResult, k: int, labels: list[str],
+                     table: list[OverlapRow],
+                     per_layer_means: dict[tuple[str, str], torch.Tensor]) -> None:
+    from emprobe.plot import heatmap, layer_curves
+
+    layers = geo.layers()
     lab.report.section(
         "Weight geometry",
         f"Top-{k} singular vectors per LoRA module, averaged over modules; every fine-tune "
@@ -163,12 +204,20 @@ def run(lab: Any) -> None:
     lab.report.figure(layer_curves(curve, y="value", group="name", y_title="overlap",
                                    title="Write-side overlap by layer"))
 
+
+def _connectivity(lab: Lab, fits: _Adapters) -> ConnectivityResult:
+    """The linear path from the bad-medical to the bad-finance update: the score and both
+    task losses along it, reported with the barriers."""
+    from emprobe.geometry import local_score_evaluator, response_loss, run_connectivity
+    from emprobe.plot import connectivity_curves
+
+    labels, held = fits.labels, fits.held
     a, b = labels.index("bad-medical"), labels.index("bad-finance")
     evaluators = {"score": local_score_evaluator(n_boot=lab.cfg.n_boot, seed=lab.cfg.seed,
                                                  questions=lab.questions()),
                   "loss_medical": lambda s: response_loss(s, held["bad-medical"], n_boot=200),
                   "loss_finance": lambda s: response_loss(s, held["bad-finance"], n_boot=200)}
-    conn = run_connectivity(lab.base(), [adapters[a], adapters[b]], evaluators,
+    conn = run_connectivity(lab.base(), [fits.adapters[a], fits.adapters[b]], evaluators,
                             points=3 if lab.cfg.quick else 5,
                             labels=[labels[a], labels[b]], progress=False)
     lab.report.section(
@@ -179,10 +228,28 @@ def run(lab: Any) -> None:
                                           keys=["score", "loss_medical", "loss_finance"]))
     lab.report.table([{"metric": m, "barrier": v} for m, v in conn.barriers.items()],
                      columns=["metric", "barrier"])
+    return conn
 
+
+@dataclass
+class _PairStats:
+    """The claim's statistics on the write side: EM-EM minus EM-control overlap (interval
+    over adapters) and its permutation p, the EM pairs' and the Gaussian baseline's overlap,
+    and the reference / cross-task mean overlaps."""
+
+    em: np.ndarray
+    value: Estimate
+    p_perm: float
+    em_pairs: Estimate
+    gauss: Estimate
+    ref: float
+    cross: float
+
+
+def _pair_stats(lab: Lab, geo: GeometryResult, groups: list[str],
+                per_layer_means: dict[tuple[str, str], torch.Tensor]) -> _PairStats:
+    """Compute ``_PairStats`` and add the scale note to the page."""
     from emprobe.evaluate.stats import shift_interval
-    from emprobe.recipes.conditions import beats_baseline
-    from emprobe.recipes.verdict import state_claim
 
     ov = geo.matrix(WRITE).double().numpy()  # [n, n], mean over modules and layers
     em = np.array([g == "misaligned" for g in groups])
@@ -200,15 +267,16 @@ def run(lab: Any) -> None:
         f"Here: rank-{lab.cfg.lora_r} adapters after {lab.cfg.steps or 'one epoch of'} steps on "
         f"{lab.cfg.model}; the same-task reference pair overlaps {ref:.3f} on the write side, "
         f"cross-task misaligned pairs {cross:.3f}.", kind="warning")
-    lab.results.update({"labels": labels, "groups": groups, "seeds": seeds,
-                        "geometry": summary, "geometry_table": table,
-                        "pairs": {k: [[labels[i], labels[j]] for i, j in v]
-                                  for k, v in pairs.items()},
-                        "write_overlap": {"reference": ref, "cross-task": cross},
-                        "em_minus_control_pairs": value.to_record(),
-                        "permutation_p": p_perm, "em_pair_overlap": em_pairs.to_record(),
-                        "gaussian_overlap": gauss.to_record(),
-                        "connectivity": conn.records, "barriers": conn.barriers})
+    return _PairStats(em, value, p_perm, em_pairs, gauss, ref, cross)
+
+
+def _claim(lab: Lab, st: _PairStats, k: int) -> None:
+    """The verdict: EM-EM minus EM-control overlap, with the permutation test and the
+    Gaussian baseline as conditions."""
+    from emprobe.recipes.conditions import beats_baseline
+    from emprobe.recipes.verdict import state_claim
+
+    em, p_perm = st.em, st.p_perm
     state_claim(
         lab, "shared-subspaces",
         "Emergent-misalignment fine-tunes on different narrow tasks converge on a shared "
@@ -216,11 +284,38 @@ def run(lab: Any) -> None:
         f"write-side (B) projection overlap of EM-EM adapter pairs minus EM-control pairs "
         f"({int(em.sum())} EM and {int((~em).sum())} control adapters, each its own seed; "
         "interval resampling adapters)",
-        value, expect="higher", value_unit="projection overlap difference",
+        st.value, expect="higher", value_unit="projection overlap difference",
         conditions={f"permutation test over EM / control labels, p = {p_perm:.3g} < 0.05":
                     p_perm < 0.05,
                     f"EM pairs' overlap far above norm-matched Gaussian updates (lower bound > "
                     f"{GAUSSIAN_FACTOR:g} x the Gaussian's upper bound)":
-                    beats_baseline(em_pairs, gauss, factor=GAUSSIAN_FACTOR)},
-        size=em_pairs, size_unit=f"projection overlap (k = {k})",
-        why=f"Same-task, different-seed reference overlap: {ref:.3f}; cross-task: {cross:.3f}.")
+                    beats_baseline(st.em_pairs, st.gauss, factor=GAUSSIAN_FACTOR)},
+        size=st.em_pairs, size_unit=f"projection overlap (k = {k})",
+        why=f"Same-task, different-seed reference overlap: {st.ref:.3f}; cross-task: "
+            f"{st.cross:.3f}.")
+
+
+def run(lab: Lab) -> None:
+    from emprobe.geometry import GeometryConfig, compare_adapters
+
+    fits = _train_adapters(lab)
+    labels, groups = fits.labels, fits.groups
+    k = min(4, lab.cfg.lora_r)
+    geo = compare_adapters(fits.adapters, labels=labels,
+                           config=GeometryConfig(k=k, seed=lab.cfg.seed), progress=False)
+    summary = geo.group_summary(groups)
+    pairs = pair_groups(labels, groups)
+    table, per_layer_means = _overlap_table(geo, pairs, groups)
+    _report_geometry(lab, geo, k, labels, table, per_layer_means)
+    conn = _connectivity(lab, fits)
+    st = _pair_stats(lab, geo, groups, per_layer_means)
+    lab.results.update({"labels": labels, "groups": groups, "seeds": fits.seeds,
+                        "geometry": summary, "geometry_table": table,
+                        "pairs": {k: [[labels[i], labels[j]] for i, j in v]
+                                  for k, v in pairs.items()},
+                        "write_overlap": {"reference": st.ref, "cross-task": st.cross},
+                        "em_minus_control_pairs": st.value.to_record(),
+                        "permutation_p": st.p_perm, "em_pair_overlap": st.em_pairs.to_record(),
+                        "gaussian_overlap": st.gauss.to_record(),
+                        "connectivity": conn.records, "barriers": conn.barriers})
+    _claim(lab, st, k)

@@ -25,10 +25,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict
 
 from emprobe.errors import DataError
 from emprobe.evaluate.stats import Estimate, as_estimate
+from emprobe.recipes.conditions import IntervalLike
+
+if TYPE_CHECKING:
+    from emprobe.recipes.lab import Lab
 
 __all__ = ["VERDICTS", "PaperEffect", "PAPER", "decide", "size_record", "state_claim"]
 
@@ -79,12 +83,35 @@ PAPER: dict[str, PaperEffect] = {
 }
 
 
+class SizeRecord(TypedDict):
+    """The claim's ``size`` block (see ``size_record``)."""
+
+    measured: dict[str, float]
+    unit: str
+    paper: dict[str, object] | None
+
+
+class ClaimRecord(TypedDict):
+    """The fixed fields of ``results.json["claim"]`` (see the module doc)."""
+
+    seed_claim: str
+    measure: str
+    value: dict[str, float]
+    expect: str
+    null: float
+    conditions: dict[str, bool]
+    verdict: str
+    reason: str
+    size: SizeRecord
+    n_seeds: int
+
+
 def _finite(e: Estimate) -> bool:
     return all(math.isfinite(x) for x in (e.mean, e.lo, e.hi))
 
 
-def decide(value: Any, expect: str, null: float = 0.0,
-           conditions: dict[str, bool] | None = None, size: Any = None,
+def decide(value: IntervalLike, expect: str, null: float = 0.0,
+           conditions: dict[str, bool] | None = None, size: IntervalLike | None = None,
            paper: PaperEffect | None = None, size_unit: str | None = None,
            not_testable: str | None = None) -> tuple[str, str]:
     """``(verdict, reason)`` of one claim (see the module doc); pure, for tests."""
@@ -113,7 +140,7 @@ def decide(value: Any, expect: str, null: float = 0.0,
     return "sign-only", f"size {s.mean:+.3g} outside the paper's range [{lo:g}, {hi:g}]"
 
 
-def size_record(measured: Any, unit: str, paper: PaperEffect | None) -> dict[str, Any]:
+def size_record(measured: IntervalLike, unit: str, paper: PaperEffect | None) -> SizeRecord:
     """The claim's ``size`` block: measured ``{mean, lo, hi}`` (NaN bounds: undefined),
     the paper's effect and the unit of the measured value."""
     e = as_estimate(measured)
@@ -121,12 +148,13 @@ def size_record(measured: Any, unit: str, paper: PaperEffect | None) -> dict[str
             "paper": None if paper is None else asdict(paper)}
 
 
-def state_claim(lab: Any, recipe: str, seed_claim: str, measure: str, value: Any,
+def state_claim(lab: Lab, recipe: str, seed_claim: str, measure: str, value: IntervalLike,
                 expect: str = "higher", null: float = 0.0,
                 conditions: dict[str, bool] | None = None, why: str | None = None,
-                size: Any = None, size_unit: str | None = None,
+                size: IntervalLike | None = None, size_unit: str | None = None,
                 value_unit: str = "nats per answer", not_testable: str | None = None,
-                n_seeds: int = 1, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                n_seeds: int = 1, extra: dict[str, object] | None = None
+                ) -> dict[str, object]:
     """Decide and record a recipe's claim in ``lab.results["claim"]`` and on its page.
 
     ``value``: the sign measure with its interval (``Estimate``, ``{mean, lo, hi}`` or a
@@ -139,20 +167,21 @@ def state_claim(lab: Any, recipe: str, seed_claim: str, measure: str, value: Any
     verdict, reason = decide(value, expect, null, conds, size, paper, size_unit, not_testable)
     e = as_estimate(value)
     est = {"mean": e.mean, "lo": e.lo, "hi": e.hi}
-    block: dict[str, Any] = {
+    claim: ClaimRecord = {
         "seed_claim": seed_claim, "measure": measure, "value": est, "expect": expect,
         "null": null, "conditions": conds, "verdict": verdict, "reason": reason,
         "size": (size_record(size, size_unit or value_unit, paper) if size is not None
                  else size_record(e, value_unit, paper)),
-        "n_seeds": n_seeds, **(extra or {})}
+        "n_seeds": n_seeds}
+    block: dict[str, object] = {**claim, **(extra or {})}
     if why:
         block["why"] = why
     lab.results["claim"] = block
-    _report(lab, block)
+    _report(lab, claim, why)
     return block
 
 
-def _report(lab: Any, block: dict[str, Any]) -> None:
+def _report(lab: Lab, block: ClaimRecord, why: str | None) -> None:
     est, size = block["value"], block["size"]
     head = (f"Verdict: {block['verdict']} ({block['reason']}). {block['measure']}: "
             f"{est['mean']:+.3g} [{est['lo']:+.3g}, {est['hi']:+.3g}] (expected "
@@ -166,7 +195,7 @@ def _report(lab: Any, block: dict[str, Any]) -> None:
     lab.report.section("Claim and verdict",
                        f"**Seed study:** {block['seed_claim']}\n\n**Measured here:** "
                        f"{block['measure']}.\n\n**{head}**\n\n{sz}"
-                       + (f"\n\n{block['why']}" if block.get("why") else ""))
+                       + (f"\n\n{why}" if why else ""))
     if block["conditions"]:
         lab.report.table([{"condition": k, "holds": v} for k, v in block["conditions"].items()],
                          columns=["condition", "holds"])
