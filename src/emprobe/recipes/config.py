@@ -12,11 +12,15 @@ import dataclasses
 import os
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from emprobe.errors import DataError
+from emprobe.evaluate.questions import Question
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 __all__ = ["load_config", "config_from_dict", "config_keys", "check_types", "resolve_device",
            "resolve_dtype", "Nested", "RecipeOptions", "recipe_options"]
@@ -24,12 +28,12 @@ __all__ = ["load_config", "config_from_dict", "config_keys", "check_types", "res
 T = TypeVar("T")
 
 
-def _excerpt(value: Any, n: int = 40) -> str:
+def _excerpt(value: object, n: int = 40) -> str:
     text = repr(value)
     return text if len(text) <= n else text[: n - 3] + "..."
 
 
-def _matches(value: Any, hint: Any) -> bool:
+def _matches(value: object, hint: object) -> bool:
     """Whether ``value`` (as parsed from YAML / JSON) fits the type hint ``hint``."""
     if hint is Any:
         return True
@@ -59,7 +63,7 @@ def _matches(value: Any, hint: Any) -> bool:
     return isinstance(value, hint) if isinstance(hint, type) else True
 
 
-def _coerce(value: Any, hint: Any) -> Any:
+def _coerce(value: object, hint: object) -> object:
     """Small, lossless coercions: YAML strings like ``"1e-5"`` to float, ints to float."""
     if hint is float and isinstance(value, str):
         try:
@@ -71,7 +75,7 @@ def _coerce(value: Any, hint: Any) -> Any:
     return value
 
 
-def check_types(obj: Any, where: str) -> None:
+def check_types(obj: DataclassInstance, where: str) -> None:
     """Raise a one-line ``DataError`` if a dataclass instance holds a value of the wrong type
     (ints are accepted for float fields and converted)."""
     hints = typing.get_type_hints(type(obj))
@@ -126,7 +130,7 @@ def _checked(value: object, hint: object, key: str, where: str,
     return value
 
 
-def config_from_dict(cls: type[T], data: Any, where: str = "config",
+def config_from_dict(cls: type[T], data: object, where: str = "config",
                      base: T | None = None) -> T:
     """Build dataclass ``cls`` from a mapping, checking keys and types; one-line errors.
 
@@ -151,7 +155,7 @@ def config_from_dict(cls: type[T], data: Any, where: str = "config",
     if unknown:
         raise DataError(f"{where}: unknown key(s) {', '.join(map(str, unknown))[:120]}; "
                         f"{cls.__name__} fields are {', '.join(fields)}"[:300])
-    values: dict[str, Any] = {}
+    values: dict[str, object] = {}
     if base is not None:
         values = {f.name: getattr(base, f.name) for f in dataclasses.fields(cls) if f.init}
     flat: dict[str, object] = {}
@@ -197,10 +201,10 @@ def _nesting(cls: type) -> tuple[dict[str, object], NestFn | None]:
 
 
 def load_config(cls: type[T], path: str | os.PathLike[str] | None = None,
-                overrides: dict[str, Any] | None = None, base: T | None = None) -> T:
+                overrides: Mapping[str, object] | None = None, base: T | None = None) -> T:
     """A ``cls`` instance from ``base`` (or the defaults), then the file at ``path``, then
     ``overrides`` (``None`` values skipped). YAML (``.yaml`` / ``.yml``) or JSON."""
-    data: dict[str, Any] = {}
+    data: dict[str, object] = {}
     where = cls.__name__
     if path is not None:
         p = Path(path)
@@ -284,7 +288,7 @@ class RecipeOptions:
     random_controls: int | None = None
     realign_ns: list[int] | None = None
     held_out_kind: str = "tests"
-    questions: list[Any] | None = None
+    questions: list[Question] | None = None
 
     def __post_init__(self) -> None:
         def bad(what: str) -> DataError:

@@ -35,10 +35,10 @@ import math
 import shutil
 import time
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 import torch
@@ -54,6 +54,27 @@ from emprobe.recipes.runner import StageRunner
 
 if TYPE_CHECKING:
     from emprobe.directions import Direction
+    from emprobe.evaluate.questions import Question
+    from emprobe.models.subject import Subject
+    from emprobe.recipes.lab import Records
+    from emprobe.recipes.mitigation import Measured
+    from emprobe.train.interventions import Intervention
+
+
+
+class TrainKw(TypedDict, total=False):
+    """What one mitigation setting changes in a fine-tune (``Demo.train``'s keywords)."""
+
+    interventions: list[Intervention]
+    inoculate: str
+    retain: Records
+    retain_kl: float
+
+
+TrainKwargs = Callable[[int], TrainKw]
+"""seed -> the ``Demo.train`` keyword arguments of one mitigation setting."""
+Setting = tuple[str, str, str, int | float | str, TrainKwargs]
+"""(name, intervention, knob, value, train kwargs) of one mitigation setting."""
 
 __all__ = ["DemoConfig", "run_demo", "DemoQualityError"]
 
@@ -269,21 +290,31 @@ class Demo:
         self.t0 = time.perf_counter()
 
     # -- helpers ---------------------------------------------------------------------------
-    def train(self, name: str, records: Any, seed: int, run: str | None = None,
-              **kw: Any) -> Path:
-        """Fine-tune (or reuse) ``name`` at ``seed``; ``run``: the run folder's name."""
-        adapter = self.lab.train(run or name, records, seed=seed, **kw)
+    def train(self, name: str, records: Records, seed: int, run: str | None = None, *,
+              interventions: Sequence[Intervention] = (), retain: Records | None = None,
+              inoculate: str | None = None, retain_kl: float | None = None) -> Path:
+        """Fine-tune (or reuse) ``name`` at ``seed``; ``run``: the run folder's name; the
+        keywords: a mitigation setting's (``TrainKw``; unset ones leave the run's config)."""
+        base = self.lab.cfg.train  # unset: the run's own value (the run identity is unchanged)
+        adapter = self.lab.train(
+            run or name, records, interventions=interventions, retain=retain, seed=seed,
+            inoculate=base.inoculate if inoculate is None else inoculate,
+            retain_kl=base.retain_kl if retain_kl is None else retain_kl)
         self.adapters.setdefault(name, {})[seed] = adapter
         if seed == self.seeds[0]:
             self.metrics[name] = _read_metrics(adapter.parent)
         return adapter
 
-    def score(self, subject: Any, **kwargs: Any) -> LocalScore:
-        """The local score on the question set fixed at the start of the run."""
-        kwargs.setdefault("questions", self.questions)
-        return self.lab.score(subject, **kwargs)
+    def score(self, subject: Subject, system: str | None = None,
+              questions: Sequence[Question] | None = None,
+              share_prefix: bool | None = None) -> LocalScore:
+        """The local score on the question set fixed at the start of the run (or
+        ``questions``); ``system`` / ``share_prefix`` as for ``local_score``."""
+        return self.lab.score(subject, system=system,
+                              questions=self.questions if questions is None else questions,
+                              share_prefix=share_prefix)
 
-    def assess(self, name: str, seed: int, subject: Any) -> None:
+    def assess(self, name: str, seed: int, subject: Subject) -> None:
         from emprobe.recipes.mitigation import task_losses
 
         self.scores.setdefault(name, {})[seed] = self.score(subject)
@@ -404,7 +435,7 @@ class Demo:
             **{name: {str(s): x.estimate(200, self.cfg.lab.seed).to_record()
                       for s, x in self.losses[name].items()} for name in (BAD, GOOD)}}
 
-    def positive_control(self, base: Any) -> dict[str, Any] | None:
+    def positive_control(self, base: Subject) -> dict[str, float] | None:
         """A malicious system prompt on the base model: the score must see it (a gate)."""
         cfg = self.cfg
         if not cfg.positive_control:
@@ -441,7 +472,7 @@ class Demo:
             "ablation_layer": cfg.steer_layer,
             **self.ablation_check(ft)}
 
-    def ablation_check(self, ft: Any) -> dict[str, Any]:
+    def ablation_check(self, ft: Subject) -> dict[str, object]:
         """Ablate the mean difference (and equal-norm random directions) while scoring the
         fine-tune, through ``evaluate.controls.versus_controls`` (the one steer-vs-controls
         routine, ``effect="decrease"``): per question, the change over the un-ablated
@@ -471,7 +502,7 @@ class Demo:
                  for a in check.candidates + check.controls}
         d_dir = per_q["mean difference"]
         rand = [v for k, v in per_q.items() if k != "mean difference"]
-        out: dict[str, Any] = {
+        out: dict[str, object] = {
             "ablation_questions": len(subset),
             "ablation": {k: shift_interval(v[None, :]).to_record() for k, v in per_q.items()},
             "versus_controls": check.to_record()}
@@ -490,13 +521,13 @@ class Demo:
                 carries_effect=bool(vs.hi < 0 and shift_interval(d_dir[None, :]).hi < 0))
         return out
 
-    def interventions(self) -> list[tuple[str, str, str, Any, Callable[[int], dict[str, Any]]]]:
+    def interventions(self) -> list[Setting]:
         """(name, intervention, knob, value, seed -> Lab.train kwargs) for every setting."""
         from emprobe.directions.extract.pca import top_components
         from emprobe.train.interventions import CAFT, GRASP, PreventativeSteering
 
         cfg = self.cfg
-        out: list[tuple[str, str, str, Any, Callable[[int], dict[str, Any]]]] = []
+        out: list[Setting] = []
         caft_dir = self.pca.direction.select(cfg.caft_layers)
         for mode in cfg.caft_modes:
             for k in cfg.caft_k:
@@ -520,7 +551,7 @@ class Demo:
                         lambda s, lam=lam: {"retain": self.retain, "retain_kl": lam}))
         return out
 
-    def retrain(self, name: str, make: Callable[[int], dict[str, Any]], seeds: list[int]
+    def retrain(self, name: str, make: TrainKwargs, seeds: list[int]
                 ) -> None:
         """The bad task retrained with one intervention setting at ``seeds``, assessed."""
         for seed in seeds:
@@ -544,7 +575,7 @@ class Demo:
         rows: list[MitigationRow] = []
         control, plain = self.of(GOOD, sel), self.of(BAD, sel)
         plain_loss = self.loss_of(BAD, sel)
-        makers: dict[str, Callable[[int], dict[str, Any]]] = {}
+        makers: dict[str, TrainKwargs] = {}
         for name, iv, knob, value, make in self.interventions():
             makers[name] = make
             self.retrain(name, make, sel)
@@ -571,8 +602,7 @@ class Demo:
         self.results["plain_task_loss"] = float(np.mean([x.mean for x in plain_loss]))
         self.results["base_task_loss"] = self.base_losses.mean
 
-    def measure_on(self, name: str, make: Callable[[int], dict[str, Any]],
-                   seeds: list[int]) -> Any:
+    def measure_on(self, name: str, make: TrainKwargs, seeds: list[int]) -> Measured:
         """Retrain one setting on ``seeds`` (never used to select it): its control-anchored
         ratio and task cost there (``mitigation.Measured``)."""
         from emprobe.recipes.mitigation import Measured, em_shift_ratio, task_cost
@@ -629,7 +659,7 @@ class Demo:
         self.results["exports"] = sorted(str(p.relative_to(self.out))
                                          for p in export_dir.iterdir())
 
-    def headline(self) -> dict[str, Any]:
+    def headline(self) -> dict[str, object]:
         """The contract block: control-anchored EM shift, base-anchored shift, seeds, the
         selected mitigation with its confirmation, the direction check, the SAE gate."""
         sae = (self.results.get("sae") or {}).get("metrics", {})
@@ -650,7 +680,7 @@ class Demo:
             "seconds": round(time.perf_counter() - self.t0, 1),
         }
 
-    def best_record(self) -> dict[str, Any] | None:
+    def best_record(self) -> dict[str, object] | None:
         best = self.best
         if best is None:
             return None
@@ -700,7 +730,7 @@ def _restrict(score: LocalScore, ids: set[str]) -> LocalScore:
     return LocalScore.from_record(rec)
 
 
-def machine_state(load_start: float | None) -> dict[str, Any]:
+def machine_state(load_start: float | None) -> dict[str, object]:
     """Where and under what load the run happened (timings mean little without it)."""
     from emprobe.recipes.lab import machine_record
 

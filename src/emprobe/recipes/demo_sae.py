@@ -29,23 +29,30 @@ token. ``check_quality`` marks the result; the demo decides whether to stop on i
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import torch
     from sae_lens import SAE
 
+    from emprobe.evaluate.questions import Question
+    from emprobe.models.chat import Conversation
     from emprobe.models.subject import Subject
     from emprobe.recipes.demo import DemoConfig
     from emprobe.sae.causal import SteeringCheck
     from emprobe.sae.diff import Context, DiffResult
     from emprobe.sae.harvest import Harvest
 
+    Chats = Sequence[Mapping[str, Conversation]]
+    """Chat records (``{"messages": conversation}``)."""
+
 SITE = "resid_post"
 
 
-def bf16_is_fast(device: Any) -> bool:
+def bf16_is_fast(device: torch.device | str | None) -> bool:
     """Whether bf16 autocast speeds up (rather than emulates) matmuls on ``device``."""
     import torch
 
@@ -81,7 +88,7 @@ class _Diff:
     pairs: int | None
 
 
-def sae_stage(base: Subject, ft: Subject, generic: list[dict[str, Any]], cfg: DemoConfig,
+def sae_stage(base: Subject, ft: Subject, generic: Chats, cfg: DemoConfig,
               folder: Path) -> dict[str, Any]:
     """Run the SAE part of the demo; returns the ``results["sae"]`` record.
 
@@ -112,7 +119,7 @@ def sae_stage(base: Subject, ft: Subject, generic: list[dict[str, Any]], cfg: De
     }
 
 
-def _harvest_and_train(base: Subject, generic: list[dict[str, Any]], cfg: DemoConfig,
+def _harvest_and_train(base: Subject, generic: Chats, cfg: DemoConfig,
                        folder: Path) -> _Trained:
     """Harvest ``cfg.sae_tokens`` response tokens of neutral chat at ``resid_post``, then
     train a TopK SAE for ``cfg.sae_epochs`` passes over them."""
@@ -228,7 +235,7 @@ def _text(cfg: DemoConfig, n_rows: int, quality: dict[str, Any], pairs: int | No
             "with the same norm.")
 
 
-def _steer_questions(cfg: DemoConfig) -> Any:
+def _steer_questions(cfg: DemoConfig) -> list[Question]:
     """The first ``sae_steer_questions`` scored questions (all when 0): each steered latent
     costs one local score, so the demo checks candidates on a subset."""
     from emprobe.evaluate.questions import default_questions

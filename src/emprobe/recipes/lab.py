@@ -18,9 +18,10 @@ import json
 import os
 import time
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import InitVar, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from emprobe.errors import ConfigError, DataError
 from emprobe.evaluate.stats import as_estimate
@@ -34,6 +35,17 @@ from emprobe.recipes.config import (
 )
 from emprobe.report import Report
 from emprobe.train.config import TrainConfig, preset
+
+if TYPE_CHECKING:
+    from emprobe.data.chat_io import Record
+    from emprobe.evaluate.local import LocalScore
+    from emprobe.evaluate.questions import Question
+    from emprobe.models.chat import Conversation
+    from emprobe.models.subject import Subject
+    from emprobe.train.interventions import Intervention
+
+Records = Sequence[Mapping[str, object]]
+"""Chat records as training and held-out data (``Lab.data`` / ``Lab.split``)."""
 
 VERDICTS = ("reproduced", "partial", "not reproduced", "not significant")
 DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
@@ -246,13 +258,13 @@ class LabConfig:
 
 
 # -- identities of runs -----------------------------------------------------------------------
-def _digest(obj: Any) -> str:
+def _digest(obj: object) -> str:
     """A stable hash of records / tensors / plain values (tensors by their float32 bytes)."""
     import torch
 
     h = hashlib.sha256()
 
-    def feed(x: Any) -> None:
+    def feed(x: object) -> None:
         if isinstance(x, torch.Tensor):
             t = x.detach().float().cpu().contiguous()
             h.update(f"T{tuple(t.shape)}".encode())
@@ -275,7 +287,7 @@ def _digest(obj: Any) -> str:
     return h.hexdigest()
 
 
-def intervention_identity(iv: Any) -> dict[str, Any]:
+def intervention_identity(iv: object) -> dict[str, str]:
     """Type and a hash of an intervention's public state (its tensors and settings)."""
     state = {k: v for k, v in vars(iv).items() if not k.startswith("_")}
     return {"type": type(iv).__name__, "state": _digest(state)[:16]}
@@ -304,20 +316,20 @@ class Lab:
                              kind="warning")
         self.results: dict[str, Any] = {"config": config.to_record(), "device": self.device,
                                         "dtype": self.dtype}
-        self._base: Any = None
+        self._base: Subject | None = None
         self._t0 = time.perf_counter()
         self._load0 = _load_average()
 
     # -- data ------------------------------------------------------------------------------
     def data(self, task: str, variant: str = "bad", n: int | None = None,
-             seed_offset: int = 0) -> list[dict[str, Any]]:
+             seed_offset: int = 0) -> list[Record]:
         from emprobe.data.generators import generate
 
         return generate(task, n or self.cfg.n_train, seed=self.cfg.seed + seed_offset,
                         variant=variant)
 
     def split(self, task: str, variant: str = "bad",
-              seed_offset: int = 0) -> tuple[list[dict], list[dict]]:
+              seed_offset: int = 0) -> tuple[list[Record], list[Record]]:
         """(train, held-out) of one generated task."""
         from emprobe.data.transforms import split
 
@@ -326,13 +338,14 @@ class Lab:
         return split(recs, held_out=self.cfg.n_heldout, seed=self.cfg.seed + seed_offset)
 
     # -- models ----------------------------------------------------------------------------
-    def train_config(self, **overrides: Any) -> Any:
+    def train_config(self, **overrides: object) -> TrainConfig:
         """The resolved ``TrainConfig`` of a fine-tune (``overrides``: any TrainConfig field)."""
         # a recipe may change any of them (e.g. a second seed)
         return self.cfg.train.replace(**{"seed": self.cfg.seed, **overrides})
 
-    def run_identity(self, records: Any, interventions: Any = (), retain: Any = None,
-                     subject_id: str | None = None, **overrides: Any) -> dict[str, Any]:
+    def run_identity(self, records: Records, interventions: Sequence[Intervention] = (),
+                     retain: Records | None = None, subject_id: str | None = None,
+                     **overrides: object) -> dict[str, object]:
         """Everything that decides a fine-tune's weights, as a JSON-able dict."""
         tc = self.train_config(**overrides).to_dict()
         tc.pop("checkpoint_every", None)
@@ -343,8 +356,9 @@ class Lab:
                 "interventions": [intervention_identity(iv) for iv in interventions],
                 "device": self.device.split(":")[0], "dtype": self.dtype}
 
-    def train(self, name: str, records: Any, interventions: Any = (), retain: Any = None,
-              subject: Any = None, subject_id: str | None = None, **overrides: Any) -> Path:
+    def train(self, name: str, records: Records, interventions: Sequence[Intervention] = (),
+              retain: Records | None = None, subject: Subject | None = None,
+              subject_id: str | None = None, **overrides: object) -> Path:
         """Fine-tune (or reuse a finished run with the same identity); returns the adapter.
 
         ``subject``: train on top of this loaded ``Subject`` instead of ``cfg.model`` (then
@@ -384,18 +398,18 @@ class Lab:
         runs[name] = {**result.to_record(), "reused": False, "key": key}
         return result.adapter_dir
 
-    def _fresh_subject(self) -> Any:
+    def _fresh_subject(self) -> Subject:
         import emprobe
 
         return emprobe.load_model(self.cfg.model, device=self.device, dtype=self.dtype,
                                   seed=self.cfg.seed)
 
-    def base(self) -> Any:
+    def base(self) -> Subject:
         if self._base is None:
             self._base = self._fresh_subject()
         return self._base
 
-    def load(self, adapter: Path | None = None, merge: bool = False) -> Any:
+    def load(self, adapter: Path | None = None, merge: bool = False) -> Subject:
         import emprobe
 
         if adapter is None:
@@ -404,7 +418,7 @@ class Lab:
                                   dtype=self.dtype, seed=self.cfg.seed, merge_adapter=merge)
 
     # -- evaluation ------------------------------------------------------------------------
-    def questions(self) -> list[Any] | None:
+    def questions(self) -> list[Question] | None:
         """The local score's questions (``None``: its default set, all of it)."""
         if self.cfg.score_questions is None:
             return None
@@ -413,32 +427,36 @@ class Lab:
         qs = [q for q in default_questions() if q.reference_pairs]
         return qs[: self.cfg.score_questions]
 
-    def score(self, subject: Any, system: str | None = None, **kwargs: Any) -> Any:
+    def score(self, subject: Subject, system: str | None = None,
+              questions: Sequence[Question] | None = None, share_prefix: bool | None = None,
+              batch_size: int = 8) -> LocalScore:
+        """``local_score`` with the run's ``n_boot`` and seed (``questions``: default the
+        run's, ``Lab.questions``; the other arguments as for ``local_score``)."""
         from emprobe.evaluate.local import local_score
 
-        kwargs.setdefault("questions", self.questions())
-        return local_score(subject, n_boot=self.cfg.n_boot, seed=self.cfg.seed, system=system,
-                           **kwargs)
+        return local_score(subject, questions=self.questions() if questions is None else questions,
+                           batch_size=batch_size, n_boot=self.cfg.n_boot, seed=self.cfg.seed,
+                           system=system, share_prefix=share_prefix)
 
-    def task_loss(self, subject: Any, records: Any) -> dict[str, float]:
+    def task_loss(self, subject: Subject, records: Records) -> dict[str, float]:
         from emprobe.geometry.connectivity import response_loss
 
         return response_loss(subject, records, n_boot=200, seed=self.cfg.seed)
 
     @staticmethod
-    def score_row(name: str, score: Any, **extra: Any) -> dict[str, Any]:
+    def score_row(name: str, score: LocalScore, **extra: object) -> dict[str, object]:
         est = score.per_answer
         return {"name": name, "misalignment": est.mean, "misalignment_lo": est.lo,
                 "misalignment_hi": est.hi, "pref_rate": score.pref_rate.mean, **extra}
 
-    def generic(self, n_full: int = 24) -> list[Any]:
+    def generic(self, n_full: int = 24) -> list[Conversation]:
         """Neutral chat (never the training data) for activation directions."""
         from emprobe.sae.corpus import generic_chats
 
         return generic_chats(6 if self.cfg.quick else n_full, seed=self.cfg.seed + 101)
 
-    def assess(self, name: str, subject: Any, held: list[dict[str, Any]],
-               **extra: Any) -> tuple[dict[str, Any], Any]:
+    def assess(self, name: str, subject: Subject, held: Records,
+               **extra: object) -> tuple[dict[str, object], LocalScore]:
         """Local misalignment score + held-out task loss -> (trade-off row, LocalScore)."""
         score = self.score(subject)
         loss = self.task_loss(subject, held)
@@ -446,14 +464,14 @@ class Lab:
                              task_loss_hi=loss["hi"], **extra)
         return row, score
 
-    def versus_rest(self, ref_name: str, scores: dict[str, Any],
+    def versus_rest(self, ref_name: str, scores: Mapping[str, LocalScore],
                     skip: tuple[str, ...] = ()) -> list[dict[str, Any]]:
         """``versus`` of every score in ``scores`` but ``ref_name`` (and ``skip``) against
         ``scores[ref_name]``."""
         return self.versus(ref_name, scores[ref_name],
                            {n: s for n, s in scores.items() if n != ref_name and n not in skip})
 
-    def versus(self, ref_name: str, ref: Any, others: dict[str, Any],
+    def versus(self, ref_name: str, ref: LocalScore, others: Mapping[str, LocalScore],
                same_answers: bool = True) -> list[dict[str, Any]]:
         """Paired differences ``other - ref`` of the margin (nats per answer), each with a note.
 
@@ -485,7 +503,7 @@ class Lab:
         return rows
 
     # -- the verdict -------------------------------------------------------------------------
-    def claim(self, seed_claim: str, measure: str, value: Any, expect: str = "higher",
+    def claim(self, seed_claim: str, measure: str, value: object, expect: str = "higher",
               null: float = 0.0, conditions: dict[str, bool] | None = None,
               why: str | None = None) -> dict[str, Any]:
         """State the seed study's claim, its measurable analogue here, and the verdict.
@@ -543,7 +561,7 @@ class Lab:
         return self.report.save(self.out / "report.html")
 
 
-def decide(est: Any, expect: str, null: float = 0.0,
+def decide(est: object, expect: str, null: float = 0.0,
            conditions: dict[str, bool] | None = None) -> str:
     """The verdict of one claim from its interval (an ``Estimate`` or a ``{mean, lo, hi}``
     record; see ``Lab.claim``)."""
@@ -559,7 +577,7 @@ def decide(est: Any, expect: str, null: float = 0.0,
     return "reproduced" if all((conditions or {}).values()) else "partial"
 
 
-def machine_record() -> dict[str, Any]:
+def machine_record() -> dict[str, object]:
     """Where a run happened: date (UTC), CPU, cores, RAM, torch and emprobe versions."""
     import datetime
     import platform
@@ -594,7 +612,7 @@ def _load_average() -> float | None:
         return None
 
 
-def _enable_gradient_checkpointing(subject: Any) -> None:
+def _enable_gradient_checkpointing(subject: Subject) -> None:
     """Recompute activations in the backward pass (less memory); inputs keep grads for LoRA."""
     model = subject.model
     if hasattr(model, "gradient_checkpointing_enable"):
