@@ -348,14 +348,20 @@ def _bare_run(subject: object, cfg: object, steps: list[list[tuple[torch.Tensor,
 def _floor(quick: bool) -> list[dict]:
     """emprobe's ``finetune`` vs a bare PEFT forward + backward + step on the same packed
     tokens (module docstring, "Floor")."""
+    import inspect
     import tempfile
     import warnings
 
     from emprobe import load_model
     from emprobe.train import finetune, preset
     from emprobe.train.data import step_indices, tokenize
+    from emprobe.train.sources import drop_gguf_tag
 
     subject = load_model("smollm2-135m-instruct")
+    # the embedded model comes from GGUF: transformers' Trainer (the hf engine) refuses its
+    # GGUF tag although the weights are float; the bare loop does not care
+    drop_gguf_tag(subject.model)
+    engine = inspect.signature(finetune).parameters["engine"].default
     import peft  # noqa: F401  imported before timing, for both sides
 
     steps, rounds = (2, 1) if quick else (3, 2)
@@ -400,7 +406,7 @@ def _floor(quick: bool) -> list[dict]:
         "details": {
             "useful_tokens": useful, "floor_pad_share": round(1 - useful / computed, 4),
             "steps": steps, "rounds": rounds, "records_per_step": g, "max_length": width,
-            "pack": cfg.pack, "lora_r": cfg.lora_r, "dtype": str(subject.dtype),
+            "engine": engine, "pack": cfg.pack, "lora_r": cfg.lora_r, "dtype": str(subject.dtype),
             "threads": torch.get_num_threads(),
             "emprobe_cpu_s": [round(x, 2) for x in cpu["emprobe"]],
             "floor_cpu_s": [round(x, 2) for x in cpu["floor"]],
