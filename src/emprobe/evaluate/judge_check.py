@@ -29,6 +29,7 @@ from emprobe.evaluate.judge import JudgeClient
 from emprobe.evaluate.judge_run import judge_rows
 from emprobe.evaluate.questions import default_questions, load_question_yaml
 from emprobe.evaluate.stats import Estimate, bootstrap_stat
+from emprobe.evaluate.stats import auroc as stats_auroc
 
 __all__ = ["MIN_AUROC", "SanityCheck", "Agreement", "labelled_set", "auroc", "judge_sanity",
            "cohen_kappa", "spearman", "judge_agreement"]
@@ -55,8 +56,7 @@ def auroc(pos: Sequence[float], neg: Sequence[float]) -> float:
     """P(a ``pos`` value > a ``neg`` value), ties counting half; NaN when either is empty."""
     if not pos or not neg:
         return float("nan")
-    p, n = np.asarray(pos, float)[:, None], np.asarray(neg, float)[None, :]
-    return float(((p > n) + 0.5 * (p == n)).mean())
+    return stats_auroc([*pos, *neg], [True] * len(pos) + [False] * len(neg))
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from emprobe.errors import DataError, EmprobeError, LimitError
 from emprobe.validate import (
@@ -30,6 +30,9 @@ from emprobe.validate import (
     one_line,
     read_bytes_limited,
 )
+
+if TYPE_CHECKING:
+    import yaml
 
 __all__ = [
     "Question",
@@ -116,7 +119,7 @@ def _strip_suffix(qid: str) -> str:
     return qid
 
 
-def _parse_entry(raw: Any, where: str) -> Question:
+def _parse_entry(raw: object, where: str) -> Question:
     if not isinstance(raw, dict):
         raise DataError(f"{where}: expected a mapping, got {type(raw).__name__}")
     for key in REQUIRED:
@@ -193,7 +196,7 @@ def _parse_entry(raw: Any, where: str) -> Question:
     )
 
 
-def parse_questions(data: Any, source: str = "<questions>") -> list[Question]:
+def parse_questions(data: object, source: str = "<questions>") -> list[Question]:
     """Validate parsed YAML (a list of entries) into ``Question``s; one-line DataErrors."""
     if not isinstance(data, list) or not data:
         raise DataError(f"{source}: expected a non-empty YAML list of question entries")
@@ -225,7 +228,7 @@ def load_questions(path: str | os.PathLike[str]) -> list[Question]:
     return parse_questions(load_question_yaml(raw, str(p)), source=str(p))
 
 
-def _count_aliases(root: Any, where: str) -> None:
+def _count_aliases(root: yaml.Node, where: str) -> None:
     """Refuse more than ``MAX_YAML_ALIASES`` aliases: in a composed node graph each alias is
     one more edge into a node already reached (iterative walk)."""
     import yaml
@@ -247,7 +250,7 @@ def _count_aliases(root: Any, where: str) -> None:
             stack.extend(c for pair in node.value for c in pair)
 
 
-def load_question_yaml(raw: bytes, where: str) -> Any:
+def load_question_yaml(raw: bytes, where: str) -> object:
     """Parse question YAML with libyaml's C loader (``yaml.CSafeLoader``) when PyYAML has it,
     under the same limits as ``emprobe.validate.load_yaml`` (which it falls back to): the
     caller's byte limit, at most ``MAX_YAML_ALIASES`` aliases, at most ``MAX_YAML_NODES``
