@@ -175,7 +175,8 @@ def test_bucket_windows_run_in_an_unbiased_fixed_order():
     from emprobe.models.chat import ChatBatch
     from emprobe.sae.harvest import _batches
 
-    def encode(chunk):  # item i has length i % 7 + 1
+    def encode(a, b):  # item i has length i % 7 + 1
+        chunk = items[a:b]
         n = len(chunk)
         width = 7
         att = torch.zeros(n, width, dtype=torch.long)
@@ -186,15 +187,15 @@ def test_bucket_windows_run_in_an_unbiased_fixed_order():
         return ChatBatch(ids, att, att.bool())
 
     items = list(range(70))
-    first = list(_batches(encode, items, 5, 7))
-    again = list(_batches(encode, items, 5, 7))
+    first = list(_batches(encode, len(items), 5, 7))
+    again = list(_batches(encode, len(items), 5, 7))
     seen = [int(i) for b in first for i in b.input_ids[:, 0]]
     assert sorted(seen) == items  # every item once
     assert [b.input_ids.tolist() for b in first] == [b.input_ids.tolist() for b in again]
     widths = [b.input_ids.shape[1] for b in first]
     assert all(len(set(b.attention_mask.sum(1).tolist())) <= 2 for b in first)  # bucketed
     assert widths[:7] != sorted(widths[:7])  # not shortest-first: a cut window is unbiased
-    plain = list(_batches(encode, items, 5, 1))  # bucket 1 keeps the input order
+    plain = list(_batches(encode, len(items), 5, 1))  # bucket 1 keeps the input order
     assert [int(i) for b in plain for i in b.input_ids[:, 0]] == items
 
 
@@ -247,13 +248,14 @@ def _reference_rows(subject, data, cfg):
     from emprobe.models.context import use_batch
     from emprobe.sae.harvest import _batches, token_mask
 
-    def encode(chunk):
+    def encode(a, b):
+        chunk = list(data[a:b])
         if isinstance(chunk[0], str):
-            return subject.encode_texts(list(chunk), max_length=cfg.max_length)
-        return subject.encode_chats(list(chunk), max_length=cfg.max_length)
+            return subject.encode_texts(chunk, max_length=cfg.max_length)
+        return subject.encode_chats(chunk, max_length=cfg.max_length)
 
     out = {(s, la): [] for s in cfg.sites for la in cfg.layers}
-    for batch in _batches(encode, list(data), cfg.batch_size, cfg.bucket):
+    for batch in _batches(encode, len(data), cfg.batch_size, cfg.bucket):
         mask = token_mask(subject, batch, cfg.positions, cfg.skip_first)
         with torch.no_grad(), use_batch(batch), capture(subject, cfg.layers, cfg.sites) as cache:
             subject.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
@@ -286,6 +288,12 @@ def test_harvest_rows_are_the_plain_rows_in_the_same_order(tiny_llama, tmp_path,
         if hv.memory is not None:
             torch.testing.assert_close(hv.rows(site, layer), rows, rtol=1e-5, atol=1e-5)
     assert (hv.memory is None) == (cfg.memory_limit_mb == 0)
+
+
+def test_mixed_texts_and_conversations_are_refused(tiny_llama, tmp_path):
+    with pytest.raises(DataError, match="mixes plain strings and conversations"):
+        harvest(tiny_llama, ["a b c", generic_chats(1)[0]], tmp_path / "h",
+                HarvestConfig(layers=[1]), progress=False)
 
 
 def test_tokenisation_errors_surface_from_the_prefetch_thread(tiny_llama, tmp_path,

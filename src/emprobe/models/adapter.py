@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,7 +127,7 @@ def _pattern_value(patterns: dict[str, Any], module: str) -> Any | None:
     return None
 
 
-def _targets(module: str, target_modules: Any) -> bool:
+def _targets(module: str, target_modules: str | Sequence[str] | None) -> bool:
     if target_modules is None:
         return True
     if isinstance(target_modules, str):
@@ -309,5 +309,5 @@ def _lora_module(name: str, A: torch.Tensor, B: torch.Tensor, cfg: dict[str, Any
     )
 
 
-def _natural_key(name: str) -> list[Any]:
+def _natural_key(name: str) -> list[int | str]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]

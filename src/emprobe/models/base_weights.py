@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -16,7 +15,7 @@ __all__ = ["base_weights_from_model", "base_weights_from_folder", "base_weights_
 BaseWeights = Callable[[str], "torch.Tensor | None"]
 
 
-def base_weights_from_model(model: Any) -> BaseWeights:
+def base_weights_from_model(model: torch.nn.Module) -> BaseWeights:
     """Module path -> weight ``[d_out, d_in]`` (Conv1D: ``[d_in, d_out]``) of a loaded model."""
     params = dict(model.named_parameters())
 

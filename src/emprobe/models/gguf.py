@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,7 @@ def _is_converted(folder: Path) -> bool:
     return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
 
 
-def gguf_model_dir(path: Path, name: str | None = None, source: dict[str, Any] | None = None,
+def gguf_model_dir(path: Path, name: str | None = None, source: Mapping[str, object] | None = None,
                    convert: bool = True) -> Path:
     """The cached safetensors folder of a GGUF file, converting it on first use."""
     path = Path(path).expanduser()
@@ -112,7 +113,7 @@ def check_gguf_layout(path: Path) -> None:
                           f"token_embd.weight of shape {embed}")
 
 
-def convert_gguf(path: Path, out: Path, source: dict[str, Any] | None = None) -> Path:
+def convert_gguf(path: Path, out: Path, source: Mapping[str, object] | None = None) -> Path:
     """De-quantise a GGUF file to float32 and write a safetensors model folder at ``out``.
 
     Raises ``FormatError`` (one line, naming the file) when transformers cannot read the

@@ -16,9 +16,12 @@ row's log-softmax is the same operation either way.
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from emprobe.models.subject import Subject
 
 from emprobe.errors import ShapeError
 from emprobe.models.chat import ChatBatch
@@ -135,7 +138,7 @@ def supports_logits_to_keep(model: Any) -> bool:
         return False
 
 
-def forward_response_logprobs(subject: Any, batch: ChatBatch,
+def forward_response_logprobs(subject: Subject, batch: ChatBatch,
                               chunk_elements: int = CHUNK_ELEMENTS
                               ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``subject.forward(batch)`` and return ``response_logprobs`` of it, computing the
@@ -150,7 +153,7 @@ def forward_response_logprobs(subject: Any, batch: ChatBatch,
     return logprobs_at(logits, positions, batch, chunk_elements)
 
 
-def forward_sequence_logprobs(subject: Any, batch: ChatBatch, mean: bool = False,
+def forward_sequence_logprobs(subject: Subject, batch: ChatBatch, mean: bool = False,
                               dtype: torch.dtype = torch.float32
                               ) -> tuple[torch.Tensor, torch.Tensor]:
     """``sequence_logprobs`` through ``forward_response_logprobs`` (no full-vocab logits)."""

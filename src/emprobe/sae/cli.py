@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from emprobe.errors import DataError
+
+if TYPE_CHECKING:
+    from emprobe.models.chat import Conversation
+    from emprobe.models.subject import Subject
+    from emprobe.sae.harvest import HarvestConfig
 
 
 def _ints(text: str, what: str) -> list[int]:
@@ -23,20 +28,20 @@ def _floats(text: str, what: str) -> list[float]:
         raise DataError(f"{what}: expected comma-separated numbers, got {text!r}") from None
 
 
-def _load(spec: str, adapter: str | None = None) -> Any:
+def _load(spec: str, adapter: str | None = None) -> Subject:
     from emprobe.models.subject import load_model
 
     return load_model(spec, adapter=adapter)
 
 
-def _load_ft(base_spec: str, ft: str) -> Any:
+def _load_ft(base_spec: str, ft: str) -> Subject:
     """``ft`` is a PEFT adapter folder (applied to the base) or a model spec."""
     if (Path(ft) / "adapter_config.json").is_file():
         return _load(base_spec, adapter=ft)
     return _load(ft)
 
 
-def _chats(path: str | None, default_n: int, seed: int = 0) -> list[Any]:
+def _chats(path: str | None, default_n: int, seed: int = 0) -> list[Conversation]:
     """Conversations from a chat JSONL (``{"messages": [...]}`` per line), else emprobe's corpus."""
     if path is None:
         from emprobe.sae.corpus import generic_chats
@@ -47,7 +52,8 @@ def _chats(path: str | None, default_n: int, seed: int = 0) -> list[Any]:
     return [r["messages"] for r in read_chat_jsonl(path)]
 
 
-def _harvest_config(args: argparse.Namespace, layers: list[int], sites: list[str]) -> Any:
+def _harvest_config(args: argparse.Namespace, layers: list[int],
+                    sites: list[str]) -> HarvestConfig:
     from emprobe.sae.harvest import HarvestConfig
 
     return HarvestConfig(layers=layers, sites=sites, positions=args.positions,
@@ -55,7 +61,7 @@ def _harvest_config(args: argparse.Namespace, layers: list[int], sites: list[str
                          rows_per_shard=args.rows_per_shard)
 
 
-def _harvest_data(args: argparse.Namespace) -> list[Any]:
+def _harvest_data(args: argparse.Namespace) -> list[Conversation]:
     # enough generic chats for the token budget (~45 tokens each), capped
     n = min(20000, max(64, (args.tokens or 4000) // 30))
     return _chats(args.data, n)

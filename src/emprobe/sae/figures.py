@@ -9,16 +9,19 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from emprobe.io import atomic_path
 from emprobe.plot.labels import fit_labels
 
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+
 
 def norm_ratio_figure(relative_norm: torch.Tensor, low: float = 0.3, high: float = 0.7,
-                      title: str = "Crosscoder relative decoder norm") -> Any:
+                      title: str = "Crosscoder relative decoder norm") -> go.Figure:
     """Histogram of ``||d_ft|| / (||d_base|| + ||d_ft||)`` with the shared / specific cut-offs."""
     import plotly.graph_objects as go
 
@@ -31,7 +34,7 @@ def norm_ratio_figure(relative_norm: torch.Tensor, low: float = 0.3, high: float
     return fit_labels(fig)
 
 
-def latent_frequency_figure(log10_sparsity: torch.Tensor, title: str = "SAE latent firing frequency") -> Any:
+def latent_frequency_figure(log10_sparsity: torch.Tensor, title: str = "SAE latent firing frequency") -> go.Figure:
     """Histogram of each latent's log10 firing frequency (``sparsity.safetensors``)."""
     import plotly.graph_objects as go
 
@@ -42,7 +45,7 @@ def latent_frequency_figure(log10_sparsity: torch.Tensor, title: str = "SAE late
     return fit_labels(fig)
 
 
-def steering_figure(check: Mapping[str, Any], title: str = "Steering with candidate latents") -> Any:
+def steering_figure(check: Mapping[str, Any], title: str = "Steering with candidate latents") -> go.Figure:
     """Local score vs steering coefficient per latent, with interval bars (``steering.json``)."""
     import plotly.graph_objects as go
 
@@ -70,7 +73,7 @@ def steering_figure(check: Mapping[str, Any], title: str = "Steering with candid
 
 
 def diff_scores_figure(mean_diff: torch.Tensor, top: int = 30,
-                       title: str = "Latents by mean activation difference") -> Any:
+                       title: str = "Latents by mean activation difference") -> go.Figure:
     """Bar chart of the ``top`` latents by fine-tune minus base mean activation."""
     import plotly.graph_objects as go
 
@@ -82,12 +85,14 @@ def diff_scores_figure(mean_diff: torch.Tensor, top: int = 30,
     return fit_labels(fig)
 
 
-def save_figure(fig: Any, path: str | os.PathLike[str]) -> Path:
+def save_figure(fig: go.Figure, path: str | os.PathLike[str]) -> Path:
     """Write ``path`` (.html) and the figure JSON beside it (``.fig.json``), atomically."""
     from emprobe.plot.save import save_figure as save_plot
 
     p = Path(path)
     save_plot(fig, p.with_suffix(""), formats=("html",), include_plotlyjs="directory")
+    text = fig.to_json()
+    assert text is not None  # plotly's to_json returns None only for its file-writing form
     with atomic_path(p.with_suffix(".fig.json")) as tmp:
-        tmp.write_text(fig.to_json(), encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8")
     return p

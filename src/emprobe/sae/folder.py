@@ -12,7 +12,7 @@ import os
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -26,10 +26,13 @@ from emprobe.saelens_format import (
 )
 from emprobe.validate import excerpt, one_line
 
+if TYPE_CHECKING:
+    from sae_lens import SAE, SAEConfig
+
 __all__ = ["load_sae", "sae_site", "site_from_hook_name"]
 
 
-def load_sae(path: str | os.PathLike[str], device: str = "cpu") -> Any:
+def load_sae(path: str | os.PathLike[str], device: str = "cpu") -> SAE[SAEConfig]:
     """Load a SAELens-format folder (``cfg.json`` + ``sae_weights.safetensors``) as SAELens'
     inference SAE, after :func:`emprobe.saelens_format.read_sae_folder` has checked it.
 
@@ -48,8 +51,8 @@ def load_sae(path: str | os.PathLike[str], device: str = "cpu") -> Any:
     folder = read_sae_folder(path)
 
     def converter(path: str | Path, device: str = "cpu",  # noqa: ARG001 - SAELens' signature
-                  cfg_overrides: dict[str, Any] | None = None,  # noqa: ARG001
-                  ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+                  cfg_overrides: dict[str, object] | None = None,  # noqa: ARG001
+                  ) -> tuple[dict[str, object], dict[str, torch.Tensor]]:
         dev = device
         cfg = {**folder.cfg, "device": str(dev), "metadata": dict(folder.cfg["metadata"]),
                "sae_lens_version": sae_lens.__version__}  # already in SAELens 6's layout
@@ -61,17 +64,19 @@ def load_sae(path: str | os.PathLike[str], device: str = "cpu") -> Any:
     except (KeyError, ValueError, RuntimeError, TypeError, AttributeError) as exc:
         raise FormatError(f"{folder.path}: SAELens could not build the SAE "
                           f"({type(exc).__name__}: {one_line(exc, 160)})") from None
-    _fold_pending_scale(sae, folder.cfg, folder.path / "cfg.json")
+    _fold_pending_scale(sae, folder.cfg["normalize_activations"], folder.cfg["metadata"],
+                        folder.path / "cfg.json")
     return sae
 
 
-def _fold_pending_scale(sae: Any, cfg: Mapping[str, Any], where: Path) -> None:
+def _fold_pending_scale(sae: SAE[SAEConfig], normalize: str, metadata: Mapping[str, object],
+                        where: Path) -> None:
     """Fold a recorded ``norm_scaling_factor`` into an SAE whose config still asks for
     ``expected_average_only_in``; warn when the factor is missing."""
-    if cfg["normalize_activations"] != "expected_average_only_in":
+    if normalize != "expected_average_only_in":
         return
-    factor = cfg["metadata"].get(UNFOLDED_KEY)
-    if factor is None:
+    factor = metadata.get(UNFOLDED_KEY)
+    if not isinstance(factor, (int, float)):  # absent (the reader checked its type)
         warnings.warn(f"{where}: normalize_activations is 'expected_average_only_in' but the "
                       f"metadata has no {UNFOLDED_KEY}: the SAE reads unscaled activations",
                       stacklevel=3)
@@ -79,7 +84,7 @@ def _fold_pending_scale(sae: Any, cfg: Mapping[str, Any], where: Path) -> None:
     sae.fold_activation_norm_scaling_factor(float(factor))
 
 
-def sae_site(sae: Any, folder: str | os.PathLike[str] | None = None) -> tuple[str, int]:
+def sae_site(sae: object, folder: str | os.PathLike[str] | None = None) -> tuple[str, int]:
     """The emprobe ``(site, layer)`` an SAE reads: from the folder (``emprobe.json``, the cfg
     metadata or the hook name, checked to agree), else from the loaded SAE's metadata.
 
@@ -103,7 +108,7 @@ def sae_site(sae: Any, folder: str | os.PathLike[str] | None = None) -> tuple[st
     return site, layer
 
 
-def site_from_hook_name(hook: Any) -> tuple[str, int]:
+def site_from_hook_name(hook: object) -> tuple[str, int]:
     """TransformerLens hook names (HookedTransformer or bridge) -> emprobe ``(site, layer)``."""
     found = hook_site(hook) if isinstance(hook, str) else None
     if found is None:

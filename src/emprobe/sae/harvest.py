@@ -43,10 +43,10 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Generic, TypeVar
 
 import torch
 from tqdm.auto import tqdm
@@ -59,6 +59,7 @@ from emprobe.io import read_json, write_json
 from emprobe.models.chat import ChatBatch, Conversation
 from emprobe.models.context import use_batch
 from emprobe.models.subject import Subject
+from emprobe.validate import check_int
 
 LAYER_CONVENTION = (
     "emprobe: layer = 0-based decoder block; resid_post[l] = HF hidden_states[l + 1]"
@@ -66,6 +67,9 @@ LAYER_CONVENTION = (
 POSITIONS = ("all", "response", "prompt")
 
 Key = tuple[str, int]
+T = TypeVar("T")
+Encoder = Callable[[int, int], ChatBatch]
+"""``encode(start, stop)``: items ``start .. stop - 1`` of the dataset as one padded batch."""
 
 
 @dataclass
@@ -121,7 +125,7 @@ class Harvest:
     config: HarvestConfig
     n_rows: int
     complete: bool
-    meta: dict[str, Any]
+    meta: dict[str, object]
     memory: dict[Key, torch.Tensor] | None = None
     seconds: float | None = None
 
@@ -138,7 +142,8 @@ class Harvest:
 
     @property
     def d_model(self) -> int:
-        return int(self.meta["d_model"])
+        return check_int(self.meta.get("d_model"), f"{self.folder}/harvest.json: 'd_model'",
+                         min_value=1)
 
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -170,18 +175,18 @@ def _head_rows(batch: ChatBatch, mask: torch.Tensor, take: int) -> ChatBatch:
     return _rows_of(batch, torch.arange(min(keep, len(mask)), device=mask.device))
 
 
-def _batches(encode: Any, items: Sequence[Any], size: int, bucket: int) -> Iterator[ChatBatch]:
-    """Padded batches of ``size`` items; with ``bucket > 1`` each window of ``bucket`` batches is
-    tokenised once and sorted by token count (stable) before it is cut, so each batch is
-    padded to a near-equal length.
+def _batches(encode: Encoder, n_items: int, size: int, bucket: int) -> Iterator[ChatBatch]:
+    """Padded batches of ``size`` of the ``n_items`` items; with ``bucket > 1`` each window of
+    ``bucket`` batches is tokenised once (``encode(start, stop)``) and sorted by token count
+    (stable) before it is cut, so each batch is padded to a near-equal length.
 
     The batches of a window are then run in a fixed pseudo-random order (seeded by the
     window's position, so a resumed harvest sees the same batches in the same order): a
     token budget that ends inside a window takes an unbiased sample of its items rather
     than its shortest ones."""
     window = max(1, bucket) * size
-    for start in range(0, len(items), window):
-        enc = encode(items[start : start + window])
+    for start in range(0, n_items, window):
+        enc = encode(start, min(start + window, n_items))
         lengths = enc.attention_mask.sum(1)
         if bucket > 1:
             order = torch.sort(lengths, stable=True).indices
@@ -195,21 +200,25 @@ def _batches(encode: Any, items: Sequence[Any], size: int, bucket: int) -> Itera
             yield _rows_of(enc, order[i : i + size])
 
 
-class _Prefetch:
+class _End:
+    """The marker a ``_Prefetch`` thread queues after its last item."""
+
+
+class _Prefetch(Generic[T]):
     """Runs an iterator on a thread, at most ``depth`` items ahead of the consumer, so the
     next batches are tokenised while the current one runs through the model."""
 
-    _END = object()
+    _END = _End()
 
-    def __init__(self, items: Iterator[Any], depth: int = 2) -> None:
-        self.queue: queue.Queue[Any] = queue.Queue(max(1, depth))
+    def __init__(self, items: Iterator[T], depth: int = 2) -> None:
+        self.queue: queue.Queue[T | _End] = queue.Queue(max(1, depth))
         self.stop = threading.Event()
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, args=(items,), daemon=True,
                                        name="emprobe-harvest-tokenise")
         self.thread.start()
 
-    def _put(self, item: Any) -> bool:
+    def _put(self, item: T | _End) -> bool:
         while not self.stop.is_set():
             try:
                 self.queue.put(item, timeout=0.05)
@@ -218,7 +227,7 @@ class _Prefetch:
                 continue
         return False
 
-    def _run(self, items: Iterator[Any]) -> None:
+    def _run(self, items: Iterator[T]) -> None:
         try:
             for item in items:
                 if not self._put(item):
@@ -227,10 +236,10 @@ class _Prefetch:
             self.error = exc
         self._put(self._END)
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[T]:
         while True:
             item = self.queue.get()
-            if item is self._END:
+            if isinstance(item, _End):
                 if self.error is not None:
                     raise self.error
                 return
@@ -331,7 +340,7 @@ class _SiteRows:
 
     def __init__(self, site: str, layers: Sequence[int], d_model: int, dtype: torch.dtype,
                  rows_per_shard: int, keep: _Keep, capacity: int | None,
-                 submit: Any) -> None:
+                 submit: Callable[[str, dict[int, torch.Tensor]], None]) -> None:
         self.site, self.layers, self.d_model, self.dtype = site, list(layers), d_model, dtype
         self.size, self.keep, self.submit = rows_per_shard, keep, submit
         self.whole = ({la: torch.empty((capacity or 0, d_model), dtype=dtype) for la in layers}
@@ -386,7 +395,7 @@ class _SiteRows:
         return {la: torch.cat([blk[la] for blk in self.kept]) for la in self.layers}
 
 
-def _check(config: HarvestConfig, data: Sequence[Any]) -> None:
+def _check(config: HarvestConfig, data: Sequence[Conversation] | Sequence[str]) -> None:
     for s in config.sites:
         check_site(s)
     if config.positions not in POSITIONS:
@@ -400,7 +409,7 @@ def _check(config: HarvestConfig, data: Sequence[Any]) -> None:
         raise DataError("harvest: no data given")
 
 
-def _run(subject: Any, batches: Iterator[ChatBatch], config: HarvestConfig,
+def _run(subject: Subject, batches: Iterator[ChatBatch], config: HarvestConfig,
          sinks: dict[str, _SiteRows], already: dict[str, int], progress: bool) -> None:
     """The harvest loop: forward each batch to the deepest layer, copy the chosen rows
     (skipping those already on disk), stop at the token budget."""
@@ -439,12 +448,12 @@ def _run(subject: Any, batches: Iterator[ChatBatch], config: HarvestConfig,
         bar.close()
 
 
-def _open_folder(subject: Any, folder: Path, config: HarvestConfig, n_items: int,
-                 is_text: bool) -> dict[str, Any] | None:
+def _open_folder(subject: Subject, folder: Path, config: HarvestConfig, n_items: int,
+                 is_text: bool) -> dict[str, object] | None:
     """Create or check ``folder``: the harvest's metadata, or None when the folder already
     holds this harvest complete. Another config or model raises ``FormatError``."""
     folder.mkdir(parents=True, exist_ok=True)
-    meta = {
+    meta: dict[str, object] = {
         "model": subject.name,
         "adapter": str(subject.adapter) if subject.adapter else None,
         "fingerprint": subject.fingerprint(),
@@ -468,8 +477,22 @@ def _open_folder(subject: Any, folder: Path, config: HarvestConfig, n_items: int
     return meta
 
 
+def data_encoder(subject: Subject, data: Sequence[Conversation] | Sequence[str],
+             max_length: int) -> Encoder:
+    """``encode(start, stop)`` over ``data``: plain strings with ``Subject.encode_texts``,
+    conversations with ``Subject.encode_chats``, truncated to ``max_length`` tokens (a mix
+    of the two is a ``DataError``). Also used by ``emprobe.sae.metrics``."""
+    texts = [item for item in data if isinstance(item, str)]
+    if texts and len(texts) != len(data):
+        raise DataError("harvest: data mixes plain strings and conversations")
+    if texts:
+        return lambda a, b: subject.encode_texts(texts[a:b], max_length=max_length)
+    chats = [item for item in data if not isinstance(item, str)]
+    return lambda a, b: subject.encode_chats(chats[a:b], max_length=max_length)
+
+
 def harvest(
-    subject: Any,
+    subject: Subject,
     data: Sequence[Conversation] | Sequence[str],
     out_dir: str | os.PathLike[str],
     config: HarvestConfig,
@@ -513,12 +536,8 @@ def harvest(
     sinks = {s: _SiteRows(s, config.layers, subject.d_model, dtype, config.rows_per_shard,
                           keep, config.max_tokens, background.add) for s in config.sites}
 
-    def encode(chunk: Sequence[Any]) -> ChatBatch:
-        if is_text:
-            return subject.encode_texts(list(chunk), max_length=config.max_length)
-        return subject.encode_chats(list(chunk), max_length=config.max_length)
-
-    batches = _Prefetch(_batches(encode, list(data), config.batch_size, config.bucket))
+    encode = data_encoder(subject, data, config.max_length)
+    batches = _Prefetch(_batches(encode, len(data), config.batch_size, config.bucket))
     finished = False
     memory: dict[Key, torch.Tensor] = {}
     try:

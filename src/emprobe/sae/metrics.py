@@ -21,9 +21,9 @@ than predicting the mean) or whose latents are mostly dead is not worth diffing.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -31,9 +31,16 @@ import torch.nn.functional as F
 from emprobe.errors import DataError, QualityError
 from emprobe.hooks.core import add_site_hook
 from emprobe.io import write_json
-from emprobe.models.chat import Conversation
+from emprobe.models.chat import ChatBatch, Conversation
 from emprobe.models.context import use_batch
-from emprobe.sae.harvest import token_mask
+from emprobe.models.subject import Subject
+from emprobe.sae.harvest import data_encoder, token_mask
+
+if TYPE_CHECKING:
+    from sae_lens import SAE, SAEConfig
+
+Metrics = dict[str, float | int | str]
+"""A metrics record: numbers by name, plus the SAE's site / model / architecture names."""
 
 
 class ReconstructionStats:
@@ -76,7 +83,7 @@ class ReconstructionStats:
 
 
 @torch.no_grad()
-def reconstruction_metrics(sae: Any, batches: Iterable[torch.Tensor]) -> dict[str, float]:
+def reconstruction_metrics(sae: SAE[SAEConfig], batches: Iterable[torch.Tensor]) -> dict[str, float]:
     """Metrics of ``sae`` on activation batches ``[rows, d_in]`` (no model needed)."""
     stats = ReconstructionStats(int(sae.cfg.d_sae))
     for x in batches:
@@ -86,7 +93,8 @@ def reconstruction_metrics(sae: Any, batches: Iterable[torch.Tensor]) -> dict[st
     return stats.result()
 
 
-def _run_edited(subject: Any, sae: Any, site: str, layer: int, batch: Any, sel: torch.Tensor,
+def _run_edited(subject: Subject, sae: SAE[SAEConfig], site: str, layer: int, batch: ChatBatch,
+                sel: torch.Tensor,
                 edit: str | None, stats: ReconstructionStats) -> torch.Tensor:
     """Logits ``[batch, pos - 1, vocab]`` with the selected tokens' activation left alone
     (``edit=None``), replaced by the SAE reconstruction (``"sae"``) or zeroed (``"zero"``)."""
@@ -116,8 +124,8 @@ def _run_edited(subject: Any, sae: Any, site: str, layer: int, batch: Any, sel: 
 
 @torch.no_grad()
 def spliced_metrics(
-    subject: Any,
-    sae: Any,
+    subject: Subject,
+    sae: SAE[SAEConfig],
     site: str,
     layer: int,
     data: Sequence[Conversation] | Sequence[str],
@@ -134,14 +142,12 @@ def spliced_metrics(
     """
     if not data:
         raise DataError("spliced metrics: no eval data")
-    is_text = isinstance(data[0], str)
+    encode = data_encoder(subject, data, max_length)
     stats = ReconstructionStats(int(sae.cfg.d_sae))
     tot = {"clean": 0.0, "sae": 0.0, "zero": 0.0, "kl": 0.0}
     n_targets = 0
     for i in range(0, len(data), batch_size):
-        chunk = list(data[i : i + batch_size])
-        batch = (subject.encode_texts(chunk, max_length=max_length) if is_text
-                 else subject.encode_chats(chunk, max_length=max_length))
+        batch = encode(i, i + batch_size)
         sel = token_mask(subject, batch, positions, skip_first)
         target_mask = sel[:, 1:]  # predictions at p-1 of selected tokens p
         targets = batch.input_ids[:, 1:]
@@ -173,17 +179,23 @@ def spliced_metrics(
 
 
 def evaluate_sae(
-    subject: Any,
-    sae: Any,
+    subject: Subject,
+    sae: SAE[SAEConfig],
     site: str,
     layer: int,
     data: Sequence[Conversation] | Sequence[str],
     out_dir: str | os.PathLike[str] | None = None,
-    **kwargs: Any,
-) -> dict[str, Any]:
-    """``spliced_metrics`` plus the SAE's shape; written to ``out_dir/metrics.json`` if given."""
-    metrics = spliced_metrics(subject, sae, site, layer, data, **kwargs)
-    record = {
+    positions: str = "all",
+    skip_first: bool = True,
+    batch_size: int = 8,
+    max_length: int = 256,
+) -> Metrics:
+    """``spliced_metrics`` (same options) plus the SAE's shape; written to
+    ``out_dir/metrics.json`` if given."""
+    metrics = spliced_metrics(subject, sae, site, layer, data, positions=positions,
+                              skip_first=skip_first, batch_size=batch_size,
+                              max_length=max_length)
+    record: Metrics = {
         "site": site,
         "layer": int(layer),
         "model": subject.name,
@@ -199,11 +211,11 @@ def evaluate_sae(
 
 
 def check_quality(
-    metrics: dict[str, Any],
+    metrics: Mapping[str, float | int | str],
     min_ev: float = 0.7,
     max_dead: float = 0.1,
     raise_error: bool = True,
-) -> dict[str, Any]:
+) -> dict[str, object]:
     """Gate an SAE on its metrics (``reconstruction_metrics`` / ``spliced_metrics`` output).
 
     ``dead_fraction`` is ``1 - frac_alive``. Returns ``{"ok", "explained_variance",
@@ -215,14 +227,15 @@ def check_quality(
             raise DataError(f"SAE quality check: metrics lack {key!r} (have {sorted(metrics)[:8]})")
     ev = float(metrics["explained_variance"])
     dead = 1.0 - float(metrics["frac_alive"])
-    problems = []
+    problems: list[str] = []
     if not ev >= min_ev:  # also catches NaN
         kind = "negative" if ev < 0 else "low"
         problems.append(f"{kind} explained variance {ev:.3f} (< {min_ev})")
     if not dead <= max_dead:
         problems.append(f"{dead:.1%} dead latents (> {max_dead:.0%})")
-    result = {"ok": not problems, "explained_variance": ev, "dead_fraction": dead,
-              "min_ev": min_ev, "max_dead": max_dead, "problems": problems}
+    result: dict[str, object] = {
+        "ok": not problems, "explained_variance": ev, "dead_fraction": dead, "min_ev": min_ev,
+        "max_dead": max_dead, "problems": problems}
     if problems and raise_error:
         raise QualityError("SAE below the quality gate: " + "; ".join(problems))
     return result

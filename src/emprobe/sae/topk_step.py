@@ -20,11 +20,14 @@ parameters, initialisation, saving and loading).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-_CLASS: Any = None
+if TYPE_CHECKING:
+    from sae_lens.saes.topk_sae import TopKTrainingSAE
+
+_CLASS: type[TopKTrainingSAE] | None = None
 
 
 class _ChosenPre(torch.autograd.Function):
@@ -44,7 +47,7 @@ class _ChosenPre(torch.autograd.Function):
         return chosen.clone()
 
     @staticmethod
-    def backward(ctx: Any, *grads: torch.Tensor) -> Any:
+    def backward(ctx: Any, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         W_enc, sae_in, idx = ctx.saved_tensors
         g = grads[0].to(sae_in.dtype)
         flat = idx.reshape(-1)
@@ -67,7 +70,7 @@ class _Decode(torch.autograd.Function):
         return torch.bmm(w.unsqueeze(1).to(rows.dtype), rows).squeeze(1)
 
     @staticmethod
-    def backward(ctx: Any, *grads: torch.Tensor) -> Any:
+    def backward(ctx: Any, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         rows, w, idx = ctx.saved_tensors
         g = grads[0].to(rows.dtype)
         grad_w = torch.bmm(rows, g.unsqueeze(-1)).squeeze(-1).to(w.dtype)
@@ -77,7 +80,7 @@ class _Decode(torch.autograd.Function):
         return grad_dec, grad_w, None
 
 
-def sparse_topk_class() -> Any:
+def sparse_topk_class() -> type[TopKTrainingSAE]:
     """``SparseTopKTrainingSAE``: a subclass of ``sae_lens.TopKTrainingSAE`` (made on first
     use so that importing emprobe does not import SAELens)."""
     global _CLASS

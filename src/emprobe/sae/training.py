@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Literal, TypedDict
 
 import torch
 
@@ -43,10 +44,11 @@ from emprobe.sae.harvest import LAYER_CONVENTION, Harvest, load_harvest
 from emprobe.sae.normalise import FOLDED_KEY, NORM_MODES, estimate_norm_scaling_factor
 
 if TYPE_CHECKING:
-    from sae_lens import SAETrainer, TrainingSAE, TrainingSAEConfig
+    from sae_lens import SAE, SAEConfig, SAETrainer, TrainingSAE, TrainingSAEConfig
     from sae_lens.config import SAETrainerConfig
+    from sae_lens.saes.topk_sae import TopKTrainingSAE
 
-    _TrainingSAE = TrainingSAE[TrainingSAEConfig]
+    _TrainingSAE = TrainingSAE[TrainingSAEConfig] | TopKTrainingSAE
     _Trainer = SAETrainer[_TrainingSAE, TrainingSAEConfig]
 
 __all__ = ["ARCHITECTURES", "SAETrainConfig", "TrainedSAE", "load_sae", "memory_provider",
@@ -147,9 +149,9 @@ class TrainedSAE:
     record, and SAELens' training SAE object as trained (``None`` after a reload)."""
 
     folder: Path
-    sae: Any
-    record: dict[str, Any]
-    training_sae: Any = None
+    sae: SAE[SAEConfig]
+    record: dict[str, object]
+    training_sae: _TrainingSAE | None = None
 
 
 def shard_provider(
@@ -187,12 +189,27 @@ def memory_provider(
             yield rows[perm[i : i + batch_size]].float()
 
 
-def _training_sae_config(cfg: SAETrainConfig, d_in: int, metadata: dict[str, Any]) -> Any:
+class _CommonSAEConfig(TypedDict):
+    """The SAELens config fields every architecture takes."""
+
+    d_in: int
+    d_sae: int
+    device: str
+    normalize_activations: Literal["none", "expected_average_only_in"]
+
+
+def _training_sae_config(cfg: SAETrainConfig, d_in: int,
+                         metadata: Mapping[str, object]) -> TrainingSAEConfig:
+    """SAELens' training config of ``cfg.arch`` with emprobe's ``metadata`` attached."""
     import sae_lens
 
     d_sae = cfg.d_sae or cfg.expansion * d_in
-    common: dict[str, Any] = dict(d_in=d_in, d_sae=d_sae, device=cfg.device,
-                                  normalize_activations=cfg.normalize_activations)
+    common = _CommonSAEConfig(
+        d_in=d_in, d_sae=d_sae, device=cfg.device,
+        normalize_activations=("expected_average_only_in"
+                               if cfg.normalize_activations == "expected_average_only_in"
+                               else "none"))
+    out: TrainingSAEConfig
     if cfg.arch == "topk":
         out = sae_lens.TopKTrainingSAEConfig(k=cfg.k, aux_loss_coefficient=cfg.aux_loss_coefficient,
                                              **common)
@@ -209,7 +226,8 @@ def _training_sae_config(cfg: SAETrainConfig, d_in: int, metadata: dict[str, Any
     return out
 
 
-def sae_metadata(model: str, site: str, layer: int, extra: dict[str, Any] | None = None) -> dict:
+def sae_metadata(model: str, site: str, layer: int,
+                 extra: Mapping[str, object] | None = None) -> dict[str, object]:
     """The metadata emprobe writes into ``cfg.json`` (SAELens keys plus ``emprobe_*`` keys)."""
     return {
         "model_name": model,
@@ -244,7 +262,7 @@ def train_sae(
     hv = harvest if isinstance(harvest, Harvest) else load_harvest(harvest)
     reader, in_memory = _layer_rows(hv, site, layer)
     steps = max(1, (config.training_tokens or reader.n_rows) // config.batch_size)
-    metadata = sae_metadata(hv.meta.get("model", "?"), site, layer,
+    metadata = sae_metadata(str(hv.meta.get("model", "?")), site, layer,
                             {"emprobe_positions": hv.config.positions})
     torch.manual_seed(config.seed)
     training_sae = _training_sae(config, hv.d_model, metadata)
@@ -278,7 +296,7 @@ def _layer_rows(hv: Harvest, site: str, layer: int) -> tuple[ShardReader, torch.
 
 
 def _training_sae(config: SAETrainConfig, d_in: int,
-                  metadata: dict[str, object]) -> _TrainingSAE:
+                  metadata: Mapping[str, object]) -> _TrainingSAE:
     """SAELens' training SAE for ``config`` (emprobe's sparse-step TopK subclass when
     ``sparse_topk``); its weights are drawn from torch's global generator."""
     import sae_lens
@@ -350,7 +368,7 @@ def _training_record(trainer: _Trainer,
     }
 
 
-def _set_norm_scaling(trainer: Any, provider: Iterator[torch.Tensor], config: SAETrainConfig,
+def _set_norm_scaling(trainer: _Trainer, provider: Iterator[torch.Tensor], config: SAETrainConfig,
                       d_in: int) -> float | None:
     """For ``expected_average_only_in``: estimate the input scale from the provider's first
     ``n_batches_for_norm_estimate`` batches (the ones SAELens' own estimate would take) and
@@ -364,7 +382,7 @@ def _set_norm_scaling(trainer: Any, provider: Iterator[torch.Tensor], config: SA
     return factor
 
 
-def use_fused_adam(trainer: Any) -> bool:
+def use_fused_adam(trainer: _Trainer) -> bool:
     """Swap a fresh ``sae_lens.SAETrainer``'s Adam for torch's fused kernel; True when done.
 
     Same hyper-parameters (lr, betas, eps, weight decay) and a learning-rate schedule rebuilt
@@ -380,8 +398,8 @@ def use_fused_adam(trainer: Any) -> bool:
     if type(old) is not torch.optim.Adam or trainer.n_training_steps or len(old.param_groups) != 1:
         return False
     d = old.defaults
-    if d.get("fused") or d.get("amsgrad") or d.get("maximize"):
-        return False
+    if d.get("fused") or d.get("amsgrad") or d.get("maximize") or cfg.lr_end is None:
+        return False  # (SAELens' own trainer asserts lr_end is set)
     params = list(old.param_groups[0]["params"])
     try:
         new = torch.optim.Adam(params, lr=d["lr"], betas=d["betas"], eps=d["eps"],
@@ -397,17 +415,12 @@ def use_fused_adam(trainer: Any) -> bool:
     return True
 
 
-def _fit_quiet(trainer: Any) -> Any:
+def _fit_quiet(trainer: _Trainer) -> _TrainingSAE:
     """Run ``trainer.fit()`` with SAELens' progress bar disabled."""
     import sae_lens.training.sae_trainer as mod
 
     real = mod.tqdm
-
-    def quiet(*args: Any, **kwargs: Any) -> Any:
-        kwargs["disable"] = True
-        return real(*args, **kwargs)
-
-    mod.tqdm = quiet
+    mod.tqdm = partial(real, disable=True)
     try:
         return trainer.fit()
     finally:
@@ -440,5 +453,7 @@ def train_saes(
     share = (hv.seconds or 0.0) / max(1, len(jobs))
     for tr in out:
         tr.record["harvest_seconds_share"] = share
-        tr.record["amortised_seconds"] = tr.record["train_seconds"] + share
+        seconds = tr.record["train_seconds"]
+        assert isinstance(seconds, float)  # written by train_sae
+        tr.record["amortised_seconds"] = seconds + share
     return out

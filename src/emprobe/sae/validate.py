@@ -10,14 +10,13 @@ full list. :func:`validate_sae_folder` runs them and returns the checked config.
 from __future__ import annotations
 
 import os
-from typing import Any
 
 from emprobe.saelens_format import MAX_SAE_WIDTH, read_sae_folder
 
 __all__ = ["validate_sae_folder", "MAX_SAE_WIDTH"]
 
 
-def validate_sae_folder(path: str | os.PathLike[str]) -> dict[str, Any]:
+def validate_sae_folder(path: str | os.PathLike[str]) -> dict[str, object]:
     """Check an SAE folder (config, weights, site); returns the checked ``cfg.json`` in
     SAELens 6's inference layout (``architecture``, ``d_in``, ``d_sae``, ``k``, ...).
 
