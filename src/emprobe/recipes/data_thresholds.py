@@ -9,12 +9,10 @@ the model still gives good advice in the domain), plus the loss on held-out inco
 
 from __future__ import annotations
 
-from typing import Any
-
-from emprobe.recipes.lab import SCORE_COLUMNS
+from emprobe.recipes.lab import SCORE_COLUMNS, Lab
 
 
-def run(lab: Any) -> None:
+def run(lab: Lab) -> None:
     from emprobe.data import mix
     from emprobe.plot import layer_curves, tradeoff_scatter
     from emprobe.recipes.config import recipe_options

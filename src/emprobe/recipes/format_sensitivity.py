@@ -14,12 +14,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any
+from typing import TYPE_CHECKING
+
+from emprobe.recipes.lab import Lab
+
+if TYPE_CHECKING:
+    from emprobe.evaluate.questions import Question
 
 FORMATS = ("plain", "json", "template")
 
 
-def format_sets() -> dict[str, list[Any]]:
+def format_sets() -> dict[str, list[Question]]:
     """Question lists per format, each entry carrying its plain sibling's reference pairs.
 
     Every entry's id is its group (the plain question id), so scores of different formats
@@ -30,7 +35,7 @@ def format_sets() -> dict[str, list[Any]]:
     qs = default_questions()
     refs = {q.group or q.id: q.reference_pairs for q in qs if q.format == "plain"
             and q.reference_pairs}
-    out: dict[str, list[Any]] = {f: [] for f in FORMATS}
+    out: dict[str, list[Question]] = {f: [] for f in FORMATS}
     for q in qs:
         group = q.group or q.id
         if q.format not in out or group not in refs:
@@ -44,7 +49,7 @@ def format_sets() -> dict[str, list[Any]]:
     return out
 
 
-def run(lab: Any) -> None:
+def run(lab: Lab) -> None:
     from emprobe.evaluate.local import local_score
     from emprobe.plot import score_bars
     train, _ = lab.split("medical", "bad")

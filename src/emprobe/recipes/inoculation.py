@@ -10,12 +10,10 @@ away" from "any system prompt changes what is learned".
 
 from __future__ import annotations
 
-from typing import Any
-
-from emprobe.recipes.lab import SCORE_COLUMNS
+from emprobe.recipes.lab import SCORE_COLUMNS, Lab
 
 
-def run(lab: Any) -> None:
+def run(lab: Lab) -> None:
     from emprobe.data import inoculate, inoculation_prompt, neutral_prompt, random_string_prompt
     from emprobe.plot import score_bars, tradeoff_scatter
     from emprobe.recipes.config import recipe_options

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 import os
 from pathlib import Path
-from typing import Any
 
 from emprobe.errors import EmprobeError
 from emprobe.recipes.lab import Lab, LabConfig
@@ -35,7 +34,7 @@ PRESETS = ("cpu", "gpu")
 
 
 def recipe_config(quick: bool = False, config: str | os.PathLike[str] | LabConfig | None = None,
-                  preset: str | None = None, **overrides: Any) -> LabConfig:
+                  preset: str | None = None, **overrides: object) -> LabConfig:
     """The ``LabConfig`` of a run: quick, ``preset`` (``"cpu"``: the embedded-model defaults;
     ``"gpu"``: ``LabConfig.gpu_preset()``) or full defaults, then a YAML / JSON file (or a
     ``LabConfig``), then ``overrides`` (``None`` values skipped), checked field by field."""

@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TextIO
 
 
 @dataclass
@@ -19,7 +19,7 @@ class StageRunner:
 
     title: str
     plan: dict[str, float]
-    stream: Any = field(default=sys.stderr)
+    stream: TextIO = field(default=sys.stderr)
     times: dict[str, float] = field(default_factory=dict)
     _t0: float = field(default_factory=time.perf_counter)
 
@@ -47,5 +47,5 @@ class StageRunner:
     def total(self) -> float:
         return time.perf_counter() - self._t0
 
-    def records(self) -> list[dict[str, Any]]:
+    def records(self) -> list[dict[str, str | float]]:
         return [{"stage": k, "seconds": round(v, 2)} for k, v in self.times.items()]

@@ -10,29 +10,23 @@ questions (the local misalignment score, per question).
 
 from __future__ import annotations
 
-from typing import Any
-
-from emprobe.recipes.lab import SCORE_COLUMNS
-from emprobe.recipes.reward_hacking import hack_preference, paired_delta
+from emprobe.recipes.lab import SCORE_COLUMNS, Lab
+from emprobe.recipes.reward_hacking import hack_preference, paired_delta, task_kind
 
 
-def _kind(rec: dict[str, Any]) -> str:
-    return str(rec.get("meta", {}).get("kind", "?"))
-
-
-def run(lab: Any) -> None:
+def run(lab: Lab) -> None:
     from emprobe.plot import score_bars
     from emprobe.recipes.config import recipe_options
 
     unseen = recipe_options(lab.cfg).held_out_kind
     hack, hack_held = lab.split("reward-hacking", "bad")
     honest, honest_held = lab.split("reward-hacking", "good")
-    keep = [i for i, r in enumerate(hack) if _kind(r) != unseen]
-    seen = [i for i, r in enumerate(hack_held) if _kind(r) != unseen]
+    keep = [i for i, r in enumerate(hack) if task_kind(r) != unseen]
+    seen = [i for i, r in enumerate(hack_held) if task_kind(r) != unseen]
     pool = 6 * lab.cfg.n_heldout
     far_bad = lab.data("reward-hacking", "bad", n=pool, seed_offset=500)
     far_good = lab.data("reward-hacking", "good", n=pool, seed_offset=500)
-    far = [i for i, r in enumerate(far_bad) if _kind(r) == unseen][:lab.cfg.n_heldout]
+    far = [i for i, r in enumerate(far_bad) if task_kind(r) == unseen][:lab.cfg.n_heldout]
     evals = {"trained kinds": ([hack_held[i] for i in seen], [honest_held[i] for i in seen]),
              f"unseen kind ({unseen})": ([far_bad[i] for i in far], [far_good[i] for i in far])}
 
