@@ -1,7 +1,6 @@
 """Directions: extraction methods, the Direction artifact and converters to other tools' formats."""
 
 from emprobe.directions.apply import (
-    ablation,
     coefficient_sweep,
     misalignment_effect,
     random_like,
@@ -30,7 +29,6 @@ from emprobe.directions.extract import (
 __all__ = [
     "Direction",
     "ModelMismatchError",
-    "ablation",
     "coefficient_sweep",
     "concept_vectors",
     "cosine_matrix",

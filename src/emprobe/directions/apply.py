@@ -17,7 +17,7 @@ from emprobe.directions.direction import Direction
 from emprobe.errors import ConfigError
 from emprobe.evaluate.controls import LocalScorer, versus_controls
 from emprobe.evaluate.local import compare
-from emprobe.hooks import Ablate, Steer, ablate, as_layer_table, steer
+from emprobe.hooks import Ablate, Steer, as_layer_table, steer
 
 if TYPE_CHECKING:
     from emprobe.evaluate.local import LocalScore
@@ -26,13 +26,9 @@ if TYPE_CHECKING:
     from emprobe.models.chat import Conversation
     from emprobe.models.subject import Subject
 
-__all__ = ["ablation", "coefficient_sweep", "misalignment_effect", "random_like",
-           "steered_generate"]
+__all__ = ["coefficient_sweep", "misalignment_effect", "random_like", "steered_generate"]
 
 Layers = int | Sequence[int] | None
-
-ablation = ablate
-"""Old name of ``emprobe.ablate`` (kept for the recipes that call it; use ``ablate``)."""
 
 
 def random_like(direction: Direction, seed: int = 0) -> Direction:
