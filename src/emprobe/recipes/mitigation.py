@@ -28,8 +28,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from emprobe.errors import DataError
-from emprobe.evaluate.local import LocalScore, answer_logprobs, paired_differences
+from emprobe.evaluate.local import LocalScore, paired_differences
 from emprobe.evaluate.stats import Estimate, fieller, holm, ratio_defined, shift_interval
+from emprobe.geometry.connectivity import response_losses
 
 if TYPE_CHECKING:
     from emprobe.models import Subject
@@ -71,11 +72,11 @@ class TaskLosses:
 
 def task_losses(subject: Subject, records: Sequence[Mapping[str, Messages] | Messages],
                 batch_size: int = 8) -> TaskLosses:
-    """Held-out narrow-task losses of ``subject`` (one forward pass per batch); ``records``:
-    chat records (``{"messages": [...]}``) or bare conversations."""
-    convs = [r["messages"] if isinstance(r, Mapping) else list(r) for r in records]
-    got = answer_logprobs(subject, convs, batch_size=batch_size)
-    return TaskLosses(np.array([-lp for lp, _ in got]), np.array([n for _, n in got], float))
+    """Held-out narrow-task losses of ``subject``; ``records``: chat records
+    (``{"messages": [...]}``) or bare conversations. Computed by the one held-out loss
+    routine, ``emprobe.geometry.response_losses`` (also behind connectivity curves)."""
+    got = response_losses(subject, records, batch_size=batch_size, where="held-out task data")
+    return TaskLosses(got.nll, got.tokens)
 
 
 def _anchors(anchor: Anchor, n: int) -> list[LocalScore]:
