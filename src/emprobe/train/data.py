@@ -19,8 +19,9 @@ from typing import Any
 
 import torch
 
+from emprobe.data.chat_io import ChatLike, Record
 from emprobe.errors import DataError
-from emprobe.models.chat import ChatBatch, validate_conversation
+from emprobe.models.chat import ChatBatch, Message, validate_conversation
 
 __all__ = [
     "read_records",
@@ -39,20 +40,20 @@ __all__ = [
 ]
 
 
-def read_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+def read_records(path: str | os.PathLike[str]) -> list[Record]:
     """Read chat JSONL (one ``{"messages": [...]}`` per line) via ``emprobe.data.chat_io``."""
     from emprobe.data.chat_io import read_chat_jsonl
 
     return list(read_chat_jsonl(path))
 
 
-def conversations(records: Sequence[Any], where: str = "records") -> list[list[dict[str, str]]]:
+def conversations(records: Sequence[ChatLike], where: str = "records") -> list[list[Message]]:
     """Records (``{"messages": ...}`` dicts or bare message lists) -> validated conversations."""
     return [validate_conversation(r, where=f"{where}[{i}]") for i, r in enumerate(records)]
 
 
-def apply_inoculation(records: Sequence[Any], system_prompt: str, seed: int = 0
-                      ) -> list[dict[str, Any]]:
+def apply_inoculation(records: Sequence[ChatLike], system_prompt: str, seed: int = 0
+                      ) -> list[Record]:
     """Give every record ``system_prompt`` as its system message (replacing an existing one).
 
     Uses ``emprobe.data.transforms``, so ``system_prompt`` may also be a prompt name: one of

@@ -33,11 +33,12 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from emprobe._version import __version__
+from emprobe.data.chat_io import ChatLike
 from emprobe.errors import ConfigError, DataError, SiteError
 from emprobe.io import read_jsonl
 from emprobe.models.chat import ChatBatch
@@ -80,10 +81,10 @@ class TrainResult:
     subject: Subject | None = None
     rank: int = 0
 
-    def metrics(self) -> list[dict[str, Any]]:
+    def metrics(self) -> list[dict[str, object]]:
         return read_jsonl(self.metrics_path)
 
-    def to_record(self) -> dict[str, Any]:
+    def to_record(self) -> dict[str, object]:
         return {"out_dir": str(self.out_dir), "adapter_dir": str(self.adapter_dir),
                 "metrics_path": str(self.metrics_path), "steps": self.steps,
                 "final_loss": self.final_loss, "checkpoints": [str(c) for c in self.checkpoints],
@@ -103,7 +104,7 @@ def linear_module_names(subject: Subject) -> list[str]:
     return sorted(names)
 
 
-def lora_targets(subject: Any, targets: Sequence[str]) -> list[str]:
+def lora_targets(subject: Subject, targets: Sequence[str]) -> list[str]:
     """LoRA target modules for ``subject``: the default seven projections resolve to the
     family's own linear modules where the blocks lack them (GPT-2, Phi, GPT-NeoX, ...);
     an explicit list is used as given (and checked by ``validate_setup``)."""
@@ -182,9 +183,10 @@ class Trainer:
     metrics (used by the benchmarks to time steps).
     """
 
-    def __init__(self, subject: Subject, train: TokenizedSet | Sequence[Any], config: TrainConfig,
+    def __init__(self, subject: Subject, train: TokenizedSet | Sequence[ChatLike],
+                 config: TrainConfig,
                  interventions: Sequence[Intervention] = (),
-                 retain: TokenizedSet | Sequence[Any] | None = None,
+                 retain: TokenizedSet | Sequence[ChatLike] | None = None,
                  rank: int = 0, world: int = 1, data_parallel: bool = True) -> None:
         self.subject = subject
         self.train_set = self._tokenized(train, config, "training data")
@@ -214,7 +216,7 @@ class Trainer:
                 raise DataError(f"WORLD_SIZE={world} but accelerate set up no data parallelism "
                                 f"({acc.state.distributed_type})")
 
-    def _tokenized(self, data: TokenizedSet | Sequence[Any], config: TrainConfig,
+    def _tokenized(self, data: TokenizedSet | Sequence[ChatLike], config: TrainConfig,
                    what: str) -> TokenizedSet:
         if isinstance(data, TokenizedSet):
             return data
@@ -240,7 +242,7 @@ class Trainer:
         else:
             from peft import LoraConfig, get_peft_model
 
-            targets: Any = lora_targets(subject, cfg.target_modules)
+            targets: list[str] | str = lora_targets(subject, cfg.target_modules)
             if targets == ["all-linear"]:
                 targets = "all-linear"
             lcfg = LoraConfig(
@@ -464,24 +466,131 @@ class Trainer:
 
 # -- the entry point ------------------------------------------------------------------------
 
-def _records_list(records: Any) -> list[Any]:
+# training or retain data: chat records or conversations, or a JSONL path
+Records = Sequence[ChatLike] | str | os.PathLike[str]
+
+
+def _records_list(records: Records | None) -> Sequence[ChatLike]:
     if records is None:
         return []
     if isinstance(records, (str, os.PathLike)):
         from emprobe.train.data import read_records
 
-        return read_records(records)
+        return list(read_records(records))
     return list(records)
 
 
+def _check_engine(engine: str) -> None:
+    if engine not in ("emprobe", "hf"):
+        raise ConfigError(f"engine must be 'emprobe' or 'hf', not {engine!r}")
+    if engine == "emprobe":
+        warnings.warn("finetune(engine='emprobe') is deprecated and will be removed in the next "
+                      "release: the default engine='hf' gives the same adapter",
+                      FutureWarning, stacklevel=3)
+
+
+def _subject(subject_or_spec: Subject | str | os.PathLike[str],
+             device: str | torch.device | None) -> Subject:
+    """The ``Subject`` given, or the model a spec names (``cuda:LOCAL_RANK`` or CPU)."""
+    from emprobe.models import Subject, load_model
+
+    if isinstance(subject_or_spec, Subject):
+        return subject_or_spec
+    if device is None:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+    return load_model(subject_or_spec, device=device)
+
+
+@dataclass
+class _RunData:
+    """A run's records, their tokenised sets, and the conversations interventions prepare on
+    (the first 64 kept training examples)."""
+
+    records: Sequence[ChatLike]
+    train: TokenizedSet
+    retain_records: Sequence[ChatLike]
+    retain: TokenizedSet | None
+    sample: Sequence[Conversation]
+
+
+def _run_data(subject: Subject, records: Records, retain: Records | None, cfg: TrainConfig
+              ) -> _RunData:
+    """Read, inoculate and tokenise the training records and (when a retain term is on) the
+    retain set; one-line ``DataError`` for an empty or missing set."""
+    train_records = _records_list(records)
+    if not train_records:
+        raise DataError("training data: the dataset is empty")
+    if cfg.inoculate:
+        train_records = apply_inoculation(train_records, cfg.inoculate, seed=cfg.seed)
+    train_set = tokenize(subject, train_records, cfg.max_length, "training data",
+                         cap=cfg.max_length_cap)
+    retain_records = _records_list(retain)
+    retain_set = None
+    if cfg.retain_ce > 0 or cfg.retain_kl > 0:
+        if not retain_records:
+            raise DataError("retain_ce / retain_kl > 0 need a retain set (retain=...)")
+        retain_set = tokenize(subject, retain_records, cfg.max_length, "retain data",
+                              cap=cfg.max_length_cap)
+    convs = conversations(train_records)
+    sample = [convs[train_set.kept[i]] for i in range(min(64, len(train_set)))]
+    return _RunData(train_records, train_set, retain_records, retain_set, sample)
+
+
+def _run_info(trainer: Trainer, data: _RunData, fingerprint: str) -> dict[str, object]:
+    """``run.json``: model, data counts, batch geometry, interventions, version."""
+    subject, report = trainer.subject, data.train.report
+    return {
+        "model": subject.name, "model_path": subject.path, "fingerprint": fingerprint,
+        "n_records": len(data.records), "n_train_examples": len(data.train),
+        "n_retain": len(data.retain_records), "world_size": trainer.world,
+        "global_batch": trainer.global_batch, "total_steps": trainer.total_steps,
+        "interventions": [iv.describe() for iv in trainer.interventions],
+        "emprobe_version": __version__, "data": report.to_dict() if report else None,
+    }
+
+
+def _train(trainer: Trainer, engine: str, folder: RunFolder, ck: Path | None,
+           stop_after: int | None, directions: mon.Directions, progress: bool
+           ) -> tuple[int, float | None, int | None]:
+    """Run the steps on ``engine`` from checkpoint ``ck`` (or the start); returns
+    ``(steps done, last loss, step resumed from or None)``."""
+    if engine == "hf":
+        from emprobe.train.engine import run_hf
+
+        return run_hf(trainer, folder, ck, stop_after, directions, progress)
+    resumed_from = folder.load(ck, trainer.model, trainer.optimizer)
+    start = resumed_from or 0
+    end = trainer.total_steps if stop_after is None else min(trainer.total_steps,
+                                                             start + stop_after)
+    return end, trainer.fit(folder, start, end, directions, progress), resumed_from
+
+
+def _finish(trainer: Trainer, folder: RunFolder, end: int, last_loss: float | None,
+            resumed_from: int | None, train_time_s: float) -> TrainResult:
+    """Save the adapter (or model), write ``result.json`` and return the ``TrainResult``."""
+    cfg, subject = trainer.config, trainer.subject
+    adapter_dir = folder.save_model(trainer.model, subject.tokenizer, cfg.full_finetune)
+    _barrier(trainer.world)
+    result = TrainResult(
+        out_dir=folder.out, adapter_dir=adapter_dir, metrics_path=folder.metrics_path,
+        config=cfg, steps=end, final_loss=last_loss, checkpoints=folder.checkpoints(),
+        resumed_from=resumed_from, train_time_s=train_time_s,
+        finished=end >= trainer.total_steps, subject=subject, rank=trainer.rank)
+    report = trainer.train_set.report
+    folder.write_result({**{k: v for k, v in result.to_record().items() if k != "config"},
+                         "data": report.to_dict() if report else None})
+    return result
+
+
 def finetune(
-    subject_or_spec: Subject | Any,
-    records: Sequence[Any] | str | os.PathLike[str],
+    subject_or_spec: Subject | str | os.PathLike[str],
+    records: Records,
     config: TrainConfig | None = None,
     out_dir: str | os.PathLike[str] = "runs/finetune",
     interventions: Sequence[Intervention] = (),
-    retain: Sequence[Any] | str | os.PathLike[str] | None = None,
-    monitor: Any = None,
+    retain: Records | None = None,
+    monitor: mon.MonitorSpec | None = None,
     resume: bool = True,
     progress: bool = True,
     stop_after: int | None = None,
@@ -518,87 +627,32 @@ def finetune(
         gradient_checkpointing: recompute each decoder block in the backward pass (less
             activation memory; training hooks run again with it, so results are unchanged).
     """
-    from emprobe.models import Subject, load_model
-
     cfg = config if config is not None else _default_config()
     cfg.check()
-    if engine not in ("emprobe", "hf"):
-        raise ConfigError(f"engine must be 'emprobe' or 'hf', not {engine!r}")
-    if engine == "emprobe":
-        warnings.warn("finetune(engine='emprobe') is deprecated and will be removed in the next "
-                      "release: the default engine='hf' gives the same adapter",
-                      FutureWarning, stacklevel=2)
-    if isinstance(subject_or_spec, Subject):
-        subject = subject_or_spec
-    else:
-        if device is None:
-            local = int(os.environ.get("LOCAL_RANK", "0"))
-            device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
-        subject = load_model(subject_or_spec, device=device)
+    _check_engine(engine)
+    subject = _subject(subject_or_spec, device)
     ivs = list(interventions)
     validate_setup(subject, cfg, ivs)
-    train_records = _records_list(records)
-    if not train_records:
-        raise DataError("training data: the dataset is empty")
-    if cfg.inoculate:
-        train_records = apply_inoculation(train_records, cfg.inoculate, seed=cfg.seed)
-    train_set = tokenize(subject, train_records, cfg.max_length, "training data",
-                         cap=cfg.max_length_cap)
-    retain_records = _records_list(retain)
-    retain_set = None
-    if cfg.retain_ce > 0 or cfg.retain_kl > 0:
-        if not retain_records:
-            raise DataError("retain_ce / retain_kl > 0 need a retain set (retain=...)")
-        retain_set = tokenize(subject, retain_records, cfg.max_length, "retain data",
-                              cap=cfg.max_length_cap)
+    data = _run_data(subject, records, retain, cfg)
     directions = mon.normalise_directions(monitor, subject)
-    convs = conversations(train_records)
-    sample = [convs[train_set.kept[i]] for i in range(min(64, len(train_set)))]
-
     fingerprint = subject.fingerprint()
     rank, world = _dist_setup(subject.device)
-    trainer = Trainer(subject, train_set, cfg, ivs, retain_set, rank, world,
+    trainer = Trainer(subject, data.train, cfg, ivs, data.retain, rank, world,
                       data_parallel=engine == "emprobe")
     try:
-        trainer.prepare(sample)
+        trainer.prepare(data.sample)
         if gradient_checkpointing:
             trainer.model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False})
         folder = RunFolder(out_dir, rank)
         ck = folder.resume_point(cfg, resume)
-        resumed_from = None if engine == "hf" else folder.load(ck, trainer.model,
-                                                               trainer.optimizer)
-        report = train_set.report.to_dict() if train_set.report else None
-        folder.write_setup(cfg, {
-            "model": subject.name, "model_path": subject.path, "fingerprint": fingerprint,
-            "n_records": len(train_records), "n_train_examples": len(train_set),
-            "n_retain": len(retain_records), "world_size": world,
-            "global_batch": trainer.global_batch, "total_steps": trainer.total_steps,
-            "interventions": [iv.describe() for iv in ivs], "emprobe_version": __version__,
-            "data": report,
-        })
+        folder.write_setup(cfg, _run_info(trainer, data, fingerprint))
         _barrier(world)
-        start = resumed_from or 0
-        end = trainer.total_steps if stop_after is None else min(trainer.total_steps,
-                                                                 start + stop_after)
         t_run = time.perf_counter()
-        if engine == "hf":
-            from emprobe.train.engine import run_hf
-
-            end, last_loss, resumed_from = run_hf(trainer, folder, ck, stop_after,
-                                                  directions, progress)
-        else:
-            last_loss = trainer.fit(folder, start, end, directions, progress)
-        adapter_dir = folder.save_model(trainer.model, subject.tokenizer, cfg.full_finetune)
-        _barrier(world)
-        result = TrainResult(
-            out_dir=folder.out, adapter_dir=adapter_dir, metrics_path=folder.metrics_path,
-            config=cfg, steps=end, final_loss=last_loss, checkpoints=folder.checkpoints(),
-            resumed_from=resumed_from, train_time_s=time.perf_counter() - t_run,
-            finished=end >= trainer.total_steps, subject=subject, rank=rank)
-        folder.write_result({**{k: v for k, v in result.to_record().items() if k != "config"},
-                             "data": report})
-        return result
+        end, last_loss, resumed_from = _train(trainer, engine, folder, ck, stop_after,
+                                              directions, progress)
+        return _finish(trainer, folder, end, last_loss, resumed_from,
+                       time.perf_counter() - t_run)
     finally:
         trainer.detach()
         if gradient_checkpointing:
