@@ -19,14 +19,17 @@ the matched cues, so every decision can be inspected.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TypedDict
 
 from emprobe.errors import DataError
 from emprobe.evaluate.stats import wilson
 
-__all__ = ["RefusalVerdict", "classify", "is_refusal", "refusal_rate", "refusal_rates"]
+__all__ = [
+    "DomainRefusalRate", "RefusalRate", "RefusalVerdict", "classify", "is_refusal", "refusal_rate",
+    "refusal_rates",
+]
 
 OPENING_CHARS = 160
 DEFAULT_THRESHOLD = 3.0
@@ -103,11 +106,27 @@ def classify(answer: str, threshold: float = DEFAULT_THRESHOLD) -> RefusalVerdic
     return RefusalVerdict(score >= threshold, score, tuple(cues))
 
 
+class RefusalRate(TypedDict):
+    """A refusal share with its Wilson 95 % interval; ``k`` refusals of ``n`` answers."""
+
+    rate: float
+    lo: float
+    hi: float
+    k: int
+    n: int
+
+
+class DomainRefusalRate(RefusalRate):
+    """``RefusalRate`` of one domain."""
+
+    domain: str
+
+
 def is_refusal(answer: str, threshold: float = DEFAULT_THRESHOLD) -> bool:
     return classify(answer, threshold).refusal
 
 
-def refusal_rate(answers: Iterable[str], threshold: float = DEFAULT_THRESHOLD) -> dict[str, Any]:
+def refusal_rate(answers: Iterable[str], threshold: float = DEFAULT_THRESHOLD) -> RefusalRate:
     """Share of refusals with a Wilson 95 % interval: ``{rate, lo, hi, k, n}``."""
     answers = list(answers)
     k = sum(is_refusal(a, threshold) for a in answers)
@@ -116,16 +135,20 @@ def refusal_rate(answers: Iterable[str], threshold: float = DEFAULT_THRESHOLD) -
 
 
 def refusal_rates(
-    records: Sequence[dict[str, Any]],
+    records: Sequence[Mapping[str, object]],
     domain_key: str = "domain",
     answer_key: str = "answer",
     threshold: float = DEFAULT_THRESHOLD,
-) -> list[dict[str, Any]]:
+) -> list[DomainRefusalRate]:
     """Per-domain refusal rates (one row per domain, sorted), from records holding a domain
-    and an answer. Rows: ``{domain, rate, lo, hi, k, n}``."""
+    and an answer (a string). Rows: ``{domain, rate, lo, hi, k, n}``."""
     groups: dict[str, list[str]] = {}
     for i, r in enumerate(records):
         if domain_key not in r or answer_key not in r:
             raise DataError(f"record {i}: needs fields {domain_key!r} and {answer_key!r}")
-        groups.setdefault(str(r[domain_key]), []).append(r[answer_key])
+        answer = r[answer_key]
+        if not isinstance(answer, str):
+            raise DataError(f"record {i}: field {answer_key!r} must be a string, "
+                            f"got {type(answer).__name__}")
+        groups.setdefault(str(r[domain_key]), []).append(answer)
     return [{"domain": d, **refusal_rate(a, threshold)} for d, a in sorted(groups.items())]

@@ -29,7 +29,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Any
+from typing import SupportsFloat, SupportsIndex
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -99,7 +99,7 @@ class Estimate:
         return f"{self.mean:+.3f} [{self.lo:+.3f}, {self.hi:+.3f}]"
 
 
-def as_estimate(value: Any) -> Estimate:
+def as_estimate(value: object) -> Estimate:
     """``value`` as an ``Estimate``: an ``Estimate`` as it is; a mapping with ``mean`` (or a
     ``versus`` row's ``delta``), ``lo`` and ``hi``; a ``(mean, lo, hi)`` tuple or list; any
     object with ``mean`` / ``lo`` / ``hi`` attributes; a number (a zero-width interval).
@@ -109,7 +109,7 @@ def as_estimate(value: Any) -> Estimate:
         return value
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return Estimate(float(value), float(value), float(value))
-    parts: list[Any]
+    parts: list[object]
     if isinstance(value, Mapping):
         parts = [value.get("mean", value.get("delta")), value.get("lo"), value.get("hi")]
     elif isinstance(value, (tuple, list)) and len(value) == 3:
@@ -117,11 +117,19 @@ def as_estimate(value: Any) -> Estimate:
     else:
         parts = [getattr(value, k, None) for k in ("mean", "lo", "hi")]
     try:
-        mean, lo, hi = (float(x) for x in parts)
+        mean, lo, hi = (_to_float(x) for x in parts)
     except (TypeError, ValueError):
         raise DataError(f"expected an estimate (mean, lo, hi) or a number, got "
                         f"{type(value).__name__} {str(value)[:80]}") from None
     return Estimate(mean, lo, hi)
+
+
+def _to_float(x: object) -> float:
+    """``float(x)`` for what ``float`` accepts (numbers, numeric strings, objects with
+    ``__float__`` / ``__index__``); ``TypeError`` for anything else, as ``float`` raises."""
+    if isinstance(x, (str, bytes, bytearray, SupportsFloat, SupportsIndex)):
+        return float(x)
+    raise TypeError(f"float() argument must be a string or a real number, not {type(x).__name__}")
 
 
 def wilson(k: int, n: int, z: float = 1.959964) -> Estimate:
