@@ -29,10 +29,10 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 from emprobe.recipes.config import RecipeOptions
-from emprobe.recipes.lab import Lab
+from emprobe.recipes.lab import Lab, Records
 from emprobe.sae.diff import LatentRecord
 
 if TYPE_CHECKING:
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from emprobe.models.chat import Conversation
     from emprobe.sae.causal import SteeringCheck
     from emprobe.sae.diff import DiffResult
+    from emprobe.sae.predict import PredictorStats
 
 SITE = "resid_post"
 
@@ -64,7 +65,7 @@ def _sae(lab: Lab, layer: int) -> SAE:
     return train_sae(hv, layer, cfg, lab.out / "sae" / "sae", progress=False).sae
 
 
-def _realign(lab: Lab, bad: Path, benign: list[dict[str, Any]], ns: list[int]
+def _realign(lab: Lab, bad: Path, benign: Records, ns: list[int]
              ) -> dict[int, tuple[Callable[[], Subject], int]]:
     """One re-alignment run: the bad adapter merged into the weights, a new adapter trained
     for one epoch on ``benign`` (the first ``max(ns)`` examples), checkpointed after the step
@@ -164,7 +165,7 @@ class _Predictor:
 
     rows: list[PopulationRow]
     labels: list[int]
-    stats: dict[str, Any]
+    stats: PredictorStats
     ft_score: LocalScore | None
     ft_latent: float
 

@@ -10,7 +10,7 @@ fine-tunes (``emprobe.evaluate.stats.bootstrap_stat``).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypedDict, TypeVar
 
 import numpy as np
 import torch
@@ -20,6 +20,20 @@ from emprobe.evaluate.stats import auroc, auroc_p_value
 
 if TYPE_CHECKING:
     from emprobe.evaluate.stats import Estimate
+
+T = TypeVar("T")
+
+
+class PredictorStats(TypedDict):
+    """``predictor_stats``' result: counts, AUROC (``None`` with one class only), its
+    permutation p-value, and Pearson r / Spearman rho, each with a bootstrap interval."""
+
+    n_models: int
+    n_misaligned: int
+    auroc: Estimate | None
+    auroc_p: float | None
+    pearson: Estimate
+    spearman: Estimate
 
 
 def pearson(x: Sequence[float] | torch.Tensor, y: Sequence[float] | torch.Tensor) -> float:
@@ -55,7 +69,7 @@ def predictor_stats(
     threshold: float | None = None,
     n_boot: int = 1000,
     seed: int = 0,
-) -> dict[str, Any]:
+) -> PredictorStats:
     """How well one latent's mean activation predicts misalignment across fine-tunes.
 
     ``scores``: each model's misalignment score; ``labels`` (1 = misaligned) are given or
@@ -77,8 +91,6 @@ def predictor_stats(
         lab = (y > threshold).long()
     else:
         lab = torch.as_tensor(labels).long()
-    out: dict[str, Any] = {"n_models": len(x), "n_misaligned": int(lab.sum())}
-
     def resampled(fn: Callable[[torch.Tensor, torch.Tensor], float],
                   b: torch.Tensor) -> Estimate:
         def stat(idx: np.ndarray) -> float:
@@ -87,20 +99,23 @@ def predictor_stats(
 
         return bootstrap_stat(stat, len(x), n_boot=n_boot, seed=seed)
 
+    auc: Estimate | None
+    auc_p: float | None
     try:
-        out["auroc"] = resampled(auroc, lab)
-        out["auroc_p"] = auroc_p_value(x, lab, seed=seed)
+        auc = resampled(auroc, lab)
+        auc_p = auroc_p_value(x, lab, seed=seed)
     except DataError:  # one class only
-        out["auroc"], out["auroc_p"] = None, None
-    out["pearson"] = resampled(pearson, y)
-    out["spearman"] = resampled(spearman, y)
-    return out
+        auc, auc_p = None, None
+    r = resampled(pearson, y)
+    rho = resampled(spearman, y)
+    return {"n_models": len(x), "n_misaligned": int(lab.sum()), "auroc": auc, "auroc_p": auc_p,
+            "pearson": r, "spearman": rho}
 
 
 def population_latent_means(
-    load: Callable[[str], Any],
+    load: Callable[[str], T],
     members: Sequence[str],
-    probe: Callable[[Any], float],
+    probe: Callable[[T], float],
 ) -> list[float]:
     """``probe(load(m))`` for each member (an adapter folder or model spec), one at a time."""
     out = []

@@ -20,7 +20,7 @@ parameters, initialisation, saving and loading).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
@@ -28,6 +28,16 @@ if TYPE_CHECKING:
     from sae_lens.saes.topk_sae import TopKTrainingSAE
 
 _CLASS: type[TopKTrainingSAE] | None = None
+
+
+class _Ctx(Protocol):
+    """The autograd context as these two functions use it (torch passes its own object)."""
+
+    saved_tensors: tuple[torch.Tensor, ...]
+    apply_b_dec: float
+    n: int
+
+    def save_for_backward(self, *tensors: torch.Tensor) -> None: ...
 
 
 class _ChosenPre(torch.autograd.Function):
@@ -39,7 +49,7 @@ class _ChosenPre(torch.autograd.Function):
     input rows carry no gradient)."""
 
     @staticmethod
-    def forward(ctx: Any, b_dec: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor,
+    def forward(ctx: _Ctx, b_dec: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor,
                 sae_in: torch.Tensor, idx: torch.Tensor, chosen: torch.Tensor,
                 apply_b_dec: float) -> torch.Tensor:
         ctx.save_for_backward(W_enc, sae_in, idx)
@@ -47,7 +57,7 @@ class _ChosenPre(torch.autograd.Function):
         return chosen.clone()
 
     @staticmethod
-    def backward(ctx: Any, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    def backward(ctx: _Ctx, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         W_enc, sae_in, idx = ctx.saved_tensors
         g = grads[0].to(sae_in.dtype)
         flat = idx.reshape(-1)
@@ -63,14 +73,14 @@ class _Decode(torch.autograd.Function):
     """``sum_j w[:, j] * W_dec[idx[:, j]]`` ``[batch, d_in]``: ``k`` decoder rows per row."""
 
     @staticmethod
-    def forward(ctx: Any, W_dec: torch.Tensor, w: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: _Ctx, W_dec: torch.Tensor, w: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         rows = W_dec[idx]  # [batch, k, d_in]
         ctx.save_for_backward(rows, w, idx)
         ctx.n = W_dec.shape[0]
         return torch.bmm(w.unsqueeze(1).to(rows.dtype), rows).squeeze(1)
 
     @staticmethod
-    def backward(ctx: Any, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    def backward(ctx: _Ctx, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         rows, w, idx = ctx.saved_tensors
         g = grads[0].to(rows.dtype)
         grad_w = torch.bmm(rows, g.unsqueeze(-1)).squeeze(-1).to(w.dtype)
