@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 __all__ = ["lora_factors", "lora_norms", "rotation", "normalise_directions", "project"]
 
 Directions = Mapping[str, Mapping[int, torch.Tensor]]
+# what ``finetune(monitor=)`` takes: one direction or ``{layer: v}``, or them by name
+LayerVectors = Mapping[int, torch.Tensor]
+MonitorSpec = DirectionLike | LayerVectors | Mapping[str, DirectionLike | LayerVectors]
 
 
 def normalise_directions(directions: Any, subject: Subject | None = None
