@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +42,10 @@ from emprobe.errors import DataError, FormatError
 from emprobe.hooks.shards import ShardReader
 from emprobe.io import atomic_dir, load_tensors, read_json, save_tensors, write_json
 from emprobe.sae.harvest import LAYER_CONVENTION, Harvest, HarvestConfig, harvest, load_harvest
+
+if TYPE_CHECKING:
+    from emprobe.models import Subject
+    from emprobe.models.chat import Conversation
 
 FORMAT = "emprobe-crosscoder/1"
 
@@ -146,7 +150,7 @@ def paired_provider(
 
 
 def harvest_pair(
-    base: Any, ft: Any, data: Any, out_dir: str | os.PathLike[str], config: HarvestConfig,
+    base: Subject, ft: Subject, data: Sequence[Conversation] | Sequence[str], out_dir: str | os.PathLike[str], config: HarvestConfig,
     progress: bool = True,
 ) -> tuple[Harvest, Harvest]:
     """Harvest the same data through both models into ``out_dir/base`` and ``out_dir/ft``."""
@@ -155,12 +159,31 @@ def harvest_pair(
             harvest(ft, data, out / "ft", config, progress=progress))
 
 
+class CrosscoderRecord(TypedDict):
+    """``crosscoder.json`` (less ``arch`` and ``k``, which ``save_crosscoder`` adds): the
+    settings, both harvests' sources, widths, tokens trained and the latent counts by kind."""
+
+    format: str
+    config: dict[str, object]
+    site: str
+    layer: int
+    layer_convention: str
+    base: dict[str, object]
+    ft: dict[str, object]
+    d_in: int
+    d_sae: int
+    steps: int
+    trained_tokens: int
+    explained_variance_last_tenth: float | None
+    counts: dict[str, int]
+
+
 @dataclass
 class TrainedCrosscoder:
     folder: Path
     model: Crosscoder
     scales: torch.Tensor
-    record: dict[str, Any]
+    record: CrosscoderRecord
 
 
 def train_crosscoder(
@@ -213,7 +236,7 @@ def train_crosscoder(
                 stats["var"] += float(((x - x.mean(0)) ** 2).sum())
     rel = model.relative_norm()
     kinds = classify_latents(rel, config.low, config.high)
-    record = {
+    record: CrosscoderRecord = {
         "format": FORMAT,
         "config": asdict(config),
         "site": site,
@@ -234,7 +257,7 @@ def train_crosscoder(
     return TrainedCrosscoder(folder=folder, model=model, scales=scales, record=record)
 
 
-def save_crosscoder(model: Crosscoder, scales: torch.Tensor, record: dict[str, Any],
+def save_crosscoder(model: Crosscoder, scales: torch.Tensor, record: CrosscoderRecord,
                     out_dir: str | os.PathLike[str]) -> Path:
     folder = Path(out_dir)
     with atomic_dir(folder) as tmp:

@@ -7,9 +7,8 @@ Each function returns a ``plotly.graph_objects.Figure``; ``save_figure`` writes 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -18,6 +17,8 @@ from emprobe.plot.labels import fit_labels
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
+
+    from emprobe.sae.causal import SteeringCheck
 
 
 def norm_ratio_figure(relative_norm: torch.Tensor, low: float = 0.3, high: float = 0.7,
@@ -45,7 +46,7 @@ def latent_frequency_figure(log10_sparsity: torch.Tensor, title: str = "SAE late
     return fit_labels(fig)
 
 
-def steering_figure(check: Mapping[str, Any], title: str = "Steering with candidate latents") -> go.Figure:
+def steering_figure(check: SteeringCheck, title: str = "Steering with candidate latents") -> go.Figure:
     """Local score vs steering coefficient per latent, with interval bars (``steering.json``)."""
     import plotly.graph_objects as go
 
