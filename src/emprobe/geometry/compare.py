@@ -17,7 +17,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import TypedDict
 
 import torch
 
@@ -460,6 +460,19 @@ def _direction_vectors(direction: object) -> Callable[[int], torch.Tensor | None
                     "[d] tensor, a {layer: [d]} dict or an emprobe Direction")
 
 
+class AlignmentRecord(TypedDict):
+    """One module's row of ``direction_alignment`` (cosines are absolute values in [0, 1])."""
+
+    layer: int
+    module_type: str
+    module: str
+    side: str
+    abs_cos: list[float]
+    max_abs_cos: float
+    subspace_cos: float
+    random_expected: float
+
+
 def direction_alignment(
     adapter: LoraAdapter | str | Path,
     direction: object,
@@ -467,7 +480,7 @@ def direction_alignment(
     side: str = "auto",
     layer_offset: int = 0,
     component: int = 0,
-) -> list[dict[str, Any]]:
+) -> list[AlignmentRecord]:
     """Cosines of each module's top-k singular vectors with an activation direction.
 
     Args:
@@ -490,7 +503,7 @@ def direction_alignment(
     """
     ad = _as_adapter(adapter)
     get = _direction_vectors(direction)
-    recs: list[dict[str, Any]] = []
+    recs: list[AlignmentRecord] = []
     for mo in ad:
         if mo.layer is None:
             continue
