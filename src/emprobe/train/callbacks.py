@@ -32,11 +32,11 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import TrainerCallback
+from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from emprobe.errors import ConfigError, DataError, EmprobeError
 from emprobe.hooks import ablate, as_layer_table, patch, steer
@@ -50,6 +50,9 @@ from emprobe.train.sources import (
     subject_for_model,
     unwrap_model,
 )
+
+if TYPE_CHECKING:
+    from emprobe.models.subject import Subject
 
 __all__ = [
     "CAFTCallback",
@@ -66,13 +69,13 @@ __all__ = [
 Layers = int | Sequence[int] | None
 
 
-def install(trainer: Any, *callbacks: TrainerCallback) -> None:
+def install(trainer: Trainer, *callbacks: TrainerCallback) -> None:
     """Add ``callbacks`` ahead of the trainer's own, so loggers receive their metrics."""
     for cb in reversed(callbacks):
         trainer.callback_handler.callbacks.insert(0, cb)
 
 
-def _merge_logs(state: Any, logs: dict[str, float] | None, values: Mapping[str, float]) -> None:
+def _merge_logs(state: TrainerState, logs: dict[str, float] | None, values: Mapping[str, float]) -> None:
     if not values:
         return
     if logs is not None:
@@ -96,7 +99,8 @@ def _all_reduce_(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
     return t
 
 
-def ablation_checker(basis: torch.Tensor, mu: torch.Tensor | None, report: Any) -> Any:
+def ablation_checker(basis: torch.Tensor, mu: torch.Tensor | None,
+                     report: Callable[[float], None]) -> Callable[[torch.Tensor], None]:
     """A site hook measuring, after an ablation, ``max |(h - mu) Q| / |h - mu|`` over the
     tokens of a forward pass (``mu`` = 0 for zero ablation) and passing it to ``report``."""
     q2 = basis.unsqueeze(-1) if basis.dim() == 1 else basis
@@ -144,7 +148,7 @@ def _where(callback: object, source: Any) -> str:
     return name
 
 
-def sharded_engine(args: Any = None) -> str | None:
+def sharded_engine(args: TrainingArguments | None = None) -> str | None:
     """``"FSDP"`` / ``"DeepSpeed"`` when the run shards parameters or gradients, else None."""
     if getattr(args, "deepspeed", None) or os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true":
         return "DeepSpeed"
@@ -153,7 +157,7 @@ def sharded_engine(args: Any = None) -> str | None:
     return None
 
 
-def refuse_sharded(what: str, args: Any = None) -> None:
+def refuse_sharded(what: str, args: TrainingArguments | None = None) -> None:
     """GRASP projects whole LoRA factors and their gradients: refuse sharded engines."""
     engine = sharded_engine(args)
     if engine is not None:
@@ -176,20 +180,20 @@ class HookCallback(TrainerCallback):
         self.site = check_site(site or default_site(self.direction))
         self.allow_other_model = allow_other_model
         self._stack: contextlib.ExitStack | None = None
-        self._model: Any = None
+        self._model: torch.nn.Module | None = None
 
-    def table(self, subject: Any, what: str, width_dim: int) -> dict[int, torch.Tensor]:
+    def table(self, subject: Subject, what: str, width_dim: int) -> dict[int, torch.Tensor]:
         return as_layer_table(self.direction, subject, self.layers, what,
                               allow_other_model=self.allow_other_model, width_dim=width_dim)
 
-    def _enter(self, subject: Any, stack: contextlib.ExitStack) -> None:
+    def _enter(self, subject: Subject, stack: contextlib.ExitStack) -> None:
         raise NotImplementedError
 
     @property
     def is_open(self) -> bool:
         return self._stack is not None
 
-    def open(self, model: Any) -> None:
+    def open(self, model: torch.nn.Module) -> None:
         """Install the hooks on ``model`` (any engine wrapper is removed first)."""
         self.close()
         subject = subject_for_model(model)
@@ -214,7 +218,7 @@ class HookCallback(TrainerCallback):
     def suspended(self) -> Iterator[None]:
         """Hooks off inside the block (e.g. the reference model's forward), back on after."""
         model = self._model
-        if self._stack is None:
+        if self._stack is None or model is None:
             yield
             return
         self.close()
@@ -223,13 +227,15 @@ class HookCallback(TrainerCallback):
         finally:
             self.open(model)
 
-    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None,
-                       **kwargs: Any) -> None:
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState,
+                       control: TrainerControl, model: torch.nn.Module | None = None,
+                       **kwargs: object) -> None:
         if model is None:
             raise ConfigError(f"{type(self).__name__}: the trainer passed no model")
         self.open(model)
 
-    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+    def on_train_end(self, args: TrainingArguments, state: TrainerState,
+                     control: TrainerControl, **kwargs: object) -> None:
         self.close()
 
 
@@ -253,7 +259,7 @@ class CAFTCallback(HookCallback):
         self.mode, self.means, self.verify = mode, means, verify
         self.max_rel_proj: float | None = None
 
-    def _enter(self, subject: Any, stack: contextlib.ExitStack) -> None:
+    def _enter(self, subject: Subject, stack: contextlib.ExitStack) -> None:
         table = self.table(subject, "CAFT basis", 0)
         stack.enter_context(ablate(subject, table, mode=self.mode, mean=self.means,
                                    site=self.site))
@@ -262,14 +268,16 @@ class CAFTCallback(HookCallback):
             stack.enter_context(patch(subject, self.site, {
                 la: self._checker(q, means.get(la)) for la, q in table.items()}))
 
-    def _checker(self, basis: torch.Tensor, mu: torch.Tensor | None) -> Any:
+    def _checker(self, basis: torch.Tensor, mu: torch.Tensor | None
+                 ) -> Callable[[torch.Tensor], None]:
         return ablation_checker(basis, mu, self._seen_rel)
 
     def _seen_rel(self, value: float) -> None:
         self.max_rel_proj = max(self.max_rel_proj or 0.0, value)
 
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None,
-               **kwargs: Any) -> None:
+    def on_log(self, args: TrainingArguments, state: TrainerState,
+               control: TrainerControl, logs: dict[str, float] | None = None,
+               **kwargs: object) -> None:
         if self.verify and self.max_rel_proj is not None:
             val = _all_reduce_(torch.tensor([self.max_rel_proj], dtype=torch.float64), "max")
             _merge_logs(state, logs, {"caft/max_rel_proj": float(val[0])})
@@ -288,7 +296,7 @@ class SteeringCallback(HookCallback):
         super().__init__(direction, layers, site, allow_other_model, model_name)
         self.coeff = check_number(coeff, self.where, "coeff")
 
-    def _enter(self, subject: Any, stack: contextlib.ExitStack) -> None:
+    def _enter(self, subject: Subject, stack: contextlib.ExitStack) -> None:
         table = self.table(subject, "steering vector", -1)
         stack.enter_context(steer(subject, table, coeff=self.coeff, site=self.site))
 
@@ -334,7 +342,7 @@ class PersonaMonitorCallback(HookCallback):
         self._sums: dict[str, list[float]] = {}
         self._pending: dict[str, float] = {}
 
-    def _enter(self, subject: Any, stack: contextlib.ExitStack) -> None:
+    def _enter(self, subject: Subject, stack: contextlib.ExitStack) -> None:
         handle = subject.model.register_forward_pre_hook(self._capture, with_kwargs=True)
         stack.callback(handle.remove)
         for name, source in self.named.items():
@@ -374,7 +382,8 @@ class PersonaMonitorCallback(HookCallback):
 
         return fn
 
-    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+    def on_step_end(self, args: TrainingArguments, state: TrainerState,
+                    control: TrainerControl, **kwargs: object) -> None:
         if state.global_step % self.every:
             return
         keys = sorted(self._sums)
@@ -385,8 +394,9 @@ class PersonaMonitorCallback(HookCallback):
         self._sums = {k: [0.0, 0.0] for k in keys}
         control.should_log = True
 
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None,
-               **kwargs: Any) -> None:
+    def on_log(self, args: TrainingArguments, state: TrainerState,
+               control: TrainerControl, logs: dict[str, float] | None = None,
+               **kwargs: object) -> None:
         _merge_logs(state, logs, self._pending)
         self._pending = {}
 
@@ -435,8 +445,9 @@ class GRASPCallback(TrainerCallback):
                             f"{sorted(table)} writes to the residual stream")
         return GRASP(blocked=blocked, source="direction")
 
-    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None,
-                       **kwargs: Any) -> None:
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState,
+                       control: TrainerControl, model: torch.nn.Module | None = None,
+                       **kwargs: object) -> None:
         refuse_sharded("GRASP", args)
         inner = unwrap_model(model)
         if self.direction is not None:
@@ -446,8 +457,9 @@ class GRASPCallback(TrainerCallback):
         self.grasp.after_step(inner)  # start inside the allowed subspace
 
     @torch.no_grad()
-    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, model: Any = None,
-                              **kwargs: Any) -> None:
+    def on_pre_optimizer_step(self, args: TrainingArguments, state: TrainerState,
+                              control: TrainerControl, model: torch.nn.Module | None = None,
+                              **kwargs: object) -> None:
         if self.grasp is None:
             return
         self.grasp.after_backward(model)
@@ -459,19 +471,22 @@ class GRASPCallback(TrainerCallback):
                 rel = float((basis.T @ g).norm() / g.norm().clamp_min(1e-30))
                 self.max_rel_grad = max(self.max_rel_grad or 0.0, rel)
 
-    def on_optimizer_step(self, args: Any, state: Any, control: Any, model: Any = None,
-                          **kwargs: Any) -> None:
+    def on_optimizer_step(self, args: TrainingArguments, state: TrainerState,
+                          control: TrainerControl, model: torch.nn.Module | None = None,
+                          **kwargs: object) -> None:
         if self.grasp is not None:
             self.grasp.after_step(model)
 
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None,
-               **kwargs: Any) -> None:
+    def on_log(self, args: TrainingArguments, state: TrainerState,
+               control: TrainerControl, logs: dict[str, float] | None = None,
+               **kwargs: object) -> None:
         if self.verify and self.max_rel_grad is not None:
             val = _all_reduce_(torch.tensor([self.max_rel_grad], dtype=torch.float64), "max")
             _merge_logs(state, logs, {"grasp/max_rel_grad": float(val[0])})
             self.max_rel_grad = None
 
-    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+    def on_train_end(self, args: TrainingArguments, state: TrainerState,
+                     control: TrainerControl, **kwargs: object) -> None:
         if self.grasp is not None:
             self.grasp._targets.clear()
 
