@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any
+from typing import TYPE_CHECKING
 
 from emprobe.directions.direction import Direction
 from emprobe.directions.formats._checks import naming
@@ -20,12 +20,15 @@ from emprobe.models.adapter import read_adapter as read_lora_adapter
 from emprobe.models.lora import factor_svd
 from emprobe.validate import check_int, excerpt
 
+if TYPE_CHECKING:
+    import torch
+
 WRITE_MODULES = ("o_proj", "down_proj", "c_proj", "out_proj", "dense", "fc2", "dense_4h_to_h")
 _LAYER_RE = re.compile(r"\.(?:layers|h|blocks|layer)\.(\d+)\.")
 _KEY_RE = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
 
 
-def read_adapter(adapter_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], list[LoraModule]]:
+def read_adapter(adapter_dir: str | os.PathLike[str]) -> tuple[dict[str, object], list[LoraModule]]:
     """Adapter config and its LoRA modules (``emprobe.models.adapter.read_adapter``)."""
     adapter = read_lora_adapter(os.fspath(adapter_dir))
     return adapter.config, list(adapter)
@@ -74,7 +77,7 @@ def lora_direction(
         return _direction(cfg, vectors, svals, chosen, module, use_left, adapter_dir, k)
 
 
-def _direction(cfg: dict[str, Any], vectors: dict[int, Any], svals: dict[str, Any],
+def _direction(cfg: dict[str, object], vectors: dict[int, torch.Tensor], svals: dict[str, list[float]],
                chosen: list[LoraModule], module: str, use_left: bool,
                adapter_dir: str | os.PathLike[str], k: int) -> Direction:
     """The Direction of ``lora_direction`` (site from the module and the side)."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numbers
 import os
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 
@@ -16,7 +15,7 @@ from emprobe.saelens_format import read_sae_folder
 from emprobe.validate import MAX_LAYER, check_int, check_str, check_tensor, excerpt
 
 
-def read_saelens(folder: str | os.PathLike[str]) -> tuple[torch.Tensor, dict[str, Any]]:
+def read_saelens(folder: str | os.PathLike[str]) -> tuple[torch.Tensor, dict[str, object]]:
     """``W_dec [n_latents, d]`` (float32) and the checked ``cfg.json`` of a SAELens folder.
 
     The folder is read by ``emprobe.saelens_format.read_sae_folder``: types, finite weights,

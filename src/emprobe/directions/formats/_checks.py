@@ -19,7 +19,7 @@ META_FIELDS = ("model", "fingerprint", "revision", "adapter", "n_layers", "site"
                "emprobe_version")
 
 
-def real_array(arr: Any, where: str, ndims: tuple[int, ...] = (1, 2)) -> np.ndarray:
+def real_array(arr: object, where: str, ndims: tuple[int, ...] = (1, 2)) -> np.ndarray:
     """A real floating or integer numpy array with the allowed number of dims, none empty.
 
     Complex, object, string and boolean arrays are refused (never cast).
@@ -35,7 +35,7 @@ def real_array(arr: Any, where: str, ndims: tuple[int, ...] = (1, 2)) -> np.ndar
     return a
 
 
-def real_tensor(value: Any, where: str, ndims: tuple[int, ...] = (1,)) -> torch.Tensor:
+def real_tensor(value: object, where: str, ndims: tuple[int, ...] = (1,)) -> torch.Tensor:
     """A finite float32 tensor from a tensor / array / list, refusing complex, non-numeric,
     empty or non-finite data (also values that overflow float32)."""
     if isinstance(value, torch.Tensor):
@@ -60,7 +60,7 @@ def real_tensor(value: Any, where: str, ndims: tuple[int, ...] = (1,)) -> torch.
     return t
 
 
-def pick_meta(meta: Any, where: str) -> dict[str, Any]:
+def pick_meta(meta: object, where: str) -> dict[str, Any]:
     """The known Direction fields of stored metadata (a JSON object; types checked later)."""
     if not isinstance(meta, Mapping):
         raise FormatError(f"{where}: metadata must be a JSON object, got {type(meta).__name__}")

@@ -15,7 +15,6 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -49,7 +48,7 @@ def to_caft(direction: Direction, folder: str | os.PathLike[str],
     return Path(folder)
 
 
-def _check_spec(spec: Any, where: str) -> dict[int, list[int]]:
+def _check_spec(spec: object, where: str) -> dict[int, list[int]]:
     """A CAFT spec: ``{"layer": [component indices]}`` with integer keys and indices."""
     if not isinstance(spec, Mapping) or not spec:
         raise FormatError(f"{where}: spec must be a non-empty object mapping layer -> indices, "

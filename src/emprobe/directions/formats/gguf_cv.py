@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 import numpy as np
 import torch
@@ -35,8 +35,17 @@ ARCH = "controlvector"
 META_KEY = "emprobe.direction_json"
 
 
+class GgufExport(TypedDict):
+    """What ``to_gguf`` wrote: the file, its layers, the layers left out, the model hint."""
+
+    path: str
+    layers: list[int]
+    dropped: list[int]
+    model_hint: str
+
+
 def to_gguf(direction: Direction, path: str | os.PathLike[str], model_hint: str | None = None,
-            component: int = 0, strict: bool = False) -> dict[str, Any]:
+            component: int = 0, strict: bool = False) -> GgufExport:
     """Write a control-vector GGUF. Needs ``site == "resid_post"``.
 
     Returns ``{"path", "layers" (written), "dropped" (emprobe layers not exportable)}``.
@@ -76,7 +85,7 @@ def _hint(model: str) -> str:
 ALLOWED_TENSOR_TYPES = ("F32", "F16")
 
 
-def read_gguf_fields(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def read_gguf_fields(path: str | os.PathLike[str]) -> tuple[dict[str, object], dict[str, np.ndarray]]:
     """Raw ``(key -> value, tensor name -> array)`` of a GGUF file (via ``gguf.GGUFReader``).
 
     Strings must be UTF-8; tensors must be F32 or F16 (quantised control vectors such as Q8_0
@@ -92,7 +101,7 @@ def read_gguf_fields(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict
     except Exception as exc:  # the reader raises ValueError, struct/numpy errors, MemoryError
         raise FormatError(f"{p}: not a readable GGUF file ({type(exc).__name__}: "
                           f"{one_line(exc, 120)})") from None
-    kv: dict[str, Any] = {}
+    kv: dict[str, object] = {}
     try:
         for name, fld in reader.fields.items():
             if not fld.types:
@@ -151,9 +160,10 @@ def from_gguf(path: str | os.PathLike[str], model: str | None = None) -> Directi
         raise FormatError(f"{path}: {ARCH}.model_hint must be a string")
     with naming(path):
         if META_KEY in kv:
-            if not isinstance(kv[META_KEY], str):
+            raw = kv[META_KEY]
+            if not isinstance(raw, str):
                 raise FormatError(f"{META_KEY} must be a string")
-            meta = loads_json(kv[META_KEY], META_KEY, allow_nan=False)
+            meta = loads_json(raw, META_KEY, allow_nan=False)
             known = pick_meta(meta, META_KEY)
             known.pop("site", None)
             if model is not None:

@@ -10,19 +10,31 @@ imported the same data is returned as a plain dict
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from emprobe.directions.direction import Direction
 from emprobe.directions.formats._checks import naming, real_tensor
 from emprobe.errors import FormatError, ShapeError
 from emprobe.validate import excerpt, layer_key
 
+if TYPE_CHECKING:
+    import torch
+    from steering_vectors import SteeringVector
+
 LayerType = Literal["decoder_block", "self_attn", "mlp"]
 SITE_TO_TYPE: dict[str, LayerType] = {"resid_post": "decoder_block", "attn_out": "self_attn", "mlp_out": "mlp"}
 TYPE_TO_SITE = {v: k for k, v in SITE_TO_TYPE.items()}
 
 
-def to_steering_vector(direction: Direction, component: int = 0, as_dict: bool = False) -> Any:
+class SteeringVectorDict(TypedDict):
+    """The plain-dict form of a ``SteeringVector``."""
+
+    layer_activations: dict[int, torch.Tensor]
+    layer_type: LayerType
+
+
+def to_steering_vector(direction: Direction, component: int = 0,
+                       as_dict: bool = False) -> SteeringVector | SteeringVectorDict:
     """A ``steering_vectors.SteeringVector`` (or the equivalent dict)."""
     if direction.site not in SITE_TO_TYPE:
         raise FormatError(f"steering-vectors has no layer type for site {direction.site!r}")
@@ -38,7 +50,7 @@ def to_steering_vector(direction: Direction, component: int = 0, as_dict: bool =
     return {"layer_activations": acts, "layer_type": layer_type}
 
 
-def from_steering_vector(sv: Any, model: str = "unknown", **meta: Any) -> Direction:
+def from_steering_vector(sv: object, model: str = "unknown", **meta: Any) -> Direction:
     """A SteeringVector (or its dict form) -> Direction.
 
     Checks: ``layer_activations`` a non-empty mapping of layer index (``0..MAX_LAYER``, no
@@ -58,7 +70,7 @@ def from_steering_vector(sv: Any, model: str = "unknown", **meta: Any) -> Direct
         raise FormatError(f"{where}: layer_type {excerpt(layer_type, 40)} has no emprobe site "
                           f"(use one of {', '.join(TYPE_TO_SITE)})")
     # one [d_model] vector per layer: a 2-D value is refused, never flattened
-    vectors: dict[int, Any] = {}
+    vectors: dict[int, torch.Tensor] = {}
     for k, v in acts.items():
         la = layer_key(k, f"{where}: layer_activations")
         if la in vectors:
