@@ -9,18 +9,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
 
 from emprobe.errors import DataError
 from emprobe.hooks import capture
-from emprobe.models.chat import ChatBatch, sink_mask
+from emprobe.models.chat import ChatBatch, Conversation, sink_mask
 from emprobe.models.context import use_batch
 
 if TYPE_CHECKING:
     from emprobe.models.subject import Subject
+
+# one input of an extractor: a conversation (response mask from the chat template) or a
+# plain text (every token counts as response); a batch holds one kind only
+ChatItem = str | Conversation
 
 
 @dataclass
@@ -39,15 +43,22 @@ class LayerMeans:
     counts: torch.Tensor
 
 
-def encode(subject: Subject, items: Sequence[Any], add_generation_prompt: bool = False,
+def encode(subject: Subject, items: Sequence[ChatItem], add_generation_prompt: bool = False,
            max_length: int | None = 512) -> ChatBatch:
-    """Conversations or plain strings -> ``ChatBatch`` on the subject's device."""
+    """Conversations or plain strings (the first item decides which) -> ``ChatBatch`` on
+    the subject's device. A batch mixing the two is refused."""
     if not items:
         raise DataError("no data to run")
     if isinstance(items[0], str):
-        return subject.encode_texts(list(items), max_length=max_length)
+        texts = [x for x in items if isinstance(x, str)]
+        if len(texts) != len(items):
+            raise DataError("data mixes plain strings and conversations")
+        return subject.encode_texts(texts, max_length=max_length)
+    convs = [x for x in items if not isinstance(x, str)]
+    if len(convs) != len(items):
+        raise DataError("data mixes conversations and plain strings")
     return subject.encode_chats(
-        list(items), add_generation_prompt=add_generation_prompt, max_length=max_length
+        convs, add_generation_prompt=add_generation_prompt, max_length=max_length
     )
 
 
@@ -69,7 +80,7 @@ def _sinks(subject: Subject, batch: ChatBatch) -> torch.Tensor:
 @torch.no_grad()
 def layer_means(
     subject: Subject,
-    data: Sequence[Any],
+    data: Sequence[ChatItem],
     layers: Sequence[int] | int | None = None,
     positions: str = "response",
     site: str = "resid_post",

@@ -16,11 +16,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sized
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import torch
 
@@ -49,20 +49,28 @@ NORMALISATIONS = ("none", "unit", "orthonormal")
 TENSORS_FILE = "direction.safetensors"
 META_FILE = "direction.json"
 
-__all__ = ["Direction", "ModelMismatchError", "data_provenance", "now_utc"]
+__all__ = ["DataProvenance", "Direction", "ModelMismatchError", "data_provenance", "now_utc"]
 
 
 def now_utc() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def data_provenance(data: Any, description: str = "") -> dict[str, Any]:
+class DataProvenance(TypedDict):
+    """``data_provenance``: sha256 of a dataset's canonical JSON, its size, a description."""
+
+    sha256: str
+    n: int | None
+    description: str
+
+
+def data_provenance(data: object, description: str = "") -> DataProvenance:
     """Provenance of a dataset: sha256 of its canonical JSON, its size and a description.
 
-    ``data`` is any JSON-serialisable collection (conversations, prompts, records).
+    ``data`` is a JSON-serialisable collection (conversations, prompts, records).
     """
     blob = json.dumps(data, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8")
-    n = len(data) if hasattr(data, "__len__") else None
+    n = len(data) if isinstance(data, Sized) else None
     return {"sha256": hashlib.sha256(blob).hexdigest(), "n": n, "description": description}
 
 
@@ -251,7 +259,7 @@ class Direction:
             raise ShapeError("stack() needs one vector per layer; this direction holds bases")
         return torch.stack([self.vector(la) for la in self.layers])
 
-    def replace(self, **changes: Any) -> Direction:
+    def replace(self, **changes: object) -> Direction:
         """A copy with some fields changed (tensors are shared, not copied)."""
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data.update(changes)
@@ -289,7 +297,7 @@ class Direction:
         return self.replace(vectors=out)
 
     # -- IO ---------------------------------------------------------------------------
-    def metadata(self) -> dict[str, Any]:
+    def metadata(self) -> dict[str, object]:
         meta = {k: v for k, v in asdict(self).items() if k != "vectors"}
         meta["format"] = FORMAT_NAME
         meta["format_version"] = FORMAT_VERSION

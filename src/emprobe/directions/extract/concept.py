@@ -7,27 +7,28 @@ Concept vector ``c_l = mean(h_l at the last prompt token | concept prompts)
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
-from emprobe.directions.activations import all_layers, layer_means
+from emprobe.directions.activations import ChatItem, LayerMeans, all_layers, layer_means
 from emprobe.directions.direction import Direction, data_provenance
 from emprobe.directions.prompts import NEUTRAL_PROMPTS
 from emprobe.errors import DataError, ShapeError
 
 if TYPE_CHECKING:
+    from emprobe.models.chat import Conversation
     from emprobe.models.subject import Subject
 
 
-def _as_prompts(prompts: Sequence[Any]) -> list[Any]:
+def _as_prompts(prompts: Sequence[ChatItem]) -> list[Conversation]:
     return [[{"role": "user", "content": p}] if isinstance(p, str) else p for p in prompts]
 
 
 def concept_vectors(
     subject: Subject,
-    concepts: Mapping[str, Sequence[Any]],
-    neutral: Sequence[Any] | None = None,
+    concepts: Mapping[str, Sequence[ChatItem]],
+    neutral: Sequence[ChatItem] | None = None,
     layers: Sequence[int] | int | None = None,
     batch_size: int = 8,
 ) -> dict[str, Direction]:
@@ -40,13 +41,16 @@ def concept_vectors(
         raise DataError("concept_vectors: no concepts given")
     neutral_list = _as_prompts(neutral if neutral is not None else NEUTRAL_PROMPTS)
     layer_list = all_layers(subject, layers)
-    kw: dict[str, Any] = dict(layers=layer_list, positions="last", batch_size=batch_size, add_generation_prompt=True)
-    base = layer_means(subject, neutral_list, **kw)
+    def last_token_means(prompts: list[Conversation]) -> LayerMeans:
+        return layer_means(subject, prompts, layers=layer_list, positions="last",
+                           batch_size=batch_size, add_generation_prompt=True)
+
+    base = last_token_means(neutral_list)
     out = {}
     for name, prompts in concepts.items():
         if not prompts:
             raise DataError(f"concept {name!r}: no prompts")
-        got = layer_means(subject, _as_prompts(prompts), **kw)
+        got = last_token_means(_as_prompts(prompts))
         vectors = {la: got.pooled[la] - base.pooled[la] for la in layer_list}
         out[name] = Direction.from_subject(
             subject, vectors, positions="last", normalisation="none",

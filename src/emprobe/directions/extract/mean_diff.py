@@ -3,33 +3,36 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
-from emprobe.directions.activations import LayerMeans, all_layers, layer_means
+from emprobe.directions.activations import ChatItem, LayerMeans, all_layers, layer_means
 from emprobe.directions.direction import Direction, data_provenance
 from emprobe.errors import DataError
 
 if TYPE_CHECKING:
+    from emprobe.models.chat import Conversation
     from emprobe.models.subject import Subject
 
 
 def _pooled_difference(
-    plus: tuple[Subject, Sequence[Any]], minus: tuple[Subject, Sequence[Any]], layer_list: list[int],
-    **kw: Any,
+    plus: tuple[Subject, Sequence[ChatItem]], minus: tuple[Subject, Sequence[ChatItem]],
+    layer_list: list[int], *, positions: str, site: str, batch_size: int,
+    max_length: int | None, progress: bool,
 ) -> tuple[dict[int, torch.Tensor], LayerMeans, LayerMeans]:
     """``{layer: pooled mean of plus - pooled mean of minus}`` and both ``layer_means``
     results; each side is ``(subject, conversations)``, measured in that order."""
-    a = layer_means(plus[0], plus[1], layers=layer_list, **kw)
-    b = layer_means(minus[0], minus[1], layers=layer_list, **kw)
+    a, b = (layer_means(sub, data, layers=layer_list, positions=positions, site=site,
+                        batch_size=batch_size, max_length=max_length, progress=progress)
+            for sub, data in (plus, minus))
     return {la: a.pooled[la] - b.pooled[la] for la in layer_list}, a, b
 
 
 def mean_difference(
     subject: Subject,
-    positive: Sequence[Any],
-    negative: Sequence[Any],
+    positive: Sequence[ChatItem],
+    negative: Sequence[ChatItem],
     layers: Sequence[int] | int | None = None,
     positions: str = "response",
     site: str = "resid_post",
@@ -72,7 +75,7 @@ def mean_difference(
 def model_mean_difference(
     base: Subject,
     finetuned: Subject,
-    conversations: Sequence[Any],
+    conversations: Sequence[Conversation],
     layers: Sequence[int] | int | None = None,
     positions: str = "response",
     site: str = "resid_post",

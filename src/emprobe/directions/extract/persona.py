@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypedDict
 
 import torch
 from tqdm.auto import tqdm
 
-from emprobe.directions.activations import encode, layer_means
+from emprobe.directions.activations import ChatItem, encode, layer_means
 from emprobe.directions.direction import Direction, data_provenance
 from emprobe.directions.prompts import PERSONA_QUESTIONS, TRAIT_PAIRS
 from emprobe.errors import DataError
@@ -28,16 +28,28 @@ if TYPE_CHECKING:
 Scorer = Callable[[list[str], list[str]], list[float]]
 
 
+class PersonaRecord(TypedDict):
+    """One (system-prompt pair, question) candidate of ``persona_vector``."""
+
+    pair: int
+    question: str
+    pos_answer: str
+    neg_answer: str
+    pos_score: float
+    neg_score: float
+    kept: bool
+
+
 @dataclass
 class PersonaResult:
     """A persona vector and the generations it came from (one record per pair x question)."""
 
     direction: Direction
-    records: list[dict[str, Any]] = field(default_factory=list)
+    records: list[PersonaRecord] = field(default_factory=list)
 
 
 @torch.no_grad()
-def response_logprob(subject: Subject, conversations: Sequence[Any], batch_size: int = 8) -> torch.Tensor:
+def response_logprob(subject: Subject, conversations: Sequence[ChatItem], batch_size: int = 8) -> torch.Tensor:
     """Mean log-probability per response token of each conversation, ``[n]`` (nats)."""
     out = []
     for i in range(0, len(conversations), batch_size):
@@ -106,7 +118,7 @@ def persona_vector(
     questions = list(questions if questions is not None else PERSONA_QUESTIONS)
     if scorer is None:
         scorer = self_contrast_scorer(subject, pairs[0][0], pairs[0][1], batch_size)
-    records: list[dict[str, Any]] = []
+    records: list[PersonaRecord] = []
     for i, (pos_sys, neg_sys) in enumerate(tqdm(pairs, desc=f"persona {trait}", disable=not progress)):
         pos_ans = subject.generate([_chat(pos_sys, q) for q in questions], max_new_tokens,
                                    temperature=temperature, seed=seed, batch_size=batch_size)
@@ -126,9 +138,8 @@ def persona_vector(
         )
     pos_convs = [_chat(pairs[r["pair"]][0], r["question"], r["pos_answer"]) for r in kept]
     neg_convs = [_chat(pairs[r["pair"]][1], r["question"], r["neg_answer"]) for r in kept]
-    kw: dict[str, Any] = dict(layers=layers, positions="response", batch_size=batch_size)
-    pos = layer_means(subject, pos_convs, **kw)
-    neg = layer_means(subject, neg_convs, **kw)
+    pos = layer_means(subject, pos_convs, layers=layers, positions="response", batch_size=batch_size)
+    neg = layer_means(subject, neg_convs, layers=layers, positions="response", batch_size=batch_size)
     vectors = {la: pos.per_seq[la].nanmean(0) - neg.per_seq[la].nanmean(0) for la in pos.per_seq}
     direction = Direction.from_subject(
         subject, vectors, positions="response", normalisation="none",
@@ -148,7 +159,7 @@ def persona_vector(
 def projection(
     subject: Subject,
     direction: Direction,
-    conversations: Sequence[Any],
+    conversations: Sequence[ChatItem],
     layers: Sequence[int] | None = None,
     positions: str = "response",
     batch_size: int = 8,
@@ -166,25 +177,44 @@ def projection(
     return out
 
 
+class ProjectionShift(TypedDict):
+    """``finetuning_shift`` at one layer: mean projections and the per-sample change."""
+
+    shift: float
+    base: float
+    finetuned: float
+    per_sample: list[float]
+
+
 def finetuning_shift(
     base: Subject,
     finetuned: Subject,
     direction: Direction,
-    conversations: Sequence[Any],
+    conversations: Sequence[ChatItem],
     layers: Sequence[int] | None = None,
     positions: str = "response",
     batch_size: int = 8,
-) -> dict[int, dict[str, Any]]:
+) -> dict[int, ProjectionShift]:
     """Mean change of the projection from ``base`` to ``finetuned`` on the same conversations.
 
     Returns ``{layer: {"shift", "base", "finetuned", "per_sample": [n]}}``.
     """
-    kw: dict[str, Any] = dict(layers=layers, positions=positions, batch_size=batch_size, allow_other_model=False)
-    pb = projection(base, direction, conversations, **kw)
-    pf = projection(finetuned, direction, conversations, **kw)
+    pb, pf = (projection(sub, direction, conversations, layers=layers, positions=positions,
+                         batch_size=batch_size, allow_other_model=False)
+              for sub in (base, finetuned))
     return {la: {"shift": float((pf[la] - pb[la]).nanmean()), "base": float(pb[la].nanmean()),
                  "finetuned": float(pf[la].nanmean()), "per_sample": (pf[la] - pb[la]).tolist()}
             for la in pb}
+
+
+class ScreenedSample(TypedDict):
+    """One training sample scored by ``screen_dataset``."""
+
+    index: int
+    dataset_projection: float
+    base_projection: float
+    difference: float
+    base_answer: str
 
 
 @dataclass
@@ -197,14 +227,14 @@ class ScreeningResult:
     """
 
     layer: int
-    per_sample: list[dict[str, Any]]
+    per_sample: list[ScreenedSample]
     mean: float
 
 
 def screen_dataset(
     base: Subject,
     direction: Direction,
-    records: Sequence[Any],
+    records: Sequence[object],
     layer: int | None = None,
     max_new_tokens: int = 64,
     batch_size: int = 8,
@@ -230,7 +260,8 @@ def screen_dataset(
     p_data = projection(base, direction, convs, layers=[layer], batch_size=batch_size)[layer]
     p_base = projection(base, direction, own, layers=[layer], batch_size=batch_size)[layer]
     diff = p_data - p_base
-    per = [{"index": i, "dataset_projection": float(a), "base_projection": float(b),
-            "difference": float(d), "base_answer": ans}
-           for i, (a, b, d, ans) in enumerate(zip(p_data, p_base, diff, answers))]
+    per: list[ScreenedSample] = [
+        {"index": i, "dataset_projection": float(a), "base_projection": float(b),
+         "difference": float(d), "base_answer": ans}
+        for i, (a, b, d, ans) in enumerate(zip(p_data, p_base, diff, answers))]
     return ScreeningResult(layer=layer, per_sample=per, mean=float(diff.nanmean()))

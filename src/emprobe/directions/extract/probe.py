@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
-from emprobe.directions.activations import all_layers, layer_means
+from emprobe.directions.activations import ChatItem, all_layers, layer_means
 from emprobe.directions.direction import Direction, data_provenance
 from emprobe.errors import DataError, ShapeError
 
@@ -64,8 +64,8 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, l2: float = 1e-3, steps: int 
 
 def probe_direction(
     subject: Subject,
-    positive: Sequence[Any],
-    negative: Sequence[Any],
+    positive: Sequence[ChatItem],
+    negative: Sequence[ChatItem],
     layers: Sequence[int] | int | None = None,
     positions: str = "response",
     l2: float = 1e-3,
@@ -82,9 +82,10 @@ def probe_direction(
     if len(positive) < 2 or len(negative) < 2:
         raise DataError("probe_direction: need at least 2 examples per class")
     layer_list = all_layers(subject, layers)
-    kw: dict[str, Any] = dict(layers=layer_list, positions=positions, batch_size=batch_size)
-    pos = layer_means(subject, positive, **kw)
-    neg = layer_means(subject, negative, **kw)
+    pos = layer_means(subject, positive, layers=layer_list, positions=positions,
+                      batch_size=batch_size)
+    neg = layer_means(subject, negative, layers=layer_list, positions=positions,
+                      batch_size=batch_size)
     y = torch.cat([torch.ones(len(positive)), torch.zeros(len(negative))])
     gen = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(y), generator=gen)
