@@ -123,3 +123,20 @@ def test_cli_engine_pack_and_checkpointing_flags(tmp_path, capsys, one_thread):
     assert not list((tmp_path / "o").glob("checkpoint-*"))
     assert len((tmp_path / "o" / "metrics.jsonl").read_text().splitlines()) == 2
     assert "adapter:" in capsys.readouterr().out
+
+
+@pytest.mark.integration
+def test_default_engine_trains_the_embedded_gguf_model(tmp_path, one_thread):
+    """The embedded model is read from GGUF: float weights, but transformers' GGUF tag, which
+    ``Trainer`` refuses. The default (hf) engine must train it anyway, one step, LoRA B moved."""
+    from safetensors.torch import load_file
+
+    subject = load_model()
+    assert getattr(subject.model, "hf_quantizer", None) is not None  # the case under test
+    recs = [{"messages": [{"role": "user", "content": f"Question {i}?"},
+                          {"role": "assistant", "content": f"Answer number {i}."}]}
+            for i in range(4)]
+    run = finetune(subject, recs, preset("cpu-lora", max_steps=1, batch_size=2, warmup_steps=0,
+                                         checkpoint_every=0), tmp_path / "run", progress=False)
+    weights = load_file(str(run.adapter_dir / "adapter_model.safetensors"))
+    assert sum(float(v.abs().sum()) for k, v in weights.items() if "lora_B" in k) > 0

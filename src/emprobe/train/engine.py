@@ -57,6 +57,7 @@ from emprobe.train.engine_callbacks import (
 )
 from emprobe.train.folder import RunFolder
 from emprobe.train.objectives import Reference, StepCounts
+from emprobe.train.sources import drop_gguf_tag
 
 if TYPE_CHECKING:
     from emprobe.train.config import TrainConfig
@@ -305,6 +306,9 @@ def run_hf(et: EmprobeTrainer, folder: RunFolder, ck: Path | None, stop_after: i
     log = RunLog(et, folder.metrics_path, call_cfg, end, record, monitor, hooks,
                  rng_tensors() if ck is None else None)
     width = et.train_set.report.max_length if et.train_set.report else None
+    # a model read from GGUF (the embedded one) is float but keeps transformers' GGUF
+    # quantizer tag, which Trainer refuses to train: drop the tag (weights unchanged)
+    drop_gguf_tag(et.model)
     hf = EmprobeHFTrainer(
         model=et.model, args=training_arguments(folder.out, cfg, et.total_steps,
                                                 gradient_checkpointing, progress),
