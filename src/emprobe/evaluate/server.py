@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -26,6 +26,8 @@ from emprobe.errors import EmprobeError
 from emprobe.models.chat import validate_conversation
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
     from emprobe.models.subject import Subject
 
 __all__ = ["LocalServer", "start_server", "serve_in_background", "chat_completion"]
@@ -37,8 +39,11 @@ class RequestError(EmprobeError):
     """A bad request body (answered with HTTP 400)."""
 
 
-def _token_entry(tokenizer: Any, token_id: int, logprob: float) -> dict[str, Any]:
+def _token_entry(tokenizer: PreTrainedTokenizerBase, token_id: int,
+                 logprob: float) -> dict[str, object]:
     text = tokenizer.decode([token_id])
+    if not isinstance(text, str):  # one sequence of ids decodes to one string
+        raise TypeError(f"tokenizer.decode gave {type(text).__name__}, not str")
     return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
 
 
@@ -49,8 +54,9 @@ def _cache_keyword(subject: Subject) -> str:
 
 
 @torch.no_grad()
-def chat_completion(subject: Subject, body: dict[str, Any], model_name: str) -> dict[str, Any]:
-    """Answer one chat-completions request body with the subject (OpenAI response shape)."""
+def chat_completion(subject: Subject, body: object, model_name: str) -> dict[str, object]:
+    """Answer one chat-completions request body (parsed JSON; anything but an object is a
+    ``RequestError``) with the subject (OpenAI response shape)."""
     if not isinstance(body, dict):
         raise RequestError("request body must be a JSON object")
     try:
@@ -76,7 +82,7 @@ def chat_completion(subject: Subject, body: dict[str, Any], model_name: str) -> 
     ids = batch.input_ids
     past = None
     new: list[int] = []
-    content_lp: list[dict[str, Any]] = []
+    content_lp: list[dict[str, object]] = []
     finish = "length"
     cache_kw = _cache_keyword(subject)
     for _ in range(max_tokens):
@@ -161,10 +167,10 @@ class LocalServer:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def log_message(self, format: str, *args: Any) -> None:  # quiet
+            def log_message(self, format: str, *args: object) -> None:  # quiet
                 return
 
-            def _send(self, code: int, obj: dict[str, Any]) -> None:
+            def _send(self, code: int, obj: dict[str, object]) -> None:
                 data = json.dumps(obj).encode("utf-8")
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
