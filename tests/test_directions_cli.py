@@ -6,7 +6,7 @@ import pytest
 
 from emprobe.cli import main
 from emprobe.directions import Direction
-from emprobe.directions.cli import parse_layers
+from emprobe.directions.cli import _per_answer, parse_layers
 from emprobe.errors import ConfigError
 
 
@@ -67,3 +67,10 @@ def test_cli_errors(tmp_path, capsys):
     assert "not a direction folder" in capsys.readouterr().err
     assert main(["directions", "mean-diff", "--model", "tiny-llama", "--pos", str(tmp_path / "no.jsonl"),
                  "--neg", str(tmp_path / "no.jsonl"), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_per_answer_line():
+    entry = {"per_answer": {"mean": 0.5, "lo": -0.25, "hi": 1.0}, "per_token": {}}
+    assert _per_answer(entry) == "+0.50 [-0.25, +1.00]"
+    with pytest.raises(TypeError, match="not a score record"):
+        _per_answer(3)

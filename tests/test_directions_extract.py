@@ -93,6 +93,17 @@ def test_mean_difference_errors(tiny_llama):
         mean_difference(tiny_llama, [], _convs(PROMPTS, ANSWERS))
 
 
+def test_encode_refuses_mixed_batches(tiny_llama):
+    from emprobe.directions.activations import encode
+
+    conv = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    assert encode(tiny_llama, ["hi", "there"]).input_ids.shape[0] == 2
+    assert encode(tiny_llama, [conv, conv]).input_ids.shape[0] == 2
+    for mixed in (["hi", conv], [conv, "hi"]):
+        with pytest.raises(DataError, match="mixes"):
+            encode(tiny_llama, mixed)
+
+
 def test_probe_separates_planted(planted):
     s, v = planted
     prompts = PROMPTS * 2

@@ -9,7 +9,7 @@ thin callers of the one routine, ``emprobe.evaluate.controls.versus_controls``.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypedDict, cast
+from typing import TYPE_CHECKING, TypedDict, cast
 
 import torch
 
@@ -112,7 +112,7 @@ def misalignment_effect(
     n_boot: int = 1000,
     batch_size: int = 8,
     allow_other_model: bool = False,
-) -> dict[str, Any]:  # a JSON record (the CLI prints and writes it)
+) -> dict[str, object]:  # a JSON record (the CLI prints and writes it)
     """Local misalignment score with no intervention, with ``direction``, and with a random control.
 
     ``mode``: ``ablate`` (zero ablation) or ``steer`` (``coeff * v``). Uses
@@ -137,7 +137,7 @@ def misalignment_effect(
     res = {key: cast("LocalScore", raw) for key, raw in (
         ("none", check.baseline_raw), ("direction", check.candidates[0].raws[0]),
         ("random", check.controls[0].raws[0]))}
-    out: dict[str, Any] = {
+    out: dict[str, object] = {
         "mode": mode, "coeff": coeff if mode == "steer" else None,
         "layers": sorted(as_layer_table(direction, layers=layers, what="direction")),
         "seed": seed, "method": direction.method,

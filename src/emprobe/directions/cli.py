@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -232,16 +233,22 @@ def _cmd_effect(args: argparse.Namespace) -> int:
                               batch_size=args.batch_size,
                               allow_other_model=args.allow_other_model)
     for key in ("none", "direction", "random"):
-        e = res[key]["per_answer"]
-        print(f"{key:<10} margin per answer {e['mean']:+.2f} [{e['lo']:+.2f}, {e['hi']:+.2f}]")
+        print(f"{key:<10} margin per answer {_per_answer(res[key])}")
     for key in ("delta_direction", "delta_random"):
         if key in res:
-            e = res[key]["per_answer"]
-            print(f"{key:<16} {e['mean']:+.2f} [{e['lo']:+.2f}, {e['hi']:+.2f}]")
+            print(f"{key:<16} {_per_answer(res[key])}")
     if args.out:
         write_json(args.out, res)
         print(f"wrote {args.out}")
     return 0
+
+
+def _per_answer(entry: object) -> str:
+    """``mean [lo, hi]`` of the per-answer estimate in one entry of a misalignment_effect record."""
+    est = entry["per_answer"] if isinstance(entry, Mapping) else None
+    if not isinstance(est, Mapping):
+        raise TypeError(f"not a score record: {excerpt(entry, 60)}")
+    return f"{est['mean']:+.2f} [{est['lo']:+.2f}, {est['hi']:+.2f}]"
 
 
 def _cmd_steer(args: argparse.Namespace) -> int:
