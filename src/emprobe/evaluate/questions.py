@@ -12,10 +12,11 @@ suffix), ``group`` (the everyday question an entry varies; else the id without s
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from emprobe.errors import DataError, EmprobeError, LimitError
 from emprobe.validate import (
@@ -50,7 +51,7 @@ MAX_QUESTION_FILE_BYTES = 16 * 2**20
 MAX_SAMPLES_PER_PARAPHRASE = 100_000
 
 
-def _text(raw: dict[str, Any], key: str, where: str, non_empty: bool = True) -> str:
+def _text(raw: Mapping[str, object], key: str, where: str, non_empty: bool = True) -> str:
     """A string field, never coerced (a number or list where text belongs is an error)."""
     value = raw[key]
     if not isinstance(value, str):
@@ -98,8 +99,8 @@ class Question:
             "{answer}", answer
         )
 
-    def to_record(self) -> dict[str, Any]:
-        rec = asdict(self)
+    def to_record(self) -> dict[str, object]:
+        rec: dict[str, object] = asdict(self)
         rec["paraphrases"] = list(self.paraphrases)
         rec["reference_pairs"] = [asdict(p) for p in self.reference_pairs]
         return rec
