@@ -12,9 +12,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from emprobe.recipes.lab import SCORE_COLUMNS, Lab
+from emprobe.recipes.lab import SCORE_COLUMNS, Lab, VersusRow
 
 if TYPE_CHECKING:
     import torch
@@ -52,8 +52,8 @@ def _pca_section(lab: Lab, base: Subject, ft: Subject, k: int, n: int
 
 
 def _assess_variants(lab: Lab, base: Subject, ft: Subject, train: Records,
-                     held: list[dict[str, Any]], selections: dict[str, Direction], n: int
-                     ) -> tuple[list[dict[str, Any]], dict[str, LocalScore]]:
+                     held: Records, selections: dict[str, Direction], n: int
+                     ) -> tuple[list[dict[str, object]], dict[str, LocalScore]]:
     """Score and task-loss of base, plain, each CAFT retrain and test-time ablation of the
     top ``n`` components on the plain fine-tune: trade-off rows and scores by name."""
     from emprobe.hooks import ablate
@@ -75,8 +75,8 @@ def _assess_variants(lab: Lab, base: Subject, ft: Subject, train: Records,
     return rows, scores
 
 
-def _report_tradeoff(lab: Lab, rows: list[dict[str, Any]], scores: dict[str, LocalScore]
-                     ) -> list[dict[str, object]]:
+def _report_tradeoff(lab: Lab, rows: list[dict[str, object]], scores: dict[str, LocalScore]
+                     ) -> list[VersusRow]:
     """The trade-off section; returns each variant minus the plain fine-tune."""
     from emprobe.plot import tradeoff_scatter
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from emprobe.errors import DataError
 from emprobe.evaluate.stats import Estimate, as_estimate
 
 __all__ = ["IntervalLike", "above", "below", "task_kept", "negatives_within",
@@ -30,10 +31,17 @@ def below(est: IntervalLike, null: float = 0.0) -> bool:
     return as_estimate(est).hi < null
 
 
-def task_kept(row: Mapping[str, float], base_row: Mapping[str, float]) -> bool:
+def _number(row: Mapping[str, object], key: str) -> float:
+    value = row[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DataError(f"trade-off row {row.get('name', '?')}: {key!r} is not a number ({value!r})")
+    return float(value)
+
+
+def task_kept(row: Mapping[str, object], base_row: Mapping[str, object]) -> bool:
     """The narrow task is learned: ``row``'s held-out task-loss interval lies below the
-    base model's (keys ``task_loss_lo`` / ``task_loss_hi``)."""
-    return float(row["task_loss_hi"]) < float(base_row["task_loss_lo"])
+    base model's (keys ``task_loss_lo`` / ``task_loss_hi``, nats)."""
+    return _number(row, "task_loss_hi") < _number(base_row, "task_loss_lo")
 
 
 def negatives_within(negatives: Sequence[IntervalLike], weakest_positive: IntervalLike) -> bool:

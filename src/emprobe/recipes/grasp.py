@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from emprobe.recipes.lab import SCORE_COLUMNS, Lab
+from emprobe.recipes.lab import SCORE_COLUMNS, Lab, VersusRow
 
 if TYPE_CHECKING:
     from emprobe.directions import Direction
@@ -54,9 +54,9 @@ def _factor_section(lab: Lab, naive: Path, mean_diff: Direction, k: int
 
 
 def _assess_methods(lab: Lab, base: Subject, ft: Subject, train: Records,
-                    held: list[dict[str, Any]], runs: dict[str, list[Intervention]],
+                    held: Records, runs: dict[str, list[Intervention]],
                     mean_diff: Direction, layer: int
-                    ) -> tuple[list[dict[str, Any]], dict[str, LocalScore]]:
+                    ) -> tuple[list[dict[str, object]], dict[str, LocalScore]]:
     """Score and task-loss of base, naive, each retrain of ``runs`` and the naive fine-tune
     with the mean-difference direction ablated at ``layer``: trade-off rows, scores by name."""
     from emprobe.hooks import ablate
@@ -77,8 +77,8 @@ def _assess_methods(lab: Lab, base: Subject, ft: Subject, train: Records,
     return rows, scores
 
 
-def _report_tradeoff(lab: Lab, rows: list[dict[str, Any]], scores: dict[str, LocalScore],
-                     layer: int) -> list[dict[str, object]]:
+def _report_tradeoff(lab: Lab, rows: list[dict[str, object]], scores: dict[str, LocalScore],
+                     layer: int) -> list[VersusRow]:
     """The trade-off section; returns each method minus the naive fine-tune."""
     from emprobe.plot import tradeoff_scatter
 

@@ -21,7 +21,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import InitVar, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from emprobe.errors import ConfigError, DataError
 from emprobe.evaluate.stats import as_estimate
@@ -46,6 +46,19 @@ if TYPE_CHECKING:
 
 Records = Sequence[Mapping[str, object]]
 """Chat records as training and held-out data (``Lab.data`` / ``Lab.split``)."""
+
+
+
+class VersusRow(TypedDict):
+    """One paired difference of ``Lab.versus``: ``name`` minus ``vs`` (margin, nats per
+    answer) with its 95 % interval."""
+
+    name: str
+    vs: str
+    delta: float
+    lo: float
+    hi: float
+
 
 VERDICTS = ("reproduced", "partial", "not reproduced", "not significant")
 DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
@@ -465,14 +478,14 @@ class Lab:
         return row, score
 
     def versus_rest(self, ref_name: str, scores: Mapping[str, LocalScore],
-                    skip: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+                    skip: tuple[str, ...] = ()) -> list[VersusRow]:
         """``versus`` of every score in ``scores`` but ``ref_name`` (and ``skip``) against
         ``scores[ref_name]``."""
         return self.versus(ref_name, scores[ref_name],
                            {n: s for n, s in scores.items() if n != ref_name and n not in skip})
 
     def versus(self, ref_name: str, ref: LocalScore, others: Mapping[str, LocalScore],
-               same_answers: bool = True) -> list[dict[str, Any]]:
+               same_answers: bool = True) -> list[VersusRow]:
         """Paired differences ``other - ref`` of the margin (nats per answer), each with a note.
 
         ``same_answers``: both scores used the same reference answers, so ``compare`` pairs
@@ -483,7 +496,7 @@ class Lab:
         from emprobe.evaluate.stats import bootstrap_diff
         from emprobe.report import significance_note
 
-        rows = []
+        rows: list[VersusRow] = []
         for name, score in others.items():
             if same_answers:
                 est = compare(ref, score, n_boot=self.cfg.n_boot, seed=self.cfg.seed,

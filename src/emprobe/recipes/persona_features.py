@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypedDict
 
 from emprobe.recipes.config import RecipeOptions
-from emprobe.recipes.lab import Lab, Records
+from emprobe.recipes.lab import Lab, Records, VersusRow
 from emprobe.sae.diff import LatentRecord
 
 if TYPE_CHECKING:
@@ -331,7 +331,7 @@ def _realignment(lab: Lab, population: _Population, ft: Subject, pred: _Predicto
 
 def _report_realignment(lab: Lab, realign: list[RealignRow],
                         realign_scores: dict[str, LocalScore], ns: list[int], top: int
-                        ) -> list[dict[str, object]]:
+                        ) -> list[VersusRow]:
     """The re-alignment section; returns each checkpoint's paired shift vs N = 0."""
     from emprobe.plot import layer_curves, score_bars
 
@@ -358,7 +358,7 @@ def _report_realignment(lab: Lab, realign: list[RealignRow],
 
 
 def _claim(lab: Lab, check: SteeringCheck, top: int, pred: _Predictor,
-           deltas: list[dict[str, object]], ns: list[int]) -> None:
+           deltas: list[VersusRow], ns: list[int]) -> None:
     """The verdict: the AUROC, with the permutation test, the steering check and the
     re-alignment as conditions."""
     from emprobe.evaluate.stats import Estimate
