@@ -23,7 +23,7 @@ import hashlib
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -201,10 +201,11 @@ class JudgeClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _attempt(self, url: str, body: dict[str, Any], budget: float) -> httpx.Response:
+    def _attempt(self, url: str, body: Mapping[str, object], budget: float) -> httpx.Response:
         """One POST whose whole exchange (connect, send, every read) ends within ``budget``
         seconds: a server that drips bytes cannot stretch it. Raises ``_AttemptTimeout``."""
-        box: dict[str, Any] = {}
+        responses: list[httpx.Response] = []  # what the worker hands back: one of the two
+        errors: list[BaseException] = []
         done, stop = threading.Event(), threading.Event()
 
         def work() -> None:
@@ -220,10 +221,10 @@ class JudgeClient:
                             raise EndpointError(f"{url}: answer longer than "
                                                 f"{MAX_RESPONSE_BYTES} bytes")
                         chunks.append(chunk)
-                box["response"] = httpx.Response(resp.status_code, headers=resp.headers,
-                                                 content=b"".join(chunks), request=resp.request)
+                responses.append(httpx.Response(resp.status_code, headers=resp.headers,
+                                                 content=b"".join(chunks), request=resp.request))
             except BaseException as exc:  # handed to the caller's thread
-                box["error"] = exc
+                errors.append(exc)
             finally:
                 done.set()
 
@@ -233,11 +234,11 @@ class JudgeClient:
         if not done.wait(budget):
             stop.set()
             raise _AttemptTimeout()
-        if "error" in box:
-            raise box["error"]
-        return box["response"]
+        if errors:
+            raise errors[0]
+        return responses[0]
 
-    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    def _post(self, path: str, body: Mapping[str, object]) -> dict[str, Any]:
         """POST with retries, all within ``self.deadline`` seconds in total.
 
         Each try is bounded by ``timeout`` (the whole exchange, not each read); transient
@@ -380,7 +381,7 @@ def subject_label(subject: Subject) -> str:
     return f"{name}@{subject.fingerprint()}"
 
 
-def _key(rec: dict[str, Any], fields: Sequence[str]) -> tuple[Any, ...]:
+def _key(rec: Mapping[str, object], fields: Sequence[str]) -> tuple[object, ...]:
     return tuple(rec[f] for f in fields)
 
 
@@ -388,12 +389,12 @@ ANSWER_KEY = ("question", "paraphrase", "sample", "model")
 JUDGE_KEY = ("question", "paraphrase", "sample", "model", "judge_model", "metric")
 
 
-def _load_cache(path: Path | None, fields: Sequence[str]) -> dict[tuple[Any, ...], dict]:
+def _load_cache(path: Path | None, fields: Sequence[str]) -> dict[tuple[object, ...], dict]:
     """Cached records by key. A torn last line (a run killed mid-append) is cut off first,
     with a warning, so the resumed run repeats only that request and appends cleanly."""
     if path is None:
         return {}
-    out: dict[tuple[Any, ...], dict] = {}
+    out: dict[tuple[object, ...], dict] = {}
     for r in resume_jsonl(path):
         if all(f in r for f in fields):
             try:
@@ -435,7 +436,7 @@ def sample_answers(
     path = Path(cache_dir) / "answers.jsonl" if cache_dir else None
     cached = _load_cache(path, ANSWER_KEY)
     todo: list[tuple[Question, int, int]] = []
-    out_keys: list[tuple[Any, ...]] = []
+    out_keys: list[tuple[object, ...]] = []
     for q in questions:
         for pi in range(len(q.paraphrases)):
             for s in range(n or q.samples_per_paraphrase):
