@@ -216,7 +216,7 @@ class LocalScore:
     pref_rate: Estimate
     per_question: list[dict[str, Any]]
     pairs: list[dict[str, Any]]
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, object] = field(default_factory=dict)
 
     def to_record(self) -> dict[str, Any]:
         """A JSON-able dict (also the file ``emprobe eval local --out`` writes)."""
@@ -344,7 +344,7 @@ def _values(rows: list[dict[str, Any]], metric: str) -> list[float]:
 
 
 def _summarise(pairs: list[dict[str, Any]], n_boot: int, seed: int,
-               meta: dict[str, Any]) -> LocalScore:
+               meta: dict[str, object]) -> LocalScore:
     groups = _groups(pairs)
     ests = {m: hierarchical_bootstrap([_values(g, m) for g in groups.values()], n_boot, seed)
             for m in METRICS}
@@ -388,7 +388,7 @@ class Comparison:
         se = self.per_answer.se
         return detectable_shift(se) if se is not None else float("nan")
 
-    def to_record(self) -> dict[str, Any]:
+    def to_record(self) -> dict[str, object]:
         return {"kind": "local_score_comparison", "a": self.labels[0], "b": self.labels[1],
                 "n_questions": self.n_questions, "n_pairs": self.n_pairs,
                 "detectable_per_answer_80": self.detectable,

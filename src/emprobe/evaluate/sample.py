@@ -112,7 +112,7 @@ class Calibration:
     mean_margin_aligned: float
     mean_margin_misaligned: float
 
-    def to_record(self) -> dict[str, Any]:
+    def to_record(self) -> dict[str, object]:
         return asdict(self)
 
 
@@ -154,7 +154,7 @@ class SampleEval:
     answers: list[dict[str, Any]]
     calibration: Calibration
     local: dict[str, Any] | None
-    settings: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, object] = field(default_factory=dict)
 
     def flagged_rate(self, question: str | None = None) -> dict[str, float]:
         """Share of answers the classifier flags, with a Wilson 95 % interval."""
@@ -171,7 +171,7 @@ class SampleEval:
                         "flagged": self.flagged_rate(qid)})
         return out
 
-    def to_record(self) -> dict[str, Any]:
+    def to_record(self) -> dict[str, object]:
         return {"kind": "sample_eval", "flagged": self.flagged_rate(),
                 "per_question": self.per_question(),
                 "calibration": self.calibration.to_record(), "local": self.local,
