@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from emprobe.sae.causal import SteeringCheck
     from emprobe.sae.diff import Context, DiffResult
     from emprobe.sae.harvest import Harvest
+    from emprobe.sae.metrics import Metrics
 
     Chats = Sequence[Mapping[str, Conversation]]
     """Chat records (``{"messages": conversation}``)."""
@@ -153,7 +154,7 @@ def _harvest_and_train(base: Subject, generic: Chats, cfg: DemoConfig,
     return _Trained(hv, trained.sae, autocast, round(t1 - t0, 1), round(t2 - t1, 1))
 
 
-def _evaluate(base: Subject, sae: SAE, cfg: DemoConfig, folder: Path) -> dict[str, Any]:
+def _evaluate(base: Subject, sae: SAE, cfg: DemoConfig, folder: Path) -> Metrics:
     """The SAE's metrics on held-out neutral chats (response tokens), with ``dead_fraction``."""
     from emprobe.sae.corpus import generic_chats
     from emprobe.sae.metrics import evaluate_sae
@@ -204,13 +205,13 @@ def _steer(base: Subject, sae: SAE, diff: DiffResult, cfg: DemoConfig) -> Steeri
                           seed=seed, progress=False)
 
 
-def _latent_entries(ranked: _Diff, steering: SteeringCheck | None) -> list[dict[str, Any]]:
+def _latent_entries(ranked: _Diff, steering: SteeringCheck | None) -> list[dict[str, object]]:
     """One record per top latent: its change, its contexts and (steered ones) the check."""
     causal = {row["latent"]: row for row in (steering or {}).get("latents", [])}
     latents = []
     for i in ranked.top:
         rec = ranked.diff.latent_record(i)
-        entry: dict[str, Any] = {"latent": i, "diff": rec["mean_diff"],
+        entry: dict[str, object] = {"latent": i, "diff": rec["mean_diff"],
                                  "contexts": [c["text"] for c in ranked.contexts.get(i, [])]}
         if i in causal:
             entry.update(steer_delta=causal[i]["max_delta"],
@@ -220,7 +221,7 @@ def _latent_entries(ranked: _Diff, steering: SteeringCheck | None) -> list[dict[
     return latents
 
 
-def _text(cfg: DemoConfig, n_rows: int, quality: dict[str, Any], pairs: int | None) -> str:
+def _text(cfg: DemoConfig, n_rows: int, quality: Mapping[str, object], pairs: int | None) -> str:
     """The section's summary sentence (sizes, the gate's verdict, what was steered)."""
     verdict = ("passes" if quality["ok"] else "FAILS") + " the quality gate"
     return (f"A TopK SAE ({cfg.sae_latents} latents, k={cfg.sae_k}) trained for "
