@@ -13,7 +13,7 @@ Reading accepts other tools' files: ``answer`` is read as ``response`` when ther
 ``REFUSAL`` / ``CODE`` (unscored, with that verdict). Numbers are written in ASCII: digits,
 an optional sign, decimal point and exponent (``85``, ``72.5``, ``1e-05``); Python's other
 spellings (``1_0``, Arabic-Indic or full-width digits) are refused. ``paraphrase`` and
-``sample`` are indices: ASCII digits only, no sign. Any other bad cell is one ``DataError``
+``sample`` are indices: ASCII digits only, no sign. Every other bad cell is one ``DataError``
 line naming the file, the row (1-based data row and its line) and the column.
 """
 
