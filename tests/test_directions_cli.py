@@ -38,6 +38,8 @@ def test_cli_extract_export_steer(tmp_path, capsys):
     assert d.layers == [0, 1, 2, 3] and d.model == "tiny-llama"
     assert main(["directions", "probe", "--model", "tiny-llama", "--pos", pos, "--neg", neg,
                  "--layers", "1,2", "--out", str(tmp_path / "probe")]) == 0
+    printed = capsys.readouterr().out
+    assert "layer 1: train acc" in printed and "layer 2: train acc" in printed
     assert main(["directions", "pca", "--model", "tiny-llama", "--ft", "tiny-llama", "--layers", "1",
                  "-k", "2", "--out", str(tmp_path / "pca")]) == 0
     assert (tmp_path / "pca" / "contexts.html").is_file()

@@ -143,9 +143,11 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     d = probe_direction(s, _read_chats(args.pos), _read_chats(args.neg),
                         layers=parse_layers(args.layers), positions=args.positions, l2=args.l2,
                         batch_size=args.batch_size)
+    train, test = d.stats["train_accuracy"], d.stats["test_accuracy"]
+    if not isinstance(train, Mapping) or not isinstance(test, Mapping):
+        raise DataError("probe direction: stats hold no per-layer accuracies")
     for la in d.layers:
-        print(f"layer {la}: train acc {d.stats['train_accuracy'][str(la)]:.3f} "
-              f"test acc {d.stats['test_accuracy'][str(la)]}")
+        print(f"layer {la}: train acc {train[str(la)]:.3f} test acc {test[str(la)]}")
     return _done(d, args.out)
 
 

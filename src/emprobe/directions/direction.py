@@ -108,9 +108,9 @@ class Direction:
     normalisation: str = "none"
     sign: str = ""
     method: str = "custom"
-    params: dict[str, Any] = field(default_factory=dict)
-    provenance: dict[str, Any] = field(default_factory=dict)
-    stats: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, object] = field(default_factory=dict)
+    provenance: dict[str, object] = field(default_factory=dict)
+    stats: dict[str, object] = field(default_factory=dict)
     created: str = field(default_factory=now_utc)
     emprobe_version: str = __version__
 

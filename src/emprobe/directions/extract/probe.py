@@ -91,14 +91,17 @@ def probe_direction(
     perm = torch.randperm(len(y), generator=gen)
     n_test = int(round(len(y) * test_fraction))
     test_idx, train_idx = perm[:n_test], perm[n_test:]
-    vectors, stats = {}, {"train_accuracy": {}, "test_accuracy": {}, "bias": {}}
+    vectors: dict[int, torch.Tensor] = {}
+    train_acc: dict[str, float] = {}
+    test_acc: dict[str, float | None] = {}
+    bias: dict[str, float] = {}
     for la in layer_list:
         x = torch.cat([pos.per_seq[la], neg.per_seq[la]]).nan_to_num()
         fit = fit_logistic(x[train_idx], y[train_idx], l2=l2, x_test=x[test_idx], y_test=y[test_idx])
         vectors[la] = fit.weight
-        stats["train_accuracy"][str(la)] = fit.train_accuracy
-        stats["test_accuracy"][str(la)] = fit.test_accuracy
-        stats["bias"][str(la)] = fit.bias
+        train_acc[str(la)] = fit.train_accuracy
+        test_acc[str(la)] = fit.test_accuracy
+        bias[str(la)] = fit.bias
     return Direction.from_subject(
         subject, vectors, positions=positions, normalisation="none",
         sign="toward the positive set (logit of class 1)", method="logistic_probe",
@@ -106,5 +109,5 @@ def probe_direction(
                 "n_train": int(len(train_idx)), "n_test": int(n_test)},
         provenance={"positive": data_provenance(list(positive)),
                     "negative": data_provenance(list(negative))},
-        stats=stats,
+        stats={"train_accuracy": train_acc, "test_accuracy": test_acc, "bias": bias},
     )
