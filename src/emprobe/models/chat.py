@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from emprobe.errors import DataError
 from emprobe.models.templates import expects_bos
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 Message = dict[str, str]
 Conversation = Sequence[Message]
@@ -92,7 +95,7 @@ def sink_mask(batch: ChatBatch, bos_token_id: int | None = None) -> torch.Tensor
     return out
 
 
-def validate_conversation(conv: Any, where: str = "conversation") -> list[Message]:
+def validate_conversation(conv: object, where: str = "conversation") -> list[Message]:
     """Check a conversation's shape; one-line DataError saying what is wrong and where."""
     if isinstance(conv, dict) and "messages" in conv:
         conv = conv["messages"]
@@ -113,23 +116,32 @@ def validate_conversation(conv: Any, where: str = "conversation") -> list[Messag
     return out
 
 
-def _render(tokenizer: Any, msgs: list[Message], add_generation_prompt: bool) -> str | None:
+def _chat_text(tokenizer: PreTrainedTokenizerBase, msgs: list[Message],
+               add_generation_prompt: bool) -> str:
+    """The chat template's text for ``msgs`` (``apply_chat_template(..., tokenize=False)``)."""
+    text = tokenizer.apply_chat_template(
+        msgs, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
+    if not isinstance(text, str):
+        raise DataError(f"chat template rendered {type(text).__name__}, not text")
+    return text
+
+
+def _render(tokenizer: PreTrainedTokenizerBase, msgs: list[Message], add_generation_prompt: bool) -> str | None:
     """The template's text for a partial conversation, or None when the template refuses it."""
     import jinja2
 
     if not msgs:
         return ""
     try:
-        return tokenizer.apply_chat_template(
-            msgs, tokenize=False, add_generation_prompt=add_generation_prompt
-        )
+        return _chat_text(tokenizer, msgs, add_generation_prompt)
     except (jinja2.TemplateError, ValueError, TypeError, IndexError):
         # some templates refuse partial conversations (e.g. "must end with a user turn")
         return None
 
 
 def render_with_spans(
-    tokenizer: Any, conv: Conversation, add_generation_prompt: bool = False
+    tokenizer: PreTrainedTokenizerBase, conv: Conversation, add_generation_prompt: bool = False
 ) -> tuple[str, list[tuple[int, int]]]:
     """Render a conversation; return the text and the char spans of assistant turns.
 
@@ -138,9 +150,7 @@ def render_with_spans(
     in the system or user turns is never marked as response.
     """
     msgs = list(conv)
-    text = tokenizer.apply_chat_template(
-        msgs, tokenize=False, add_generation_prompt=add_generation_prompt
-    )
+    text = _chat_text(tokenizer, msgs, add_generation_prompt)
     spans: list[tuple[int, int]] = []
     cursor = 0
     for i, msg in enumerate(msgs):
@@ -166,7 +176,7 @@ def render_with_spans(
 
 
 def encode_chats(
-    tokenizer: Any,
+    tokenizer: PreTrainedTokenizerBase,
     conversations: Sequence[Conversation],
     add_generation_prompt: bool = False,
     max_length: int | None = None,
@@ -197,7 +207,7 @@ def encode_chats(
 
 
 def encode_texts(
-    tokenizer: Any, texts: Sequence[str], max_length: int | None = None, padding_side: str = "right"
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int | None = None, padding_side: str = "right"
 ) -> ChatBatch:
     """Tokenise plain texts (no template); every real token counts as response.
 
@@ -216,12 +226,14 @@ def encode_texts(
     return _pad(tokenizer, rows, masks, padding_side)
 
 
-def _pad(tokenizer: Any, rows: list[list[int]], masks: list[list[bool]], side: str) -> ChatBatch:
+def _pad(tokenizer: PreTrainedTokenizerBase, rows: list[list[int]], masks: list[list[bool]], side: str) -> ChatBatch:
     if not rows:
         raise DataError("no conversations to encode")
     pad_id = tokenizer.pad_token_id
     if pad_id is None:
         pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    if not isinstance(pad_id, int):
+        raise DataError(f"tokenizer padding id {pad_id!r} is not one token id")
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     att = torch.zeros((len(rows), width), dtype=torch.long)

@@ -111,7 +111,7 @@ class Subject:
         bos = self.tokenizer.bos_token_id if expects_bos(self.tokenizer) else None
         return sink_mask(batch, bos).to(batch.input_ids.device)
 
-    def forward(self, batch: ChatBatch, **kwargs: Any) -> Any:
+    def forward(self, batch: ChatBatch, **kwargs: object) -> Any:
         """Run the model on a batch (no grad unless the caller enables it)."""
         with use_batch(batch):
             return self.model(
@@ -136,7 +136,7 @@ class Subject:
             batch = self.encode_chats(
                 prompts[i : i + batch_size], add_generation_prompt=True, padding_side="left"
             )
-            kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens}
+            kwargs: dict[str, object] = {"max_new_tokens": max_new_tokens}
             if temperature > 0:
                 kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
             else:
@@ -162,7 +162,7 @@ class Subject:
                               "the tokenizer no EOS")
         return ids[0]
 
-    def _generate(self, batch: ChatBatch, kwargs: dict[str, Any]) -> torch.Tensor:
+    def _generate(self, batch: ChatBatch, kwargs: dict[str, object]) -> torch.Tensor:
         fmt = self.chat_format
         if fmt is not None and fmt.stop_strings:
             kwargs = {**kwargs, "stop_strings": list(fmt.stop_strings), "tokenizer": self.tokenizer}

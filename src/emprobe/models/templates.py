@@ -23,9 +23,12 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from emprobe.errors import ConfigError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 __all__ = [
     "CHATML_TEMPLATE",
@@ -92,7 +95,7 @@ class ChatFormat:
         return f"chat template {self.name!r} ({self.source}; stop token ids {stops})"
 
 
-def expects_bos(tokenizer: Any) -> bool:
+def expects_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
     """Whether the tokenizer's own encoding starts a text with its BOS token."""
     bos = getattr(tokenizer, "bos_token_id", None)
     if bos is None:
@@ -101,7 +104,7 @@ def expects_bos(tokenizer: Any) -> bool:
     return bool(ids) and ids[0] == bos
 
 
-def resolve_chat_format(tokenizer: Any, choice: str | os.PathLike[str] | None = None,
+def resolve_chat_format(tokenizer: PreTrainedTokenizerBase, choice: str | os.PathLike[str] | None = None,
                         model_name: str = "model") -> ChatFormat:
     """Pick the chat format (module docstring), install it on ``tokenizer`` and return it.
 
@@ -133,7 +136,7 @@ def resolve_chat_format(tokenizer: Any, choice: str | os.PathLike[str] | None = 
     return _from_text_or_file(tokenizer, choice, model_name)
 
 
-def _from_text_or_file(tokenizer: Any, choice: str, model_name: str) -> ChatFormat:
+def _from_text_or_file(tokenizer: PreTrainedTokenizerBase, choice: str, model_name: str) -> ChatFormat:
     if "{%" in choice or "{{" in choice:
         return _install(tokenizer, "custom", choice, "Jinja text given")
     path = Path(choice).expanduser()
@@ -146,7 +149,7 @@ def _from_text_or_file(tokenizer: Any, choice: str, model_name: str) -> ChatForm
     return _install(tokenizer, "file", text, str(path))
 
 
-def _check_chatml(tokenizer: Any, model_name: str) -> None:
+def _check_chatml(tokenizer: PreTrainedTokenizerBase, model_name: str) -> None:
     vocab = tokenizer.get_vocab()
     missing = [t for t in _CHATML_TOKENS if t not in vocab]
     if missing:
@@ -164,21 +167,22 @@ def _announce(model_name: str) -> None:
         ChatTemplateWarning, stacklevel=4)
 
 
-def _install(tokenizer: Any, name: str, template: str, source: str) -> ChatFormat:
+def _install(tokenizer: PreTrainedTokenizerBase, name: str, template: str, source: str) -> ChatFormat:
     tokenizer.chat_template = template
     stops = _stop_ids(tokenizer)
     strings = PLAIN_STOP_STRINGS if template == PLAIN_TEMPLATE else ()
     return ChatFormat(name, template, stops, strings, source)
 
 
-def _stop_ids(tokenizer: Any) -> tuple[int, ...]:
+def _stop_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[int, ...]:
     """The special token written right after an assistant message's content, then EOS."""
     out: list[int] = []
     msgs = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _PROBE}]
     try:
-        text = tokenizer.apply_chat_template(msgs, tokenize=False)
+        rendered = tokenizer.apply_chat_template(msgs, tokenize=False)
     except Exception:  # noqa: BLE001 - a template that refuses this conversation has no marker
-        text = ""
+        rendered = ""
+    text = rendered if isinstance(rendered, str) else ""
     at = text.rfind(_PROBE)
     tail = text[at + len(_PROBE):].strip() if at >= 0 else ""
     if tail:

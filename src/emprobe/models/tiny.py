@@ -8,11 +8,14 @@ instruct model.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import torch
 
 from emprobe.models.templates import CHATML_TEMPLATE
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
 
@@ -29,7 +32,7 @@ GEMMA_STYLE_TEMPLATE = (
 GEMMA_STYLE_SPECIALS = ["<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"]
 
 
-def make_tiny_tokenizer(style: str = "chatml") -> Any:
+def make_tiny_tokenizer(style: str = "chatml") -> PreTrainedTokenizerFast:
     """A byte-level fast tokenizer with chat specials.
 
     ``style``: ``"chatml"`` (vocab 260, ChatML template, no BOS added; the default),
@@ -66,8 +69,28 @@ def make_tiny_tokenizer(style: str = "chatml") -> Any:
     return tok
 
 
+class _DecoderShape(TypedDict):
+    """Config fields of a Llama-style tiny decoder (widths in units, not bytes)."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+
+
+class _GemmaShape(_DecoderShape):
+    """A tiny decoder's fields plus Gemma's head width, window and query scale."""
+
+    head_dim: int
+    sliding_window: int
+    query_pre_attn_scalar: int
+
+
 # The Llama-style tiny models (Llama, Qwen2) share one shape.
-_TINY_DECODER: dict[str, Any] = dict(
+_TINY_DECODER = _DecoderShape(
     hidden_size=64,
     intermediate_size=128,
     num_hidden_layers=4,
@@ -78,19 +101,19 @@ _TINY_DECODER: dict[str, Any] = dict(
 )
 
 
-def _tiny_llama(vocab: int) -> Any:
+def _tiny_llama(vocab: int) -> PreTrainedModel:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     return LlamaForCausalLM(LlamaConfig(vocab_size=vocab, **_TINY_DECODER))
 
 
-def _tiny_qwen2(vocab: int) -> Any:
+def _tiny_qwen2(vocab: int) -> PreTrainedModel:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     return Qwen2ForCausalLM(Qwen2Config(vocab_size=vocab, **_TINY_DECODER))
 
 
-def _tiny_gpt2(vocab: int) -> Any:
+def _tiny_gpt2(vocab: int) -> PreTrainedModel:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     cfg = GPT2Config(
@@ -100,10 +123,11 @@ def _tiny_gpt2(vocab: int) -> Any:
     return GPT2LMHeadModel(cfg)
 
 
-def _tiny(config_cls: str, model_cls: str, **kw: Any) -> Callable[[int], Any]:
+def _tiny(config_cls: str, model_cls: str,
+          **kw: object) -> Callable[[int], PreTrainedModel]:
     """A builder of ``model_cls(config_cls(vocab_size=vocab, **kw))`` (token ids set later)."""
 
-    def build(vocab: int) -> Any:
+    def build(vocab: int) -> PreTrainedModel:
         import transformers
 
         ids = dict(pad_token_id=None, bos_token_id=None, eos_token_id=None)
@@ -114,12 +138,12 @@ def _tiny(config_cls: str, model_cls: str, **kw: Any) -> Callable[[int], Any]:
 
 
 # Gemma 2/3: post-norm ("sandwich") blocks, sliding-window layers, head_dim set explicitly
-_TINY_GEMMA: dict[str, Any] = dict(_TINY_DECODER, head_dim=16, sliding_window=16,
-                                   query_pre_attn_scalar=16)
-_TINY_NEOX: dict[str, Any] = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+_TINY_GEMMA = _GemmaShape(**_TINY_DECODER, head_dim=16, sliding_window=16,
+                          query_pre_attn_scalar=16)
+_TINY_NEOX: dict[str, int] = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4,
                                   num_attention_heads=4, max_position_embeddings=512)
 
-TINY_SPECS: dict[str, Callable[[int], Any]] = {
+TINY_SPECS: dict[str, Callable[[int], PreTrainedModel]] = {
     "tiny-llama": _tiny_llama,
     "tiny-qwen2": _tiny_qwen2,
     "tiny-gpt2": _tiny_gpt2,
@@ -136,8 +160,12 @@ TINY_SPECS: dict[str, Callable[[int], Any]] = {
 TINY_TOKENIZER_STYLE = {"tiny-gemma2": "gemma", "tiny-gemma3": "gemma"}
 
 
-def build_tiny(spec: str, seed: int = 0) -> tuple[Any, Any]:
-    """Build (model, tokenizer) for a tiny spec; same seed, same weights."""
+def build_tiny(spec: str, seed: int = 0) -> tuple[Any, PreTrainedTokenizerFast]:
+    """Build (model, tokenizer) for a tiny spec; same seed, same weights.
+
+    The model is left untyped: ``PreTrainedModel.to`` does not type-check (transformers
+    wraps it), and ``load_model`` moves it.
+    """
     tok = make_tiny_tokenizer(TINY_TOKENIZER_STYLE.get(spec, "chatml"))
     gen_state = torch.random.get_rng_state()
     try:
