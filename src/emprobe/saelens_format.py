@@ -203,7 +203,7 @@ def read_sae_folder(path: str | os.PathLike[str]) -> SAEFolder:
                      tensors=tensors)
 
 
-def _version(raw: dict[str, Any], where: str) -> tuple[int, ...] | None:
+def _version(raw: Mapping[str, object], where: str) -> tuple[int, ...] | None:
     """SAELens' version of a config (top level, then metadata), as numbers; None when absent."""
     meta = raw.get("metadata")
     value = raw.get("sae_lens_version")
@@ -292,7 +292,7 @@ def _normalise(raw: dict[str, Any], where: str) -> dict[str, Any]:
     return cfg
 
 
-def _check_metadata(meta: Any, where: str) -> dict[str, Any]:
+def _check_metadata(meta: object, where: str) -> dict[str, Any]:
     """Types of the metadata fields emprobe or SAELens read (others pass through unread)."""
     out = check_mapping(meta, where)
     for key in _META_STR:
@@ -311,7 +311,7 @@ def _check_metadata(meta: Any, where: str) -> dict[str, Any]:
     return out
 
 
-def site_of_metadata(meta: Mapping[str, Any], where: str) -> tuple[str | None, int | None]:
+def site_of_metadata(meta: Mapping[str, object], where: str) -> tuple[str | None, int | None]:
     """The ``(site, layer)`` SAE metadata names: ``emprobe_site`` / ``emprobe_layer`` (both or
     neither), else the hook name; ``(None, None)`` when it names none. Each source is checked
     and they must agree (one-line ``FormatError`` naming ``where`` otherwise)."""
@@ -374,7 +374,7 @@ def _check_weights(tensors: dict[str, torch.Tensor], cfg: dict[str, Any],
     return out
 
 
-def _real(t: Any, where: str, key: str) -> torch.Tensor:
+def _real(t: object, where: str, key: str) -> torch.Tensor:
     if not isinstance(t, torch.Tensor) or str(t.dtype).replace("torch.", "") not in FLOAT_DTYPES:
         raise FormatError(f"{where}: {excerpt(key, 60)} has dtype "
                           f"{getattr(t, 'dtype', type(t).__name__)}; want a real floating type")

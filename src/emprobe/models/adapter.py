@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -119,7 +119,10 @@ def lora_scale(alpha: float, rank: int, use_rslora: bool) -> float:
     return float(alpha) / (math.sqrt(rank) if use_rslora else rank)
 
 
-def _pattern_value(patterns: dict[str, Any], module: str) -> Any | None:
+_V = TypeVar("_V")
+
+
+def _pattern_value(patterns: Mapping[str, _V], module: str) -> _V | None:
     # Same matching rule as PEFT: the pattern must match a dotted suffix of the module path.
     for pattern, value in patterns.items():
         if re.match(rf"(.*\.)?({pattern})$", module):

@@ -16,11 +16,14 @@ import logging
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from emprobe.errors import FormatError, ModelNotFoundError
 from emprobe.io import atomic_dir, write_json
 from emprobe.models.paths import cache_dir
+
+if TYPE_CHECKING:
+    from gguf import GGUFReader
 
 __all__ = ["convert_gguf", "gguf_fingerprint", "gguf_model_dir", "is_gguf_file"]
 
@@ -70,7 +73,7 @@ def gguf_model_dir(path: Path, name: str | None = None, source: Mapping[str, obj
     return target
 
 
-def _gguf_int(reader: Any, key: str) -> int | None:
+def _gguf_int(reader: GGUFReader, key: str) -> int | None:
     field = reader.fields.get(key)
     if field is None or not field.parts:
         return None

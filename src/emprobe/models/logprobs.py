@@ -16,7 +16,7 @@ row's log-softmax is the same operation either way.
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -129,11 +129,15 @@ def _reduce(logp: torch.Tensor, mask: torch.Tensor, mean: bool,
     return sums, counts
 
 
-def supports_logits_to_keep(model: Any) -> bool:
+def supports_logits_to_keep(model: torch.nn.Module) -> bool:
     """Whether the (possibly PEFT-wrapped) model's forward takes ``logits_to_keep``."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    get_base = getattr(model, "get_base_model", None)
+    inner: object = get_base() if callable(get_base) else model
+    forward = getattr(type(inner), "forward", None)
+    if forward is None:
+        return False
     try:
-        return "logits_to_keep" in inspect.signature(type(inner).forward).parameters
+        return "logits_to_keep" in inspect.signature(forward).parameters
     except (TypeError, ValueError):
         return False
 
