@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from nnsight import TransformersModel
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from emprobe.models.subject import Subject
 
 
-def to_transformer_lens(subject: Any, device: str | None = None, share_weights: bool = False) -> Any:
+def to_transformer_lens(subject: Subject, device: str | None = None,
+                        share_weights: bool = False) -> TransformerBridge:
     """Wrap the subject's HF model with ``TransformerBridge.boot_transformers``.
 
     The bridge swaps the model's blocks for its own wrappers in place, which breaks
@@ -27,7 +34,7 @@ def to_transformer_lens(subject: Any, device: str | None = None, share_weights: 
     )
 
 
-def _save_for_bridge(subject: Any) -> str:
+def _save_for_bridge(subject: Subject) -> str:
     """Tiny / in-memory models have no folder: the bridge reads only the config from one."""
     import tempfile
 
@@ -37,7 +44,7 @@ def _save_for_bridge(subject: Any) -> str:
     return folder
 
 
-def to_nnsight(subject: Any) -> Any:
+def to_nnsight(subject: Subject) -> TransformersModel:
     """Wrap the subject's model as an ``nnsight.TransformersModel`` (same weights, no copy).
 
     ``TransformersModel(model, task="text-generation")`` is nnsight's current class for causal

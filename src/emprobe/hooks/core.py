@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.hooks import RemovableHandle
@@ -49,7 +49,8 @@ def add_site_hook(subject: Subject, site: str, layer: int, fn: SiteFn) -> Remova
     module, is_pre = site_module(subject, site, layer)
     if is_pre:
 
-        def pre_hook(mod: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
+        def pre_hook(mod: torch.nn.Module, args: tuple, kwargs: dict,
+                     ) -> tuple[tuple, dict] | None:
             if args:
                 new = fn(args[0])
                 if new is not None:
@@ -63,7 +64,7 @@ def add_site_hook(subject: Subject, site: str, layer: int, fn: SiteFn) -> Remova
 
         return module.register_forward_pre_hook(pre_hook, with_kwargs=True)
 
-    def post_hook(mod: torch.nn.Module, args: tuple, output: Any) -> Any:
+    def post_hook(mod: torch.nn.Module, args: tuple, output: object) -> object:
         if isinstance(output, torch.Tensor):
             return fn(output)
         if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):

@@ -16,7 +16,7 @@ recognised by its shape (``DirectionLike``), not its class.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
 
@@ -35,7 +35,7 @@ class DirectionLike(Protocol):
     vectors: dict[int, torch.Tensor]
     site: str
 
-    def check_compatible(self, subject: Any, allow_other_model: bool = False) -> None: ...
+    def check_compatible(self, subject: Subject, allow_other_model: bool = False) -> None: ...
 
 
 LayerInput = DirectionLike | torch.Tensor | Mapping[int, torch.Tensor]

@@ -15,12 +15,19 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 import torch
 
 from emprobe.errors import FormatError
 from emprobe.io import load_tensors, read_json, save_tensors, write_json
+
+
+class ShardEntry(TypedDict):
+    """One shard in the manifest: its file name and how many rows it holds."""
+
+    file: str
+    rows: int
 
 
 class ShardWriter:
@@ -34,7 +41,7 @@ class ShardWriter:
         site: str = "resid_post",
         rows_per_shard: int = 16384,
         dtype: torch.dtype = torch.float32,
-        meta: dict[str, Any] | None = None,
+        meta: dict[str, object] | None = None,
     ) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -42,7 +49,7 @@ class ShardWriter:
         self.rows_per_shard, self.dtype = rows_per_shard, dtype
         self.meta = meta or {}
         manifest = self.folder / "manifest.json"
-        self.shards: list[dict[str, Any]] = []
+        self.shards: list[ShardEntry] = []
         if manifest.exists():  # resume
             old = read_json(manifest)
             if old.get("layers") != self.layers or old.get("d_model") != d_model:
