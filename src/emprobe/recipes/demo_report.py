@@ -7,6 +7,7 @@ unpaired intervals.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from emprobe import __version__
@@ -24,12 +25,12 @@ if TYPE_CHECKING:
     from emprobe.recipes.demo import Demo
 
 
-def _est(rec: dict[str, Any]) -> str:
+def _est(rec: Mapping[str, object]) -> str:
     p = f", p={rec['p']:.3g}" if rec.get("p") is not None else ""
     return f"{rec['mean']:+.2f} [{rec['lo']:+.2f}, {rec['hi']:+.2f}]{p}"
 
 
-def _opt(rec: dict[str, Any]) -> str:
+def _opt(rec: Mapping[str, object]) -> str:
     """``{mean, lo, hi}`` with undefined (null) bounds shown as such."""
     if rec.get("mean") is None:
         return "undefined"
