@@ -60,6 +60,24 @@ class VersusRow(TypedDict):
     hi: float
 
 
+class _ClaimRequired(TypedDict):
+    seed_claim: str
+    measure: str
+    value: dict[str, float]
+    expect: str
+    null: float
+    conditions: dict[str, bool]
+    verdict: str
+
+
+class ClaimBlock(_ClaimRequired, total=False):
+    """``results["claim"]`` (``Lab.claim``): the seed claim, what was measured, its
+    ``{mean, lo, hi}`` value, the expected side of ``null``, the conditions and the verdict;
+    ``why`` when given."""
+
+    why: str
+
+
 VERDICTS = ("reproduced", "partial", "not reproduced", "not significant")
 DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 SCORE_COLUMNS = ["name", "misalignment", "misalignment_lo", "misalignment_hi"]
@@ -518,7 +536,7 @@ class Lab:
     # -- the verdict -------------------------------------------------------------------------
     def claim(self, seed_claim: str, measure: str, value: object, expect: str = "higher",
               null: float = 0.0, conditions: dict[str, bool] | None = None,
-              why: str | None = None) -> dict[str, Any]:
+              why: str | None = None) -> ClaimBlock:
         """State the seed study's claim, its measurable analogue here, and the verdict.
 
         ``value``: the measured quantity with a 95 % interval (an ``Estimate``, a
@@ -538,8 +556,9 @@ class Lab:
         est = {"mean": e.mean, "lo": e.lo, "hi": e.hi}
         conds = {str(k): bool(v) for k, v in (conditions or {}).items()}
         verdict = decide(est, expect, null, conds)
-        block = {"seed_claim": seed_claim, "measure": measure, "value": est, "expect": expect,
-                 "null": null, "conditions": conds, "verdict": verdict}
+        block: ClaimBlock = {"seed_claim": seed_claim, "measure": measure, "value": est,
+                             "expect": expect, "null": null, "conditions": conds,
+                             "verdict": verdict}
         if why:
             block["why"] = why
         self.results["claim"] = block
