@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping, Sized
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 import torch
 
@@ -39,6 +39,8 @@ from emprobe.validate import (
 )
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11
+
     from emprobe.models.subject import Subject
 
 FORMAT_NAME = "emprobe.direction"
@@ -49,7 +51,7 @@ NORMALISATIONS = ("none", "unit", "orthonormal")
 TENSORS_FILE = "direction.safetensors"
 META_FILE = "direction.json"
 
-__all__ = ["DataProvenance", "Direction", "ModelMismatchError", "data_provenance", "now_utc"]
+__all__ = ["DataProvenance", "Description", "Direction", "ModelMismatchError", "data_provenance", "now_utc"]
 
 
 def now_utc() -> str:
@@ -72,6 +74,22 @@ def data_provenance(data: object, description: str = "") -> DataProvenance:
     blob = json.dumps(data, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8")
     n = len(data) if isinstance(data, Sized) else None
     return {"sha256": hashlib.sha256(blob).hexdigest(), "n": n, "description": description}
+
+
+class Description(TypedDict, total=False):
+    """The Direction fields that describe how it was made (keyword arguments of the
+    constructors that fill the model fields themselves)."""
+
+    site: str
+    positions: str
+    normalisation: str
+    sign: str
+    method: str
+    params: dict[str, object]
+    provenance: dict[str, object]
+    stats: dict[str, object]
+    created: str
+    emprobe_version: str
 
 
 @dataclass
@@ -133,7 +151,7 @@ class Direction:
     # -- construction -----------------------------------------------------------------
     @classmethod
     def from_subject(
-        cls, subject: Subject, vectors: Mapping[int, torch.Tensor], **meta: Any
+        cls, subject: Subject, vectors: Mapping[int, torch.Tensor], **meta: Unpack[Description]
     ) -> Direction:
         """A direction whose model metadata (id, fingerprint, width, depth) comes from ``subject``."""
         return cls(
