@@ -285,7 +285,7 @@ class Demo:
         self.scores: dict[str, dict[int, LocalScore]] = {}
         self.losses: dict[str, dict[int, TaskLosses]] = {}
         self.adapters: dict[str, dict[int, Path]] = {}
-        self.metrics: dict[str, list[dict[str, Any]]] = {}
+        self.metrics: dict[str, list[dict[str, object]]] = {}
         self.failures: list[str] = []  # quality gates that failed (raised after the report)
         self.t0 = time.perf_counter()
 
@@ -751,7 +751,7 @@ def _slug(name: str) -> str:
     return "-".join(p for p in keep.split("-") if p)
 
 
-def _read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+def _read_metrics(run_dir: Path) -> list[dict[str, object]]:
     from emprobe.io import read_jsonl
 
     path = run_dir / "metrics.jsonl"
