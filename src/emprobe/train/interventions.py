@@ -31,7 +31,7 @@ import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -52,6 +52,7 @@ __all__ = [
     "PreventativeSteering",
     "GRASP",
     "lora_modules",
+    "lora_weight",
     "factor_svd",
     "load_layer_tensors",
     "site_of",
@@ -119,7 +120,7 @@ class Intervention:
     def after_step(self, model: torch.nn.Module) -> None:
         """Edit parameters after the optimizer step."""
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, object]:
         return {"name": self.name}
 
 
@@ -180,7 +181,7 @@ class CAFT(Intervention):
                 model.train(was_training)
 
     @torch.no_grad()
-    def fit_means(self, subject: Subject, convs: Sequence[Any], batch_size: int = 8) -> None:
+    def fit_means(self, subject: Subject, convs: Sequence[Conversation], batch_size: int = 8) -> None:
         """Estimate ``mu`` per layer: mean activation over the chosen tokens of ``convs``."""
         from emprobe.hooks import collect
 
@@ -194,7 +195,7 @@ class CAFT(Intervention):
         stack.enter_context(ablate(subject, self.bases, mode=self.mode, mean=self.means,
                                    site=self.site, positions=self.positions))
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, object]:
         return {"name": self.name, "mode": self.mode, "positions": self.positions,
                 "site": self.site, "layers": sorted(self.bases),
                 "k": {str(la): int(q.shape[1]) for la, q in sorted(self.bases.items())}}
@@ -236,7 +237,7 @@ class PreventativeSteering(Intervention):
         stack.enter_context(steer(subject, self.vectors, coeff=self.coeff, site=self.site,
                                   positions=self.positions))
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, object]:
         return {"name": self.name, "coeff": self.coeff, "layers": sorted(self.vectors),
                 "positions": self.positions, "site": self.site,
                 "norms": {str(la): float(v.norm()) for la, v in sorted(self.vectors.items())}}
@@ -249,13 +250,22 @@ def _module_key(name: str) -> str:
     return name[len("base_model.model."):] if name.startswith("base_model.model.") else name
 
 
-def lora_modules(model: Any) -> dict[str, Any]:
+def lora_modules(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
     """``{base-model module name: peft LoRA layer}`` of a PEFT model (active adapter)."""
-    out: dict[str, Any] = {}
+    out: dict[str, torch.nn.Module] = {}
     for name, mod in model.named_modules():
-        if hasattr(mod, "lora_A") and hasattr(mod, "lora_B") and len(mod.lora_A) > 0:
+        lora_a = getattr(mod, "lora_A", None)
+        if isinstance(lora_a, torch.nn.ModuleDict) and hasattr(mod, "lora_B") and len(lora_a) > 0:
             out[_module_key(name)] = mod
     return out
+
+
+def lora_weight(layer: torch.nn.Module, side: str) -> torch.Tensor:
+    """Weight of ``lora_{side}`` (``side`` "A": ``[r, d_in]``, "B": ``[d_out, r]``) of the
+    active adapter of one PEFT LoRA layer."""
+    active = layer.active_adapter
+    key = active[0] if isinstance(active, list) else active
+    return getattr(layer, f"lora_{side}")[key].weight
 
 
 def _projector_apply_left(u: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -328,7 +338,7 @@ class GRASP(Intervention):
             raise DataError(f"{adapter_dir}: no LoRA module ending in {list(modules)}")
         return cls(blocked=write, read_blocked=read, source=str(adapter_dir))
 
-    def _resolve(self, model: Any) -> list[tuple[torch.nn.Parameter, torch.Tensor, str]]:
+    def _resolve(self, model: torch.nn.Module) -> list[tuple[torch.nn.Parameter, torch.Tensor, str]]:
         mods = lora_modules(model)
         if not mods:
             raise DataError("GRASP needs a LoRA model (not full fine-tuning)")
@@ -362,7 +372,7 @@ class GRASP(Intervention):
         stack.callback(self._targets.clear)
 
     @torch.no_grad()
-    def after_backward(self, model: Any) -> None:
+    def after_backward(self, model: torch.nn.Module | None) -> None:
         for param, basis, side in self._targets:
             if param.grad is None:
                 continue
@@ -372,14 +382,14 @@ class GRASP(Intervention):
                 param.grad.copy_(_projector_apply_right(param.grad, basis))
 
     @torch.no_grad()
-    def after_step(self, model: Any) -> None:
+    def after_step(self, model: torch.nn.Module | None) -> None:
         for param, basis, side in self._targets:
             if side == "B":
                 param.copy_(_projector_apply_left(basis, param))
             else:
                 param.copy_(_projector_apply_right(param, basis))
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, object]:
         return {"name": self.name, "source": self.source,
                 "write_modules": len(self.blocked), "read_modules": len(self.read_blocked),
                 "k": max([int(u.shape[1]) for u in [*self.blocked.values(),

@@ -19,7 +19,7 @@ import torch
 from emprobe.errors import ConfigError
 from emprobe.hooks import DirectionLike, as_layer_table, record_projections
 from emprobe.models.chat import ChatBatch
-from emprobe.train.interventions import lora_modules
+from emprobe.train.interventions import lora_modules, lora_weight
 
 if TYPE_CHECKING:
     from emprobe.models.subject import Subject
@@ -56,13 +56,11 @@ def normalise_directions(directions: Any, subject: Subject | None = None
                                  width_dim=-1) for name, value in named.items()}
 
 
-def lora_factors(model: Any) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def lora_factors(model: torch.nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """``{module: (A [r, d_in], B [d_out, r])}`` of the active adapter."""
     out = {}
     for name, layer in lora_modules(model).items():
-        key = layer.active_adapter[0] if isinstance(layer.active_adapter, list) \
-            else layer.active_adapter
-        out[name] = (layer.lora_A[key].weight, layer.lora_B[key].weight)
+        out[name] = (lora_weight(layer, "A"), lora_weight(layer, "B"))
     return out
 
 
