@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from emprobe.errors import DataError
+
+if TYPE_CHECKING:
+    from emprobe.models.subject import Subject
+    from emprobe.train.interventions import Intervention
 
 __all__ = ["register", "build_interventions", "check_direction_source"]
 
@@ -86,7 +90,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_train)
 
 
-def check_direction_source(path: str | os.PathLike[str], subject: Any, flag: str,
+def check_direction_source(path: str | os.PathLike[str], subject: Subject, flag: str,
                            allow_other_model: bool = False) -> None:
     """Refuse a Direction folder extracted from another model, as ``emprobe steer`` does.
 
@@ -118,7 +122,7 @@ def check_direction_source(path: str | os.PathLike[str], subject: Any, flag: str
                                  f"not {subject.name!r}; pass --allow-other-model to use it")
 
 
-def build_interventions(args: argparse.Namespace) -> list[Any]:
+def build_interventions(args: argparse.Namespace) -> list[Intervention]:
     """Interventions named by CLI flags (also used by recipes that take the same flags)."""
     from emprobe.train.interventions import (
         CAFT,
@@ -128,7 +132,7 @@ def build_interventions(args: argparse.Namespace) -> list[Any]:
         site_of,
     )
 
-    ivs: list[Any] = []
+    ivs: list[Intervention] = []
     if args.caft:
         bases = load_layer_tensors(args.caft, "CAFT basis")
         ivs.append(CAFT(bases, mode=args.caft_mode, positions=args.caft_positions,

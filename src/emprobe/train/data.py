@@ -15,13 +15,16 @@ import os
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from emprobe.data.chat_io import ChatLike, Record
 from emprobe.errors import DataError
 from emprobe.models.chat import ChatBatch, Message, validate_conversation
+
+if TYPE_CHECKING:
+    from emprobe.models.subject import Subject
 
 __all__ = [
     "read_records",
@@ -97,7 +100,7 @@ class TruncationReport:
     max_length: int | None
     max_length_source: str
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)
 
 
@@ -210,7 +213,7 @@ def fit_window(response: Sequence[bool], max_length: int) -> tuple[int, int]:
     return start_r - keep_p, start_r + keep_r + min(keep_t, n - stop_r)
 
 
-def tokenize(subject: Any, records: Sequence[Any], max_length: int | None,
+def tokenize(subject: Subject, records: Sequence[ChatLike], max_length: int | None,
              what: str = "training data", chunk: int = 64,
              cap: int = DEFAULT_MAX_LENGTH_CAP) -> TokenizedSet:
     """Tokenise records with the subject's chat template and fit them into ``max_length``.
