@@ -24,6 +24,8 @@ from emprobe.errors import ConfigError, FormatError
 from emprobe.hooks import DirectionLike
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
     from emprobe.models.subject import Subject
 
 __all__ = ["DirectionSource", "check_layers", "check_number", "drop_gguf_tag", "read_direction",
@@ -62,9 +64,9 @@ def _finite(direction: DirectionLike, where: str) -> DirectionLike:
     return direction
 
 
-def read_direction(source: Any, model: str | None = None
+def read_direction(source: DirectionSource, model: str | None = None
                    ) -> DirectionLike | dict[int, torch.Tensor]:
-    """Any supported direction source -> a ``Direction`` (or ``{layer: tensor}`` as given).
+    """A supported direction source -> a ``Direction`` (or ``{layer: tensor}`` as given).
 
     ``model`` names the model the file came from, for formats that do not record it.
     """
@@ -86,7 +88,7 @@ def read_direction(source: Any, model: str | None = None
                       f"file path, got {type(source).__name__}")
 
 
-def table_layer(key: Any) -> int:
+def table_layer(key: object) -> int:
     """A ``{layer: tensor}`` key: a non-negative int (or its decimal string), never a bool."""
     if isinstance(key, str) and key.isdigit():
         return int(key)
@@ -95,7 +97,7 @@ def table_layer(key: Any) -> int:
     return key
 
 
-def table_vector(key: Any, value: Any) -> torch.Tensor:
+def table_vector(key: object, value: object) -> torch.Tensor:
     """A ``{layer: tensor}`` value: a finite real floating tensor of 1 or 2 dimensions."""
     if not isinstance(value, torch.Tensor):
         raise ConfigError(f"direction table: layer {key!r} holds a {type(value).__name__}, "
@@ -143,7 +145,7 @@ def unwrap_model(model: Any) -> Any:
     return model
 
 
-def subject_for_model(model: Any, tokenizer: Any = None, name: str | None = None) -> Subject:
+def subject_for_model(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase | None = None, name: str | None = None) -> Subject:
     """A ``Subject`` over ``model`` as a trainer holds it (engine wrappers removed)."""
     from emprobe.models.layers import LayerMap
     from emprobe.models.subject import Subject
