@@ -33,7 +33,7 @@ import contextlib
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
@@ -44,6 +44,7 @@ from emprobe.hooks.layer_table import default_site
 from emprobe.hooks.types import check_site
 from emprobe.train.interventions import GRASP, lora_modules
 from emprobe.train.sources import (
+    DirectionSource,
     check_layers,
     check_number,
     read_direction,
@@ -140,7 +141,7 @@ def _located(exc: EmprobeError, where: str) -> EmprobeError:
         return exc
 
 
-def _where(callback: object, source: Any) -> str:
+def _where(callback: object, source: object) -> str:
     """How errors name a callback's input: the file it read, else the callback's class."""
     name = type(callback).__name__
     if isinstance(source, (str, os.PathLike)):
@@ -172,7 +173,7 @@ class HookCallback(TrainerCallback):
     hooks off for a block (a reference forward pass).
     """
 
-    def __init__(self, direction: Any, layers: Layers = None, site: str | None = None,
+    def __init__(self, direction: DirectionSource, layers: Layers = None, site: str | None = None,
                  allow_other_model: bool = True, model_name: str | None = None) -> None:
         self.direction = read_direction(direction, model=model_name)
         self.where = _where(self, direction)
@@ -249,7 +250,7 @@ class CAFTCallback(HookCallback):
     logs it as ``caft/max_rel_proj`` (reduced with max over data-parallel ranks).
     """
 
-    def __init__(self, direction: Any, layers: Layers = None, mode: str = "zero",
+    def __init__(self, direction: DirectionSource, layers: Layers = None, mode: str = "zero",
                  means: Mapping[int, torch.Tensor] | None = None, site: str | None = None,
                  verify: bool = False, allow_other_model: bool = True,
                  model_name: str | None = None) -> None:
@@ -290,7 +291,7 @@ class SteeringCallback(HookCallback):
     Vectors are used raw (persona-vector coefficients assume unnormalised vectors).
     """
 
-    def __init__(self, direction: Any, coeff: float = 1.0, layers: Layers = None,
+    def __init__(self, direction: DirectionSource, coeff: float = 1.0, layers: Layers = None,
                  site: str | None = None, allow_other_model: bool = True,
                  model_name: str | None = None) -> None:
         super().__init__(direction, layers, site, allow_other_model, model_name)
@@ -301,7 +302,7 @@ class SteeringCallback(HookCallback):
         stack.enter_context(steer(subject, table, coeff=self.coeff, site=self.site))
 
 
-def _named_sources(directions: Any) -> dict[str, Any]:
+def _named_sources(directions: DirectionSource) -> dict[str, DirectionSource]:
     if isinstance(directions, Mapping) and directions and not isinstance(
             next(iter(directions.values())), torch.Tensor) and \
             "layer_activations" not in directions:
@@ -321,7 +322,7 @@ class PersonaMonitorCallback(HookCallback):
     recomputation is not counted twice.
     """
 
-    def __init__(self, directions: Any, layers: Layers = None, every: int = 10,
+    def __init__(self, directions: DirectionSource, layers: Layers = None, every: int = 10,
                  site: str | None = None, positions: str = "response",
                  allow_other_model: bool = True, model_name: str | None = None) -> None:
         named = {n: read_direction(s, model=model_name)
@@ -353,7 +354,7 @@ class PersonaMonitorCallback(HookCallback):
             for la in table:  # the same keys on every rank, whatever each one saw
                 self._sums.setdefault(f"proj/{name}/L{la}", [0.0, 0.0])
 
-    def _capture(self, module: Any, args: tuple, kwargs: dict) -> None:
+    def _capture(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         self._call += 1
         labels, att = kwargs.get("labels"), kwargs.get("attention_mask")
         if self.positions == "response" and isinstance(labels, torch.Tensor):
@@ -363,7 +364,7 @@ class PersonaMonitorCallback(HookCallback):
         else:
             self._mask = None
 
-    def _recorder(self, key: str, vec: torch.Tensor) -> Any:
+    def _recorder(self, key: str, vec: torch.Tensor) -> Callable[[torch.Tensor], None]:
         unit = vec.detach().float() / vec.detach().float().norm().clamp_min(1e-12)
 
         def fn(hidden: torch.Tensor) -> None:
@@ -415,7 +416,7 @@ class GRASPCallback(TrainerCallback):
     logs ``grasp/max_rel_grad`` = ``max |U^T g| / |g|`` after the projection.
     """
 
-    def __init__(self, source: Any, k: int = 1, modules: Sequence[str] = ("o_proj", "down_proj"),
+    def __init__(self, source: DirectionSource, k: int = 1, modules: Sequence[str] = ("o_proj", "down_proj"),
                  layers: Layers = None, verify: bool = False,
                  model_name: str | None = None) -> None:
         self.modules, self.verify = tuple(modules), verify
@@ -491,7 +492,7 @@ class GRASPCallback(TrainerCallback):
             self.grasp._targets.clear()
 
 
-def _is_adapter(source: Any) -> bool:
+def _is_adapter(source: object) -> TypeGuard[str | os.PathLike[str]]:
     from pathlib import Path
 
     if not isinstance(source, (str, Path)):
