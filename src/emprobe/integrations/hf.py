@@ -25,6 +25,7 @@ The implementation lives in ``emprobe.train`` so that ``emprobe train`` uses the
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -77,7 +78,7 @@ class RegularisedLossMixin:
     Logged as ``kl`` in the trainer's log records.
     """
 
-    def __init__(self, *args: Any, kl_weight: float = 0.0, ref_model: Any = None,
+    def __init__(self, *args: Any, kl_weight: float = 0.0, ref_model: torch.nn.Module | None = None,
                  **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.kl_weight = float(kl_weight)
@@ -86,7 +87,7 @@ class RegularisedLossMixin:
         self._kl_n = 0
 
     @contextlib.contextmanager
-    def _hooks_off(self) -> Any:
+    def _hooks_off(self) -> Iterator[None]:
         with contextlib.ExitStack() as stack:
             for cb in self.callback_handler.callbacks:  # pyright: ignore[reportAttributeAccessIssue]
                 if isinstance(cb, HookCallback):  # monitors too: the reference is not trained
