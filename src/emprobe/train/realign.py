@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from emprobe.errors import EmprobeError
+
+if TYPE_CHECKING:
+    from emprobe.models.subject import Subject
+    from emprobe.train.config import TrainConfig
 
 __all__ = ["emprobe_realign_fn"]
 
@@ -15,8 +19,8 @@ def emprobe_realign_fn(
     misaligned_adapter: str,
     benign_records: Sequence[dict[str, Any]],
     out_root: str,
-    config: Any = None,
-) -> Callable[[int], Any]:
+    config: TrainConfig | None = None,
+) -> Callable[[int], Subject]:
     """A ``finetune_fn`` for ``realignment_curve`` on ``emprobe.train.finetune``.
 
     For ``n > 0`` it merges the misaligned adapter into the base weights, fine-tunes a new
@@ -31,7 +35,7 @@ def emprobe_realign_fn(
 
     cfg = config if config is not None else preset("cpu-lora")
 
-    def fn(n: int) -> Any:
+    def fn(n: int) -> Subject:
         merged = load_model(base_spec, adapter=misaligned_adapter, merge_adapter=True)
         if n == 0:
             return merged
