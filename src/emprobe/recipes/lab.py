@@ -33,6 +33,7 @@ from emprobe.recipes.config import (
     resolve_device,
     resolve_dtype,
 )
+from emprobe.recipes.verdict import ClaimFields
 from emprobe.report import Report
 from emprobe.train.config import TrainConfig, preset
 
@@ -60,17 +61,7 @@ class VersusRow(TypedDict):
     hi: float
 
 
-class _ClaimRequired(TypedDict):
-    seed_claim: str
-    measure: str
-    value: dict[str, float]
-    expect: str
-    null: float
-    conditions: dict[str, bool]
-    verdict: str
-
-
-class ClaimBlock(_ClaimRequired, total=False):
+class ClaimBlock(ClaimFields, total=False):
     """``results["claim"]`` (``Lab.claim``): the seed claim, what was measured, its
     ``{mean, lo, hi}`` value, the expected side of ``null``, the conditions and the verdict;
     ``why`` when given."""

@@ -91,8 +91,8 @@ class SizeRecord(TypedDict):
     paper: dict[str, object] | None
 
 
-class ClaimRecord(TypedDict):
-    """The fixed fields of ``results.json["claim"]`` (see the module doc)."""
+class ClaimFields(TypedDict):
+    """The fields every ``results.json["claim"]`` has (``Lab.claim`` writes these)."""
 
     seed_claim: str
     measure: str
@@ -101,6 +101,11 @@ class ClaimRecord(TypedDict):
     null: float
     conditions: dict[str, bool]
     verdict: str
+
+
+class ClaimRecord(ClaimFields):
+    """The fixed fields of ``results.json["claim"]`` (see the module doc)."""
+
     reason: str
     size: SizeRecord
     n_seeds: int
