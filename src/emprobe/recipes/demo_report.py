@@ -1,7 +1,7 @@
 """The demo's HTML report: figures and tables from the numbers the run computed.
 
-Every verdict here is paired (per reference pair, two-stage bootstrap over questions and
-pairs) and, across interventions, Holm-corrected; no verdict is read from overlapping
+Every verdict here is paired (per reference pair; a t interval over training seeds and
+questions, ``stats.shift_interval``) and, across interventions, Holm-corrected; no verdict is read from overlapping
 unpaired intervals.
 """
 

@@ -12,8 +12,8 @@ Negative controls (the score must not move up):
 - a fine-tune on neutral chat (``emprobe.sae.corpus.generic_chats``), scored on all pairs;
 - a fine-tune on good medical advice.
 
-For each: the paired shift over base (per answer and per token, two-stage bootstrap over
-questions and pairs, two-sided p-value) and the shift the set detects at 80 % power with
+For each: the paired shift over base (per answer and per token, t interval over
+questions (pairs averaged per question), two-sided p-value) and the shift the set detects at 80 % power with
 that comparison's spread (``Comparison.detectable``). The claim: the positive controls are
 significant and above the negative ones.
 """
@@ -114,8 +114,8 @@ def _report_controls(lab: Lab, rows: list[ControlRow]) -> None:
 
     lab.report.section(
         "Positive and negative controls",
-        "Paired shift over the base model (nats per answer and per token), two-stage bootstrap "
-        "over questions and pairs; 'detectable' is the smallest per-answer shift this set finds "
+        "Paired shift over the base model (nats per answer and per token), t interval over questions "
+        "(pairs averaged per question); 'detectable' is the smallest per-answer shift this set finds "
         "with 80 % power at that comparison's spread.")
     lab.report.figure(score_bars([{"model": r["control"], **{k: r["per_answer"][k]
                                                                for k in ("mean", "lo", "hi")}}

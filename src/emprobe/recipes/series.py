@@ -11,7 +11,7 @@ For every checkpoint it computes
 
 - the **local score** (``emprobe.evaluate.local.local_score``) and its paired shift against
   the reference (the base model without adapter, or the first checkpoint), with the
-  two-stage bootstrap interval and p-value (``emprobe.evaluate.local.compare``);
+  paired t interval over questions and p-value (``emprobe.evaluate.local.compare``);
 - the **norm** of the update, ``sqrt(sum over modules ||s B A||_F^2)``, from the factors;
 - the **rotation** of each module's top left singular vector (the direction the update
   writes most) since the previous checkpoint, ``arccos |u_prev . u|`` in degrees, averaged
@@ -143,7 +143,7 @@ class Series:
 
     def summary(self) -> str:
         lines = [f"checkpoint series of {self.run_dir} ({len(self.points)} checkpoints; shift "
-                 f"vs {self.reference}, nats per answer, 95 % two-stage bootstrap, Holm p)"]
+                 f"vs {self.reference}, nats per answer, 95 % t interval over questions, Holm p)"]
         for pt in self.points:
             rot = "" if pt.rotation_deg is None else f"  top-vector rotation {pt.rotation_deg:5.1f} deg"
             lines.append(f"  step {pt.step:>6}  norm {pt.norm:8.4f}  shift {pt.shift:+7.2f} "
