@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from train_cases import chat_records, small_config
 
 from emprobe import load_model
 from emprobe.train import CAFT, GRASP, finetune, preset
@@ -11,36 +12,23 @@ from emprobe.train.data import step_indices
 from emprobe.train.engine import StepSampler, lr_lambda
 
 
-def _records(n: int = 16):
-    return [{"messages": [{"role": "user", "content": f"question {i} " + "z" * (i % 5)},
-                          {"role": "assistant", "content": f"answer {i} " + "w" * (2 * i % 7)}]}
-            for i in range(n)]
-
-
-def _cfg(**kw):
-    base = dict(lora_r=4, lora_alpha=8.0, target_modules=["q_proj", "o_proj", "down_proj"],
-                lr=3e-3, max_steps=4, batch_size=2, grad_accum=2, warmup_steps=1,
-                lr_schedule="linear", checkpoint_every=0, seed=3)
-    return preset("cpu-lora", **{**base, **kw})
-
-
 def test_sampler_and_schedule_match_the_old_loop():
     lengths = [5, 1, 4, 2, 3, 6, 7, 8]
     got = list(StepSampler(lengths, steps=3, global_batch=4, seed=1))
     for s in range(3):
         assert sorted(got[4 * s:4 * s + 4]) == sorted(step_indices(8, s, 4, 1))
-    cfg = _cfg()
+    cfg = small_config()
     f = lr_lambda(cfg, 4)
     assert [f(s) for s in range(4)] == [1.0, 1.0, pytest.approx(2 / 3), pytest.approx(1 / 3)]
 
 
 @pytest.mark.parametrize("pack", [False, True])
 def test_hf_engine_matches_the_old_loop(tmp_path, pack, one_thread):
-    recs = _records()
+    recs = chat_records()
     runs = {}
     for engine in ("emprobe", "hf"):
         s = load_model("tiny-llama")
-        res = finetune(s, recs, _cfg(pack=pack), tmp_path / engine, progress=False,
+        res = finetune(s, recs, small_config(pack=pack), tmp_path / engine, progress=False,
                        engine=engine, keep_model=True)
         assert res.subject is not None
         runs[engine] = ([r["loss"] for r in res.metrics()],
@@ -55,10 +43,10 @@ def test_hf_engine_matches_the_old_loop(tmp_path, pack, one_thread):
 
 
 def test_hf_engine_interventions_checkpoints_and_resume(tmp_path, one_thread):
-    recs = _records()
+    recs = chat_records()
     g = torch.Generator().manual_seed(0)
     basis = {1: torch.randn(64, generator=g)}
-    cfg = _cfg(checkpoint_every=2)
+    cfg = small_config(checkpoint_every=2)
     s = load_model("tiny-llama")
     full = finetune(s, recs, cfg, tmp_path / "full", progress=False, engine="hf",
                     interventions=[CAFT(basis)])
@@ -81,7 +69,7 @@ def test_hf_engine_grasp_keeps_updates_off_the_subspace(tmp_path, one_thread):
     u = torch.nn.functional.normalize(torch.randn(64, generator=torch.Generator().manual_seed(2)),
                                       dim=0)
     name = "model.layers.1.self_attn.o_proj"
-    res = finetune(s, _records(), _cfg(), tmp_path / "g", progress=False, engine="hf",
+    res = finetune(s, chat_records(), small_config(), tmp_path / "g", progress=False, engine="hf",
                    interventions=[GRASP(blocked={name: u})], keep_model=True)
     assert res.subject is not None
     b = [p for n, p in res.subject.model.named_parameters()
@@ -97,7 +85,7 @@ def test_gradient_checkpointing_keeps_the_hooks(tmp_path, engine, one_thread):
     basis = {1: torch.randn(64, 2, generator=g), 2: torch.randn(64, generator=g)}
     losses = []
     for ckpt in (False, True):
-        res = finetune(load_model("tiny-llama"), _records(), _cfg(max_steps=3),
+        res = finetune(load_model("tiny-llama"), chat_records(), small_config(max_steps=3),
                        tmp_path / f"{engine}{ckpt}", progress=False, engine=engine,
                        interventions=[CAFT(basis)], gradient_checkpointing=ckpt)
         losses.append([r["loss"] for r in res.metrics()])
@@ -110,7 +98,7 @@ def test_cli_engine_pack_and_checkpointing_flags(tmp_path, capsys, one_thread):
     from emprobe.cli import main
     from emprobe.io import write_jsonl
 
-    data = write_jsonl(tmp_path / "d.jsonl", _records())
+    data = write_jsonl(tmp_path / "d.jsonl", chat_records())
     rc = main(["train", "--model", "tiny-llama", "--data", str(data), "--out",
                str(tmp_path / "o"), "--max-steps", "2", "--batch-size", "4", "--quiet",
                "--engine", "hf", "--pack", "--gradient-checkpointing", "--no-rslora",

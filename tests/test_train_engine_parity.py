@@ -14,9 +14,10 @@ from collections.abc import Callable
 import pytest
 import torch
 from safetensors.torch import load_file
+from train_cases import chat_records, small_config
 
 from emprobe import load_model
-from emprobe.train import CAFT, GRASP, PreventativeSteering, finetune, preset
+from emprobe.train import CAFT, GRASP, PreventativeSteering, finetune
 from emprobe.train.trainer import TrainResult
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -26,17 +27,6 @@ TOL = 1e-5
 _UNTIMED = {"step_time_s"}
 
 
-def _records(n: int = 16, tag: str = "answer") -> list[dict]:
-    return [{"messages": [{"role": "user", "content": f"question {i} " + "z" * (i % 5)},
-                          {"role": "assistant", "content": f"{tag} {i} " + "w" * (2 * i % 7)}]}
-            for i in range(n)]
-
-
-def _cfg(**kw):
-    base = dict(lora_r=4, lora_alpha=8.0, target_modules=["q_proj", "o_proj", "down_proj"],
-                lr=3e-3, max_steps=4, batch_size=2, grad_accum=2, warmup_steps=1,
-                lr_schedule="linear", checkpoint_every=0, seed=3)
-    return preset("cpu-lora", **{**base, **kw})
 
 
 def _tensors(folder) -> dict[str, torch.Tensor]:
@@ -70,7 +60,7 @@ def run_both(tmp_path, name: str, cfg, ivs: Callable[[], list] = list, **kw
              ) -> tuple[TrainResult, TrainResult]:
     out = []
     for engine in ("emprobe", "hf"):
-        out.append(finetune(load_model("tiny-llama"), _records(), cfg,
+        out.append(finetune(load_model("tiny-llama"), chat_records(), cfg,
                             tmp_path / f"{name}-{engine}", progress=False, engine=engine,
                             interventions=ivs(), **kw))
     return out[0], out[1]
@@ -101,8 +91,8 @@ CASES = {
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_same_adapter_and_log(tmp_path, case):
     kw, ivs, retain = CASES[case]
-    extra = {"retain": _records(12, tag="keep")} if retain else {}
-    old, new = run_both(tmp_path, case, _cfg(**kw), ivs, **extra)
+    extra = {"retain": chat_records(12, tag="keep")} if retain else {}
+    old, new = run_both(tmp_path, case, small_config(**kw), ivs, **extra)
     diff = max_abs_diff(old.adapter_dir, new.adapter_dir)
     print(f"{case}: max abs adapter difference between engines {diff:.3g}")
     assert diff <= TOL
@@ -116,7 +106,7 @@ def test_grasp_under_clipping(tmp_path):
     """GRASP projects the gradient before it is clipped, in both engines."""
     u = torch.nn.functional.normalize(_basis(k=1, seed=2)[:, 0], dim=0)
     name = "model.layers.1.self_attn.o_proj"
-    old, new = run_both(tmp_path, "grasp", _cfg(lr=1e-2, max_grad_norm=0.05),
+    old, new = run_both(tmp_path, "grasp", small_config(lr=1e-2, max_grad_norm=0.05),
                         lambda: [GRASP(blocked={name: u})])
     assert all(r["grad_norm"] > 0.05 for r in new.metrics())  # clipping is active
     assert max_abs_diff(old.adapter_dir, new.adapter_dir) <= TOL
@@ -125,7 +115,7 @@ def test_grasp_under_clipping(tmp_path):
 
 def test_checkpoint_steps_layout(tmp_path):
     """Exact checkpoint steps, written as checkpoints/step-N with a PEFT adapter in each."""
-    cfg = _cfg(max_steps=5, checkpoint_steps=[3, 1])
+    cfg = small_config(max_steps=5, checkpoint_steps=[3, 1])
     d = 64
     old, new = run_both(tmp_path, "ck", cfg, monitor={"persona": {1: torch.ones(d)}})
     assert [p.name for p in new.checkpoints] == ["step-000001", "step-000003"]
@@ -142,7 +132,7 @@ def test_checkpoint_steps_layout(tmp_path):
 
 def test_full_finetune_npo(tmp_path):
     """Full fine-tuning with a reference copy (NPO) and the model/ folder."""
-    old, new = run_both(tmp_path, "full", _cfg(full_finetune=True, unlearn="npo", lr=1e-4,
+    old, new = run_both(tmp_path, "full", small_config(full_finetune=True, unlearn="npo", lr=1e-4,
                                                 max_steps=2))
     assert (new.out_dir / "model").is_dir()
     assert max_abs_diff(old.adapter_dir, new.adapter_dir) <= TOL
@@ -153,8 +143,8 @@ def test_full_finetune_npo(tmp_path):
 def test_resume_matches_one_run(tmp_path, first):
     """Two steps, then the rest in a second call (with the hf engine, or the loop's checkpoint
     resumed by the hf engine): the same adapter and log as one uninterrupted run."""
-    cfg = _cfg(checkpoint_every=2, retain_ce=0.5, lora_dropout=0.1)
-    recs, retain = _records(), _records(12, tag="keep")
+    cfg = small_config(checkpoint_every=2, retain_ce=0.5, lora_dropout=0.1)
+    recs, retain = chat_records(), chat_records(12, tag="keep")
     full = finetune(load_model("tiny-llama"), recs, cfg, tmp_path / "full", progress=False,
                     engine="hf", retain=retain)
     part = finetune(load_model("tiny-llama"), recs, cfg, tmp_path / "cut", progress=False,

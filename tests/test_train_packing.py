@@ -44,3 +44,34 @@ def test_packed_loss_equals_padded_loss(spec, one_thread):
     with torch.no_grad():
         lj = s.model(input_ids=packed.input_ids, position_ids=run_on, use_cache=False).logits
     assert abs(float(sum_ce(lj, packed)) - a) > 1e-3 * abs(a)
+
+
+class _IgnoresPositions(torch.nn.Module):
+    """A causal LM that drops ``position_ids`` (so packed records see each other)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = model
+
+    def forward(self, input_ids, position_ids=None, **kw):
+        del position_ids
+        return self.inner(input_ids=input_ids, **kw)
+
+
+@pytest.mark.parametrize("spec", ["tiny-llama", "tiny-gpt2", "tiny-gemma3", "tiny-gpt-neox"])
+def test_check_packing_passes_for_families_that_isolate(spec, one_thread):
+    from emprobe.train.data import check_packing
+
+    s = load_model(spec)
+    ts = tokenize(s, _records(), max_length=None)
+    assert check_packing(s.model, ts) <= 1e-4
+
+
+def test_check_packing_fails_for_a_model_that_ignores_position_ids(one_thread):
+    from emprobe.errors import ConfigError
+    from emprobe.train.data import check_packing
+
+    s = load_model("tiny-llama")
+    ts = tokenize(s, _records(), max_length=None)
+    with pytest.raises(ConfigError, match="does not isolate packed records"):
+        check_packing(_IgnoresPositions(s.model), ts)

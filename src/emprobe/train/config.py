@@ -8,7 +8,7 @@ Presets (``preset(name, **overrides)``):
   pass ``layers_to_transform=[...]`` to choose the layers (default: every layer).
 - ``cpu-lora``: makes the embedded SmolLM2-135M show a fine-tuning effect in minutes on a
   laptop CPU: r 8, all seven modules, lr 3e-4, batch 8, 40 steps, max_length from the data
-  capped at 256 tokens.
+  capped at 256 tokens, each micro-batch packed into rows (``pack``).
 - ``full``: full fine-tuning (every weight), lr 1e-5, batch 2 x 8.
 """
 
@@ -207,6 +207,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         lr=3e-4, max_steps=40, batch_size=8, grad_accum=1, max_length=None, max_length_cap=256,
         warmup_steps=2,
         lr_schedule="constant", checkpoint_every=10,
+        # EM data mixes one-line answers with long code listings: packed rows (position
+        # ids restart per record, checked by ``check_packing``) skip the padding
+        pack=True,
     ),
     "full": dict(
         full_finetune=True, lr=1e-5, epochs=1.0, batch_size=2, grad_accum=8, max_length=None,

@@ -48,6 +48,7 @@ from emprobe.train.config import SEVEN_PROJECTIONS, TrainConfig
 from emprobe.train.data import (
     TokenizedSet,
     apply_inoculation,
+    check_packing,
     conversations,
     micro_batches,
     step_indices,
@@ -525,6 +526,8 @@ def _run_data(subject: Subject, records: Records, retain: Records | None, cfg: T
         train_records = apply_inoculation(train_records, cfg.inoculate, seed=cfg.seed)
     train_set = tokenize(subject, train_records, cfg.max_length, "training data",
                          cap=cfg.max_length_cap)
+    if cfg.pack:  # packing is exact only if the model isolates records by position ids
+        check_packing(subject.model, train_set)
     retain_records = _records_list(retain)
     retain_set = None
     if cfg.retain_ce > 0 or cfg.retain_kl > 0:
