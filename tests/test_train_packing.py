@@ -58,7 +58,9 @@ class _IgnoresPositions(torch.nn.Module):
         return self.inner(input_ids=input_ids, **kw)
 
 
-@pytest.mark.parametrize("spec", ["tiny-llama", "tiny-gpt2", "tiny-gemma3", "tiny-gpt-neox"])
+@pytest.mark.parametrize("spec", ["tiny-llama", "tiny-qwen2", "tiny-mistral", "tiny-gemma2",
+                                  "tiny-gemma3", "tiny-olmo2", "tiny-phi", "tiny-phi3",
+                                  "tiny-gpt2", "tiny-gpt-neox"])
 def test_check_packing_passes_for_families_that_isolate(spec, one_thread):
     from emprobe.train.data import check_packing
 
