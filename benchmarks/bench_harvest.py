@@ -27,13 +27,11 @@ TOKENS = 8192  # 2 rounds of both sides: about 35 s of make bench on 2 quiet cor
 
 def same_batches(subject: Any, texts: list[str], cfg: Any) -> list[Any]:
     """The harvest's batches for ``cfg`` (its budget cut included), tokenised now."""
-    from emprobe.sae.harvest import _batches, _head_rows, token_mask
+    from emprobe.sae.harvest import _batches, _head_rows, data_encoder, token_mask
 
-    def encode(chunk: Any) -> Any:
-        return subject.encode_texts(list(chunk), max_length=cfg.max_length)
-
+    encode = data_encoder(subject, texts, cfg.max_length)  # the harvest's own tokenisation
     out, done = [], 0
-    for batch in _batches(encode, texts, cfg.batch_size, cfg.bucket):
+    for batch in _batches(encode, len(texts), cfg.batch_size, cfg.bucket):
         if cfg.max_tokens is not None and done >= cfg.max_tokens:
             break
         mask = token_mask(subject, batch, cfg.positions, cfg.skip_first)
