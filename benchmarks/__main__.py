@@ -16,17 +16,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from benchmarks.record import LoadProbe, load_note, record  # noqa: E402
 
-# What `make bench` costs on 2 quiet cores (x86_64, no GPU), module by module: estimates
-# from earlier quiet runs (522 s for the modules before harvest, sample, the training floor
-# and the SAE at 262,144 tokens) and from reduced-size runs of the new measures on a busy
-# machine; shown by --help.
-EXPECTED = """expected time on 2 quiet cores (estimates, not measurements of this version):
+# What `make bench` costs on 2 quiet cores (x86_64, no GPU), module by module; the issue27
+# set measured whole on 2026-12-07 (quiet), the other modules from earlier quiet runs; shown
+# by --help.
+EXPECTED = """time on 2 quiet cores (issue27 set measured 2026-12-07; the rest from earlier runs):
   bench_data, bench_directions, bench_evaluate, bench_geometry, bench_hooks: ~6 min together
-  bench_harvest ~1 min; bench_sample ~1 min
-  bench_train ~6-8 min (of which the floor row, finetune vs bare forward+backward, ~2 min)
-  bench_sae ~13 min (16,384 tokens ~1.5 min; 262,144 tokens ~11 min: both sides run it)
-  all (make bench): ~27-30 min; --set issue27 (harvest, SAE at 262,144, training floor,
-  sampling only): ~15 min"""
+  bench_harvest 47 s; bench_sample 101 s
+  bench_train ~6-8 min (of which the floor row, finetune vs bare forward+backward, 95 s)
+  bench_sae ~22 min (16,384 tokens ~2 min; 262,144 tokens 1,185 s: both pipelines and a
+  second emprobe SAE on the same harvest)
+  all (make bench): ~35 min; --set issue27 (harvest, SAE at 262,144, training floor,
+  sampling only): 1,428 s measured"""
 
 # --set issue27: only the four rows of issue 27's "done when", each module with its kwargs
 SETS: dict[str, dict[str, dict[str, object]]] = {
