@@ -77,3 +77,23 @@ def test_check_packing_fails_for_a_model_that_ignores_position_ids(one_thread):
     ts = tokenize(s, _records(), max_length=None)
     with pytest.raises(ConfigError, match="does not isolate packed records"):
         check_packing(_IgnoresPositions(s.model), ts)
+
+
+@pytest.mark.integration
+def test_packing_is_exact_on_the_embedded_model(embedded, one_thread):
+    """The embedded model (Llama-shaped SmolLM2, real chat template): ``check_packing``
+    passes, and the assistant-only loss of packed rows equals the padded batch's."""
+    from emprobe.train.data import check_packing
+
+    ts = tokenize(embedded, _records(5), max_length=None)
+    assert check_packing(embedded.model, ts) <= 1e-4
+    idx = list(range(len(ts)))
+    padded = ts.batch(idx)
+    packed, pos = ts.packed_batch(idx, width=max(ts.lengths) * 2)
+    assert packed.input_ids.shape[0] < padded.input_ids.shape[0]
+    with torch.no_grad():
+        lp = embedded.model(input_ids=padded.input_ids, attention_mask=padded.attention_mask,
+                            use_cache=False).logits
+        lk = embedded.model(input_ids=packed.input_ids, position_ids=pos, use_cache=False).logits
+    a, b = float(sum_ce(lp, padded)), float(sum_ce(lk, packed))
+    assert abs(a - b) <= 1e-4 * abs(a)
