@@ -194,3 +194,27 @@ def test_recipe_options_are_typed():
                 {"fractions": [1.5]}):
         with pytest.raises(DataError, match="LabConfig.extra"):
             recipe_options(LabConfig(extra=bad))
+
+
+def test_hack_transfer_pools_seeds_and_can_fail():
+    """``paired_delta`` over per-seed hack preferences: a null input (the same margins) is
+    not above 0, an effect on every seed is; a single base result pairs with every seed;
+    seeds that cannot be paired are an error."""
+    from emprobe.recipes.reward_hacking import paired_delta
+
+    rng = np.random.default_rng(0)
+
+    def pref(shift: float) -> dict:
+        return {"per_task": [{"margin": float(m) + shift, "kind": "k"}
+                             for m in rng.normal(0.0, 1.0, 10)]}
+
+    honest = [pref(0.0) for _ in range(3)]
+    null = paired_delta(honest, honest)
+    assert null["mean"] == 0.0 and not C.above(null) and null["n_seeds"] == 3
+    hacker = [{"per_task": [{"margin": t["margin"] + 1.0 + 0.1 * s, "kind": "k"}
+                            for t in h["per_task"]]} for s, h in enumerate(honest)]
+    effect = paired_delta(honest, hacker)
+    assert C.above(effect) and effect["n"] == 10 and abs(effect["mean"] - 1.1) < 1e-9
+    assert paired_delta(honest[0], hacker)["n_seeds"] == 3
+    with pytest.raises(ValueError, match="seeds"):
+        paired_delta(honest[:2], hacker)

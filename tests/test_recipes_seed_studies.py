@@ -156,3 +156,19 @@ def test_result_shapes(ran):
     assert set(rh["hack_preference"]) == {"base", "hack", "honest control", "hack + inoculation"}
     for p in rh["hack_preference"].values():
         assert 0.0 <= p["pref_rate"] <= 1.0 and _ordered(p["lo"], p["mean"], p["hi"])
+
+
+@pytest.mark.parametrize("name, model", [("school-of-reward-hacks", "hacker"),
+                                         ("format-sensitivity", "bad-medical")])
+def test_seeds_are_the_unit(name, model, tmp_path, one_thread):
+    """With ``extra.seeds = 2`` (quick mode's default is 1) the fine-tunes run on both seeds,
+    the page shows each, and the claim pools seeds x questions (``n_seeds`` 2)."""
+    from emprobe.recipes.lab import LabConfig
+
+    run_recipe(name, tmp_path, quick=True, config=LabConfig.quick_config(extra={"seeds": 2}))
+    res = _results(tmp_path)
+    assert res["claim"]["n_seeds"] == 2 and res["seeds"] == [0, 1]
+    shown = {r.get("model", r.get("name")) for r in res.get("scores", res.get("formats"))}
+    assert {f"{model} (seed 0)", f"{model} (seed 1)"} <= shown
+    assert _ordered(res["claim"]["value"]["lo"], res["claim"]["value"]["mean"],
+                    res["claim"]["value"]["hi"])

@@ -496,31 +496,17 @@ class Lab:
         return self.versus(ref_name, scores[ref_name],
                            {n: s for n, s in scores.items() if n != ref_name and n not in skip})
 
-    def versus(self, ref_name: str, ref: LocalScore, others: Mapping[str, LocalScore],
-               same_answers: bool = True) -> list[VersusRow]:
-        """Paired differences ``other - ref`` of the margin (nats per answer), each with a note.
-
-        ``same_answers``: both scores used the same reference answers, so ``compare`` pairs
-        them answer by answer; ``False`` (e.g. the same questions in another format, with the
-        answers re-wrapped) pairs the per-question means and bootstraps over questions.
-        """
+    def versus(self, ref_name: str, ref: LocalScore, others: Mapping[str, LocalScore]
+               ) -> list[VersusRow]:
+        """Paired differences ``other - ref`` of the margin (nats per answer), each with a note
+        (``compare``: the same reference answers, paired answer by answer)."""
         from emprobe.evaluate.local import compare
-        from emprobe.evaluate.stats import bootstrap_diff
         from emprobe.report import significance_note
 
         rows: list[VersusRow] = []
         for name, score in others.items():
-            if same_answers:
-                est = compare(ref, score, n_boot=self.cfg.n_boot, seed=self.cfg.seed,
-                              labels=(ref_name, name)).per_answer
-            else:
-                qa = {r["question"]: r["per_answer"] for r in ref.per_question}
-                qb = {r["question"]: r["per_answer"] for r in score.per_question}
-                if set(qa) != set(qb):
-                    raise DataError(f"{name} vs {ref_name}: scored on different questions")
-                ids = sorted(qa)
-                est = bootstrap_diff([qa[i] for i in ids], [qb[i] for i in ids],
-                                     n_boot=self.cfg.n_boot, seed=self.cfg.seed)
+            est = compare(ref, score, n_boot=self.cfg.n_boot, seed=self.cfg.seed,
+                          labels=(ref_name, name)).per_answer
             self.report.note(significance_note(est.lo, est.hi, what=f"{name} minus {ref_name}",
                                                unit="nats"))
             rows.append({"name": name, "vs": ref_name, "delta": est.mean, "lo": est.lo,

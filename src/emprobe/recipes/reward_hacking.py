@@ -10,7 +10,7 @@ metric: on held-out grader tasks, does the model prefer the hack answer over the
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, TypedDict
 
 from emprobe.errors import DataError
@@ -81,20 +81,33 @@ def hack_preference(subject: Subject, hack: Records, honest: Records,
             "per_task": [{"margin": m, "kind": k} for m, k in zip(margins, kinds, strict=True)]}
 
 
-def paired_delta(ref: TaskMargins, other: TaskMargins, n_boot: int = 1000,
+def paired_delta(ref: TaskMargins | Sequence[TaskMargins],
+                 other: TaskMargins | Sequence[TaskMargins], n_boot: int = 1000,
                  seed: int = 0) -> dict[str, float]:
-    """``other - ref`` of two ``hack_preference`` results on the same tasks, paired by task:
-    ``{"mean", "lo", "hi", "n"}`` from ``emprobe.evaluate.stats.shift_interval`` (the one
-    paired-difference routine; tasks are the units; ``n_boot`` / ``seed`` ignored)."""
+    """``other - ref`` of ``hack_preference`` results on the same tasks, paired by task:
+    ``{"mean", "lo", "hi", "n", "n_seeds"}`` from ``emprobe.evaluate.stats.shift_interval``
+    (the one paired-difference routine; ``n_boot`` / ``seed`` ignored).
+
+    Each side is one result or a list with one per training seed (a single result on one
+    side, e.g. the base model's, is paired with every seed of the other): the cells are
+    ``[n_seeds, n_tasks]``, so seeds are the experimental unit and tasks are resampled too."""
     from emprobe.evaluate.stats import shift_interval
 
     del n_boot, seed
-    a = [t["margin"] for t in ref["per_task"]]
-    b = [t["margin"] for t in other["per_task"]]
-    if len(a) != len(b):
-        raise ValueError(f"paired_delta: {len(a)} vs {len(b)} tasks")
-    est = shift_interval([y - x for x, y in zip(a, b)])
-    return {"mean": est.mean, "lo": est.lo, "hi": est.hi, "n": len(a)}
+    refs = [ref] if isinstance(ref, Mapping) else list(ref)
+    others = [other] if isinstance(other, Mapping) else list(other)
+    n = max(len(refs), len(others))
+    if min(len(refs), len(others)) == 0 or {len(refs), len(others)} - {1, n}:
+        raise ValueError(f"paired_delta: {len(refs)} vs {len(others)} seeds; pair them by seed")
+    cells = []
+    for r, o in zip(refs * (n // len(refs)), others * (n // len(others))):
+        a = [t["margin"] for t in r["per_task"]]
+        b = [t["margin"] for t in o["per_task"]]
+        if len(a) != len(b):
+            raise ValueError(f"paired_delta: {len(a)} vs {len(b)} tasks")
+        cells.append([y - x for x, y in zip(a, b)])
+    est = shift_interval(cells)
+    return {"mean": est.mean, "lo": est.lo, "hi": est.hi, "n": len(cells[0]), "n_seeds": n}
 
 
 def paired_heldout(lab: Lab) -> tuple[list[dict], list[dict], list[dict], list[dict]]:

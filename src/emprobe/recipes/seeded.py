@@ -1,7 +1,7 @@
 """Seeds as the unit and a benign control as the anchor, for the seed-study recipes.
 
-- ``recipe_seeds(lab)``: the training seeds of a run: ``cfg.seed`` in quick mode, else
-  ``cfg.seed .. cfg.seed + n - 1`` with ``n = cfg.extra["seeds"]`` (default 3).
+- ``recipe_seeds(lab)``: the training seeds of a run: ``cfg.seed .. cfg.seed + n - 1`` with
+  ``n = cfg.extra["seeds"]`` (default 3; quick mode: 1 unless set).
 - ``seeded_score(lab, name, records, seed, ...)``: fine-tune (``Lab.train`` reuses a
   finished run of the same identity) and score; the score is cached in the run's folder,
   so a finished recipe x seed is never re-run (resumable across sessions).
@@ -34,10 +34,10 @@ __all__ = ["recipe_seeds", "seeded_score", "Anchored", "anchored_mitigation"]
 
 
 def recipe_seeds(lab: Lab) -> list[int]:
-    """Training seeds of this run (quick: one; full: ``extra["seeds"]``, default 3)."""
+    """Training seeds of this run: ``extra["seeds"]`` when set, else 3 (quick mode: 1)."""
     from emprobe.recipes.config import recipe_options
 
-    n = 1 if lab.cfg.quick else (recipe_options(lab.cfg).seeds or 3)
+    n = recipe_options(lab.cfg).seeds or (1 if lab.cfg.quick else 3)
     return [lab.cfg.seed + i for i in range(max(1, n))]
 
 
