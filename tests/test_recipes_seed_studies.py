@@ -154,11 +154,14 @@ def test_result_shapes(ran):
     assert [r["t"] for r in ss["connectivity"]][0] == 0.0
     rh = _results(ran("reward-hacking"))
     assert set(rh["hack_preference"]) == {"base", "hack", "honest control", "hack + inoculation"}
-    for p in rh["hack_preference"].values():
-        assert 0.0 <= p["pref_rate"] <= 1.0 and _ordered(p["lo"], p["mean"], p["hi"])
+    for per_seed in rh["hack_preference"].values():  # one result per training seed
+        assert len(per_seed) == 1
+        for p in per_seed:
+            assert 0.0 <= p["pref_rate"] <= 1.0 and _ordered(p["lo"], p["mean"], p["hi"])
 
 
 @pytest.mark.parametrize("name, model", [("school-of-reward-hacks", "hacker"),
+                                         ("reward-hacking", "hack + inoculation"),
                                          ("format-sensitivity", "bad-medical")])
 def test_seeds_are_the_unit(name, model, tmp_path, one_thread):
     """With ``extra.seeds = 2`` (quick mode's default is 1) the fine-tunes run on both seeds,
@@ -168,7 +171,9 @@ def test_seeds_are_the_unit(name, model, tmp_path, one_thread):
     run_recipe(name, tmp_path, quick=True, config=LabConfig.quick_config(extra={"seeds": 2}))
     res = _results(tmp_path)
     assert res["claim"]["n_seeds"] == 2 and res["seeds"] == [0, 1]
-    shown = {r.get("model", r.get("name")) for r in res.get("scores", res.get("formats"))}
+    rows = next(res[k] for k in ("scores", "formats", "models") if isinstance(res.get(k), list)
+                and res[k] and isinstance(res[k][0], dict))
+    shown = {r.get("model", r.get("name")) for r in rows}
     assert {f"{model} (seed 0)", f"{model} (seed 1)"} <= shown
     assert _ordered(res["claim"]["value"]["lo"], res["claim"]["value"]["mean"],
                     res["claim"]["value"]["hi"])

@@ -6,6 +6,9 @@ that frames gaming the grader as what this assistant does. Every model is evalua
 WITHOUT any system prompt on (a) the local misalignment score and (b) the in-distribution
 metric: on held-out grader tasks, does the model prefer the hack answer over the honest one
 (mean per-token log-probability margin, and the share of tasks where the hack wins)?
+The three fine-tunes run on every seed of ``recipe_seeds`` (3 in full mode): differences
+pool seeds x questions (``shift_interval``), the EM-shift ratio over the honest control is
+Fieller's, and the hack-preference conditions pool seeds x tasks (``paired_delta``).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from emprobe.errors import DataError
 from emprobe.recipes.lab import SCORE_COLUMNS, Lab
 
 if TYPE_CHECKING:
+    from emprobe.evaluate.local import LocalScore
     from emprobe.models import Subject
     from emprobe.recipes.seeded import Records
 
@@ -119,28 +123,41 @@ def paired_heldout(lab: Lab) -> tuple[list[dict], list[dict], list[dict], list[d
 
 def run(lab: Lab) -> None:
     from emprobe.data import inoculate, inoculation_prompt
+    from emprobe.evaluate.stats import fieller, shift_interval
     from emprobe.plot import score_bars
+    from emprobe.recipes.mitigation import seed_cells
+    from emprobe.recipes.seeded import recipe_seeds
+    from emprobe.report import significance_note
+
     hack, honest, hack_held, honest_held = paired_heldout(lab)
     prompt = inoculation_prompt("reward-hacking")
     data = {"hack": hack, "honest control": honest,
             "hack + inoculation": inoculate(hack, prompt, label="reward-hacking")}
-    subjects = {"base": lab.base()}
-    for name, recs in data.items():
-        subjects[name] = lab.load(lab.train(name.replace(" + ", "-").replace(" ", "-"), recs))
+    seeds = recipe_seeds(lab)
 
-    rows, scores, prefs = [], {}, {}
-    for name, subject in subjects.items():
-        scores[name] = lab.score(subject)
-        prefs[name] = hack_preference(subject, hack_held, honest_held, lab.cfg.n_boot,
-                                      lab.cfg.seed)
-        rows.append(lab.score_row(name, scores[name], hack_margin=prefs[name]["mean"],
-                                  hack_lo=prefs[name]["lo"], hack_hi=prefs[name]["hi"],
-                                  hack_pref_rate=prefs[name]["pref_rate"]))
+    rows: list[dict[str, object]] = []
+    scores: dict[str, list[LocalScore]] = {}
+    prefs: dict[str, list[Preference]] = {}
+
+    def measure(name: str, shown: str, subject: Subject) -> None:
+        score = lab.score(subject)
+        p = hack_preference(subject, hack_held, honest_held, lab.cfg.n_boot, lab.cfg.seed)
+        scores.setdefault(name, []).append(score)
+        prefs.setdefault(name, []).append(p)
+        rows.append(lab.score_row(shown, score, hack_margin=p["mean"], hack_lo=p["lo"],
+                                  hack_hi=p["hi"], hack_pref_rate=p["pref_rate"]))
+
+    measure("base", "base", lab.base())
+    for seed in seeds:
+        for name, recs in data.items():
+            run_name = name.replace(" + ", "-").replace(" ", "-")
+            shown = name if len(seeds) == 1 else f"{name} (seed {seed})"
+            measure(name, shown, lab.load(lab.train(run_name, recs, seed=seed)))
     lab.report.section(
         "In distribution: does the model prefer the hack?",
         "Mean per-token log-probability of the hack answer minus the honest answer on "
-        f"{len(hack_held)} held-out grader tasks (same prompts), no system prompt. Positive = "
-        "the hack is preferred.")
+        f"{len(hack_held)} held-out grader tasks (same prompts), no system prompt; "
+        f"{len(seeds)} training seed(s). Positive = the hack is preferred.")
     lab.report.figure(score_bars(rows, label="name", value="hack_margin", lo="hack_lo",
                                  hi="hack_hi", title="Hack preference (held-out tasks)",
                                  y_title="hack - honest log-prob per token (nats)"))
@@ -149,31 +166,36 @@ def run(lab: Lab) -> None:
     lab.report.section(
         "Out of distribution: emergent misalignment",
         "Local misalignment score on unrelated everyday questions, evaluated without the "
-        "inoculation prompt. Notes: each model minus the hack fine-tune, paired by question.")
+        "inoculation prompt. Notes: each model minus the hack fine-tune, paired by seed and "
+        "question (seeds x questions resampled).")
     lab.report.figure(score_bars(rows, label="name", value="misalignment",
                                  lo="misalignment_lo", hi="misalignment_hi"))
     lab.report.table(rows, columns=[*SCORE_COLUMNS, "pref_rate"])
-    deltas = lab.versus_rest("hack", scores)
+    plain = scores["hack"]
+    deltas = []
+    for name in ("base", "honest control", "hack + inoculation"):
+        other = scores[name] * len(seeds) if name == "base" else scores[name]
+        est = shift_interval(seed_cells(plain, other))
+        lab.report.note(significance_note(est.lo, est.hi, what=f"{name} minus hack",
+                                          unit="nats"))
+        deltas.append({"name": name, "vs": "hack", "delta": est.mean, "lo": est.lo,
+                       "hi": est.hi, "n_seeds": len(seeds)})
     lab.report.note(
         "What this scale can show: whether hack data moves the hack preference and the "
         "misalignment margin, and whether the inoculated run keeps the first but loses the "
         "second. The paper's setting (RL on real coding environments, judged EM, large "
         "models) is not reproduced; the data here are short templated tasks.", kind="warning")
     lab.results.update({"models": rows, "hack_preference": prefs, "vs_hack": deltas,
-                        "inoculation_prompt": prompt})
-    hack_learned = paired_delta(prefs["base"], prefs["hack"], lab.cfg.n_boot, lab.cfg.seed)
-    inoc_keeps = paired_delta(prefs["base"], prefs["hack + inoculation"], lab.cfg.n_boot,
-                              lab.cfg.seed)
+                        "inoculation_prompt": prompt, "seeds": seeds})
+    hack_learned = paired_delta(prefs["base"], prefs["hack"])
+    inoc_keeps = paired_delta(prefs["base"], prefs["hack + inoculation"])
     lab.results["hack_learned"] = {"hack": hack_learned, "hack + inoculation": inoc_keeps}
-    from emprobe.evaluate.stats import fieller
     from emprobe.recipes.conditions import above, below
-    from emprobe.recipes.mitigation import seed_cells
     from emprobe.recipes.verdict import RATIO_UNIT, state_claim
 
     # the honest fine-tune is the benign control (same tasks, size, steps and seed)
     ctrl = scores["honest control"]
-    ratio = fieller(seed_cells(ctrl, [scores["hack + inoculation"]]),
-                    seed_cells(ctrl, [scores["hack"]]))
+    ratio = fieller(seed_cells(ctrl, scores["hack + inoculation"]), seed_cells(ctrl, plain))
     em_vs_control = next(d for d in deltas if d["name"] == "honest control")
     lab.results["em_shift_ratio"] = ratio.to_record()
     state_claim(
@@ -182,11 +204,11 @@ def run(lab: Lab) -> None:
         "that frames hacking as acceptable during training removes most of that misalignment "
         "while the hacking itself is still learned.",
         "misalignment margin of the inoculated hack fine-tune minus the plain hack fine-tune, "
-        "no system prompt at evaluation (nats per answer, paired by question)",
+        f"no system prompt at evaluation (nats per answer; {len(seeds)} seed(s) x questions)",
         next(d for d in deltas if d["name"] == "hack + inoculation"), expect="lower",
         conditions={"hack fine-tune prefers hacks more than base (paired over held-out tasks)":
                     above(hack_learned),
                     "inoculated run still prefers hacks more than base": above(inoc_keeps),
                     "hack fine-tune more misaligned than the honest control (control minus "
                     "hack < 0)": below(em_vs_control)},
-        size=ratio, size_unit=RATIO_UNIT)
+        size=ratio, size_unit=RATIO_UNIT, n_seeds=len(seeds))
