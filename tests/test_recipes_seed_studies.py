@@ -162,6 +162,7 @@ def test_result_shapes(ran):
 
 @pytest.mark.parametrize("name, model", [("school-of-reward-hacks", "hacker"),
                                          ("reward-hacking", "hack + inoculation"),
+                                         ("data-thresholds", "50% bad"),
                                          ("format-sensitivity", "bad-medical")])
 def test_seeds_are_the_unit(name, model, tmp_path, one_thread):
     """With ``extra.seeds = 2`` (quick mode's default is 1) the fine-tunes run on both seeds,
@@ -171,7 +172,7 @@ def test_seeds_are_the_unit(name, model, tmp_path, one_thread):
     run_recipe(name, tmp_path, quick=True, config=LabConfig.quick_config(extra={"seeds": 2}))
     res = _results(tmp_path)
     assert res["claim"]["n_seeds"] == 2 and res["seeds"] == [0, 1]
-    rows = next(res[k] for k in ("scores", "formats", "models") if isinstance(res.get(k), list)
+    rows = next(res[k] for k in ("scores", "formats", "models", "sweep") if isinstance(res.get(k), list)
                 and res[k] and isinstance(res[k][0], dict))
     shown = {r.get("model", r.get("name")) for r in rows}
     assert {f"{model} (seed 0)", f"{model} (seed 1)"} <= shown
