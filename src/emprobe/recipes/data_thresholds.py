@@ -13,7 +13,7 @@ one-seed run); each fraction minus 0 % pools seeds x questions (``shift_interval
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from emprobe.recipes.lab import SCORE_COLUMNS, Lab
 
@@ -35,7 +35,7 @@ def run(lab: Lab) -> None:
     seeds = recipe_seeds(lab)
     bad, bad_held = lab.split("medical", "bad")
     good, good_held = lab.split("medical", "good")
-    rows: list[dict[str, object]] = []
+    rows: list[dict[str, Any]] = []  # Lab.score_row records
     scores: dict[str, list[LocalScore]] = {}  # fraction name -> one score per seed
     for seed in seeds:
         for f in fractions:
