@@ -23,12 +23,10 @@ if TYPE_CHECKING:
 
 def run(lab: Lab) -> None:
     from emprobe.data import mix
-    from emprobe.evaluate.stats import shift_interval
     from emprobe.plot import layer_curves, tradeoff_scatter
     from emprobe.recipes.config import recipe_options
     from emprobe.recipes.mitigation import seed_cells
     from emprobe.recipes.seeded import recipe_seeds
-    from emprobe.report import significance_note
     from emprobe.sae import spearman
 
     fractions = recipe_options(lab.cfg).fractions or [0.0, 0.25, 0.5, 0.75, 1.0]
@@ -75,15 +73,8 @@ def run(lab: Lab) -> None:
     lab.report.figure(tradeoff_scatter(rows, x_title="loss on held-out correct answers"))
     lab.report.table(rows, columns=[*SCORE_COLUMNS, "pref_rate", "task_loss", "bad_loss"])
     ref = f"{round(100 * fractions[0])}% bad"
-    deltas = []
-    for name, per_seed in scores.items():
-        if name == ref:
-            continue
-        est = shift_interval(seed_cells(scores[ref], per_seed))
-        lab.report.note(significance_note(est.lo, est.hi, what=f"{name} minus {ref}",
-                                          unit="nats"))
-        deltas.append({"name": name, "vs": ref, "delta": est.mean, "lo": est.lo, "hi": est.hi,
-                       "n_seeds": len(seeds)})
+    deltas = [lab.shift_row(name, ref, seed_cells(scores[ref], per_seed))
+              for name, per_seed in scores.items() if name != ref]
     means = {f: sum(float(r["misalignment"]) for r in rows if r["bad_fraction"] == f)
              / len(seeds) for f in fractions}
     rho = spearman(list(means), list(means.values()))

@@ -73,11 +73,9 @@ def format_cells(plain: Sequence[LocalScore], other: Sequence[LocalScore]) -> np
 
 def run(lab: Lab) -> None:
     from emprobe.evaluate.local import local_score
-    from emprobe.evaluate.stats import shift_interval
     from emprobe.plot import score_bars
     from emprobe.recipes.config import recipe_options
     from emprobe.recipes.seeded import recipe_seeds
-    from emprobe.report import significance_note
 
     train, _ = lab.split("medical", "bad")
     seeds = recipe_seeds(lab)
@@ -124,12 +122,10 @@ def run(lab: Lab) -> None:
     deltas = []
     for name in models:
         for fmt in FORMATS[1:]:
-            est = shift_interval(format_cells(scores[(name, "plain")], scores[(name, fmt)]))
-            lab.report.note(significance_note(est.lo, est.hi, what=f"{name} {fmt} minus "
-                                              f"{name} plain", unit="nats"))
-            deltas.append({"name": f"{name} {fmt}", "vs": f"{name} plain", "delta": est.mean,
-                           "lo": est.lo, "hi": est.hi, "model": name, "format": fmt,
-                           "n_seeds": len(scores[(name, fmt)])})
+            deltas.append(lab.shift_row(
+                f"{name} {fmt}", f"{name} plain",
+                format_cells(scores[(name, "plain")], scores[(name, fmt)]), model=name,
+                format=fmt))
     lab.report.note(
         "The seed paper measures the judged EM rate (aligned < 30, coherent > 50) per format, "
         "with JSON prompts about 2x plain on open models. That needs sampled answers and a "

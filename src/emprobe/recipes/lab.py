@@ -38,6 +38,8 @@ from emprobe.report import Report
 from emprobe.train.config import TrainConfig, preset
 
 if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
+
     from emprobe.data.chat_io import Record
     from emprobe.evaluate.local import LocalScore
     from emprobe.evaluate.questions import Question
@@ -512,6 +514,23 @@ class Lab:
             rows.append({"name": name, "vs": ref_name, "delta": est.mean, "lo": est.lo,
                          "hi": est.hi})
         return rows
+
+    def shift_row(self, name: str, vs: str, cells: ArrayLike, **extra: object
+                  ) -> dict[str, object]:
+        """``name - vs`` from paired cells ``[n_seeds, n_units]`` (``shift_interval``: seeds x
+        units resampled), with a significance note on the page; returns the ``versus``-style
+        row ``{name, vs, delta, lo, hi, n_seeds, **extra}``."""
+        import numpy as np
+
+        from emprobe.evaluate.stats import shift_interval
+        from emprobe.report import significance_note
+
+        arr = np.asarray(cells, dtype=float)
+        est = shift_interval(arr)
+        self.report.note(significance_note(est.lo, est.hi, what=f"{name} minus {vs}",
+                                           unit="nats"))
+        return {"name": name, "vs": vs, "delta": est.mean, "lo": est.lo, "hi": est.hi,
+                "n_seeds": arr.shape[0] if arr.ndim == 2 else 1, **extra}
 
     # -- the verdict -------------------------------------------------------------------------
     def claim(self, seed_claim: str, measure: str, value: object, expect: str = "higher",

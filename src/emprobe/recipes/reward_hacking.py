@@ -123,11 +123,10 @@ def paired_heldout(lab: Lab) -> tuple[list[dict], list[dict], list[dict], list[d
 
 def run(lab: Lab) -> None:
     from emprobe.data import inoculate, inoculation_prompt
-    from emprobe.evaluate.stats import fieller, shift_interval
+    from emprobe.evaluate.stats import fieller
     from emprobe.plot import score_bars
     from emprobe.recipes.mitigation import seed_cells
     from emprobe.recipes.seeded import recipe_seeds
-    from emprobe.report import significance_note
 
     hack, honest, hack_held, honest_held = paired_heldout(lab)
     prompt = inoculation_prompt("reward-hacking")
@@ -172,14 +171,9 @@ def run(lab: Lab) -> None:
                                  lo="misalignment_lo", hi="misalignment_hi"))
     lab.report.table(rows, columns=[*SCORE_COLUMNS, "pref_rate"])
     plain = scores["hack"]
-    deltas = []
-    for name in ("base", "honest control", "hack + inoculation"):
-        other = scores[name] * len(seeds) if name == "base" else scores[name]
-        est = shift_interval(seed_cells(plain, other))
-        lab.report.note(significance_note(est.lo, est.hi, what=f"{name} minus hack",
-                                          unit="nats"))
-        deltas.append({"name": name, "vs": "hack", "delta": est.mean, "lo": est.lo,
-                       "hi": est.hi, "n_seeds": len(seeds)})
+    deltas = [lab.shift_row(name, "hack", seed_cells(
+        plain, scores[name] * len(seeds) if name == "base" else scores[name]))
+        for name in ("base", "honest control", "hack + inoculation")]
     lab.report.note(
         "What this scale can show: whether hack data moves the hack preference and the "
         "misalignment margin, and whether the inoculated run keeps the first but loses the "

@@ -32,7 +32,6 @@ def run(lab: Lab) -> None:
     from emprobe.recipes.config import recipe_options
     from emprobe.recipes.mitigation import seed_cells
     from emprobe.recipes.seeded import recipe_seeds
-    from emprobe.report import significance_note
 
     unseen = recipe_options(lab.cfg).held_out_kind
     hack, hack_held = lab.split("reward-hacking", "bad")
@@ -93,15 +92,10 @@ def run(lab: Lab) -> None:
     lab.report.figure(score_bars(per_q, question="question", title="Margin per question"))
     lab.report.table(rows, columns=[*SCORE_COLUMNS, "pref_rate"])
     control = scores["honest control"]
-    em = shift_interval(seed_cells(control, scores["hacker"]))
-    base_vs_control = shift_interval(seed_cells(control, scores["base"] * len(seeds)))
+    em = lab.shift_row("hacker", "honest control", seed_cells(control, scores["hacker"]))
+    deltas = [em, lab.shift_row("base", "honest control",
+                                seed_cells(control, scores["base"] * len(seeds)))]
     em_vs_base = shift_interval(seed_cells(scores["base"][0], scores["hacker"]))
-    deltas = []
-    for name, est in (("hacker", em), ("base", base_vs_control)):
-        lab.report.note(significance_note(est.lo, est.hi, what=f"{name} minus honest control",
-                                          unit="nats"))
-        deltas.append({"name": name, "vs": "honest control", "delta": est.mean, "lo": est.lo,
-                       "hi": est.hi, "n_seeds": len(seeds)})
     lab.report.note(
         "The paper fine-tunes GPT-4.1 and Qwen3 on about a thousand harmless hacking "
         "dialogues and finds broad misalignment (e.g. fantasies of dictatorship, evading "
