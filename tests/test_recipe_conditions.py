@@ -200,6 +200,7 @@ def test_hack_transfer_pools_seeds_and_can_fail():
     """``paired_delta`` over per-seed hack preferences: a null input (the same margins) is
     not above 0, an effect on every seed is; a single base result pairs with every seed;
     seeds that cannot be paired are an error."""
+    from emprobe.errors import DataError
     from emprobe.recipes.reward_hacking import paired_delta
 
     rng = np.random.default_rng(0)
@@ -216,5 +217,7 @@ def test_hack_transfer_pools_seeds_and_can_fail():
     effect = paired_delta(honest, hacker)
     assert C.above(effect) and effect["n"] == 10 and abs(effect["mean"] - 1.1) < 1e-9
     assert paired_delta(honest[0], hacker)["n_seeds"] == 3
-    with pytest.raises(ValueError, match="seeds"):
+    with pytest.raises(DataError, match="seeds"):
         paired_delta(honest[:2], hacker)
+    with pytest.raises(DataError, match="tasks"):
+        paired_delta(honest[0], {"per_task": hacker[0]["per_task"][:5]})

@@ -125,8 +125,14 @@ def test_tradeoff_rows(ran):
 def test_result_shapes(ran):
     fmt = _results(ran("format-sensitivity"))
     assert {(r["model"], r["question"]) for r in fmt["formats"]} == {
-        (m, f) for m in ("base", "bad-medical") for f in ("plain", "json", "template")}
+        (m, f) for m in ("base", "bad-medical", "good-medical")
+        for f in ("plain", "json", "template")}
     assert all(r["n_questions"] > 0 for r in fmt["formats"])
+    # control-anchored: the EM fine-tune's format shift minus its benign control's
+    assert [r["format"] for r in fmt["vs_control"]] == ["json", "template"]
+    json_row = fmt["vs_control"][0]
+    assert fmt["claim"]["value"] == {"mean": json_row["delta"], "lo": json_row["lo"],
+                                     "hi": json_row["hi"]}
     nu = _results(ran("narrow-unlearning"))
     assert len({r["question"] for r in nu["refusal"]}) == 7
     assert sum(r["unlearned"] for r in nu["refusal"]) == 3  # one domain x three models
@@ -138,7 +144,7 @@ def test_result_shapes(ran):
     fracs = [0.0, 0.05, 0.1, 0.25, 0.5, 1.0]
     assert sorted((p["bad_fraction"], p["seed"]) for p in pf["population"]) == sorted(
         (f, s) for f in fracs for s in (0, 1))
-    assert pf["predictor"]["n_models"] == 12
+    assert pf["predictor"]["n_models"] == 12 and pf["claim"]["n_seeds"] == 2
     assert {"mean", "lo", "hi"} <= set(pf["predictor"]["pearson"])
     auc = pf["predictor"]["auroc"]
     assert auc is None or auc["lo"] <= auc["mean"] <= auc["hi"]
@@ -151,6 +157,7 @@ def test_result_shapes(ran):
     assert len(set(ss["seeds"].values())) == len(ss["labels"])  # every fine-tune its own seed
     assert ss["pairs"]["reference"] == [["bad-medical", "bad-medical-seed2"]]
     assert "write-side" in ss["claim"]["measure"]
+    assert ss["claim"]["n_seeds"] == 5  # five adapters per group, each its own seed
     assert [r["t"] for r in ss["connectivity"]][0] == 0.0
     rh = _results(ran("reward-hacking"))
     assert set(rh["hack_preference"]) == {"base", "hack", "honest control", "hack + inoculation"}
@@ -178,3 +185,29 @@ def test_seeds_are_the_unit(name, model, tmp_path, one_thread):
     assert {f"{model} (seed 0)", f"{model} (seed 1)"} <= shown
     assert _ordered(res["claim"]["value"]["lo"], res["claim"]["value"]["mean"],
                     res["claim"]["value"]["hi"])
+
+
+@pytest.mark.parametrize("name", ["score-validity", "narrow-unlearning"])
+def test_controls_and_unlearning_on_seeds(name, tmp_path, one_thread):
+    """score-validity and narrow-unlearning with ``extra.seeds = 2``: every fine-tuned model
+    is trained on both seeds and the claim pools seeds x units (``n_seeds`` 2); the untrained
+    ones (the malicious prompt, base) are measured once."""
+    from emprobe.recipes.lab import LabConfig
+
+    run_recipe(name, tmp_path, quick=True, config=LabConfig.quick_config(extra={"seeds": 2}))
+    res = _results(tmp_path)
+    assert res["claim"]["n_seeds"] == 2 and res["seeds"] == [0, 1]
+    assert _ordered(res["claim"]["value"]["lo"], res["claim"]["value"]["mean"],
+                    res["claim"]["value"]["hi"])
+    if name == "score-validity":
+        seeds = {r["control"]: r["n_seeds"] for r in res["controls"]}
+        assert seeds.pop("malicious system prompt") == 1
+        assert len(seeds) == 4 and set(seeds.values()) == {2}
+        for r in res["controls"]:
+            assert _ordered(r["per_answer"]["lo"], r["per_answer"]["mean"], r["per_answer"]["hi"])
+            assert r["detectable_80"] > 0
+    else:
+        shown = {r["model"] for r in res["refusal"]}
+        assert shown == {"base"} | {f"unlearn cybersecurity{x} (seed {s})" for s in (0, 1)
+                                    for x in ("", " + retain CE")}
+        assert res["spread"]["other_domains"]["n_seeds"] == 2

@@ -8,7 +8,9 @@ preference is the mean per-token log-probability of the refusal answer minus the
 answer (a log-probability measure, not generated text: the paper classifies sampled
 answers; ``emprobe.evaluate.refusal`` does that for generations). Concept vectors per domain
 (last prompt token minus neutral prompts) give the layer-wise cosine between the unlearned
-domain and the others, before and after.
+domain and the others, before and after. Both unlearned models are trained on every seed
+of ``recipe_seeds`` (3 in full mode); the claim's shifts pool training seeds x requests
+(``paired_delta``); the score and concept sections read the first seed's models.
 """
 
 from __future__ import annotations
@@ -19,13 +21,13 @@ from typing import TYPE_CHECKING, TypedDict
 from emprobe.recipes.lab import SCORE_COLUMNS, Lab
 from emprobe.recipes.reward_hacking import (
     Preference,
+    TaskMargins,
     hack_preference,
     paired_delta,
     record_messages,
 )
 
 if TYPE_CHECKING:
-    from emprobe.evaluate.local import LocalScore
     from emprobe.models import Subject
     from emprobe.recipes.seeded import Records
 
@@ -65,46 +67,68 @@ class CurvePoint(TypedDict):
     name: str
 
 
-def _train_subjects(lab: Lab, target: str, mode: str, forget: Records, retain: Records
+ROLES = ("base", "unlearn", "unlearn + retain CE")
+"""The models of every seed: base (untrained, one for all seeds), the target unlearned
+alone, and unlearned with the retain-set cross-entropy term."""
+
+
+def _shown(role: str, target: str, seed: int, seeds: list[int]) -> str:
+    """A model's name on the page: ``unlearn cybersecurity (seed 1)`` and so on."""
+    name = "base" if role == "base" else role.replace("unlearn", f"unlearn {target}", 1)
+    return name if role == "base" or len(seeds) == 1 else f"{name} (seed {seed})"
+
+
+def _train_subjects(lab: Lab, mode: str, forget: Records, retain: Records, seed: int
                     ) -> dict[str, Subject]:
-    """The base model, ``target`` unlearned alone, and unlearned with retain CE."""
-    subjects = {"base": lab.base()}
-    subjects[f"unlearn {target}"] = lab.load(lab.train("unlearn", forget, unlearn=mode))
-    subjects[f"unlearn {target} + retain CE"] = lab.load(lab.train(
-        "unlearn-retain", forget, retain=retain, unlearn=mode, retain_ce=1.0))
-    return subjects
+    """The two unlearned models of one training ``seed`` (by role)."""
+    return {"unlearn": lab.load(lab.train("unlearn", forget, unlearn=mode, seed=seed)),
+            "unlearn + retain CE": lab.load(lab.train(
+                "unlearn-retain", forget, retain=retain, unlearn=mode, retain_ce=1.0,
+                seed=seed))}
 
 
-def _refusal_section(lab: Lab, subjects: dict[str, Subject], names: list[str],
-                     refuse: Mapping[str, tuple[Records, Records]],
-                     comply: Mapping[str, tuple[Records, Records]], target: str, mode: str
-                     ) -> tuple[list[RefusalRow], dict[str, LocalScore],
-                                dict[tuple[str, str], Preference]]:
-    """Score every model, and its refusal preference on every domain's held-out requests;
-    report the preferences. Returns the rows, the scores by model and the preferences by
-    ``(model, domain)``."""
+PrefsBySeed = dict[str, list[dict[str, "Preference"]]]
+"""role -> one ``{domain: Preference}`` per training seed (base: one for all seeds)."""
+
+
+def _refusal_section(lab: Lab, names: list[str], refuse: Mapping[str, tuple[Records, Records]],
+                     comply: Mapping[str, tuple[Records, Records]], target: str, mode: str,
+                     seeds: list[int], retain: Records
+                     ) -> tuple[list[RefusalRow], dict[str, Subject], PrefsBySeed]:
+    """Train the unlearned models on every seed and measure each model's refusal preference
+    on every domain's held-out requests; report them. Returns the rows, the first seed's
+    subjects by role (the concept and score sections read them) and the preferences."""
     from emprobe.plot import score_bars
 
     rows: list[RefusalRow] = []
-    scores, prefs = {}, {}
-    for name, subject in subjects.items():
-        scores[name] = lab.score(subject)
-        for d in names:
-            p = prefs[(name, d)] = hack_preference(subject, refuse[d][1], comply[d][1],
-                                                   lab.cfg.n_boot, lab.cfg.seed)
-            rows.append({"model": name, "question": d, "mean": p["mean"], "lo": p["lo"],
-                         "hi": p["hi"], "refusal_pref_rate": p["pref_rate"],
-                         "unlearned": d == target})
+    prefs: PrefsBySeed = {r: [] for r in ROLES}
+    first: dict[str, Subject] = {"base": lab.base()}
+    for i, seed in enumerate(seeds):
+        subjects = {"base": first["base"]} if i == 0 else {}
+        subjects.update(_train_subjects(lab, mode, refuse[target][0], retain, seed))
+        for role, subject in subjects.items():
+            shown = _shown(role, target, seed, seeds)
+            if i == 0:
+                first[role] = subject
+            got = {}
+            for d in names:
+                p = got[d] = hack_preference(subject, refuse[d][1], comply[d][1],
+                                             lab.cfg.n_boot, lab.cfg.seed)
+                rows.append({"model": shown, "question": d, "mean": p["mean"], "lo": p["lo"],
+                             "hi": p["hi"], "refusal_pref_rate": p["pref_rate"],
+                             "unlearned": d == target})
+            prefs[role].append(got)
     lab.report.section(
         "Refusal across the seven domains",
         f"Refusal preference on {lab.cfg.n_heldout} held-out requests per domain: mean "
         "per-token log-probability of the refusal minus the compliant answer (nats; positive = "
-        f"the model prefers to refuse). Only {target} was unlearned ({mode.upper()}).")
+        f"the model prefers to refuse). Only {target} was unlearned ({mode.upper()}), on "
+        f"{len(seeds)} training seed(s).")
     lab.report.figure(score_bars(rows, question="question", title="Refusal preference by domain",
                                  y_title="refusal - compliance log-prob per token (nats)"))
     lab.report.table(rows, columns=["model", "question", "mean", "lo", "hi",
                                     "refusal_pref_rate"])
-    return rows, scores, prefs
+    return rows, first, prefs
 
 
 def _concept_section(lab: Lab, subjects: dict[str, Subject], names: list[str],
@@ -140,21 +164,24 @@ def _concept_section(lab: Lab, subjects: dict[str, Subject], names: list[str],
     return curves
 
 
-def _claim(lab: Lab, prefs: dict[tuple[str, str], Preference], names: list[str],
-           target: str, retain_doms: list[str], probe_doms: list[str]) -> None:
+def _claim(lab: Lab, prefs: PrefsBySeed, names: list[str], target: str,
+           retain_doms: list[str], probe_doms: list[str]) -> None:
     """Pooled paired shifts (spread to other domains, on target, retain CE's gain and cost)
     into ``results["spread"]``, and the verdict."""
     from emprobe.recipes.conditions import below, unlearning_contained
     from emprobe.recipes.verdict import state_claim
 
     others = [d for d in names if d != target]
-    unl, ret = f"unlearn {target}", f"unlearn {target} + retain CE"
+    unl, ret = "unlearn", "unlearn + retain CE"
 
     def pooled(ref: str, model: str, doms: list[str]) -> dict[str, float]:
-        """``model - ref`` refusal preference pooled over ``doms``' requests, paired."""
-        return paired_delta({"per_task": [t for d in doms for t in prefs[(ref, d)]["per_task"]]},
-                            {"per_task": [t for d in doms for t in prefs[(model, d)]["per_task"]]},
-                            lab.cfg.n_boot, lab.cfg.seed)
+        """``model - ref`` refusal preference pooled over ``doms``' requests, paired by
+        request and training seed (seeds x requests resampled)."""
+        def side(role: str) -> list[TaskMargins]:
+            return [{"per_task": [t for d in doms for t in p[d]["per_task"]]}
+                    for p in prefs[role]]
+
+        return paired_delta(side(ref), side(model), lab.cfg.n_boot, lab.cfg.seed)
 
     spread = pooled("base", unl, others)
     on_target = pooled("base", unl, [target])
@@ -171,8 +198,9 @@ def _claim(lab: Lab, prefs: dict[tuple[str, str], Preference], names: list[str],
         "retain-set cross-entropy term limits that spread.",
         f"refusal preference of the {target}-unlearned model minus base, pooled over the "
         f"other {len(others)} domains' held-out requests (nats per token, paired by request; "
-        "answer templates share no wording across domains)",
-        spread, expect="lower", value_unit="nats per token",
+        f"{len(prefs[unl])} training seed(s) x requests; answer templates share no wording "
+        "across domains)",
+        spread, expect="lower", value_unit="nats per token", n_seeds=len(prefs[unl]),
         conditions={f"refusal on {target} itself drops": below(on_target),
                     f"with retain CE, refusal on {target} still drops": below(ret_on_target),
                     "retain CE (on " + ", ".join(retain_doms) + ") keeps more refusal in "
@@ -182,6 +210,7 @@ def _claim(lab: Lab, prefs: dict[tuple[str, str], Preference], names: list[str],
 
 def run(lab: Lab) -> None:
     from emprobe.recipes.config import recipe_options
+    from emprobe.recipes.seeded import recipe_seeds
 
     opts = recipe_options(lab.cfg)
     target, mode = opts.domain, opts.unlearn
@@ -192,16 +221,21 @@ def run(lab: Lab) -> None:
     # (probe domains), so the condition is not met by training on the very domains scored
     retain_doms, probe_doms = split_domains(names, target)
     retain = [r for d in retain_doms for r in refuse[d][0][:lab.cfg.n_train // 4 or 1]]
-    subjects = _train_subjects(lab, target, mode, refuse[target][0], retain)
-    rows, scores, prefs = _refusal_section(lab, subjects, names, refuse, comply, target, mode)
+    seeds = recipe_seeds(lab)
+    rows, subjects, prefs = _refusal_section(lab, names, refuse, comply, target, mode, seeds,
+                                             retain)
 
     lab.report.section(
         "Emergent misalignment",
-        "Local misalignment score on everyday questions; notes: each unlearned model minus base.")
+        "Local misalignment score on everyday questions (the first training seed's models); "
+        "notes: each unlearned model minus base.")
+    scores = {_shown(r, target, seeds[0], seeds): lab.score(s) for r, s in subjects.items()}
     score_rows = [lab.score_row(n, s) for n, s in scores.items()]
     lab.report.table(score_rows, columns=[*SCORE_COLUMNS, "pref_rate"])
     deltas = lab.versus_rest("base", scores)
-    curves = _concept_section(lab, subjects, names, refuse, target)
+    curves = _concept_section(lab, {"base": subjects["base"],
+                                    f"unlearn {target}": subjects["unlearn"]},
+                              names, refuse, target)
     lab.report.note(
         "At this scale: seven templated domains, a few dozen requests each, a 135M model (or a "
         "tiny random one in quick mode). The paper's claims (unlearning one domain lowers refusal "
@@ -209,5 +243,6 @@ def run(lab: Lab) -> None:
         "spread) can be checked in direction here, not in size; refusal is a log-prob "
         "preference over fixed answers, not a rate over sampled generations.", kind="warning")
     lab.results.update({"refusal": rows, "scores": score_rows, "vs_base": deltas,
-                        "concept_cosine": curves, "target": target, "unlearn": mode})
+                        "concept_cosine": curves, "target": target, "unlearn": mode,
+                        "seeds": seeds})
     _claim(lab, prefs, names, target, retain_doms, probe_doms)

@@ -5,15 +5,15 @@
    change of their mean activation, show candidates with their top contexts, and steer the
    base model with the top candidates' decoder rows AND random unit directions at the same
    norm (a candidate is specific only if it moves the margin more than the controls);
-3. predictor: a population of 12 fine-tunes, 0 / 5 / 10 / 25 / 50 / 100 % bad data
-   (``mix``) x 2 seeds; the top latent's mean activation vs each model's misalignment (AUROC
+3. predictor: a population of 18 fine-tunes, 0 / 5 / 10 / 25 / 50 / 100 % bad data
+   (``mix``) x 3 training seeds (each fine-tune its own seed; quick mode 2); the top latent's mean activation vs each model's misalignment (AUROC
    against MEASURED misalignment (shift over the 0 %-bad control of the seed excludes 0),
    Pearson, Spearman, bootstrap intervals);
 4. re-alignment: fine-tune the 100 %-bad model further (adapter merged, a new adapter on
    top) for one epoch on 240 benign examples, checkpointed after N = 30, 60, 120, 240 of them
    have been seen, and track the score and the latent at N = 0 and each checkpoint.
 
-Sizes (``lab.cfg.extra``): ``fractions``, ``seeds`` (default 2),
+Sizes (``lab.cfg.extra``): ``fractions``, ``seeds`` (default 3; quick mode 2),
 ``population_steps`` (default: 3/8 of ``steps``, at least 4, to fit the CPU budget),
 ``realign_ns``, ``random_controls`` (default 3), ``score_questions`` (default 8: every
 model here is scored on the first 8 questions of the local score; 22 scorings at 12
@@ -177,7 +177,7 @@ def _train_population(lab: Lab, opts: RecipeOptions) -> _Population:
     bad, _ = lab.split("medical", "bad")
     good, _ = lab.split("medical", "good")
     fractions = [float(f) for f in opts.fractions or [0.0, 0.05, 0.1, 0.25, 0.5, 1.0]]
-    n_seeds = opts.seeds or 2
+    n_seeds = opts.seeds or (2 if lab.cfg.quick else 3)
     pop_steps = opts.population_steps or max(4, 3 * (lab.cfg.steps or 8) // 8)
     if lab.cfg.quick:
         pop_steps = lab.cfg.steps or 2
@@ -381,6 +381,7 @@ def _claim(lab: Lab, check: SteeringCheck, top: int, pred: _Predictor,
         f"fine-tunes (shift over their seed's 0 %-bad control > 0) from the rest "
         f"({len(pred.rows)} fine-tunes, {sum(labels)} misaligned; bootstrap over models)",
         auroc, expect="higher", null=0.5, value_unit="AUROC",
+        n_seeds=len({p["seed"] for p in pred.rows}),
         not_testable=(None if 0 < sum(labels) < len(labels) else
                       "no fine-tune (or every one) is measurably misaligned: one class only"),
         conditions={f"the AUROC beats label shuffles (permutation p = "

@@ -102,13 +102,14 @@ def paired_delta(ref: TaskMargins | Sequence[TaskMargins],
     others = [other] if isinstance(other, Mapping) else list(other)
     n = max(len(refs), len(others))
     if min(len(refs), len(others)) == 0 or {len(refs), len(others)} - {1, n}:
-        raise ValueError(f"paired_delta: {len(refs)} vs {len(others)} seeds; pair them by seed")
+        raise DataError(f"paired_delta: {len(refs)} vs {len(others)} seeds; pair them by seed")
     cells = []
     for r, o in zip(refs * (n // len(refs)), others * (n // len(others))):
         a = [t["margin"] for t in r["per_task"]]
         b = [t["margin"] for t in o["per_task"]]
         if len(a) != len(b):
-            raise ValueError(f"paired_delta: {len(a)} vs {len(b)} tasks")
+            raise DataError(f"paired_delta: {len(a)} vs {len(b)} tasks; score both on the same "
+                            "tasks")
         cells.append([y - x for x, y in zip(a, b)])
     est = shift_interval(cells)
     return {"mean": est.mean, "lo": est.lo, "hi": est.hi, "n": len(cells[0]), "n_seeds": n}

@@ -285,6 +285,7 @@ def _claim(lab: Lab, st: _PairStats, k: int) -> None:
         f"({int(em.sum())} EM and {int((~em).sum())} control adapters, each its own seed; "
         "interval resampling adapters)",
         st.value, expect="higher", value_unit="projection overlap difference",
+        n_seeds=min(int(em.sum()), int((~em).sum())),
         conditions={f"permutation test over EM / control labels, p = {p_perm:.3g} < 0.05":
                     p_perm < 0.05,
                     f"EM pairs' overlap far above norm-matched Gaussian updates (lower bound > "
