@@ -211,3 +211,25 @@ def test_controls_and_unlearning_on_seeds(name, tmp_path, one_thread):
         assert shown == {"base"} | {f"unlearn cybersecurity{x} (seed {s})" for s in (0, 1)
                                     for x in ("", " + retain CE")}
         assert res["spread"]["other_domains"]["n_seeds"] == 2
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_seeded_control_anchored_recipe_on_the_embedded_model(tmp_path):
+    """The multi-seed, control-anchored path on the embedded model (tiny budget: 2 examples,
+    1 step, 2 questions, 2 seeds): format-sensitivity trains the EM fine-tune and its benign
+    control on both seeds and its claim pools seeds x questions."""
+    from emprobe.recipes.lab import LabConfig
+
+    cfg = LabConfig.of(n_train=2, steps=1, batch_size=2, score_questions=2, n_boot=50,
+                       device="cpu", dtype="float32", extra={"seeds": 2})
+    run_recipe("format-sensitivity", tmp_path, config=cfg)
+    res = _results(tmp_path)
+    assert res["config"]["model"] == "smollm2-135m-instruct" and res["seeds"] == [0, 1]
+    assert res["claim"]["n_seeds"] == 2
+    assert {r["model"] for r in res["formats"]} == {"base"} | {
+        f"{m} (seed {s})" for m in ("bad-medical", "good-medical") for s in (0, 1)}
+    for row in res["vs_control"]:
+        assert row["n_seeds"] == 2 and _ordered(row["lo"], row["delta"], row["hi"])
+    assert {"bad-medical", "good-medical"} <= set(res["runs"])
+    assert all(r["steps"] == 1 for r in res["runs"].values())

@@ -79,6 +79,33 @@ def test_check_packing_fails_for_a_model_that_ignores_position_ids(one_thread):
         check_packing(_IgnoresPositions(s.model), ts)
 
 
+def test_check_packing_runs_once_per_model(one_thread):
+    """A passed check is remembered per model object (no forwards on the next run); a new
+    dtype checks again; a model that ignores position ids is never remembered as passing."""
+    from emprobe.errors import ConfigError
+    from emprobe.train.data import CHECK_TOKENS, check_packing
+
+    s = load_model("tiny-llama")
+    ts = tokenize(s, _records(), max_length=None)
+    seen: list[int] = []
+    handle = s.model.register_forward_hook(lambda m, a, kw: seen.append(1), with_kwargs=False)
+    try:
+        first = check_packing(s.model, ts)
+        assert len(seen) == 3 and first <= 1e-4
+        assert check_packing(s.model, ts) == first and len(seen) == 3
+        s.model.double()
+        check_packing(s.model, ts)
+        assert len(seen) == 6
+    finally:
+        handle.remove()
+        s.model.float()
+    assert CHECK_TOKENS <= min(ts.lengths)  # the check reads only the records' starts
+    wrapped = _IgnoresPositions(s.model)
+    for _ in range(2):
+        with pytest.raises(ConfigError, match="does not isolate packed records"):
+            check_packing(wrapped, ts)
+
+
 @pytest.mark.integration
 def test_packing_is_exact_on_the_embedded_model(embedded, one_thread):
     """The embedded model (Llama-shaped SmolLM2, real chat template): ``check_packing``

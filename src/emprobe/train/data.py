@@ -13,6 +13,7 @@ import dataclasses
 import math
 import os
 import warnings
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -295,45 +296,66 @@ def warn_truncation(what: str, n: int, truncated: int, lose_response: int, lost:
         "max_length / max_length_cap to keep them whole", UserWarning, stacklevel=3)
 
 
+_PACKING_CHECKED: weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple[str, ...], float]] = (
+    weakref.WeakKeyDictionary())
+"""``check_packing``'s verdicts per model object: ``{(attention implementation, dtype,
+device): relative error}``; a model passes once per process, not once per run."""
+
+CHECK_TOKENS = 16
+"""Tokens of each of the two records that ``check_packing`` runs (the start of each)."""
+
+
 def check_packing(model: torch.nn.Module, data: TokenizedSet, where: str = "pack=True"
                   ) -> float:
     """Check that ``model`` isolates packed records by their position ids; return the error.
 
-    Runs the two shortest records of ``data`` once apart and once packed into one row
-    (``packed_batch``) and compares their logits: the largest absolute difference over the
-    largest absolute logit. transformers builds a block-diagonal mask from restarting
-    position ids for the families tested here (Llama, Qwen2, Mistral, Gemma 2 / 3, OLMo 2,
-    Phi, Phi-3, GPT-2, GPT-NeoX); a model that ignores them lets a record attend to the one
-    before it, and this raises a one-line ``ConfigError`` naming the model (limit: 1e-4 in
-    float32, 3e-2 in half precision). Costs three forwards of a few dozen tokens.
+    Runs the first ``CHECK_TOKENS`` tokens of the two shortest records of ``data`` once apart
+    and once packed into one row (position ids restarting at the second) and compares their
+    logits: the largest absolute difference over the largest absolute logit. transformers
+    builds a block-diagonal mask from restarting position ids for the families tested here
+    (Llama, Qwen2, Mistral, Gemma 2 / 3, OLMo 2, Phi, Phi-3, GPT-2, GPT-NeoX); a model that
+    ignores them lets a record attend to the one before it, and this raises a one-line
+    ``ConfigError`` naming the model (limit: 1e-4 in float32, 3e-2 in half precision).
+    Costs three forwards of at most 32 tokens, once per model object, attention
+    implementation, dtype and device in a process (a passed check is remembered).
     """
     if len(data) < 2:
         return 0.0
-    pair = sorted(range(len(data)), key=lambda i: int(data.ids[i].numel()))[:2]
-    lengths = [int(data.ids[i].numel()) for i in pair]
     param = next(model.parameters())
-    packed, pos = data.packed_batch(pair, param.device, width=sum(lengths))
+    config = getattr(model, "config", None)
+    key = (str(getattr(config, "_attn_implementation", None)), str(param.dtype),
+           str(param.device))
+    seen = _PACKING_CHECKED.get(model, {})
+    if key in seen:
+        return seen[key]
+    pair = sorted(range(len(data)), key=lambda i: int(data.ids[i].numel()))[:2]
+    pieces = [data.ids[i][:CHECK_TOKENS].to(param.device) for i in pair]
+    joint_ids = torch.cat(pieces)[None]
+    pos = torch.cat([torch.arange(len(p), device=param.device) for p in pieces])[None]
     was_training = model.training
     model.eval()
     err, scale, at = 0.0, 0.0, 0
     try:
         with torch.no_grad():
-            joint = model(input_ids=packed.input_ids, position_ids=pos, use_cache=False).logits
-            for j in pack_rows(lengths, sum(lengths))[0]:  # the row's layout order
-                ids = data.ids[pair[j]][None].to(param.device)
-                alone = model(input_ids=ids, use_cache=False).logits[0].float()
-                err = max(err, float((joint[0, at:at + lengths[j]].float() - alone).abs().max()))
+            joint = model(input_ids=joint_ids, position_ids=pos, use_cache=False).logits
+            for ids in pieces:
+                alone = model(input_ids=ids[None], use_cache=False).logits[0].float()
+                err = max(err, float((joint[0, at:at + len(ids)].float() - alone).abs().max()))
                 scale = max(scale, float(alone.abs().max()))
-                at += lengths[j]
+                at += len(ids)
     finally:
         model.train(was_training)
     rel = err / max(scale, 1e-12)
     limit = 1e-4 if param.dtype == torch.float32 else 3e-2
     if not rel <= limit:
-        name = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
+        name = getattr(config, "model_type", type(model).__name__)
         raise ConfigError(f"{where}: model {name!r} does not isolate packed records by their "
                           f"position ids (logits differ by {rel:.3g} of their scale); train "
                           "with pack=False")
+    try:
+        _PACKING_CHECKED.setdefault(model, {})[key] = rel
+    except TypeError:  # a model object that cannot be weakly referenced: check every time
+        pass
     return rel
 
 
