@@ -737,14 +737,7 @@ def machine_state(load_start: float | None) -> dict[str, object]:
     from emprobe.recipes.lab import machine_record
 
     return {**machine_record(), "load_average": {"start": load_start, "end": _load_average()},
-            "torch_threads": torch.get_num_threads(), "cpu_capability": _cpu_capability()}
-
-
-def _cpu_capability() -> str | None:
-    try:
-        return str(torch.backends.cpu.get_cpu_capability())
-    except (AttributeError, RuntimeError):  # pragma: no cover - older torch
-        return None
+            "torch_threads": torch.get_num_threads()}
 
 
 def _slug(name: str) -> str:
