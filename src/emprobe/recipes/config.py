@@ -267,8 +267,8 @@ class RecipeOptions:
 
     Fields: ``seeds`` training seeds (every recipe that fine-tunes, except shared-subspaces
     whose ten adapters each have their own seed: 3 in full mode, 1 in quick mode unless set;
-    persona-features' population: 3, quick mode 2); ``fractions`` bad-data shares (data-thresholds: 0-1 in 0.25 steps;
-    persona-features: 0, 0.05, 0.1, 0.25, 0.5, 1); ``models`` extra model specs for
+    persona-features' population: 3, quick mode 2); ``fractions`` bad-data shares
+    (data-thresholds: 0-1 in 0.25 steps; persona-features: 0, 0.05, 0.1, 0.25, 0.5, 1); ``models`` extra model specs for
     format-sensitivity (names or paths for ``emprobe.load_model``); ``inoculation`` the
     inoculation prompt's key; ``domain`` / ``unlearn`` narrow-unlearning's target domain and
     method (``npo`` or ``ga``); ``score_questions``, ``population_steps``, ``prompt_pairs``,

@@ -6,7 +6,8 @@
    base model with the top candidates' decoder rows AND random unit directions at the same
    norm (a candidate is specific only if it moves the margin more than the controls);
 3. predictor: a population of 18 fine-tunes, 0 / 5 / 10 / 25 / 50 / 100 % bad data
-   (``mix``) x 3 training seeds (each fine-tune its own seed; quick mode 2); the top latent's mean activation vs each model's misalignment (AUROC
+   (``mix``) x 3 training seeds (each fine-tune its own seed; quick mode 2); the top
+   latent's mean activation vs each model's misalignment (AUROC
    against MEASURED misalignment (shift over the 0 %-bad control of the seed excludes 0),
    Pearson, Spearman, bootstrap intervals);
 4. re-alignment: fine-tune the 100 %-bad model further (adapter merged, a new adapter on

@@ -15,8 +15,8 @@ Negative controls (the score must not move up):
 Every fine-tuned control is trained on each seed of ``recipe_seeds`` (3 in full mode).
 For each: the paired shift over base (per answer and per token; ``shift_interval`` over
 training seeds x questions, pairs averaged per question; two-sided p-value) and the shift
-the set detects at 80 % power with that spread (``detectable_shift`` of its standard error). The claim: the positive controls are
-significant and above the negative ones.
+the set detects at 80 % power with that spread (``detectable_shift`` of its standard
+error). The claim: the positive controls are significant and above the negative ones.
 """
 
 from __future__ import annotations
@@ -124,8 +124,8 @@ def _report_controls(lab: Lab, rows: list[ControlRow]) -> None:
     lab.report.section(
         "Positive and negative controls",
         "Paired shift over the base model (nats per answer and per token), t interval over "
-        "training seeds x questions (pairs averaged per question); 'detectable' is the smallest per-answer shift this set finds "
-        "with 80 % power at that comparison's spread.")
+        "training seeds x questions (pairs averaged per question); 'detectable' is the smallest "
+        "per-answer shift this set finds with 80 % power at that comparison's spread.")
     lab.report.figure(score_bars([{"model": r["control"], **{k: r["per_answer"][k]
                                                                for k in ("mean", "lo", "hi")}}
                                   for r in rows],
