@@ -87,7 +87,7 @@ def _train_subjects(lab: Lab, mode: str, forget: Records, retain: Records, seed:
                 seed=seed))}
 
 
-PrefsBySeed = dict[str, list[dict[str, "Preference"]]]
+PrefsBySeed = dict[str, list[dict[str, Preference]]]
 """role -> one ``{domain: Preference}`` per training seed (base: one for all seeds)."""
 
 

@@ -72,13 +72,13 @@ class _Controls:
         base model's ``ref``, paired by question and seed (``shift_interval`` over seeds x
         questions), and record the row."""
         from emprobe.evaluate.local import paired_differences
-        from emprobe.evaluate.stats import detectable_shift, shift_interval
-        from emprobe.recipes.mitigation import seed_cells
+        from emprobe.evaluate.stats import detectable_shift
+        from emprobe.recipes.mitigation import pooled_shift
 
         if scored_on.startswith("fold B"):
             self.fold_b_scores[name] = scores
-        per_answer = shift_interval(seed_cells(ref, scores))
-        per_token = shift_interval(seed_cells(ref, scores, "per_token"))
+        per_answer = pooled_shift(ref, scores)
+        per_token = pooled_shift(ref, scores, "per_token")
         self.rows.append({"control": name, "kind": kind, "scored on": scored_on,
                           "per_answer": per_answer.to_record(),
                           "per_token": per_token.to_record(),
@@ -142,9 +142,8 @@ def _report_controls(lab: Lab, rows: list[ControlRow]) -> None:
 
 def _claim(lab: Lab, ctl: _Controls) -> None:
     """The control-anchored comparison into the results, and the verdict."""
-    from emprobe.evaluate.stats import shift_interval
     from emprobe.recipes.conditions import above, negatives_within
-    from emprobe.recipes.mitigation import seed_cells
+    from emprobe.recipes.mitigation import pooled_shift
     from emprobe.recipes.verdict import state_claim
 
     rows = ctl.rows
@@ -153,8 +152,8 @@ def _claim(lab: Lab, ctl: _Controls) -> None:
     weakest_pos = min(positives, key=lambda r: r["per_answer"]["lo"])
     # control-anchored: the misaligned-answer fine-tune minus the aligned-answer one (same
     # questions, size, steps and seed), both scored on the unseen fold B
-    anchored = shift_interval(seed_cells(ctl.fold_b_scores["aligned answers (fold A)"],
-                                         ctl.fold_b_scores["misaligned answers (fold A)"]))
+    anchored = pooled_shift(ctl.fold_b_scores["aligned answers (fold A)"],
+                            ctl.fold_b_scores["misaligned answers (fold A)"])
     lab.results["positive_vs_aligned_control"] = anchored.to_record()
     n_seeds = max(r["n_seeds"] for r in rows)
     state_claim(
