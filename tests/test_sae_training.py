@@ -319,6 +319,13 @@ def test_sparse_topk_step_matches_saelens_step(rescale, apply_b_dec):
     a, b = run(dense, some_dead), run(sparse, some_dead)
     assert sparse.dense_steps == 1
     torch.testing.assert_close(b.loss, a.loss)
+    if rescale:  # a zero decoder row: SAELens divides by its norm; its own step runs
+        with torch.no_grad():
+            for m in (dense, sparse):
+                m.W_dec[7] = 0.0
+        a, b = run(dense, none_dead), run(sparse, none_dead)
+        assert sparse.dense_steps == 2
+        torch.testing.assert_close(b.loss, a.loss, equal_nan=True)
 
 
 def test_train_sae_uses_the_sparse_topk_step(tiny_harvest, tmp_path):
