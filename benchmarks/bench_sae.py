@@ -354,9 +354,10 @@ def _floor_text(tokens: int) -> str:
 
 
 def run(quick: bool = False, sizes: Sequence[int] | None = None,
-        precision: str = "fp32", multi: bool = False) -> list[dict]:
+        precision: str = "fp32", multi: bool = False, second_sae: bool = True) -> list[dict]:
     """One result per token budget in ``sizes`` (default 16,384 and 262,144; quick: 4,096),
-    plus the several-SAEs comparison at the first size when ``multi``."""
+    plus the several-SAEs comparison at the first size when ``multi``; with ``second_sae``
+    the emprobe side trains a second SAE on the first size's harvest (amortised seconds)."""
     if sizes is None:
         sizes = (4096,) if quick else SIZES
     if precision not in ("fp32", "bf16"):
@@ -365,7 +366,7 @@ def run(quick: bool = False, sizes: Sequence[int] | None = None,
     threads = int(os.environ.get("EMPROBE_BENCH_THREADS", "2"))
     results = []
     for i, tokens in enumerate(sizes):
-        second = i == 0 and not quick
+        second = i == 0 and not quick and second_sae
         ours = _spawn(_emprobe_side, tokens, threads, bf16, second)
         theirs = _spawn(_saelens_side, tokens, threads, bf16)
         ours_tps = ours["trained_tokens"] / ours["seconds"]
