@@ -147,6 +147,9 @@ def test_train_reuses_only_identical_runs(tmp_path):
     assert lab.train("run", recs) == a and lab.results["runs"]["run"]["reused"] is True
     b = lab.train("run", recs, seed=1)  # another seed: a new folder, trained
     assert b != a and lab.results["runs"]["run"]["reused"] is False
+    runs = lab.results["runs"]  # the latest under the name, seed 0's record kept beside it
+    assert set(runs) == {"run", f"run-{a.parent.name.rsplit('-', 1)[1]}"}
+    assert runs["run"]["key"] == b.parent.name.rsplit("-", 1)[1]
     c = lab.train("run", recs[:3])  # other data
     lr = Lab(tmp_path, LabConfig.quick_config(steps=1, lr=5e-4), "t").train("run", recs)
     assert len({a, b, c, lr}) == 4

@@ -157,6 +157,8 @@ def test_memory_limit_falls_back_to_shards(tiny_llama, tmp_path):
     more.add({1: torch.randn(1, 8, 64)}, [(0, 8)])
     assert not rows.keep.on and more.finish() is None and rows.finish() is None
     assert torch.cat(written).shape == (6, 64)  # the partial block went to the writer too
+    # a token budget known not to fit keeps nothing from the start (no copy to drop later)
+    assert not _Keep(1000, 8, 1, 128).on and _Keep(1024, 8, 1, 128).whole
 
 
 def test_shard_write_failure_surfaces(tiny_llama, tmp_path, monkeypatch):

@@ -94,6 +94,17 @@ TRAIN_KEYS: dict[str, str] = {
 """Flat keys (config files, flags, saved ``results.json`` configs) -> ``TrainConfig`` fields."""
 
 
+def _record_run(runs: dict[str, dict[str, object]], name: str, record: dict[str, object]) -> None:
+    """``runs[name]`` = the latest run of ``name``; an earlier run of that name with another
+    identity (another seed, other data) stays as ``runs["<name>-<key>"]``, so a recipe that
+    trains one name on several seeds keeps every seed's record."""
+    previous = runs.get(name)
+    if previous is not None and previous.get("key") != record["key"]:
+        runs[f"{name}-{previous['key']}"] = previous
+    runs.pop(f"{name}-{record['key']}", None)
+    runs[name] = record
+
+
 @dataclass
 class LabConfig:
     """Sizes, devices and seeds of a recipe run; the fine-tunes' settings are ``train``.
@@ -412,7 +423,7 @@ class Lab:
                 raise DataError(f"{out}: holds a run with another identity (differs in "
                                 f"{', '.join(changed)}); delete the folder or use another --out")
             if (out / "DONE").is_file() and (adapter / "adapter_config.json").is_file():
-                runs[name] = {"out_dir": str(out), "reused": True, "key": key}
+                _record_run(runs, name, {"out_dir": str(out), "reused": True, "key": key})
                 return adapter
         write_json(stored, identity)
         train_subject = subject if subject is not None else self._fresh_subject()
@@ -422,7 +433,7 @@ class Lab:
                           interventions=ivs, retain=retain, resume=True,
                           progress=not self.cfg.quick)
         (out / "DONE").write_text("ok\n")
-        runs[name] = {**result.to_record(), "reused": False, "key": key}
+        _record_run(runs, name, {**result.to_record(), "reused": False, "key": key})
         return result.adapter_dir
 
     def _fresh_subject(self) -> Subject:

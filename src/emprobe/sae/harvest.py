@@ -316,14 +316,16 @@ class _Keep:
     With a token budget that fits (``capacity`` rows for each of ``n_keys`` keys within
     ``limit_bytes``) each key gets one buffer of ``capacity`` rows whose slices are the
     shards (pages are touched only as rows arrive; nothing is concatenated later).
-    Otherwise shard blocks are kept while the rows fit and all dropped once they do not
-    (training then streams the shards).
+    A budget known not to fit keeps nothing; without a budget shard blocks are kept while
+    the rows fit and all dropped once they do not (training then streams the shards).
     """
 
     def __init__(self, limit_bytes: int, capacity: int | None, n_keys: int, row_bytes: int):
-        self.limit, self.used, self.on = limit_bytes, 0, limit_bytes > 0
-        self.whole = (self.on and capacity is not None
-                      and capacity * row_bytes * max(1, n_keys) <= limit_bytes)
+        fits = capacity is None or capacity * row_bytes * max(1, n_keys) <= limit_bytes
+        # a known budget that cannot fit keeps nothing: a copy dropped half-way through
+        # would only raise the peak RAM
+        self.limit, self.used, self.on = limit_bytes, 0, limit_bytes > 0 and fits
+        self.whole = self.on and capacity is not None
 
     def count(self, nbytes: int) -> bool:
         """Account ``nbytes`` more rows; False once the copy is (or becomes) dropped."""
