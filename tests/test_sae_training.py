@@ -326,6 +326,12 @@ def test_sparse_topk_step_matches_saelens_step(rescale, apply_b_dec):
         a, b = run(dense, none_dead), run(sparse, none_dead)
         assert sparse.dense_steps == 2
         torch.testing.assert_close(b.loss, a.loss, equal_nan=True)
+    half = sparse_topk_class()(sae_lens.TopKTrainingSAEConfig.from_dict(
+        {**cfg.to_dict(), "dtype": "bfloat16"}))  # no bf16 CSR kernels on the CPU
+    half.training_forward_pass(TrainStepInput(sae_in=x.bfloat16(), dead_neuron_mask=none_dead,
+                                              coefficients={}, n_training_steps=0,
+                                              is_logging_step=False))
+    assert half.dense_steps == 1 and half.sparse_steps == 0
 
 
 def test_train_sae_uses_the_sparse_topk_step(tiny_harvest, tmp_path):

@@ -14,9 +14,11 @@ less time per step than SAELens' step on CPU at d_sae 4,608, k 32, batch 256).
 
 The step falls back to SAELens' own whenever the shortcut would not be exact: latents
 counted dead (the aux-k loss needs the dense pre-activations), hooks on the SAE's hook
-points, an error term, sparse activations, input reshaping (``hook_z``), or a run-time
-normalisation inside the SAE. The class is SAELens' ``TopKTrainingSAE`` otherwise (same
-parameters, initialisation, saving and loading).
+points, an error term, sparse activations, input reshaping (``hook_z``), a run-time
+normalisation inside the SAE or a zero decoder row; and where its CSR kernels are missing:
+an SAE that is not float32 / float64 on the CPU (on a GPU SAELens' dense step is fast
+anyway). The class is SAELens' ``TopKTrainingSAE`` otherwise (same parameters,
+initialisation, saving and loading).
 """
 
 from __future__ import annotations
@@ -122,6 +124,8 @@ def sparse_topk_class() -> type[TopKTrainingSAE]:
             dead = step_input.dead_neuron_mask
             if dead is not None and bool(dead.any()):
                 return False
+            if self.W_enc.device.type != "cpu" or self.dtype not in (torch.float32, torch.float64):
+                return False  # the CSR kernels it uses: CPU, float32 / float64
             if (self.use_error_term or cfg.use_sparse_activations or self.hook_z_reshaping_mode
                     or cfg.normalize_activations not in ("none", "expected_average_only_in")
                     or step_input.sae_in.ndim != 2):
