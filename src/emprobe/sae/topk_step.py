@@ -77,24 +77,25 @@ class _SparseDecode(torch.autograd.Function):
     def forward(ctx: _Ctx, b_dec: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor,
                 W_dec: torch.Tensor, sae_in: torch.Tensor, idx: torch.Tensor,
                 pre: torch.Tensor, apply_b_dec: float) -> torch.Tensor:
-        ctx.save_for_backward(W_enc, W_dec, sae_in, idx, pre)
+        weights = pre.relu()
+        ctx.save_for_backward(W_enc, W_dec, sae_in, idx, weights)
         ctx.apply_b_dec = apply_b_dec
-        return torch.addmm(b_dec, _csr(idx, pre.relu(), W_dec.shape[0]), W_dec)
+        return torch.addmm(b_dec, _csr(idx, weights, W_dec.shape[0]), W_dec)
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx: _Ctx, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        W_enc, W_dec, sae_in, idx, pre = ctx.saved_tensors
+        W_enc, W_dec, sae_in, idx, weights = ctx.saved_tensors
         g = grads[0].to(W_dec.dtype)
         n = W_dec.shape[0]
         need = ctx.needs_input_grad
         grad_b_dec = grad_w_enc = grad_b_enc = grad_w_dec = None
+        s_w = _csr(idx, weights, n)
         if need[3]:
-            grad_w_dec = _csr(idx, pre.relu(), n).t() @ g
-        if need[0] or need[1] or need[2]:
-            pattern = _csr(idx, torch.zeros_like(pre), n)
-            grad_w = torch.sparse.sampled_addmm(pattern, g, W_dec.t()).values()
-            grad_pre = grad_w * (pre.reshape(-1) > 0)
+            grad_w_dec = s_w.t() @ g
+        if need[0] or need[1] or need[2]:  # s_w as the pattern only (beta 0)
+            grad_w = torch.sparse.sampled_addmm(s_w, g, W_dec.t(), beta=0.0).values()
+            grad_pre = grad_w * (weights.reshape(-1) > 0)  # relu'(pre)
             grad_b_enc = torch.zeros(n, dtype=g.dtype, device=g.device).index_add_(
                 0, idx.reshape(-1), grad_pre)
             if need[1]:
@@ -119,8 +120,10 @@ def sparse_topk_class() -> type[TopKTrainingSAE]:
         sparse_steps: int = 0
         dense_steps: int = 0
 
-        def _sparse_ok(self, step_input: TrainStepInput) -> bool:
+        def _sparse_ok(self, step_input: TrainStepInput, norms: torch.Tensor | None) -> bool:
             cfg = self.cfg
+            if norms is not None and not bool((norms > 0).all()):
+                return False  # a zero decoder row: SAELens divides by its norm
             dead = step_input.dead_neuron_mask
             if dead is not None and bool(dead.any()):
                 return False
@@ -139,8 +142,8 @@ def sparse_topk_class() -> type[TopKTrainingSAE]:
             rescale = bool(self.cfg.rescale_acts_by_decoder_norm)
             with torch.no_grad():
                 norms = self.W_dec.norm(dim=-1) if rescale else None
-            if not self._sparse_ok(step_input) or (norms is not None and not bool((norms > 0).all())):
-                self.dense_steps += 1  # (a zero decoder row: SAELens divides by its norm)
+            if not self._sparse_ok(step_input, norms):
+                self.dense_steps += 1
                 return super().training_forward_pass(step_input)
             self.sparse_steps += 1
             x = step_input.sae_in
