@@ -102,6 +102,29 @@ def test_same_adapter_and_log(tmp_path, case):
         assert any(k.startswith("loss/retain") for k in new.metrics()[0])
 
 
+@pytest.mark.parametrize("engine", ["emprobe", "hf"])
+@pytest.mark.parametrize("case", ["retain_both_packed", "retain_ce_npo", "steer_kl"])
+def test_loss_positions_change_no_weight(tmp_path, monkeypatch, case, engine):
+    """Logits only where a response token is predicted (``logits_to_keep``, the default) train
+    the same adapter, with the same log, as the full ``[batch, pos, vocab]`` logits."""
+    import emprobe.train.engine as hf_engine
+    import emprobe.train.trainer as loop
+
+    kw, ivs, retain = CASES[case]
+    extra = {"retain": chat_records(12, tag="keep")} if retain else {}
+    runs = []
+    for full in (False, True):
+        if full:
+            for mod in (hf_engine, loop):
+                monkeypatch.setattr(mod, "loss_positions", lambda model, batch: None)
+        runs.append(finetune(load_model("tiny-llama"), chat_records(), small_config(**kw),
+                             tmp_path / f"{case}-{full}", progress=False, engine=engine,
+                             interventions=ivs(), **extra))
+    assert max_abs_diff(runs[0].adapter_dir, runs[1].adapter_dir) <= TOL
+    assert _moved(runs[0].adapter_dir) > 0
+    assert_same_log(runs[0], runs[1])
+
+
 def test_grasp_under_clipping(tmp_path):
     """GRASP projects the gradient before it is clipped, in both engines."""
     u = torch.nn.functional.normalize(_basis(k=1, seed=2)[:, 0], dim=0)

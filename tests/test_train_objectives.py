@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from emprobe.models.chat import ChatBatch
+from emprobe.models.logprobs import needed_positions
 from emprobe.train import TrainConfig, Trainer, preset
 from emprobe.train.objectives import (
     NPO,
@@ -15,6 +16,7 @@ from emprobe.train.objectives import (
     RetainCE,
     RetainKL,
     StepCounts,
+    loss_positions,
     objectives_for,
 )
 
@@ -49,6 +51,41 @@ def test_each_objective_owns_its_math():
     assert NPO.needs_reference and RetainKL.needs_reference and not CrossEntropy.needs_reference
 
 
+@pytest.mark.parametrize("objective", [CrossEntropy(), GradientAscent(), NPO(beta=0.5),
+                                       RetainCE(), RetainKL()], ids=lambda o: type(o).__name__)
+def test_objectives_on_loss_positions_equal_full_logits(objective):
+    """Logits kept only where a response token is predicted give the same loss and the same
+    gradient as the full ``[batch, pos, vocab]`` logits; a position left out is an error."""
+    torch.manual_seed(1)
+    batch, counts = _batch(), StepCounts(tokens=4, sequences=2)
+    ref_full = torch.randn(2, 4, 9)
+    full = torch.randn(2, 4, 9, requires_grad=True)
+    pos = needed_positions(batch)
+    assert pos.tolist() == [0, 1, 2]  # row 0 predicts at 1, 2; row 1 at 0, 1
+    loss_full = objective(full, batch, counts, lambda b: ref_full)
+    (g_full,) = torch.autograd.grad(loss_full, full)
+    kept = full[:, pos]
+    loss_kept = objective(kept, batch, counts, lambda b: ref_full[:, pos], pos)
+    (g_kept,) = torch.autograd.grad(loss_kept, full)
+    assert torch.allclose(loss_full, loss_kept, atol=1e-6)
+    assert torch.allclose(g_full, g_kept, atol=1e-6) and g_full.abs().sum() > 0
+    from emprobe.errors import ShapeError
+
+    with pytest.raises(ShapeError):  # a predicting position missing: refused, not skipped
+        objective(full[:, 1:3], batch, counts, lambda b: ref_full[:, 1:3], pos[1:])
+
+
+def test_loss_positions_follow_the_model():
+    from emprobe import load_model
+
+    subject = load_model("tiny-llama")
+    batch = _batch()
+    assert loss_positions(subject.model, batch).tolist() == [0, 1, 2]
+    assert loss_positions(torch.nn.Linear(2, 2), batch) is None  # no logits_to_keep: all
+    none = ChatBatch(batch.input_ids, batch.attention_mask, torch.zeros_like(batch.response_mask))
+    assert loss_positions(subject.model, none) is None
+
+
 def test_objectives_for_reads_the_config():
     task, retain = objectives_for(TrainConfig(unlearn="npo", npo_beta=0.3, retain_kl=0.5))
     assert isinstance(task, NPO) and task.beta == 0.3
@@ -71,3 +108,25 @@ def test_trainer_from_records(tmp_path):
         trainer.unwrap()
     assert rec["sequences"] == 2 and rec["tokens"] > 0 and rec["loss"] == rec["loss/task"]
     assert not hasattr(subject.model, "peft_config")
+
+
+@pytest.mark.integration
+def test_loss_positions_on_the_embedded_model(embedded, chats):
+    """The embedded model's loss and LoRA-free logits at the loss positions equal the full
+    logits' (``logits_to_keep`` with a position tensor, the real chat template)."""
+    from emprobe.train.data import tokenize
+
+    ts = tokenize(embedded, [{"messages": c} for c in chats], max_length=None)
+    batch = ts.batch(list(range(len(ts))))
+    pos = loss_positions(embedded.model, batch)
+    assert pos is not None and 0 < pos.numel() < batch.input_ids.shape[1] - 1
+    counts = StepCounts(tokens=ts.n_loss_tokens(range(len(ts))), sequences=len(ts))
+    with torch.no_grad():
+        full = embedded.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                              use_cache=False).logits
+        kept = embedded.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                              use_cache=False, logits_to_keep=pos).logits
+    assert kept.shape[1] == pos.numel()
+    a = CrossEntropy()(full, batch, counts, lambda b: full)
+    b = CrossEntropy()(kept, batch, counts, lambda b: kept, pos)
+    assert float(a) == pytest.approx(float(b), rel=1e-5)

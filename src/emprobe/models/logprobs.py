@@ -28,6 +28,7 @@ from emprobe.models.chat import ChatBatch
 
 __all__ = [
     "CHUNK_ELEMENTS",
+    "check_positions",
     "forward_response_logprobs",
     "forward_sequence_logprobs",
     "logprobs_at",
@@ -52,6 +53,18 @@ def needed_positions(batch: ChatBatch) -> torch.Tensor:
     return response_mask_shifted(batch).any(0).nonzero()[:, 0]
 
 
+def check_positions(logits: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> None:
+    """Raise ``ShapeError`` unless ``logits`` ``[batch, k, ...]`` has one row per position of
+    ``positions`` ``[k]`` and those cover every True of ``mask`` ``[batch, pos-1]``."""
+    if logits.shape[:2] != (mask.shape[0], positions.numel()):
+        raise ShapeError(f"logits {tuple(logits.shape)} do not match {mask.shape[0]} rows x "
+                         f"{positions.numel()} positions")
+    covered = torch.zeros(mask.shape[1], dtype=torch.bool, device=mask.device)
+    covered[positions.to(mask.device)] = True
+    if bool((mask & ~covered).any()):
+        raise ShapeError("logits are missing positions that predict response tokens")
+
+
 def logprobs_at(logits: torch.Tensor, positions: torch.Tensor, batch: ChatBatch,
                 chunk_elements: int = CHUNK_ELEMENTS) -> tuple[torch.Tensor, torch.Tensor]:
     """Response log-probs from logits computed only at some positions.
@@ -70,13 +83,7 @@ def logprobs_at(logits: torch.Tensor, positions: torch.Tensor, batch: ChatBatch,
     mask = response_mask_shifted(batch).to(logits.device)
     target = batch.input_ids[:, 1:].to(logits.device)
     positions = positions.to(logits.device)
-    if logits.shape[:2] != (mask.shape[0], positions.numel()):
-        raise ShapeError(f"logits {tuple(logits.shape)} do not match {mask.shape[0]} rows x "
-                         f"{positions.numel()} positions")
-    covered = torch.zeros(mask.shape[1], dtype=torch.bool, device=mask.device)
-    covered[positions] = True
-    if bool((mask & ~covered).any()):
-        raise ShapeError("logits are missing positions that predict response tokens")
+    check_positions(logits, positions, mask)
     rows, cols = mask[:, positions].nonzero(as_tuple=True)
     step = max(1, chunk_elements // max(1, int(logits.shape[-1])))
     parts = []

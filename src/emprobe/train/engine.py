@@ -56,7 +56,7 @@ from emprobe.train.engine_callbacks import (
     lr_lambda,
 )
 from emprobe.train.folder import RunFolder
-from emprobe.train.objectives import Reference, StepCounts
+from emprobe.train.objectives import Reference, StepCounts, loss_positions
 from emprobe.train.sources import drop_gguf_tag
 
 if TYPE_CHECKING:
@@ -148,8 +148,9 @@ class EmprobeHFTrainer(HFTrainer):
                            self.e.config.seed)
 
     # -- the loss ---------------------------------------------------------------------------
-    def _reference(self, feed: Inputs) -> Reference:
-        """The frozen model's logits on ``feed`` (adapter off or the reference copy, hooks off)."""
+    def _reference(self, feed: Mapping[str, object]) -> Reference:
+        """The frozen model's logits on ``feed`` (adapter off or the reference copy, hooks off),
+        at the positions ``feed`` names (``logits_to_keep``) if any."""
         et, hooks = self.e, self.e_hooks
 
         def ref(batch: ChatBatch) -> torch.Tensor:
@@ -161,6 +162,17 @@ class EmprobeHFTrainer(HFTrainer):
                     return et.model(**feed, use_cache=False).logits
 
         return ref
+
+    def _feed(self, inputs: Inputs) -> tuple[ChatBatch, dict[str, object], torch.Tensor | None]:
+        """The batch of collated ``inputs``, the model's feed and the loss positions: the
+        feed asks for logits only where a response token is predicted (``loss_positions``:
+        the unembedding and its backward skip the prompt), the same loss either way."""
+        batch, feed = chat_batch(inputs)
+        positions = loss_positions(self.e.model, batch)
+        kept: dict[str, object] = dict(feed)
+        if positions is not None:
+            kept["logits_to_keep"] = positions
+        return batch, kept, positions
 
     def _add_retain(self, model: torch.nn.Module, loss: torch.Tensor, micro: int
                     ) -> torch.Tensor:
@@ -180,11 +192,11 @@ class EmprobeHFTrainer(HFTrainer):
         width = data.report.max_length if data.report else None
         inputs = {k: v.to(self.args.device)
                   for k, v in collate(data, r_micro[micro], cfg.pack, width).items()}
-        batch, feed = chat_batch(inputs)
+        batch, feed, positions = self._feed(inputs)
         with use_batch(batch):
             logits = model(**feed, use_cache=False).logits
         for weight, obj in et.regularisers:
-            term = obj(logits, batch, counts, self._reference(feed))
+            term = obj(logits, batch, counts, self._reference(feed), positions)
             loss = loss + weight * term
             self.e_record.add(obj.key, term)
         return loss
@@ -196,7 +208,7 @@ class EmprobeHFTrainer(HFTrainer):
         et, rec = self.e, self.e_record
         if rec.step != self.state.global_step:
             rec.begin(self.state.global_step, [obj.key for _, obj in et.objectives])
-        batch, feed = chat_batch(inputs)
+        batch, feed, positions = self._feed(inputs)
         with use_batch(batch):
             out = model(**feed, use_cache=False)
         labels = inputs["labels"]
@@ -204,7 +216,7 @@ class EmprobeHFTrainer(HFTrainer):
             int((labels[:, 1:] != -100).sum())
         counts = StepCounts(tokens=max(1, tokens), sequences=self.global_batch)
         rec.tokens, rec.sequences = counts.tokens, counts.sequences
-        loss = et.objective(out.logits, batch, counts, self._reference(feed))
+        loss = et.objective(out.logits, batch, counts, self._reference(feed), positions)
         rec.add(et.objective.key, loss)
         loss = self._add_retain(model, loss, rec.micro)
         rec.micro += 1

@@ -1,10 +1,13 @@
 """Loss terms on response tokens: SFT cross-entropy, gradient ascent, NPO, retain CE and KL.
 
 Each term is an ``Objective`` that owns its math; the trainer only sums
-``weight * objective(logits, batch, counts, reference)``. All take logits
-``[batch, pos, vocab]`` and a ``ChatBatch``; the prediction at position ``t`` is scored
+``weight * objective(logits, batch, counts, reference, positions)``. All take a
+``ChatBatch`` and its logits: ``[batch, pos, vocab]`` when ``positions`` is None, or only
+the rows at ``positions`` (``[batch, k, vocab]``, transformers' ``logits_to_keep``: the
+trainers ask for the positions that predict a response token, ``loss_positions``, so the
+unembedding and its gradient skip the prompt). The prediction at position ``t`` is scored
 against token ``t + 1`` and counted when token ``t + 1`` is a real response token
-(``emprobe.models.logprobs``).
+(``emprobe.models.logprobs``); both forms give the same loss.
 """
 
 from __future__ import annotations
@@ -17,7 +20,14 @@ import torch
 import torch.nn.functional as F
 
 from emprobe.models.chat import ChatBatch
-from emprobe.models.logprobs import response_logprobs, response_mask_shifted, sequence_logprobs
+from emprobe.models.logprobs import (
+    check_positions,
+    logprobs_at,
+    needed_positions,
+    response_logprobs,
+    response_mask_shifted,
+    supports_logits_to_keep,
+)
 
 if TYPE_CHECKING:
     from emprobe.train.config import TrainConfig
@@ -31,6 +41,7 @@ __all__ = [
     "RetainKL",
     "StepCounts",
     "kl_to_reference",
+    "loss_positions",
     "npo_loss",
     "objectives_for",
     "sequence_logprob",
@@ -38,24 +49,42 @@ __all__ = [
     "token_logprobs",
 ]
 
-# logits of the frozen reference model (adapter disabled, training hooks off) for a batch
+# logits of the frozen reference model (adapter disabled, training hooks off) for a batch,
+# at the same positions as the trained model's logits
 Reference = Callable[[ChatBatch], torch.Tensor]
 
 
-def token_logprobs(logits: torch.Tensor, batch: ChatBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probability of each next token ``[batch, pos-1]`` and the loss mask ``[batch, pos-1]``."""
-    return response_logprobs(logits, batch)
+def loss_positions(model: torch.nn.Module, batch: ChatBatch) -> torch.Tensor | None:
+    """The positions to ask ``model`` for logits at (``logits_to_keep``) so that every
+    objective here still sees each response token's prediction: those that predict a
+    response token in some row (``needed_positions``). None (all positions) when the model's
+    forward has no ``logits_to_keep`` or the batch has no response token."""
+    positions = needed_positions(batch)
+    if positions.numel() == 0 or not supports_logits_to_keep(model):
+        return None
+    return positions
 
 
-def sum_ce(logits: torch.Tensor, batch: ChatBatch) -> torch.Tensor:
+def token_logprobs(logits: torch.Tensor, batch: ChatBatch,
+                   positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probability of each next token ``[batch, pos-1]`` and the loss mask ``[batch, pos-1]``
+    (``logits`` at ``positions`` only when given, as the module docstring says)."""
+    if positions is None:
+        return response_logprobs(logits, batch)
+    return logprobs_at(logits, positions, batch)
+
+
+def sum_ce(logits: torch.Tensor, batch: ChatBatch,
+           positions: torch.Tensor | None = None) -> torch.Tensor:
     """Summed next-token cross-entropy over response tokens (a scalar; divide by the count)."""
-    logp, _ = response_logprobs(logits, batch)
+    logp, _ = token_logprobs(logits, batch, positions)
     return -logp.sum()
 
 
-def sequence_logprob(logits: torch.Tensor, batch: ChatBatch) -> torch.Tensor:
+def sequence_logprob(logits: torch.Tensor, batch: ChatBatch,
+                     positions: torch.Tensor | None = None) -> torch.Tensor:
     """Summed log-probability of each sequence's response ``[batch]``."""
-    return sequence_logprobs(logits, batch)[0]
+    return token_logprobs(logits, batch, positions)[0].sum(-1)
 
 
 def npo_loss(seq_logp: torch.Tensor, ref_seq_logp: torch.Tensor, beta: float) -> torch.Tensor:
@@ -65,14 +94,21 @@ def npo_loss(seq_logp: torch.Tensor, ref_seq_logp: torch.Tensor, beta: float) ->
     return -(2.0 / beta) * F.logsigmoid(-beta * (seq_logp - ref_seq_logp))
 
 
-def kl_to_reference(logits: torch.Tensor, ref_logits: torch.Tensor, batch: ChatBatch
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed ``KL(p_ref || p_model)`` over response positions, and the number of positions."""
+def kl_to_reference(logits: torch.Tensor, ref_logits: torch.Tensor, batch: ChatBatch,
+                    positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed ``KL(p_ref || p_model)`` over response positions, and the number of positions
+    (both logits at ``positions`` only when given)."""
     mask = response_mask_shifted(batch).to(logits.device)
-    logp = torch.log_softmax(logits[:, :-1].float(), -1)
-    logq = torch.log_softmax(ref_logits[:, :-1].float(), -1)
-    kl = (logq.exp() * (logq - logp)).sum(-1)
-    return (kl * mask).sum(), mask.sum()
+    if positions is None:
+        logits, ref_logits = logits[:, :-1], ref_logits[:, :-1]
+    else:
+        check_positions(logits, positions, mask)
+        check_positions(ref_logits, positions, mask)
+        mask = mask[:, positions.to(mask.device)]
+    rows = mask.nonzero(as_tuple=True)  # only the scored rows go through the softmax
+    logp = torch.log_softmax(logits[rows].float(), -1)
+    logq = torch.log_softmax(ref_logits[rows].float(), -1)
+    return (logq.exp() * (logq - logp)).sum(), mask.sum()
 
 
 @dataclass(frozen=True)
@@ -94,8 +130,9 @@ class Objective:
     needs_reference = False
 
     def __call__(self, logits: torch.Tensor, batch: ChatBatch, counts: StepCounts,
-                 reference: Reference) -> torch.Tensor:
-        """This micro-batch's share of the step's loss (a scalar)."""
+                 reference: Reference, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """This micro-batch's share of the step's loss (a scalar); ``logits`` at
+        ``positions`` only when given (the module docstring)."""
         raise NotImplementedError
 
     def describe(self) -> dict[str, object]:
@@ -106,16 +143,16 @@ class CrossEntropy(Objective):
     """Supervised fine-tuning: mean next-token cross-entropy over response tokens."""
 
     def __call__(self, logits: torch.Tensor, batch: ChatBatch, counts: StepCounts,
-                 reference: Reference) -> torch.Tensor:
-        return sum_ce(logits, batch) / counts.tokens
+                 reference: Reference, positions: torch.Tensor | None = None) -> torch.Tensor:
+        return sum_ce(logits, batch, positions) / counts.tokens
 
 
 class GradientAscent(Objective):
     """Unlearning by gradient ascent: the negated cross-entropy."""
 
     def __call__(self, logits: torch.Tensor, batch: ChatBatch, counts: StepCounts,
-                 reference: Reference) -> torch.Tensor:
-        return -sum_ce(logits, batch) / counts.tokens
+                 reference: Reference, positions: torch.Tensor | None = None) -> torch.Tensor:
+        return -sum_ce(logits, batch, positions) / counts.tokens
 
 
 @dataclass
@@ -126,9 +163,10 @@ class NPO(Objective):
     needs_reference = True
 
     def __call__(self, logits: torch.Tensor, batch: ChatBatch, counts: StepCounts,
-                 reference: Reference) -> torch.Tensor:
-        ref = sequence_logprob(reference(batch), batch)
-        return npo_loss(sequence_logprob(logits, batch), ref, self.beta).sum() / counts.sequences
+                 reference: Reference, positions: torch.Tensor | None = None) -> torch.Tensor:
+        ref = sequence_logprob(reference(batch), batch, positions)
+        seq = sequence_logprob(logits, batch, positions)
+        return npo_loss(seq, ref, self.beta).sum() / counts.sequences
 
 
 class RetainCE(Objective):
@@ -137,8 +175,8 @@ class RetainCE(Objective):
     key = "loss/retain_ce"
 
     def __call__(self, logits: torch.Tensor, batch: ChatBatch, counts: StepCounts,
-                 reference: Reference) -> torch.Tensor:
-        return sum_ce(logits, batch) / counts.tokens
+                 reference: Reference, positions: torch.Tensor | None = None) -> torch.Tensor:
+        return sum_ce(logits, batch, positions) / counts.tokens
 
 
 class RetainKL(Objective):
@@ -148,8 +186,8 @@ class RetainKL(Objective):
     needs_reference = True
 
     def __call__(self, logits: torch.Tensor, batch: ChatBatch, counts: StepCounts,
-                 reference: Reference) -> torch.Tensor:
-        kl, _ = kl_to_reference(logits, reference(batch), batch)
+                 reference: Reference, positions: torch.Tensor | None = None) -> torch.Tensor:
+        kl, _ = kl_to_reference(logits, reference(batch), batch, positions)
         return kl / counts.tokens
 
 

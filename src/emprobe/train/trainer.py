@@ -56,7 +56,7 @@ from emprobe.train.data import (
 )
 from emprobe.train.folder import RunFolder
 from emprobe.train.interventions import Intervention
-from emprobe.train.objectives import Objective, StepCounts, objectives_for
+from emprobe.train.objectives import Objective, StepCounts, loss_positions, objectives_for
 
 if TYPE_CHECKING:
     from emprobe.models.chat import Conversation
@@ -312,32 +312,41 @@ class Trainer:
 
     # forward passes
     def _logits(self, model: torch.nn.Module, batch: ChatBatch,
-                position_ids: torch.Tensor | None = None) -> torch.Tensor:
+                position_ids: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+        """``model``'s logits on ``batch`` (at ``positions`` only, ``logits_to_keep``, if given)."""
+        kw: dict[str, object] = {} if positions is None else {"logits_to_keep": positions}
         with use_batch(batch):
             if position_ids is not None:  # packed rows: isolation from the position ids
                 return model(input_ids=batch.input_ids, position_ids=position_ids,
-                             use_cache=False).logits
-            return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+                             use_cache=False, **kw).logits
+            return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                         **kw).logits
 
-    def _batch(self, data: TokenizedSet, idx: list[int]) -> tuple[ChatBatch, torch.Tensor | None]:
+    def _batch(self, data: TokenizedSet, idx: list[int]
+               ) -> tuple[ChatBatch, torch.Tensor | None, torch.Tensor | None]:
+        """A micro-batch, its position ids (packed) and its loss positions (``loss_positions``)."""
         dev = self.subject.device
         if self.config.pack:
             batch, pos = data.packed_batch(idx, dev, width=data.report.max_length
                                            if data.report else None)
-            self._packed_positions = (batch, pos)  # for the reference forward of this batch
-            return batch, pos
-        return data.batch(idx, dev), None
+        else:
+            batch, pos = data.batch(idx, dev), None
+        keep = loss_positions(self.model, batch)
+        self._last_batch = (batch, pos, keep)  # for the reference forward of this batch
+        return batch, pos, keep
 
     @torch.no_grad()
     def reference_logits(self, batch: ChatBatch) -> torch.Tensor:
-        """Logits of the base model (adapter disabled, training hooks off)."""
-        packed = getattr(self, "_packed_positions", None)
-        pos = packed[1] if packed is not None and packed[0] is batch else None
+        """Logits of the base model (adapter disabled, training hooks off), at the positions
+        the trained model's logits of ``batch`` have."""
+        last = getattr(self, "_last_batch", None)
+        pos, keep = (last[1], last[2]) if last is not None and last[0] is batch else (None, None)
         with self.hooks_suspended():
             if self.ref_model is not None:
-                return self._logits(self.ref_model, batch, pos)
+                return self._logits(self.ref_model, batch, pos, keep)
             with self.model.disable_adapter():
-                return self._logits(self.model, batch, pos)
+                return self._logits(self.model, batch, pos, keep)
 
     def _micro_slices(self, indices: list[int], data: TokenizedSet | None = None
                       ) -> list[list[int]]:
@@ -370,16 +379,16 @@ class Trainer:
             sync = (contextlib.nullcontext() if (last or self.world == 1)
                     else self.fwd_model.no_sync())  # type: ignore[operator]
             with sync:
-                batch, pos = self._batch(self.train_set, idx)
-                loss = self.objective(self._logits(self.fwd_model, batch, pos), batch, counts,
-                                      self.reference_logits)
+                batch, pos, keep = self._batch(self.train_set, idx)
+                loss = self.objective(self._logits(self.fwd_model, batch, pos, keep), batch,
+                                      counts, self.reference_logits, keep)
                 terms[self.objective.key] += float(loss.detach())
                 if m < len(r_micro):
                     assert self.retain_set is not None
-                    rb, r_pos = self._batch(self.retain_set, r_micro[m])
-                    r_logits = self._logits(self.fwd_model, rb, r_pos)
+                    rb, r_pos, r_keep = self._batch(self.retain_set, r_micro[m])
+                    r_logits = self._logits(self.fwd_model, rb, r_pos, r_keep)
                     for weight, obj in self.regularisers:
-                        term = obj(r_logits, rb, r_counts, self.reference_logits)
+                        term = obj(r_logits, rb, r_counts, self.reference_logits, r_keep)
                         loss = loss + weight * term
                         terms[obj.key] += float(term.detach())
                 (loss * scale).backward()
