@@ -17,6 +17,14 @@ output), and both save the trained SAE to disk:
   ``datasets.Dataset`` of the same texts (packed into 128-token contexts), default
   settings otherwise (no prefetch thread, no compile), as a researcher would run it.
 
+Timing: the two sides run interleaved (``benchmarks.interleave``): both processes load
+their model side by side, untimed, then take turns of ``SLICE_S`` (5) seconds each, the
+other stopped, until both finish; every duration (total, harvest, training, SAELens' LM
+forward and tokenisation) counts only the time its side ran. So the machine's drift over
+the ~10 minutes of a 262,144-token pair slows both sides alike instead of deciding the ratio
+(sequential runs of the pair spread 1.11-1.37x in one afternoon). ``slice_s=0``
+(``EMPROBE_BENCH_SLICE_S=0``) runs one side after the other as before.
+
 Library imports (``sae_lens`` included) happen before timing on both sides. Each side runs
 in its own spawned process so its peak RSS is its own: the peak is reset
 (``/proc/self/clear_refs``) after model loading and read from ``VmHWM`` after the timed
@@ -80,6 +88,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from benchmarks.interleave import Span, active_seconds, run_interleaved, wait_turn
+
 D_SAE_EXPANSION = 8
 K = 32
 K_SECOND = 64
@@ -91,6 +101,7 @@ DEAD_WINDOW = 1000  # SAELens' runner default, given to emprobe too
 SIZES = (16384, 262144)  # make bench's token budgets
 FLOORS = {16384: 1.5, 262144: 1.35}  # issue 27's goals (SAE tokens/s over SAELens')
 TIMEOUT_S = int(os.environ.get("EMPROBE_BENCH_SAE_TIMEOUT", "5400"))
+SLICE_S = 5.0  # the two sides' alternating slices (benchmarks.interleave); 0: one then the other
 
 
 def _texts(n: int) -> list[str]:
@@ -147,7 +158,8 @@ def _warm_up(subject: Any) -> None:
         subject.model(input_ids=ids)
 
 
-def _emprobe_side(tokens: int, threads: int, bf16: bool, second: bool, queue: Any) -> None:
+def _emprobe_side(tokens: int, threads: int, bf16: bool, second: bool, queue: Any,
+                  gate: Any = None) -> None:
     import torch
 
     torch.set_num_threads(threads)
@@ -171,19 +183,22 @@ def _emprobe_side(tokens: int, threads: int, bf16: bool, second: bool, queue: An
     _warm_up(subject)
     rss_before = _rss_mb()
     out: dict[str, Any] = {"peak_reset": _reset_peak()}
+    wait_turn(queue, gate)
     with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
+        t0 = time.monotonic()
         hv = harvest(subject, texts, f"{tmp}/h", cfg, progress=False)
-        t1 = time.perf_counter()
+        t1 = time.monotonic()
         tr = train_sae(hv, layer, sae_cfg(K), f"{tmp}/sae", progress=False)
-        t2 = time.perf_counter()
+        t2 = time.monotonic()
         out["peak_rss_mb"] = _peak_mb()
         if second:  # a second SAE from the same harvest: no model forward at all
-            t3 = time.perf_counter()
+            t3 = time.monotonic()
             train_sae(hv, layer, sae_cfg(K_SECOND), f"{tmp}/sae2", progress=False)
-            out["second_train_s"] = time.perf_counter() - t3
+            out["second_span"] = (t3, time.monotonic())
+            out["second_train_s"] = time.monotonic() - t3
         memory_mb = sum(t.numel() * t.element_size() for t in (hv.memory or {}).values()) / 2**20
     out.update({"seconds": t2 - t0, "harvest_s": t1 - t0, "train_s": t2 - t1,
+                "span": (t0, t2), "harvest_span": (t0, t1), "train_span": (t1, t2),
                 "trained_tokens": tr.record["trained_tokens"], "harvested_tokens": hv.n_rows,
                 "data_source": tr.record["data_source"], "fused_adam": tr.record["fused_adam"],
                 "sparse_steps": tr.record["sparse_topk_steps"],
@@ -192,17 +207,20 @@ def _emprobe_side(tokens: int, threads: int, bf16: bool, second: bool, queue: An
     queue.put(out)
 
 
-def _time_store(acc: dict[str, float]) -> None:
-    """Time SAELens' LM forward and tokenisation from inside its ``ActivationsStore``."""
+def _time_store(acc: dict[str, Any]) -> None:
+    """Time SAELens' LM forward and tokenisation from inside its ``ActivationsStore``
+    (``acc[name]``: seconds; ``acc[name + "_spans"]``: each call's monotonic span)."""
     from sae_lens.training.activations_store import ActivationsStore
 
     def timed(name: str, count: bool) -> None:
         real = getattr(ActivationsStore, name)
 
         def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-            t0 = time.perf_counter()
+            t0 = time.monotonic()
             result = real(self, *args, **kwargs)
-            acc[name] = acc.get(name, 0.0) + time.perf_counter() - t0
+            t1 = time.monotonic()
+            acc[name] = acc.get(name, 0.0) + t1 - t0
+            acc.setdefault(f"{name}_spans", []).append((t0, t1))
             if count:
                 first = next(iter(result.values())) if isinstance(result, dict) else result
                 acc["forward_tokens"] = acc.get("forward_tokens", 0) + int(first.shape[0] * first.shape[1])
@@ -234,20 +252,21 @@ def _saelens_model(tokens: int, threads: int) -> tuple[Any, Any, Any, str]:
     return subject, model, ds, hook
 
 
-def _saelens_ready(tokens: int, threads: int) -> tuple[Any, Any, Any, str, dict[str, float],
+def _saelens_ready(tokens: int, threads: int) -> tuple[Any, Any, Any, str, dict[str, Any],
                                                        float, bool]:
     """A SAELens side up to its timed section: model, dataset, timing probes on its
     activation store (filled into ``acc``), the shared warm-up, then the RSS after loading
     and the peak reset (``subject, model, ds, hook, acc, rss_before, reset``)."""
     subject, model, ds, hook = _saelens_model(tokens, threads)
-    acc: dict[str, float] = {}
+    acc: dict[str, Any] = {}
     _time_store(acc)
     _warm_up(subject)
     rss_before = _rss_mb()
     return subject, model, ds, hook, acc, rss_before, _reset_peak()
 
 
-def _saelens_side(tokens: int, threads: int, bf16: bool, second: bool, queue: Any) -> None:
+def _saelens_side(tokens: int, threads: int, bf16: bool, second: bool, queue: Any,
+                  gate: Any = None) -> None:
     from sae_lens import (
         LanguageModelSAERunnerConfig,
         LanguageModelSAETrainingRunner,
@@ -260,10 +279,13 @@ def _saelens_side(tokens: int, threads: int, bf16: bool, second: bool, queue: An
             sae=TopKTrainingSAEConfig(d_in=subject.d_model, d_sae=D_SAE_EXPANSION * subject.d_model,
                                       k=K),
             **_runner_kwargs(str(subject.path), hook, tokens, bf16, f"{tmp}/sae"))
-        t0 = time.perf_counter()
+        wait_turn(queue, gate)
+        t0 = time.monotonic()
         LanguageModelSAETrainingRunner(cfg, override_dataset=ds, override_model=model).run()
-        t1 = time.perf_counter()
+        t1 = time.monotonic()
     queue.put({"seconds": t1 - t0, "trained_tokens": cfg.total_training_tokens,
+               "span": (t0, t1), "forward_spans": acc.get("get_activations_spans", []),
+               "tokenize_spans": acc.get("get_batch_tokens_spans", []),
                "forward_s": acc.get("get_activations", 0.0),
                "tokenize_s": acc.get("get_batch_tokens", 0.0),
                "forward_tokens": int(acc.get("forward_tokens", 0)),
@@ -349,6 +371,33 @@ def _spawn(fn: Any, tokens: int, threads: int, bf16: bool, second: bool = False)
     return result
 
 
+def _pair(tokens: int, threads: int, bf16: bool, second: bool, slice_s: float
+          ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Both sides' results: one after the other (``slice_s`` 0), or interleaved in slices of
+    ``slice_s`` seconds (``benchmarks.interleave``) with every duration counted only while
+    its side ran."""
+    if slice_s <= 0:
+        return (_spawn(_emprobe_side, tokens, threads, bf16, second),
+                _spawn(_saelens_side, tokens, threads, bf16))
+    (ours, ran_o), (theirs, ran_t) = run_interleaved(
+        [(_emprobe_side, (tokens, threads, bf16, second)),
+         (_saelens_side, (tokens, threads, bf16, False))], slice_s=slice_s, timeout_s=TIMEOUT_S)
+
+    def active(span: Span, ran: list[Span]) -> float:
+        return active_seconds(span, ran)
+
+    ours.update({"seconds": active(ours["span"], ran_o),
+                 "harvest_s": active(ours["harvest_span"], ran_o),
+                 "train_s": active(ours["train_span"], ran_o)})
+    if "second_span" in ours:
+        ours["second_train_s"] = active(ours["second_span"], ran_o)
+    theirs.update({"seconds": active(theirs["span"], ran_t),
+                   "forward_s": sum(active(sp, ran_t) for sp in theirs["forward_spans"]),
+                   "tokenize_s": sum(active(sp, ran_t) for sp in theirs["tokenize_spans"])})
+    slices = {"emprobe_slices": len(ran_o), "saelens_slices": len(ran_t)}
+    return {**ours, **slices}, theirs
+
+
 def _floor_text(tokens: int) -> str:
     """The goal of a row: issue 27's ratio at this size, with peak RSS no higher."""
     floor = FLOORS.get(tokens)
@@ -357,21 +406,25 @@ def _floor_text(tokens: int) -> str:
 
 
 def run(quick: bool = False, sizes: Sequence[int] | None = None,
-        precision: str = "fp32", multi: bool = False, second_sae: bool = True) -> list[dict]:
+        precision: str = "fp32", multi: bool = False, second_sae: bool = True,
+        slice_s: float | None = None) -> list[dict]:
     """One result per token budget in ``sizes`` (default 16,384 and 262,144; quick: 4,096),
     plus the several-SAEs comparison at the first size when ``multi``; with ``second_sae``
-    the emprobe side trains a second SAE on the first size's harvest (amortised seconds)."""
+    the emprobe side trains a second SAE on the first size's harvest (amortised seconds).
+    ``slice_s``: the two sides run interleaved in slices of this many seconds (default
+    ``SLICE_S``, env ``EMPROBE_BENCH_SLICE_S``), or one after the other with 0."""
     if sizes is None:
         sizes = (4096,) if quick else SIZES
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision {precision!r}: use fp32 or bf16")
     bf16 = precision == "bf16"
     threads = int(os.environ.get("EMPROBE_BENCH_THREADS", "2"))
+    if slice_s is None:
+        slice_s = float(os.environ.get("EMPROBE_BENCH_SLICE_S", SLICE_S))
     results = []
     for i, tokens in enumerate(sizes):
         second = i == 0 and not quick and second_sae
-        ours = _spawn(_emprobe_side, tokens, threads, bf16, second)
-        theirs = _spawn(_saelens_side, tokens, threads, bf16)
+        ours, theirs = _pair(tokens, threads, bf16, second, slice_s)
         ours_tps = ours["trained_tokens"] / ours["seconds"]
         theirs_tps = theirs["trained_tokens"] / theirs["seconds"]
         harvest_tps = ours["harvested_tokens"] / ours["harvest_s"]
@@ -379,6 +432,9 @@ def run(quick: bool = False, sizes: Sequence[int] | None = None,
         details: dict[str, Any] = {
             "tokens": tokens,
             "threads": threads,
+            "timing": (f"interleaved: the two sides alternate in {slice_s:g} s slices, each "
+                       "timed only while it ran" if slice_s > 0 else "one side after the other"),
+            **{k: ours[k] for k in ("emprobe_slices", "saelens_slices") if k in ours},
             "emprobe_tokens_per_s": round(ours_tps, 1),
             "saelens_tokens_per_s": round(theirs_tps, 1),
             "emprobe_total_s": round(ours["seconds"], 2),
