@@ -19,8 +19,9 @@ from benchmarks.record import LoadProbe, load_note, record  # noqa: E402
 # What the benchmarks cost on 2 quiet cores (x86_64, no GPU); shown by --help.
 EXPECTED = """time on 2 quiet cores:
   make bench (--set goals: harvest, SAE at 262,144 tokens, training floor, sampling):
-    725-834 s in three quiet runs on an AVX-512 CPU, of which the SAE pair 580-676 s
-    (SAELens 290-356 s, emprobe 240-320 s); the pair alone ~1,000 s on an AVX2 CPU
+    725-834 s in five quiet runs on an AVX-512 CPU, of which the SAE pair ~600-680 s
+    (interleaved in 5 s slices since run 4: 620 s; SAELens ~330 s, emprobe ~275 s of it);
+    the pair alone ~1,000 s on an AVX2 CPU
   make bench-all (--set all), besides the goals set: bench_data, bench_directions,
     bench_evaluate, bench_geometry, bench_hooks ~6 min together; the rest of bench_train
     ~5-7 min; bench_sae at 16,384 tokens ~2 min and a second SAE on the 262,144-token
