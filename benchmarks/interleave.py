@@ -54,6 +54,19 @@ def _signal(pid: int, sig: int) -> None:
         pass
 
 
+def _get(q: Any, proc: Any, i: int, deadline: float) -> dict[str, Any]:
+    """The next message of job ``i``; an error as soon as it has died without one."""
+    while True:
+        try:
+            return q.get(timeout=1.0)
+        except queue_mod.Empty:
+            if not proc.is_alive():
+                raise RuntimeError(f"interleaved job {i} exited with {proc.exitcode} "
+                                   "before its message") from None
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"interleaved job {i} sent nothing in time") from None
+
+
 def run_interleaved(jobs: Sequence[tuple[Callable[..., None], tuple[Any, ...]]],
                     slice_s: float = 5.0, timeout_s: float = 5400.0
                     ) -> list[tuple[dict[str, Any], list[Span]]]:
@@ -71,9 +84,9 @@ def run_interleaved(jobs: Sequence[tuple[Callable[..., None], tuple[Any, ...]]],
     for p in procs:
         p.start()
     try:
-        for q in queues:  # set-up (imports, model loading) runs side by side, untimed
-            if not q.get(timeout=timeout_s).get("ready"):
-                raise RuntimeError("an interleaved job did not report ready")
+        for i, q in enumerate(queues):  # set-up (imports, model loading) side by side, untimed
+            if not _get(q, procs[i], i, deadline).get("ready"):
+                raise RuntimeError(f"interleaved job {i} did not report ready")
         for p in procs:
             assert p.pid is not None
             _signal(p.pid, signal.SIGSTOP)
@@ -101,6 +114,8 @@ def run_interleaved(jobs: Sequence[tuple[Callable[..., None], tuple[Any, ...]]],
             if i in results:
                 procs[i].join(timeout=60)  # it exits before its partner runs again
     finally:
+        for _, send in pipes:
+            send.close()  # a job still waiting for its turn gets EOFError and ends
         for p in procs:
             if p.pid is not None:
                 _signal(p.pid, signal.SIGCONT)

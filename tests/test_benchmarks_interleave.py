@@ -45,3 +45,14 @@ def test_two_jobs_share_the_minutes_and_keep_their_own_time():
     assert a + b <= wall
     spans = sorted(run_s + run_b)
     assert all(p[1] <= q[0] + 1e-3 for p, q in zip(spans, spans[1:]))  # one job at a time
+
+
+def _dies(queue: Any, gate: Any) -> None:
+    raise SystemExit(3)  # fails in its set-up, before it is ready
+
+
+def test_a_job_that_dies_in_set_up_is_an_error_not_a_hang():
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="exited with 3"):
+        run_interleaved([(_busy, (1,)), (_dies, ())], slice_s=0.2, timeout_s=300)
+    assert time.monotonic() - t0 < 60
