@@ -414,3 +414,35 @@ def test_harvest_leaves_out_exactly_the_sink_rows(spec, tmp_path):
     assert hv.n_rows == int(b.attention_mask.sum()) - int((~keep & b.attention_mask.bool()).sum())
     torch.testing.assert_close(hv.reader().load(1), cache["resid_post", 1][keep],
                                rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("threaded", [True, False])
+def test_prefetch_and_writer_same_result_threaded_or_not(tmp_path, threaded):
+    """The harvest's tokenising prefetch and shard writer (threads on an accelerator, inline
+    on a CPU): the same items in order, the same shards, errors raised to the caller."""
+    import importlib
+
+    from emprobe.hooks.shards import ShardReader, ShardWriter
+
+    h = importlib.import_module("emprobe.sae.harvest")
+    pre = h._Prefetch(iter(range(7)), depth=2, threaded=threaded)
+    assert list(pre) == list(range(7))
+    pre.close()
+
+    def broken():
+        yield 1
+        raise ValueError("bad item")
+
+    pre = h._Prefetch(broken(), threaded=threaded)
+    with pytest.raises(ValueError, match="bad item"):
+        list(pre)
+    pre.close()
+    writer = ShardWriter(tmp_path / "s", [3], 4, site="resid_post", rows_per_shard=2)
+    bg = h._BackgroundWriter({"resid_post": writer}, threaded=threaded)
+    blocks = [torch.arange(8.0).view(2, 4), torch.ones(2, 4)]
+    for b in blocks:
+        bg.add("resid_post", {3: b})
+    bg.close()
+    got = torch.cat(list(ShardReader(tmp_path / "s").batches(3, 10)))
+    assert torch.equal(got, torch.cat(blocks).to(got.dtype))
+    assert bg.thread.is_alive() is False and (bg.thread.ident is not None) == threaded
