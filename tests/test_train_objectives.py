@@ -16,6 +16,7 @@ from emprobe.train.objectives import (
     RetainCE,
     RetainKL,
     StepCounts,
+    kl_to_reference,
     loss_positions,
     objectives_for,
 )
@@ -73,6 +74,30 @@ def test_objectives_on_loss_positions_equal_full_logits(objective):
 
     with pytest.raises(ShapeError):  # a predicting position missing: refused, not skipped
         objective(full[:, 1:3], batch, counts, lambda b: ref_full[:, 1:3], pos[1:])
+
+
+def test_kl_on_both_label_conventions_is_one_kl():
+    """The KL term of emprobe's objectives (response mask) and of the HF trainer mixin
+    (labels with -100) is the same number as a KL summed by hand over the scored
+    positions, and changes when one scored position's logits change."""
+    from emprobe.integrations.hf import kl_on_labels
+
+    torch.manual_seed(2)
+    batch = _batch()
+    logits, ref = torch.randn(2, 4, 9), torch.randn(2, 4, 9)
+    labels = torch.where(batch.response_mask & batch.attention_mask.bool(), batch.input_ids, -100)
+    mask = labels[:, 1:] != -100
+    by_hand = sum(float(F.kl_div(logits[b, t].log_softmax(-1), ref[b, t].log_softmax(-1),
+                                 log_target=True, reduction="sum"))
+                  for b, t in mask.nonzero().tolist())
+    kl_a, n_a = kl_to_reference(logits, ref, batch)
+    kl_b, n_b = kl_on_labels(logits, ref, labels)
+    assert int(n_a) == int(n_b) == int(mask.sum()) == 4
+    assert float(kl_a) == pytest.approx(by_hand, rel=1e-5)
+    assert float(kl_b) == pytest.approx(by_hand, rel=1e-5)
+    moved = logits.clone()
+    moved[0, 2] += torch.randn(9)  # predicts a response token of row 0
+    assert float(kl_on_labels(moved, ref, labels)[0]) != pytest.approx(by_hand, rel=1e-5)
 
 
 def test_loss_positions_follow_the_model():

@@ -38,6 +38,7 @@ from emprobe.train.callbacks import (
     SteeringCallback,
     install,
 )
+from emprobe.train.objectives import masked_kl
 from emprobe.train.sources import read_direction, subject_for_model, unwrap_model
 
 __all__ = [
@@ -62,10 +63,7 @@ def kl_on_labels(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.T
     with the inputs (position ``t`` predicts ``labels[t + 1]``). Returns (sum, count).
     """
     mask = (labels[:, 1:] != -100).to(logits.device)
-    logp = torch.log_softmax(logits[:, :-1].float(), -1)
-    logq = torch.log_softmax(ref_logits[:, :-1].float(), -1)
-    kl = (logq.exp() * (logq - logp)).sum(-1)
-    return (kl * mask).sum(), mask.sum()
+    return masked_kl(logits[:, :-1], ref_logits[:, :-1], mask)
 
 
 class RegularisedLossMixin:

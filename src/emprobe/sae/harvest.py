@@ -220,9 +220,10 @@ class _Prefetch(Generic[T]):
         self.stop = threading.Event()
         self.error: BaseException | None = None
         self.items: Iterator[T] | None = None if threaded else items
-        self.thread = threading.Thread(target=self._run, args=(items,), daemon=True,
-                                       name="emprobe-harvest-tokenise")
+        self.thread: threading.Thread | None = None
         if threaded:
+            self.thread = threading.Thread(target=self._run, args=(items,), daemon=True,
+                                           name="emprobe-harvest-tokenise")
             self.thread.start()
 
     def _put(self, item: T | _End) -> bool:
@@ -257,7 +258,7 @@ class _Prefetch(Generic[T]):
 
     def close(self) -> None:
         self.stop.set()
-        if self.thread.is_alive():
+        if self.thread is not None and self.thread.is_alive():
             self.thread.join()
 
 
@@ -270,8 +271,10 @@ class _BackgroundWriter:
         self.writers, self.threaded = writers, threaded
         self.jobs: queue.Queue[tuple[str, dict[int, torch.Tensor]] | None] = queue.Queue(max_pending)
         self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="emprobe-shard-writer", daemon=True)
+        self.thread: threading.Thread | None = None
         if threaded:
+            self.thread = threading.Thread(target=self._run, name="emprobe-shard-writer",
+                                           daemon=True)
             self.thread.start()
 
     def _run(self) -> None:
@@ -295,7 +298,7 @@ class _BackgroundWriter:
         self.jobs.put((site, rows))
 
     def close(self, flush: bool = True) -> None:
-        if self.threaded:
+        if self.thread is not None:
             self.jobs.put(None)
             self.thread.join()
         if self.error is not None:

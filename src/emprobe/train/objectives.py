@@ -42,6 +42,7 @@ __all__ = [
     "StepCounts",
     "kl_to_reference",
     "loss_positions",
+    "masked_kl",
     "npo_loss",
     "objectives_for",
     "sequence_logprob",
@@ -105,7 +106,15 @@ def kl_to_reference(logits: torch.Tensor, ref_logits: torch.Tensor, batch: ChatB
         check_positions(logits, positions, mask)
         check_positions(ref_logits, positions, mask)
         mask = mask[:, positions.to(mask.device)]
-    rows = mask.nonzero(as_tuple=True)  # only the scored rows go through the softmax
+    return masked_kl(logits, ref_logits, mask)
+
+
+def masked_kl(logits: torch.Tensor, ref_logits: torch.Tensor, mask: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed ``KL(p_ref || p_model)`` over the rows of ``[batch, pos, vocab]`` logits where
+    ``mask`` ``[batch, pos]`` is True, and their number; only those rows go through the
+    (float32) softmax."""
+    rows = mask.nonzero(as_tuple=True)
     logp = torch.log_softmax(logits[rows].float(), -1)
     logq = torch.log_softmax(ref_logits[rows].float(), -1)
     return (logq.exp() * (logq - logp)).sum(), mask.sum()
