@@ -102,6 +102,9 @@ SIZES = (16384, 262144)  # make bench's token budgets
 FLOORS = {16384: 1.5, 262144: 1.35}  # issue 27's goals (SAE tokens/s over SAELens')
 TIMEOUT_S = int(os.environ.get("EMPROBE_BENCH_SAE_TIMEOUT", "5400"))
 SLICE_S = 5.0  # the two sides' alternating slices (benchmarks.interleave); 0: one then the other
+# SAELens' process keeps glibc's malloc thresholds (as its users run it) unless this is set:
+# then it gets emprobe's setting too (emprobe.models.allocator), for the like-for-like figure
+SAELENS_TUNED_HEAP = os.environ.get("EMPROBE_BENCH_SAELENS_HEAP", "") == "tuned"
 
 
 def _texts(n: int) -> list[str]:
@@ -147,6 +150,13 @@ def _rss_mb() -> float:
     except OSError:
         pass
     return float("nan")
+
+
+def _heap() -> str:
+    """This process's malloc setting (``emprobe.models.allocator``)."""
+    from emprobe.models import allocator_state
+
+    return allocator_state()
 
 
 def _warm_up(subject: Any) -> None:
@@ -203,6 +213,7 @@ def _emprobe_side(tokens: int, threads: int, bf16: bool, second: bool, queue: An
                 "data_source": tr.record["data_source"], "fused_adam": tr.record["fused_adam"],
                 "sparse_steps": tr.record["sparse_topk_steps"],
                 "rows_in_ram_mb": memory_mb, "rss_after_load_mb": rss_before,
+                "heap": _heap(),
                 "lifetime_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
     queue.put(out)
 
@@ -245,6 +256,8 @@ def _saelens_model(tokens: int, threads: int) -> tuple[Any, Any, Any, str]:
 
     from emprobe import load_model
 
+    if not SAELENS_TUNED_HEAP:  # a SAELens user's process: glibc's own malloc thresholds
+        os.environ["EMPROBE_CPU_ALLOCATOR"] = "default"
     subject = load_model("smollm2-135m-instruct")
     hook = f"model.layers.{subject.n_layers // 2}"
     model = HookedProxyLM(subject.model, subject.tokenizer, hook_names=[hook])
@@ -290,6 +303,7 @@ def _saelens_side(tokens: int, threads: int, bf16: bool, second: bool, queue: An
                "tokenize_s": acc.get("get_batch_tokens", 0.0),
                "forward_tokens": int(acc.get("forward_tokens", 0)),
                "peak_rss_mb": _peak_mb(), "rss_after_load_mb": rss_before, "peak_reset": reset,
+               "heap": _heap(),
                "lifetime_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
 
 
@@ -435,6 +449,8 @@ def run(quick: bool = False, sizes: Sequence[int] | None = None,
             "timing": (f"interleaved: the two sides alternate in {slice_s:g} s slices, each "
                        "timed only while it ran" if slice_s > 0 else "one side after the other"),
             **{k: ours[k] for k in ("emprobe_slices", "saelens_slices") if k in ours},
+            "emprobe_heap": ours["heap"],
+            "saelens_heap": theirs["heap"],
             "emprobe_tokens_per_s": round(ours_tps, 1),
             "saelens_tokens_per_s": round(theirs_tps, 1),
             "emprobe_total_s": round(ours["seconds"], 2),

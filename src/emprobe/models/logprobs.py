@@ -15,6 +15,7 @@ row's log-softmax is the same operation either way.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import TYPE_CHECKING
 
@@ -140,7 +141,13 @@ def supports_logits_to_keep(model: torch.nn.Module) -> bool:
     """Whether the (possibly PEFT-wrapped) model's forward takes ``logits_to_keep``."""
     get_base = getattr(model, "get_base_model", None)
     inner: object = get_base() if callable(get_base) else model
-    forward = getattr(type(inner), "forward", None)
+    return _forward_takes_logits_to_keep(type(inner))
+
+
+@functools.lru_cache(maxsize=64)
+def _forward_takes_logits_to_keep(cls: type) -> bool:
+    """Per model class (the trainers ask on every micro-batch)."""
+    forward = getattr(cls, "forward", None)
     if forward is None:
         return False
     try:

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from emprobe.errors import ConfigError, ModelNotFoundError
+from emprobe.models.allocator import tune_cpu_allocator
 from emprobe.models.chat import ChatBatch, Conversation, encode_chats, encode_texts, sink_mask
 from emprobe.models.context import use_batch
 from emprobe.models.embedded import EMBEDDED_NAME, embedded_model_dir
@@ -244,6 +245,8 @@ def load_model(
         tok.pad_token = tok.eos_token
     model = model.to(device)
     model.eval()
+    if torch.device(device).type == "cpu":
+        tune_cpu_allocator()  # reuse freed activation memory (emprobe.models.allocator)
     adapter_path: Path | None = None
     if adapter is not None:
         adapter_path = Path(adapter)
