@@ -39,6 +39,7 @@ from emprobe.errors import DataError
 from emprobe.hooks.convention import check_site, tl_hook_name
 from emprobe.hooks.shards import ShardReader
 from emprobe.io import atomic_dir, save_tensors, write_json
+from emprobe.models.allocator import tune_cpu_allocator
 from emprobe.sae.folder import load_sae, sae_site, site_from_hook_name
 from emprobe.sae.harvest import LAYER_CONVENTION, Harvest, load_harvest
 from emprobe.sae.normalise import FOLDED_KEY, NORM_MODES, estimate_norm_scaling_factor
@@ -258,6 +259,8 @@ def train_sae(
 
     config.check()
     check_site(site)
+    if torch.device(config.device).type == "cpu":
+        tune_cpu_allocator()  # the step's ~10 MiB gradients reuse their pages
     t_start = time.perf_counter()
     hv = harvest if isinstance(harvest, Harvest) else load_harvest(harvest)
     reader, in_memory = _layer_rows(hv, site, layer)
