@@ -7,8 +7,8 @@ it sees large blocks come and go. A forward pass frees and re-allocates activati
 few MiB per layer, and an SAE step two gradients of ~10 MiB each, so memory keeps going
 back to the kernel and coming back as new pages, and each first touch of a 4 KiB page is a
 page fault that zero-fills it. On the embedded model on 2 cores that cost the bare forward
-10-25 % of its speed and the sparse SAE step a third of its backward (measured in separate
-processes: 946-1,238 vs 1,296-1,338 tokens/s; docs/benchmarks.md).
+about a tenth of its speed and the sparse SAE step a third of its backward (separate
+processes: 985-1,194 vs 1,134-1,277 tokens/s; docs/models.md).
 
 ``tune_cpu_allocator`` fixes both thresholds (blocks under 32 MiB come from the heap;
 the heap keeps up to 256 MiB of free memory before trimming), so the same pages are reused
