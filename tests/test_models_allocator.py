@@ -81,3 +81,15 @@ def test_embedded_forward_stops_refaulting(embedded):
     default_state, default_faults = _run(FORWARD, EMPROBE_CPU_ALLOCATOR="default")
     assert (state, default_state) == ("tuned", "opted out")
     assert default_faults > 50_000 and faults < default_faults / 10, (faults, default_faults)
+
+
+def test_other_devices_and_bad_values():
+    from emprobe.models import tune_cpu_allocator
+
+    assert tune_cpu_allocator("meta") is False  # not the CPU: nothing to set
+    env = {**os.environ, "EMPROBE_CPU_ALLOCATOR": "sometimes"}
+    done = subprocess.run([sys.executable, "-c", "from emprobe.models import tune_cpu_allocator; "
+                           "tune_cpu_allocator()"], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode != 0
+    assert "EMPROBE_CPU_ALLOCATOR='sometimes'" in done.stderr.strip().splitlines()[-1]

@@ -21,6 +21,7 @@ __all__ = [
     "LayerMap",
     "Subject",
     "TINY_SPECS",
+    "allocator_state",
     "cache_dir",
     "convert_gguf",
     "embedded_gguf_path",
@@ -30,6 +31,5 @@ __all__ = [
     "lora_target_modules",
     "make_tiny_tokenizer",
     "resolve_chat_format",
-    "allocator_state",
     "tune_cpu_allocator",
 ]

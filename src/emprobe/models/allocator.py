@@ -26,6 +26,10 @@ import ctypes.util
 import os
 import platform
 
+import torch
+
+from emprobe.errors import ConfigError
+
 __all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "allocator_state", "tune_cpu_allocator"]
 
 MMAP_THRESHOLD = 32 * 2**20  # glibc's largest allowed value on 64-bit (HEAP_MAX_SIZE / 2)
@@ -33,6 +37,8 @@ TRIM_THRESHOLD = 256 * 2**20
 _M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter numbers (malloc.h)
 _M_MMAP_THRESHOLD = -3
 _ENV = "EMPROBE_CPU_ALLOCATOR"
+_OPT_OUT = ("default", "0", "off", "no")
+_OPT_IN = ("", "tuned", "1", "on", "yes")
 
 _state: str | None = None
 
@@ -43,13 +49,20 @@ def allocator_state() -> str:
     return _state or "not tried"
 
 
-def tune_cpu_allocator() -> bool:
-    """Fix glibc's mmap and trim thresholds for this process (see the module); True when
-    they are (now or by an earlier call). Safe to call any number of times."""
+def tune_cpu_allocator(device: str | torch.device = "cpu") -> bool:
+    """Fix glibc's mmap and trim thresholds for this process (see the module) when
+    ``device`` is the CPU; True when they are (now or by an earlier call). Safe to call any
+    number of times. ``ConfigError`` for an ``EMPROBE_CPU_ALLOCATOR`` it does not know."""
     global _state
+    if torch.device(device).type != "cpu":
+        return False
     if _state is not None:
         return _state == "tuned"
-    if os.environ.get(_ENV, "").strip().lower() in ("default", "0", "off", "no"):
+    choice = os.environ.get(_ENV, "").strip().lower()
+    if choice not in _OPT_OUT + _OPT_IN:
+        raise ConfigError(f"{_ENV}={choice!r}: use 'default' (glibc's own thresholds) or "
+                          "'tuned' (emprobe's; the default)")
+    if choice in _OPT_OUT:
         _state = "opted out"
     elif any(k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")):
         _state = "set by MALLOC_* env"

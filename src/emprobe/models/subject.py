@@ -245,8 +245,7 @@ def load_model(
         tok.pad_token = tok.eos_token
     model = model.to(device)
     model.eval()
-    if torch.device(device).type == "cpu":
-        tune_cpu_allocator()  # reuse freed activation memory (emprobe.models.allocator)
+    tune_cpu_allocator(device)  # on the CPU: reuse freed activations (emprobe.models.allocator)
     adapter_path: Path | None = None
     if adapter is not None:
         adapter_path = Path(adapter)

@@ -268,7 +268,7 @@ class _BackgroundWriter:
 
     def __init__(self, writers: dict[str, ShardWriter], max_pending: int = 2,
                  threaded: bool = True) -> None:
-        self.writers, self.threaded = writers, threaded
+        self.writers = writers
         self.jobs: queue.Queue[tuple[str, dict[int, torch.Tensor]] | None] = queue.Queue(max_pending)
         self.error: BaseException | None = None
         self.thread: threading.Thread | None = None
@@ -292,7 +292,7 @@ class _BackgroundWriter:
     def add(self, site: str, rows: dict[int, torch.Tensor]) -> None:
         if self.error is not None:
             raise self.error
-        if not self.threaded:
+        if self.thread is None:
             self.writers[site].write_shard(rows)
             return
         self.jobs.put((site, rows))

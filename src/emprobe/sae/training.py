@@ -259,8 +259,7 @@ def train_sae(
 
     config.check()
     check_site(site)
-    if torch.device(config.device).type == "cpu":
-        tune_cpu_allocator()  # the step's ~10 MiB gradients reuse their pages
+    tune_cpu_allocator(config.device)  # on the CPU: the step's gradients reuse their pages
     t_start = time.perf_counter()
     hv = harvest if isinstance(harvest, Harvest) else load_harvest(harvest)
     reader, in_memory = _layer_rows(hv, site, layer)
