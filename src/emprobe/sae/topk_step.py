@@ -55,6 +55,56 @@ def _csr(idx: torch.Tensor, values: torch.Tensor, n: int) -> torch.Tensor:
                                        size=(batch, n), check_invariants=False)
 
 
+class _Transposed:
+    """The pattern of ``_csr(idx, ., n).t()`` as an ``[n, batch]`` CSR matrix, computed once
+    for both weight gradients: entries sorted by latent (a stable sort keeps each latent's
+    rows in order). Products with it skip the CSC-to-CSR conversion (two sorts) that torch
+    makes for every ``_csr(...).t()``."""
+
+    def __init__(self, idx: torch.Tensor, n: int) -> None:
+        batch, k = idx.shape
+        flat = idx.reshape(-1)
+        self.order = flat.argsort(stable=True)
+        self.crow = torch.zeros(n + 1, dtype=torch.int64, device=idx.device)
+        torch.cumsum(torch.bincount(flat, minlength=n), 0, out=self.crow[1:])
+        self.rows = self.order // k
+        self.size = (n, batch)
+
+    def matrix(self, values: torch.Tensor) -> torch.Tensor:
+        """The transposed matrix holding ``values`` ``[batch, k]`` (laid out as ``idx``)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.sparse_csr_tensor(self.crow, self.rows, values.reshape(-1)[self.order],
+                                           size=self.size, check_invariants=False)
+
+    def product(self, values: torch.Tensor, dense: torch.Tensor, transposed: bool) -> torch.Tensor:
+        """``matrix(values) @ dense`` (``[n, d]``), or with ``transposed`` its ``[d, n]``
+        transpose, each row-major and written once by the sparse kernel: the transposed one
+        goes into a column-major view of its buffer, not through a transposed copy
+        (``torch.mm`` would also zero-fill and copy its result)."""
+        n, d = self.size[0], dense.shape[1]
+        out = _output((d, n) if transposed else (n, d), dense)
+        target = out.t() if transposed else out
+        torch.addmm(target, self.matrix(values), dense, beta=0.0, out=target)
+        return out
+
+
+def _output(shape: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
+    """A buffer for a beta-0 sparse ``addmm``: uninitialised where this torch's kernel ignores
+    the old values (MKL's does), zeros where it would multiply them by 0 (NaN * 0 is NaN)."""
+    global _BETA0_IGNORES_OUT
+    if _BETA0_IGNORES_OUT is None:
+        probe = torch.full((2, 1), float("nan"))
+        eye = torch.eye(2).to_sparse_csr()
+        torch.addmm(probe, eye, torch.ones(2, 1), beta=0.0, out=probe)
+        _BETA0_IGNORES_OUT = not bool(probe.isnan().any())
+    make = torch.empty if _BETA0_IGNORES_OUT else torch.zeros
+    return make(shape, dtype=like.dtype, device=like.device)
+
+
+_BETA0_IGNORES_OUT: bool | None = None
+
+
 class _SparseDecode(torch.autograd.Function):
     """``sae_out = sum_j relu(pre[:, j]) * W_dec[idx[:, j]] + b_dec`` for each row's chosen
     latents ``idx`` ``[batch, k]`` (sorted per row) with pre-activations ``pre``.
@@ -62,12 +112,14 @@ class _SparseDecode(torch.autograd.Function):
     The values of ``pre`` come from the no-grad dense product already computed for the
     selection; every product here is a sparse one on a ``[batch, d_sae]`` CSR matrix of
     ``k`` entries per row, and each weight gradient comes out dense in the parameter's own
-    layout (no transposed copy for autograd to make):
+    layout, written once (no zero fill, no transposed copy for autograd to make):
 
     - forward: ``S_w @ W_dec`` (``S_w`` holds the ``relu(pre)`` weights);
     - ``d weights = (G @ W_dec.T)`` sampled at the chosen latents only (``sampled_addmm``);
-    - ``W_dec``: ``S_w.T @ G``; ``W_enc``: ``sae_in.T @ S_g`` (``S_g`` holds the gradients of
-      the chosen pre-activations); ``b_enc``: those summed per latent; ``b_dec``:
+    - ``W_dec``: ``S_w.T @ G``; ``W_enc``: ``(S_g.T @ sae_in).T`` written into a column-major
+      view of a row-major buffer (``S_g`` holds the gradients of the chosen pre-activations;
+      the transposed pattern is built once as CSR, ``_Transposed``); ``b_enc``: those summed
+      per latent; ``b_dec``:
       ``G.sum(0) - apply_b_dec * W_enc @ grad(b_enc)`` (the input rows carry no gradient).
 
     Runs in float32 with autocast off (CPU sparse kernels have no bf16)."""
@@ -91,15 +143,16 @@ class _SparseDecode(torch.autograd.Function):
         need = ctx.needs_input_grad
         grad_b_dec = grad_w_enc = grad_b_enc = grad_w_dec = None
         s_w = _csr(idx, weights, n)
-        if need[3]:
-            grad_w_dec = s_w.t() @ g
+        by_latent = _Transposed(idx, n) if need[3] or need[1] else None
+        if by_latent is not None and need[3]:
+            grad_w_dec = by_latent.product(weights, g, transposed=False)
         if need[0] or need[1] or need[2]:  # s_w as the pattern only (beta 0)
             grad_w = torch.sparse.sampled_addmm(s_w, g, W_dec.t(), beta=0.0).values()
             grad_pre = grad_w * (weights.reshape(-1) > 0)  # relu'(pre)
             grad_b_enc = torch.zeros(n, dtype=g.dtype, device=g.device).index_add_(
                 0, idx.reshape(-1), grad_pre)
-            if need[1]:
-                grad_w_enc = sae_in.t() @ _csr(idx, grad_pre, n)
+            if by_latent is not None and need[1]:
+                grad_w_enc = by_latent.product(grad_pre, sae_in, transposed=True)
             if need[0]:
                 grad_b_dec = g.sum(0) - (W_enc @ grad_b_enc) * ctx.apply_b_dec
         return grad_b_dec, grad_w_enc, grad_b_enc, grad_w_dec, None, None, None, None
@@ -119,6 +172,7 @@ def sparse_topk_class() -> type[TopKTrainingSAE]:
 
         sparse_steps: int = 0
         dense_steps: int = 0
+        last_fired: torch.Tensor | None = None  # [d_sae] firing counts of the last sparse step
 
         def _sparse_ok(self, step_input: TrainStepInput, norms: torch.Tensor | None) -> bool:
             cfg = self.cfg
@@ -144,6 +198,7 @@ def sparse_topk_class() -> type[TopKTrainingSAE]:
                 norms = self.W_dec.norm(dim=-1) if rescale else None
             if not self._sparse_ok(step_input, norms):
                 self.dense_steps += 1
+                self.last_fired = None
                 return super().training_forward_pass(step_input)
             self.sparse_steps += 1
             x = step_input.sae_in
@@ -155,6 +210,7 @@ def sparse_topk_class() -> type[TopKTrainingSAE]:
                 idx = hidden_pre.topk(k, dim=-1, sorted=False).indices.sort(dim=-1).values
                 pre = raw.gather(1, idx)  # [batch, k], sorted by latent within each row
                 vals = (pre * norms[idx]).relu() if norms is not None else pre.relu()
+                self.last_fired = torch.bincount(idx[vals != 0], minlength=raw.shape[1]).to(raw.dtype)
             # relu(pre * norm) / norm = relu(pre): the decoder sees the raw weights, and the
             # norms (which SAELens differentiates too) add nothing to the gradient but rounding
             sae_out = _SparseDecode.apply(self.b_dec, self.W_enc, self.b_enc, self.W_dec,

@@ -43,6 +43,7 @@ from emprobe.models.allocator import tune_cpu_allocator
 from emprobe.sae.folder import load_sae, sae_site, site_from_hook_name
 from emprobe.sae.harvest import LAYER_CONVENTION, Harvest, load_harvest
 from emprobe.sae.normalise import FOLDED_KEY, NORM_MODES, estimate_norm_scaling_factor
+from emprobe.sae.trainer_step import trainer_class
 
 if TYPE_CHECKING:
     from sae_lens import SAE, SAEConfig, SAETrainer, TrainingSAE, TrainingSAEConfig
@@ -255,8 +256,6 @@ def train_sae(
     shards. Returns the saved folder and the SAE re-loaded from it with
     ``sae_lens.SAE.load_from_disk``; the record holds ``data_source`` and ``train_seconds``.
     """
-    import sae_lens
-
     config.check()
     check_site(site)
     tune_cpu_allocator(config.device)  # on the CPU: the step's gradients reuse their pages
@@ -271,7 +270,7 @@ def train_sae(
     provider = (memory_provider(in_memory, config.batch_size, seed=config.seed)
                 if in_memory is not None
                 else shard_provider(reader, layer, config.batch_size, seed=config.seed))
-    trainer = sae_lens.SAETrainer(_trainer_config(config, steps), training_sae, provider)
+    trainer = trainer_class()(_trainer_config(config, steps), training_sae, provider)
     factor = _set_norm_scaling(trainer, provider, config, hv.d_model)
     fused = config.fused_adam and use_fused_adam(trainer)
     trained = trainer.fit() if progress else _fit_quiet(trainer)
