@@ -22,11 +22,12 @@ def _batches() -> list[torch.Tensor]:
     return [torch.randn(BATCH, D_IN, generator=gen) * s for s in scales[:STEPS]]
 
 
-def _trained(arch: str, trainer_type: type, fused: bool = True, dead_window: int = 1000):
+def _trained(arch: str, trainer_type: type, fused: bool = True, dead_window: int = 1000,
+             sparse: bool = True):
     """(SAE, trainer) after STEPS steps of ``trainer_type`` from one fixed initialisation."""
     cfg = SAETrainConfig(arch=arch, d_sae=64, k=4, batch_size=BATCH, lr=3e-2,
                          training_tokens=STEPS * BATCH, normalize_activations="none",
-                         dead_feature_window=dead_window, fused_adam=fused)
+                         dead_feature_window=dead_window, fused_adam=fused, sparse_topk=sparse)
     torch.manual_seed(0)
     sae = _training_sae(cfg, D_IN, {})
     trainer = trainer_type(_trainer_config(cfg, STEPS), sae, iter(_batches()))
@@ -69,14 +70,17 @@ def test_trainer_step_clips(monkeypatch):
 
 
 def test_trainer_step_with_dead_latents_matches_saelens():
-    """A short dead window: later steps are SAELens' dense aux-k steps, counted from the
-    dense activations."""
+    """A short dead window, so later steps carry the aux-k loss: emprobe's sparse SAE in
+    emprobe's trainer against SAELens' own TopK SAE in SAELens' trainer; and SAELens' SAE in
+    emprobe's trainer (firing counted from the dense activations)."""
     import sae_lens
 
+    theirs = _trained("topk", sae_lens.SAETrainer, dead_window=2, sparse=False)
+    assert bool(theirs[1].dead_neurons.any())
     ours = _trained("topk", trainer_class(), dead_window=2)
-    theirs = _trained("topk", sae_lens.SAETrainer, dead_window=2)
-    assert ours[0].dense_steps > 0
+    assert ours[0].sparse_steps == STEPS
     _assert_same(ours, theirs, tol=(1e-4, 1e-5))
+    _assert_same(_trained("topk", trainer_class(), dead_window=2, sparse=False), theirs)
 
 
 def test_without_fused_adam_the_step_is_saelens_own():

@@ -313,18 +313,24 @@ def test_sparse_topk_step_matches_saelens_step(rescale, apply_b_dec):
     assert set(b.losses) == set(a.losses)
     for (name, p), q in zip(dense.named_parameters(), sparse.parameters(), strict=True):
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-5, msg=name)
-    # dead latents need SAELens' aux-k loss: its own (dense) step runs
-    some_dead = none_dead.clone()
-    some_dead[:10] = True
-    a, b = run(dense, some_dead), run(sparse, some_dead)
-    assert sparse.dense_steps == 1
-    torch.testing.assert_close(b.loss, a.loss)
+    # dead latents: SAELens' aux-k loss, sparse too; fewer dead than d_in // 2 (all of them
+    # reconstruct, scaled down) and more (the top d_in // 2 per row)
+    for n_dead in (10, 40):
+        dead = none_dead.clone()
+        dead[torch.randperm(96, generator=torch.Generator().manual_seed(n_dead))[:n_dead]] = True
+        a, b = run(dense, dead), run(sparse, dead)
+        assert sparse.dense_steps == 0
+        assert float(a.losses["auxiliary_reconstruction_loss"]) > 0
+        for key in ("mse_loss", "auxiliary_reconstruction_loss"):
+            torch.testing.assert_close(b.losses[key], a.losses[key], msg=key)
+        for (name, p), q in zip(dense.named_parameters(), sparse.parameters(), strict=True):
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-5, msg=name)
     if rescale:  # a zero decoder row: SAELens divides by its norm; its own step runs
         with torch.no_grad():
             for m in (dense, sparse):
                 m.W_dec[7] = 0.0
         a, b = run(dense, none_dead), run(sparse, none_dead)
-        assert sparse.dense_steps == 2
+        assert sparse.dense_steps == 1
         torch.testing.assert_close(b.loss, a.loss, equal_nan=True)
     half = sparse_topk_class()(sae_lens.TopKTrainingSAEConfig.from_dict(
         {**cfg.to_dict(), "dtype": "bfloat16"}))  # no bf16 CSR kernels on the CPU
@@ -332,6 +338,27 @@ def test_sparse_topk_step_matches_saelens_step(rescale, apply_b_dec):
                                               coefficients={}, n_training_steps=0,
                                               is_logging_step=False))
     assert half.dense_steps == 1 and half.sparse_steps == 0
+
+
+def test_sparse_aux_loss_would_fail_without_its_gradients():
+    """Null input for the aux-k comparison above: with the aux decode's gradient dropped the
+    dead latents' encoder columns get none, so the check there can fail."""
+    import sae_lens
+    from sae_lens.saes.sae import TrainStepInput
+
+    from emprobe.sae.topk_step import sparse_topk_class
+
+    cfg = sae_lens.TopKTrainingSAEConfig(d_in=24, d_sae=96, k=5)
+    torch.manual_seed(3)
+    sae = sparse_topk_class()(cfg)
+    dead = torch.zeros(96, dtype=torch.bool)
+    dead[:40] = True
+    out = sae.training_forward_pass(TrainStepInput(
+        sae_in=torch.randn(32, 24), dead_neuron_mask=dead, coefficients={}, n_training_steps=0,
+        is_logging_step=False))
+    out.losses["auxiliary_reconstruction_loss"].backward()
+    assert float(sae.W_enc.grad[:, :40].abs().sum()) > 0  # dead columns learn from aux only
+    assert float(sae.W_enc.grad[:, 40:].abs().sum()) == 0
 
 
 def test_train_sae_uses_the_sparse_topk_step(tiny_harvest, tmp_path):

@@ -12,9 +12,13 @@ latents (TopK's selection passes no gradient), so the loss and the gradients are
 up to float rounding; the dense encoder matmul is the only large product left (about 3x
 less time per step than SAELens' step on CPU at d_sae 4,608, k 32, batch 256).
 
-The step falls back to SAELens' own whenever the shortcut would not be exact: latents
-counted dead (the aux-k loss needs the dense pre-activations), hooks on the SAE's hook
-points, an error term, sparse activations, input reshaping (``hook_z``), a run-time
+Latents counted dead get SAELens' auxiliary (aux-k) loss the same way: the top
+``d_in // 2`` dead latents of each row, chosen on the no-grad pre-activations, reconstruct
+the live latents' residual through a second sparse product (``k`` ~ 288 entries per row at
+d_in 576: still far less work than SAELens' dense step).
+
+The step falls back to SAELens' own whenever the shortcut would not be exact: hooks on the
+SAE's hook points, an error term, sparse activations, input reshaping (``hook_z``), a run-time
 normalisation inside the SAE or a zero decoder row; and where its CSR kernels are missing:
 an SAE that is not float32 / float64 on the CPU (on a GPU SAELens' dense step is fast
 anyway). The class is SAELens' ``TopKTrainingSAE`` otherwise (same parameters,
@@ -39,6 +43,7 @@ class _Ctx(Protocol):
 
     saved_tensors: tuple[torch.Tensor, ...]
     apply_b_dec: float
+    aux: bool
     needs_input_grad: tuple[bool, ...]
 
     def save_for_backward(self, *tensors: torch.Tensor) -> None: ...
@@ -122,17 +127,24 @@ class _SparseDecode(torch.autograd.Function):
       per latent; ``b_dec``:
       ``G.sum(0) - apply_b_dec * W_enc @ grad(b_enc)`` (the input rows carry no gradient).
 
+    With ``aux`` it is the TopK auxiliary reconstruction instead: ``sum_j pre[:, j] *
+    W_dec[idx[:, j]]``, no ReLU and no ``b_dec`` (``b_dec`` still gets the gradient that
+    reaches it through the encoder's input).
+
     Runs in float32 with autocast off (CPU sparse kernels have no bf16)."""
 
     @staticmethod
     @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)
     def forward(ctx: _Ctx, b_dec: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor,
                 W_dec: torch.Tensor, sae_in: torch.Tensor, idx: torch.Tensor,
-                pre: torch.Tensor, apply_b_dec: float) -> torch.Tensor:
-        weights = pre.relu()
+                pre: torch.Tensor, apply_b_dec: float, aux: bool = False) -> torch.Tensor:
+        weights = pre if aux else pre.relu()
         ctx.save_for_backward(W_enc, W_dec, sae_in, idx, weights)
-        ctx.apply_b_dec = apply_b_dec
-        return torch.addmm(b_dec, _csr(idx, weights, W_dec.shape[0]), W_dec)
+        ctx.apply_b_dec, ctx.aux = apply_b_dec, aux
+        decoded = _csr(idx, weights, W_dec.shape[0])
+        if aux:
+            return decoded @ W_dec
+        return torch.addmm(b_dec, decoded, W_dec)
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cpu")
@@ -148,14 +160,16 @@ class _SparseDecode(torch.autograd.Function):
             grad_w_dec = by_latent.product(weights, g, transposed=False)
         if need[0] or need[1] or need[2]:  # s_w as the pattern only (beta 0)
             grad_w = torch.sparse.sampled_addmm(s_w, g, W_dec.t(), beta=0.0).values()
-            grad_pre = grad_w * (weights.reshape(-1) > 0)  # relu'(pre)
+            grad_pre = grad_w if ctx.aux else grad_w * (weights.reshape(-1) > 0)  # relu'(pre)
             grad_b_enc = torch.zeros(n, dtype=g.dtype, device=g.device).index_add_(
                 0, idx.reshape(-1), grad_pre)
             if by_latent is not None and need[1]:
                 grad_w_enc = by_latent.product(grad_pre, sae_in, transposed=True)
             if need[0]:
-                grad_b_dec = g.sum(0) - (W_enc @ grad_b_enc) * ctx.apply_b_dec
-        return grad_b_dec, grad_w_enc, grad_b_enc, grad_w_dec, None, None, None, None
+                grad_b_dec = -(W_enc @ grad_b_enc) * ctx.apply_b_dec
+                if not ctx.aux:
+                    grad_b_dec += g.sum(0)
+        return grad_b_dec, grad_w_enc, grad_b_enc, grad_w_dec, None, None, None, None, None
 
 
 def sparse_topk_class() -> type[TopKTrainingSAE]:
@@ -178,9 +192,6 @@ def sparse_topk_class() -> type[TopKTrainingSAE]:
             cfg = self.cfg
             if norms is not None and not bool((norms > 0).all()):
                 return False  # a zero decoder row: SAELens divides by its norm
-            dead = step_input.dead_neuron_mask
-            if dead is not None and bool(dead.any()):
-                return False
             if self.W_enc.device.type != "cpu" or self.dtype not in (torch.float32, torch.float64):
                 return False  # the CSR kernels it uses: CPU, float32 / float64
             if (self.use_error_term or cfg.use_sparse_activations or self.hook_z_reshaping_mode
@@ -218,12 +229,35 @@ def sparse_topk_class() -> type[TopKTrainingSAE]:
             mse_loss = self.mse_loss_fn(sae_out, x).sum(dim=-1).mean()
             with torch.no_grad():
                 feature_acts = torch.zeros_like(hidden_pre).scatter_(1, idx, vals.to(hidden_pre.dtype))
-            aux = sae_out.new_tensor(0.0)  # no dead latents: SAELens' aux-k loss is 0 too
+            aux = self._sparse_aux_loss(x, sae_in, sae_out, raw, hidden_pre,
+                                        step_input.dead_neuron_mask)
             return TrainStepOutput(
                 sae_in=x, sae_out=sae_out, feature_acts=feature_acts, hidden_pre=hidden_pre,
                 loss=mse_loss + aux,
                 losses={"mse_loss": mse_loss, "auxiliary_reconstruction_loss": aux},
             )
+
+        def _sparse_aux_loss(self, x: torch.Tensor, sae_in: torch.Tensor, sae_out: torch.Tensor,
+                             raw: torch.Tensor, hidden_pre: torch.Tensor,
+                             dead: torch.Tensor | None) -> torch.Tensor:
+            """SAELens' TopK auxiliary loss (``calculate_topk_aux_loss``), sparse: the top
+            ``min(d_in // 2, n_dead)`` dead latents of each row (chosen on ``hidden_pre``
+            as SAELens does), without ReLU, reconstruct the detached residual of the live
+            ones; scaled by ``min(n_dead / (d_in // 2), 1)`` and the aux coefficient."""
+            n_dead = int(dead.sum()) if dead is not None else 0
+            if dead is None or n_dead == 0:
+                return sae_out.new_tensor(0.0)
+            half = x.shape[-1] // 2
+            with torch.no_grad():
+                candidates = torch.where(dead[None], hidden_pre, -torch.inf)
+                idx = candidates.topk(min(half, n_dead), dim=-1, sorted=False).indices
+                idx = idx.sort(dim=-1).values
+                pre = raw.gather(1, idx)  # the norms cancel here as in the main decode
+            recons = _SparseDecode.apply(self.b_dec, self.W_enc, self.b_enc, self.W_dec, sae_in,
+                                         idx, pre, float(self.cfg.apply_b_dec_to_input), True)
+            residual = (x - sae_out).detach()
+            loss = (recons - residual).pow(2).sum(dim=-1).mean()
+            return self.cfg.aux_loss_coefficient * min(n_dead / half, 1.0) * loss
 
     _CLASS = SparseTopKTrainingSAE
     return _CLASS
