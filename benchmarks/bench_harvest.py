@@ -4,7 +4,8 @@ Both sides run the embedded model on exactly the same batches: the harvest's own
 (``emprobe.sae.harvest._batches``: length-sorted windows, batches trimmed to their longest
 member, the last one cut to the rows the token budget needs) over the texts and settings of
 ``bench_sae``'s emprobe side (``resid_post`` of the middle block, all positions, 128-token
-texts, batch 32, bf16 storage). The bare side is the forward alone, stopped after
+texts, the harvest's default batches of at most 64 texts and 2,048 padded tokens, bf16
+storage). The bare side is the forward alone, stopped after
 the harvested block (``capture(early_exit=True)``, nothing copied or written) on batches
 tokenised before timing; the harvest side is the whole ``harvest`` call: tokenisation,
 forward, row copies, shard writing, the folder's metadata and the final flush. The two run
@@ -31,7 +32,7 @@ def same_batches(subject: Any, texts: list[str], cfg: Any) -> list[Any]:
 
     encode = data_encoder(subject, texts, cfg.max_length)  # the harvest's own tokenisation
     out, done = [], 0
-    for batch in _batches(encode, len(texts), cfg.batch_size, cfg.bucket):
+    for batch in _batches(encode, len(texts), cfg.batch_size, cfg.bucket, cfg.batch_tokens):
         if cfg.max_tokens is not None and done >= cfg.max_tokens:
             break
         mask = token_mask(subject, batch, cfg.positions, cfg.skip_first)
@@ -67,8 +68,8 @@ def run(quick: bool = False) -> list[dict]:
     texts = _texts(_n_texts(tokens))
 
     def config() -> Any:
-        return HarvestConfig(layers=[layer], positions="all", max_tokens=tokens, batch_size=32,
-                             max_length=CONTEXT, skip_first=False)
+        return HarvestConfig(layers=[layer], positions="all", max_tokens=tokens,
+                             max_length=CONTEXT, skip_first=False)  # default batches
 
     batches = same_batches(subject, texts, config())
     n_tokens = sum(int(b.attention_mask.sum()) for b in batches)  # run (a few past the budget)

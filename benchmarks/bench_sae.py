@@ -5,11 +5,12 @@ window and token budget) on the same texts (emprobe's own generic chat corpus re
 plain text) at the same site (``resid_post`` of the middle block = the HF decoder layer's
 output), and both save the trained SAE to disk:
 
-- emprobe: ``emprobe.sae.harvest`` (one early-exit pass over length-bucketed batches,
-  bf16 shards written on a background thread, rows kept in RAM) then
-  ``emprobe.sae.train_sae`` (SAELens' ``SAETrainer`` fed from those in-memory rows; its
+- emprobe: ``emprobe.sae.harvest`` (one early-exit pass over length-bucketed batches of
+  its defaults, at most 64 texts and 2,048 padded tokens each, bf16 shards written on a
+  background thread, rows kept in RAM up to its memory limit) then ``emprobe.sae.train_sae``
+  (SAELens' ``SAETrainer`` subclass ``EmprobeSAETrainer`` fed from those rows; its
   defaults: the sparse TopK step of ``emprobe.sae.topk_step``, with SAELens' loss and
-  gradients, and torch's fused Adam);
+  gradients, and torch's fused Adam with the gradient clipping inside it);
 - SAELens: ``LanguageModelSAETrainingRunner`` with ``model_class_name="AutoModelForCausalLM"``
   (its ``HookedProxyLM`` around the same HF model, hook ``model.layers.{l}``; its
   ``run_with_cache(stop_at_layer=l+1)`` raises ``StopForward`` after that layer, so its
@@ -181,7 +182,7 @@ def _emprobe_side(tokens: int, threads: int, bf16: bool, second: bool, queue: An
     subject = load_model("smollm2-135m-instruct")
     layer = subject.n_layers // 2
     texts = _texts(_n_texts(tokens))
-    cfg = HarvestConfig(layers=[layer], positions="all", max_tokens=tokens, batch_size=32,
+    cfg = HarvestConfig(layers=[layer], positions="all", max_tokens=tokens,  # default batches
                         max_length=CONTEXT, skip_first=False, autocast=bf16)
 
     def sae_cfg(k: int) -> Any:

@@ -257,7 +257,7 @@ def _reference_rows(subject, data, cfg):
         return subject.encode_chats(chunk, max_length=cfg.max_length)
 
     out = {(s, la): [] for s in cfg.sites for la in cfg.layers}
-    for batch in _batches(encode, len(data), cfg.batch_size, cfg.bucket):
+    for batch in _batches(encode, len(data), cfg.batch_size, cfg.bucket, cfg.batch_tokens):
         mask = token_mask(subject, batch, cfg.positions, cfg.skip_first)
         with torch.no_grad(), use_batch(batch), capture(subject, cfg.layers, cfg.sites) as cache:
             subject.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
@@ -266,7 +266,7 @@ def _reference_rows(subject, data, cfg):
     return {k: torch.cat(v)[: cfg.max_tokens] for k, v in out.items()}
 
 
-@pytest.mark.parametrize("case", ["texts-budget", "chats-response", "two-sites"])
+@pytest.mark.parametrize("case", ["texts-budget", "chats-response", "two-sites", "token-cap"])
 def test_harvest_rows_are_the_plain_rows_in_the_same_order(tiny_llama, tmp_path, case):
     """Same rows, same order as the plain computation (the prefetching, single-copy,
     background-written harvest changes nothing but its speed)."""
@@ -282,6 +282,8 @@ def test_harvest_rows_are_the_plain_rows_in_the_same_order(tiny_llama, tmp_path,
         "two-sites": (chats, HarvestConfig(layers=[1], sites=["resid_post", "attn_out"],
                                            max_tokens=500, batch_size=3, rows_per_shard=1000,
                                            dtype="float32", memory_limit_mb=0)),
+        "token-cap": (chats, HarvestConfig(layers=[2], batch_size=16, batch_tokens=120,
+                                           bucket=3, rows_per_shard=80, dtype="float32")),
     }[case]
     hv = harvest(tiny_llama, data, tmp_path / "h", cfg, progress=False)
     ref = _reference_rows(tiny_llama, data, cfg)
@@ -446,3 +448,44 @@ def test_prefetch_and_writer_same_result_threaded_or_not(tmp_path, threaded):
     got = torch.cat(list(ShardReader(tmp_path / "s").batches(3, 10)))
     assert torch.equal(got, torch.cat(blocks).to(got.dtype))
     assert (bg.thread is not None) == threaded and (bg.thread is None or not bg.thread.is_alive())
+
+
+def test_batches_keep_to_the_token_cap(tiny_llama):
+    """Padded tokens per batch stay within ``batch_tokens`` (a longer sequence runs alone),
+    sequences within ``batch_size``, and every item runs once; without the cap the batches
+    are the count-only ones (the null: the cap changes them)."""
+    from emprobe.sae.harvest import _batches, _cuts
+
+    assert _cuts(torch.tensor([10, 20, 30, 40, 50, 100, 300]), 64, 100) == [
+        (0, 3), (3, 5), (5, 6), (6, 7)]
+    assert _cuts(torch.tensor([10] * 10), 4, None) == [(0, 4), (4, 8), (8, 10)]
+    chats = generic_chats(40, seed=2)
+
+    def encode(a, b):
+        return tiny_llama.encode_chats(chats[a:b], max_length=256)
+
+    capped = list(_batches(encode, len(chats), 16, 3, 150))
+    plain = list(_batches(encode, len(chats), 16, 3, None))
+    for batch in capped:
+        n, longest = batch.input_ids.shape
+        assert n <= 16 and (n * longest <= 150 or n == 1)
+    assert sum(b.input_ids.shape[0] for b in capped) == len(chats)
+    assert len(capped) > len(plain)
+
+
+def test_a_folder_from_before_batch_tokens_loads_and_resumes(tiny_llama, tmp_path):
+    """harvest.json written without ``batch_tokens`` (count-only batches) still opens, and
+    the same call with ``batch_tokens=None`` finds it complete rather than refusing it."""
+    from emprobe.io import read_json, write_json
+
+    cfg = HarvestConfig(layers=[1], batch_size=4, batch_tokens=None)
+    hv = harvest(tiny_llama, generic_chats(6), tmp_path / "h", cfg, progress=False)
+    state = read_json(tmp_path / "h" / "harvest.json")
+    del state["config"]["batch_tokens"]
+    write_json(tmp_path / "h" / "harvest.json", state)
+    assert load_harvest(tmp_path / "h").config.batch_tokens is None
+    again = harvest(tiny_llama, generic_chats(6), tmp_path / "h", cfg, progress=False)
+    assert again.n_rows == hv.n_rows
+    with pytest.raises(FormatError, match="another config"):
+        harvest(tiny_llama, generic_chats(6), tmp_path / "h",
+                HarvestConfig(layers=[1], batch_size=4), progress=False)

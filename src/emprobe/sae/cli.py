@@ -58,6 +58,7 @@ def _harvest_config(args: argparse.Namespace, layers: list[int],
 
     return HarvestConfig(layers=layers, sites=sites, positions=args.positions,
                          max_tokens=args.tokens, batch_size=args.batch_size,
+                         batch_tokens=args.batch_tokens or None,
                          rows_per_shard=args.rows_per_shard)
 
 
@@ -219,7 +220,9 @@ def _harvest_args(p: argparse.ArgumentParser, tokens: int | None = 4000) -> None
                    help="chat JSONL to harvest (default: emprobe's generic chat corpus)")
     p.add_argument("--tokens", type=int, default=tokens, help="token budget of the harvest")
     p.add_argument("--positions", default="all", choices=["all", "response", "prompt"])
-    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
+    p.add_argument("--batch-size", type=int, default=64, help="most sequences per forward pass")
+    p.add_argument("--batch-tokens", type=int, default=2048,
+                   help="most padded tokens per forward pass (0: no cap)")
     p.add_argument("--rows-per-shard", type=int, default=8192)
 
 

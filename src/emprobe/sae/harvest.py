@@ -50,7 +50,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import torch
 from tqdm.auto import tqdm
@@ -85,7 +85,11 @@ class HarvestConfig:
         sites: hook sites, e.g. ``["resid_post"]`` or ``["resid_post", "mlp_out"]``.
         positions: ``"all"`` (every non-pad token), ``"response"`` or ``"prompt"``.
         max_tokens: stop after this many token rows (None: the whole dataset).
-        batch_size: sequences per forward pass. max_length: truncate sequences (tokens).
+        batch_size: most sequences per forward pass. max_length: truncate sequences (tokens).
+        batch_tokens: most padded tokens per forward pass (sequences x the longest of them;
+            None: ``batch_size`` alone). Batches of ~2,048 tokens ran the embedded model
+            ~5 % faster than ~1,024 or ~3,072 on 2 CPU cores (cache-sized activations);
+            raise both on a GPU.
         rows_per_shard: rows buffered before a shard is written (bounds RAM).
         dtype: storage dtype, ``"bfloat16"`` (default), ``"float16"`` or ``"float32"``;
             training up-casts each batch to float32.
@@ -107,7 +111,8 @@ class HarvestConfig:
     sites: list[str] = field(default_factory=lambda: ["resid_post"])
     positions: str = "all"
     max_tokens: int | None = None
-    batch_size: int = 32
+    batch_size: int = 64
+    batch_tokens: int | None = 2048
     max_length: int = 256
     rows_per_shard: int = 16384
     dtype: str = "bfloat16"
@@ -179,10 +184,30 @@ def _head_rows(batch: ChatBatch, mask: torch.Tensor, take: int) -> ChatBatch:
     return _rows_of(batch, torch.arange(min(keep, len(mask)), device=mask.device))
 
 
-def _batches(encode: Encoder, n_items: int, size: int, bucket: int) -> Iterator[ChatBatch]:
-    """Padded batches of ``size`` of the ``n_items`` items; with ``bucket > 1`` each window of
-    ``bucket`` batches is tokenised once (``encode(start, stop)``) and sorted by token count
-    (stable) before it is cut, so each batch is padded to a near-equal length.
+def _cuts(lengths: torch.Tensor, size: int, max_padded: int | None) -> list[tuple[int, int]]:
+    """``(start, stop)`` spans over sequences of these ``lengths`` (in run order): at most
+    ``size`` sequences each and, with ``max_padded``, at most that many padded tokens
+    (sequences x the longest); a sequence longer than ``max_padded`` runs alone."""
+    if max_padded is None:
+        return [(i, min(i + size, len(lengths))) for i in range(0, len(lengths), size)]
+    spans, start, longest = [], 0, 0
+    for i, n in enumerate(lengths.tolist()):
+        longest_with = max(longest, n)
+        if i > start and (i - start >= size or (i - start + 1) * longest_with > max_padded):
+            spans.append((start, i))
+            start, longest_with = i, n
+        longest = longest_with
+    if start < len(lengths):
+        spans.append((start, len(lengths)))
+    return spans
+
+
+def _batches(encode: Encoder, n_items: int, size: int, bucket: int,
+             max_padded: int | None = None) -> Iterator[ChatBatch]:
+    """Padded batches of at most ``size`` of the ``n_items`` items (and at most
+    ``max_padded`` padded tokens, when given); with ``bucket > 1`` each window of ``bucket``
+    batches is tokenised once (``encode(start, stop)``) and sorted by token count (stable)
+    before it is cut, so each batch is padded to a near-equal length.
 
     The batches of a window are then run in a fixed pseudo-random order (seeded by the
     window's position, so a resumed harvest sees the same batches in the same order): a
@@ -194,14 +219,14 @@ def _batches(encode: Encoder, n_items: int, size: int, bucket: int) -> Iterator[
         lengths = enc.attention_mask.sum(1)
         if bucket > 1:
             order = torch.sort(lengths, stable=True).indices
-            cuts = list(range(0, len(order), size))
+            cuts = _cuts(lengths[order], size, max_padded)
             gen = torch.Generator().manual_seed(start)
             cuts = [cuts[i] for i in torch.randperm(len(cuts), generator=gen).tolist()]
         else:
             order = torch.arange(len(lengths))
-            cuts = list(range(0, len(order), size))
-        for i in cuts:
-            yield _rows_of(enc, order[i : i + size])
+            cuts = _cuts(lengths, size, max_padded)
+        for a, b in cuts:
+            yield _rows_of(enc, order[a:b])
 
 
 class _End:
@@ -428,6 +453,8 @@ def _check(config: HarvestConfig, data: Sequence[Conversation] | Sequence[str]) 
     if config.batch_size < 1 or config.rows_per_shard < 1:
         raise DataError(f"harvest: batch_size and rows_per_shard must be >= 1 "
                         f"(got {config.batch_size}, {config.rows_per_shard})")
+    if config.batch_tokens is not None and config.batch_tokens < 1:
+        raise DataError(f"harvest: batch_tokens must be >= 1 or None (got {config.batch_tokens})")
     if not data:
         raise DataError("harvest: no data given")
 
@@ -489,7 +516,8 @@ def _open_folder(subject: Subject, folder: Path, config: HarvestConfig, n_items:
     state_path = folder / "harvest.json"
     if state_path.exists():
         old = read_json(state_path)
-        if old.get("config") != asdict(config) or old.get("fingerprint") != meta["fingerprint"]:
+        if (_saved_config(old.get("config")) != asdict(config)
+                or old.get("fingerprint") != meta["fingerprint"]):
             raise FormatError(
                 f"{state_path}: folder holds a harvest with another config or model; "
                 "use a new folder"
@@ -564,7 +592,8 @@ def harvest(
                           keep, config.max_tokens, background.add) for s in config.sites}
 
     encode = data_encoder(subject, data, config.max_length)
-    batches = _Prefetch(_batches(encode, len(data), config.batch_size, config.bucket),
+    batches = _Prefetch(_batches(encode, len(data), config.batch_size, config.bucket,
+                                 config.batch_tokens),
                         threaded=overlap)
     finished = False
     memory: dict[Key, torch.Tensor] = {}
@@ -585,12 +614,20 @@ def harvest(
     return out
 
 
+def _saved_config(saved: Any) -> Any:
+    """A ``harvest.json`` config as this version reads it: folders written before
+    ``batch_tokens`` existed batched by count alone (None)."""
+    if isinstance(saved, dict) and "batch_tokens" not in saved:
+        return {**saved, "batch_tokens": None}
+    return saved
+
+
 def load_harvest(folder: str | os.PathLike[str]) -> Harvest:
     """Open a harvest folder written by ``harvest`` (rows on disk only)."""
     folder = Path(folder)
     state = read_json(folder / "harvest.json")
     try:
-        config = HarvestConfig(**state["config"])
+        config = HarvestConfig(**_saved_config(state["config"]))
     except (KeyError, TypeError) as exc:
         raise FormatError(f"{folder}/harvest.json: bad config ({exc})") from None
     meta = {k: v for k, v in state.items() if k not in ("config", "complete", "n_rows")}

@@ -1,4 +1,8 @@
-"""Training SAEs on harvested activations with SAELens' own ``SAETrainer``; SAELens-format folders.
+"""Training SAEs on harvested activations with SAELens' ``SAETrainer``; SAELens-format folders.
+
+The trainer is ``emprobe.sae.trainer_step.EmprobeSAETrainer`` (SAELens' trainer, its
+gradient clipping done inside fused Adam); a TopK SAE is ``emprobe.sae.topk_step``'s
+sparse-step subclass of SAELens' own. Both give SAELens' weights up to float rounding.
 
 One harvest feeds any number of SAEs (sites x layers x architectures): each SAE gets a
 data provider that cycles over one ``(site, layer)``, reshuffled every epoch. When the
@@ -107,9 +111,9 @@ class SAETrainConfig:
             time per step at d_sae 4608, batch 256). Falls back to the default where the
             fused kernel is unavailable.
         sparse_topk: train a TopK SAE with ``emprobe.sae.topk_step`` (SAELens' TopK SAE whose
-            training step touches only each row's k chosen latents: the same loss and
-            gradients, about 2.5x less time per step on CPU; SAELens' own step runs
-            whenever latents are dead, for the aux-k loss).
+            training step touches only each row's k chosen latents, the aux-k loss of dead
+            latents included: the same loss and gradients, about 3x less time per step on
+            CPU).
     """
 
     arch: str = "topk"
@@ -250,7 +254,7 @@ def train_sae(
     site: str = "resid_post",
     progress: bool = True,
 ) -> TrainedSAE:
-    """Train one SAE on ``(site, layer)`` of a harvest with ``sae_lens.SAETrainer``; save it.
+    """Train one SAE on ``(site, layer)`` of a harvest with SAELens' trainer; save it.
 
     Reads the harvest's in-memory rows when it kept them (no disk round trip), else its
     shards. Returns the saved folder and the SAE re-loaded from it with
