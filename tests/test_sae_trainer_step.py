@@ -102,16 +102,20 @@ def test_clip_and_step_returns_the_norm_and_leaves_no_scale():
 
 @pytest.mark.parametrize("ignores_out", [True, False])
 @pytest.mark.parametrize("transposed", [True, False])
-def test_transposed_products_match_dense(monkeypatch, ignores_out, transposed):
-    """Both weight-gradient products against the dense ``S.T @ X``, whichever way the
-    kernel treats the output buffer (uninitialised or zeroed)."""
+@pytest.mark.parametrize("k", [6, 70])
+def test_transposed_products_match_dense(monkeypatch, ignores_out, transposed, k):
+    """Both weight-gradient products against the dense ``S.T @ X``: few entries per row
+    (the CSR kernel for the transposed one, whichever way it treats the output buffer) and
+    many (the per-latent sums and the blocked transpose, blocks smaller than the matrix)."""
     import emprobe.sae.topk_step as step
 
     monkeypatch.setattr(step, "_BETA0_IGNORES_OUT", ignores_out)
+    monkeypatch.setattr(step, "_BLOCK", 64)
     gen = torch.Generator().manual_seed(1)
-    idx = torch.rand(20, 50, generator=gen).topk(6, dim=-1).indices.sort(dim=-1).values
-    values, dense = torch.randn(20, 6, generator=gen), torch.randn(20, 9, generator=gen)
-    expected = _csr(idx, values, 50).to_dense().t() @ dense  # [50, 9]
-    got = _Transposed(idx, 50).product(values, dense, transposed=transposed)
+    n = 150
+    idx = torch.rand(20, n, generator=gen).topk(k, dim=-1).indices.sort(dim=-1).values
+    values, dense = torch.randn(20, k, generator=gen), torch.randn(20, 9, generator=gen)
+    expected = _csr(idx, values, n).to_dense().t() @ dense  # [n, 9]
+    got = _Transposed(idx, n).product(values, dense, transposed=transposed)
     torch.testing.assert_close(got, expected.t() if transposed else expected)
     assert got.is_contiguous()
