@@ -61,10 +61,10 @@ def _csr(idx: torch.Tensor, values: torch.Tensor, n: int) -> torch.Tensor:
 
 
 class _Transposed:
-    """The pattern of ``_csr(idx, ., n).t()`` as an ``[n, batch]`` CSR matrix, computed once
+    """The pattern of ``_csr(idx, ., n).t()`` (``[n, batch]``, latent-major), computed once
     for both weight gradients: entries sorted by latent (a stable sort keeps each latent's
-    rows in order). Products with it skip the CSC-to-CSR conversion (two sorts) that torch
-    makes for every ``_csr(...).t()``."""
+    rows in order), as CSR row pointers that also serve as ``embedding_bag`` offsets. No
+    CSC-to-CSR conversion (two sorts) as torch makes for every ``_csr(...).t()``."""
 
     def __init__(self, idx: torch.Tensor, n: int) -> None:
         batch, k = idx.shape
@@ -138,9 +138,10 @@ class _SparseDecode(torch.autograd.Function):
     latents ``idx`` ``[batch, k]`` (sorted per row) with pre-activations ``pre``.
 
     The values of ``pre`` come from the no-grad dense product already computed for the
-    selection; every product here is a sparse one on a ``[batch, d_sae]`` CSR matrix of
-    ``k`` entries per row, and each weight gradient comes out dense in the parameter's own
-    layout, written once (no zero fill, no transposed copy for autograd to make):
+    selection; every product here touches only the ``k`` chosen entries per row (weighted
+    ``embedding_bag`` sums, a sampled product and CSR kernels), and each weight gradient
+    comes out dense in the parameter's own layout, written once (no zero fill, no
+    transposed copy for autograd to make):
 
     - forward: ``S_w @ W_dec`` (``S_w`` holds the ``relu(pre)`` weights), as one weighted
       ``embedding_bag`` sum per row;
