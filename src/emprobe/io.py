@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from emprobe.errors import FormatError, LimitError
@@ -292,14 +293,25 @@ def save_tensors(
     return Path(path)
 
 
-def load_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Load a safetensors file; a clear one-line error for a missing, pickled or corrupt file."""
+def load_tensors(path: str | os.PathLike[str],
+                 names: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+    """Load a safetensors file (only the tensors ``names`` when given: the others are not
+    read); a clear one-line error for a missing, pickled or corrupt file or a missing name."""
     p = Path(path)
     if not p.is_file():
         raise FormatError(f"{p}: no such file")
     if p.suffix in {".pt", ".pth", ".bin", ".pkl", ".pickle"}:
         raise FormatError(f"{p}: refusing to unpickle; emprobe reads safetensors only")
     try:
-        return load_file(str(p))
+        if names is None:
+            return load_file(str(p))
+        with safe_open(str(p), framework="pt") as fh:
+            wanted, there = list(names), set(fh.keys())
+            missing = [n for n in wanted if n not in there]
+            if missing:
+                raise FormatError(f"{p}: no tensor {missing[0]!r} (has {sorted(there)[:8]})")
+            return {n: fh.get_tensor(n) for n in wanted}
+    except FormatError:
+        raise
     except Exception as exc:  # safetensors raises its own error types (and OSError, MemoryError)
         raise FormatError(f"{p}: not a valid safetensors file ({one_line(exc, 160)})") from None

@@ -5,7 +5,7 @@ The bottom layer of emprobe: imports nothing from other emprobe folders except
 ``emprobe.errors`` and ``emprobe.io``.
 """
 
-from emprobe.models.allocator import allocator_state, tune_cpu_allocator
+from emprobe.models.allocator import allocator_state, release_free_memory, tune_cpu_allocator
 from emprobe.models.embedded import EMBEDDED_NAME, embedded_gguf_path, embedded_model_dir
 from emprobe.models.gguf import convert_gguf, gguf_model_dir
 from emprobe.models.layers import LayerMap
@@ -30,6 +30,7 @@ __all__ = [
     "load_model",
     "lora_target_modules",
     "make_tiny_tokenizer",
+    "release_free_memory",
     "resolve_chat_format",
     "tune_cpu_allocator",
 ]

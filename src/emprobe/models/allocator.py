@@ -16,7 +16,10 @@ batch after batch. It is process-wide and applies once: ``load_model`` calls it 
 model on the CPU. It does nothing (and says so) outside glibc, when the process already
 sets ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` itself, or with
 ``EMPROBE_CPU_ALLOCATOR=default`` (keep glibc's own behaviour). The price: up to 256 MiB
-of freed memory stays with the process instead of going back to the system.
+of freed memory stays with the process instead of going back to the system; a stage that
+ends with much memory freed (the SAE harvest's forward activations) hands it back with
+``release_free_memory`` before the next stage allocates its own (so the two peaks do not
+add up).
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ import torch
 
 from emprobe.errors import ConfigError
 
-__all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "allocator_state", "tune_cpu_allocator"]
+__all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "allocator_state", "release_free_memory",
+           "tune_cpu_allocator"]
 
 MMAP_THRESHOLD = 32 * 2**20  # glibc's largest allowed value on 64-bit (HEAP_MAX_SIZE / 2)
 TRIM_THRESHOLD = 256 * 2**20
@@ -41,6 +45,7 @@ _OPT_OUT = ("default", "0", "off", "no")
 _OPT_IN = ("", "tuned", "1", "on", "yes")
 
 _state: str | None = None
+_trim: object = None  # glibc's malloc_trim once looked up (False: not available)
 
 
 def allocator_state() -> str:
@@ -84,3 +89,24 @@ def _mallopt() -> bool:
     # the mmap threshold first: setting either turns glibc's dynamic thresholds off
     return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
         mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
+def release_free_memory() -> bool:
+    """Hand the C heap's free memory back to the system now (glibc's ``malloc_trim(0)``:
+    the free top of the heap and free whole pages inside it), whatever the thresholds.
+    Cheap (a few ms); nothing in use moves. True when glibc released something; False
+    where it released nothing or is not glibc."""
+    global _trim
+    if _trim is None:
+        _trim = False
+        if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+            try:
+                libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+                fn = libc.malloc_trim
+                fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
+                _trim = fn
+            except (OSError, AttributeError):
+                pass
+    if not callable(_trim):
+        return False
+    return bool(_trim(0))

@@ -60,6 +60,7 @@ from emprobe.hooks.capture import capture
 from emprobe.hooks.convention import check_site
 from emprobe.hooks.shards import ShardReader, ShardWriter
 from emprobe.io import read_json, write_json
+from emprobe.models.allocator import release_free_memory
 from emprobe.models.chat import ChatBatch, Conversation
 from emprobe.models.context import use_batch
 from emprobe.models.subject import Subject
@@ -606,6 +607,8 @@ def harvest(
     finally:
         batches.close()
         background.close(flush=finished)
+        if subject.device.type == "cpu":  # the forward's freed activations: back to the
+            release_free_memory()  # system before the next stage (training) allocates
     n_rows = writers[config.sites[0]].rows_written
     write_json(state_path, {**meta, "config": asdict(config), "complete": True, "n_rows": n_rows})
     out = load_harvest(folder)
