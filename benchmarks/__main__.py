@@ -19,9 +19,9 @@ from benchmarks.record import LoadProbe, load_note, record  # noqa: E402
 # What the benchmarks cost on 2 quiet cores (x86_64, no GPU); shown by --help.
 EXPECTED = """time on 2 quiet cores:
   make bench (--set goals: harvest, SAE at 262,144 tokens, training floor, sampling):
-    707-834 s in twelve quiet runs on an AVX-512 CPU, of which the SAE pair ~575-680 s
-    (interleaved in 5 s slices since run 4: 576-669 s; SAELens ~328-360 s, emprobe
-    ~235-295 s of it);
+    610-834 s in fourteen quiet runs on an AVX-512 CPU, of which the SAE pair ~488-680 s
+    (interleaved in 5 s slices since run 4: 488-669 s; SAELens ~275-360 s, emprobe
+    ~203-295 s of it);
     the pair alone ~1,000 s on an AVX2 CPU
   make bench-all (--set all), besides the goals set: bench_data, bench_directions,
     bench_evaluate, bench_geometry, bench_hooks ~6 min together; the rest of bench_train
