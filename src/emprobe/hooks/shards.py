@@ -163,8 +163,8 @@ class ShardReader:
 
         One shard's rows of the layer are in RAM at a time, in their storage dtype: each
         batch is gathered and converted to float32 on its own, so no float32 copy of a whole
-        shard is ever made (for bf16 shards: a third of the memory of converting the shard
-        first; the batches are the same).
+        shard is made (converting, permuting and joining whole shards first held three, each
+        twice the size of a bf16 shard; the batches are the same).
         """
         order = list(range(len(self.manifest["shards"])))
         gen = torch.Generator().manual_seed(shuffle_seed) if shuffle_seed is not None else None
