@@ -19,7 +19,7 @@ from benchmarks.record import LoadProbe, load_note, record  # noqa: E402
 # What the benchmarks cost on 2 quiet cores (x86_64, no GPU); shown by --help.
 EXPECTED = """time on 2 quiet cores:
   make bench (--set goals: harvest, SAE at 262,144 tokens, training floor, sampling):
-    610-834 s in fourteen quiet runs on an AVX-512 CPU, of which the SAE pair ~488-680 s
+    610-834 s in fifteen quiet runs on an AVX-512 CPU, of which the SAE pair ~488-680 s
     (interleaved in 5 s slices since run 4: 488-669 s; SAELens ~275-360 s, emprobe
     ~203-295 s of it);
     the pair alone ~1,000 s on an AVX2 CPU
