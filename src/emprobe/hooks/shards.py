@@ -174,28 +174,28 @@ class ShardReader:
         for i in order:
             x = self.rows(i, layer)
             perm = torch.randperm(x.shape[0], generator=gen) if gen is not None else None
-
-            def take(a: int, b: int, x: torch.Tensor = x, perm: torch.Tensor | None = perm
-                     ) -> torch.Tensor:
-                return (x[a:b] if perm is None else x[perm[a:b]]).float()
-
             n, start = int(x.shape[0]), 0
             if carry is not None:
                 start = min(n, batch_size - carry.shape[0])
-                carry = torch.cat([carry, take(0, start)])
+                carry = torch.cat([carry, _float_rows(x, perm, 0, start)])
                 if carry.shape[0] < batch_size:
                     continue
                 yield carry
                 carry = None
             while start + batch_size <= n:
-                yield take(start, start + batch_size)
+                yield _float_rows(x, perm, start, start + batch_size)
                 start += batch_size
-            if start < n:
-                carry = take(start, n).clone()  # not a view that would keep the shard alive
-            del x, take
+            if start < n:  # copied: not a view that would keep the shard alive
+                carry = _float_rows(x, perm, start, n).clone()
+            del x  # before the next shard is read
         if carry is not None:
             yield carry
 
     def load(self, layer: int) -> torch.Tensor:
         """All rows of one layer ``[n_rows, d_model]`` (only when it fits in memory)."""
         return torch.cat([self.rows(i, layer).float() for i in range(len(self.manifest["shards"]))])
+
+
+def _float_rows(x: torch.Tensor, perm: torch.Tensor | None, a: int, b: int) -> torch.Tensor:
+    """Rows ``a:b`` of ``x`` (through the permutation ``perm`` when given) as float32."""
+    return (x[a:b] if perm is None else x[perm[a:b]]).float()

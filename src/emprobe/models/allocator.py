@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import platform
+from typing import Any
 
 import torch
 
@@ -45,7 +47,6 @@ _OPT_OUT = ("default", "0", "off", "no")
 _OPT_IN = ("", "tuned", "1", "on", "yes")
 
 _state: str | None = None
-_trim: object = None  # glibc's malloc_trim once looked up (False: not available)
 
 
 def allocator_state() -> str:
@@ -78,11 +79,20 @@ def tune_cpu_allocator(device: str | torch.device = "cpu") -> bool:
     return _state == "tuned"
 
 
-def _mallopt() -> bool:
+@functools.cache
+def _glibc_function(name: str) -> Any:
+    """glibc's C function ``name`` (ctypes), or None outside glibc or where it is missing."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
     except (OSError, AttributeError):
+        return None
+
+
+def _mallopt() -> bool:
+    mallopt = _glibc_function("mallopt")
+    if mallopt is None:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
@@ -96,17 +106,8 @@ def release_free_memory() -> bool:
     the free top of the heap and free whole pages inside it), whatever the thresholds.
     Cheap (a few ms); nothing in use moves. True when glibc released something; False
     where it released nothing or is not glibc."""
-    global _trim
-    if _trim is None:
-        _trim = False
-        if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
-            try:
-                libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-                fn = libc.malloc_trim
-                fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
-                _trim = fn
-            except (OSError, AttributeError):
-                pass
-    if not callable(_trim):
+    trim = _glibc_function("malloc_trim")
+    if trim is None:
         return False
-    return bool(_trim(0))
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return bool(trim(0))
