@@ -94,3 +94,31 @@ def test_embedded_harvest_train_load_metrics(embedded, tmp_path):
     assert 0.0 < m["explained_variance"] < 1.0
     assert m["ce_clean"] < m["ce_sae"] < m["ce_zero"]
     assert 0.0 < m["loss_recovered"] < 1.0 and m["kl_sae"] > 0
+
+
+def test_embedded_training_streams_the_shards(embedded, tmp_path):
+    """The embedded model's harvest with nothing kept in RAM: training reads the bf16 shards
+    batch by batch (uneven shards, batches across them); one epoch of the reader's
+    shuffled batches is a permutation of every harvested row, and the SAE trains from them.
+    The null: the unshuffled batches are the rows in order, the shuffled ones are not."""
+    import torch
+
+    from emprobe.sae import HarvestConfig, SAETrainConfig, generic_chats, harvest, train_sae
+
+    layer = embedded.n_layers // 2
+    hv = harvest(embedded, generic_chats(60), tmp_path / "h",
+                 HarvestConfig(layers=[layer], max_tokens=1500, rows_per_shard=700,
+                               memory_limit_mb=0), progress=False)
+    assert hv.memory is None and len(hv.reader().manifest["shards"]) == 3
+    reader = hv.reader()
+    rows = reader.load(layer)
+    shuffled = torch.cat(list(reader.batches(layer, 128, shuffle_seed=5)))
+    assert torch.equal(torch.cat(list(reader.batches(layer, 128))), rows)
+    assert not torch.equal(shuffled, rows)
+    for a, b in zip(torch.unique(shuffled, dim=0, return_counts=True),
+                    torch.unique(rows, dim=0, return_counts=True), strict=True):
+        assert torch.equal(a, b)  # the same rows, each as often
+    tr = train_sae(hv, layer, SAETrainConfig(arch="topk", k=8, expansion=2, batch_size=128,
+                                             training_tokens=2560, lr=1e-3),
+                   tmp_path / "sae", progress=False)
+    assert tr.record["data_source"] == "shards" and tr.record["trained_tokens"] == 2560
